@@ -8,7 +8,9 @@ One registry (:data:`TEXT_ENCODERS`, key ``spec.type``) with one backend, ``'ope
   downloaded: a tag that is not cached raises :class:`~chorus_ros.core.errors.CheckpointError`
   saying how to provide a local checkpoint.
 * a *tiny* random-initialised open_clip text tower (``tiny=True``; width 64, 2 layers, 2 heads,
-  context 32, embed 64, a 4096-entry vocabulary) for tests and the demo checkpoint. Its
+  context 32, embed 64, a 4096-entry vocabulary) for tests and the demo checkpoint. By default
+  it subtracts the empty prompt's embedding (``subtract_null``) so that class names come out
+  well separated; use ``prompt_template='{}'`` with it for the best spread. Its
   weights are saved next to the checkpoint (:meth:`TextEncoder.save_weights`) and loaded from
   ``spec.weights`` so results never depend on the RNG.
 
@@ -62,6 +64,10 @@ class TextEncoderSpec:
     """Template applied to every text before encoding; '{}' is replaced by the text."""
     seed: int = 0
     """Seed of the random initialisation (tiny towers without ``weights``)."""
+    subtract_null: bool | None = None
+    """Subtract the raw embedding of the empty prompt before normalising (removes the component
+    every prompt shares; random-init towers are otherwise nearly collinear). None: on for tiny
+    towers, off for real models."""
     cache_size: int = 4096
     """Number of strings whose embeddings are kept (LRU)."""
     device: str = "cpu"
@@ -104,6 +110,11 @@ class TextEncoder:
         self.device = torch.device(spec.device)
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.n_forward_calls = 0
+        self._subtract_null = spec.tiny if spec.subtract_null is None else bool(spec.subtract_null)
+
+    def _prompt(self, text: str) -> str:
+        t = self.spec.prompt_template
+        return t.replace("{}", text) if "{}" in t else (text or t)
 
     # ------------------------------------------------------------------ encode
     def encode(self, texts: list[str] | str) -> torch.Tensor:
@@ -121,11 +132,14 @@ class TextEncoder:
             return torch.zeros(0, self.dim)
         missing = list(OrderedDict.fromkeys(t for t in texts if t not in self._cache))
         if missing:
-            prompts = [self.spec.prompt_template.format(t) if "{}" in self.spec.prompt_template else t
-                       for t in missing]
+            prompts = [self._prompt(t) for t in missing]
+            if self._subtract_null:
+                prompts.append(self._prompt(""))
             with torch.no_grad():
                 tokens = self._tokenize(prompts).to(self.device)
                 emb = self.module(tokens).float()
+                if self._subtract_null:
+                    emb = emb[:-1] - emb[-1:]
                 emb = torch.nn.functional.normalize(emb, dim=-1).cpu()
             self.n_forward_calls += 1
             for t, e in zip(missing, emb):

@@ -91,3 +91,14 @@ def test_uncached_pretrained_tag_raises_without_download(monkeypatch, tmp_path):
         build_text_encoder(TextEncoderSpec(model="ViT-B-32", pretrained="laion2b_s34b_b79k"))
     with pytest.raises(CheckpointError, match="hf-hub"):
         build_text_encoder(TextEncoderSpec(model="hf-hub:org/x"))
+
+
+def test_tiny_tower_separates_synthetic_class_names():
+    names = ["floor", "wall", "ceiling", "door", "window", "table", "chair", "sofa", "bed", "shelf",
+             "cabinet", "lamp", "plant", "monitor", "rug", "picture", "book", "pillow"]
+    e = build_text_encoder(TextEncoderSpec(tiny=True, prompt_template="{}", seed=0)).encode(names)
+    off = (e @ e.T)[~torch.eye(len(names), dtype=torch.bool)]
+    assert off.mean() < 0.5 and off.max() < 0.9
+    raw = build_text_encoder(TextEncoderSpec(tiny=True, prompt_template="{}", seed=0,
+                                             subtract_null=False)).encode(names)
+    assert (raw @ raw.T)[~torch.eye(len(names), dtype=torch.bool)].mean() > off.mean()
