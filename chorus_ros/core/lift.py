@@ -1,0 +1,286 @@
+"""Lift: per-Gaussian pseudo-labels from many views' 2D teacher features (Chorus "lift").
+
+For every view, each teacher's patch-resolution map ``[h, w, C]`` is bilinearly upsampled to
+the render resolution ``[H, W, C]`` (``F``). Every Gaussian ``i`` then receives
+
+    target_i = sum_views sum_p w_i(p) F(p)  /  sum_views sum_p w_i(p)
+
+where ``w_i(p) = alpha_i(p) T_i(p)`` is its blending weight at pixel ``p`` - so occluded
+Gaussians (small transmittance ``T``) receive little or nothing and a Gaussian seen by few
+pixels gets a low total weight. Both sums come *exactly* from the renderer: rendering per-
+Gaussian features ``f = 0`` (requiring grad) composites ``R(p) = sum_i w_i(p) f_i``, so the
+gradient of ``sum_p <R(p), F(p)>`` w.r.t. ``f_i`` is ``sum_p w_i(p) F(p)``; the denominator is
+``render(..., return_weights=True).weights``. All teachers of a view share one render (their
+channels are concatenated). Gaussians whose total weight stays below ``eps`` are not ``valid``.
+
+Results are cached on disk (safetensors) under a key hashing the scene id, the teacher specs
+and the view set (cameras), so training runs re-use them.
+
+Example::
+
+    targets = lift_scene(gaussians, cameras, teachers, contexts=ctxs, scene_id="synthetic-3",
+                         config=LiftConfig(cache_dir="cache/lift"))
+    targets.features["language"]   # [N, 64]; targets.valid [N] bool; targets.weight [N]
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from chorus_ros.core.errors import InvalidInputError
+from chorus_ros.core.gaussians import GaussianArrays
+from chorus_ros.core.geometry import Camera
+from chorus_ros.core.render import RenderSettings, render
+
+__all__ = ["LiftConfig", "LiftedTargets", "lift_view", "lift_scene", "lift_cache_key", "upsample_map",
+           "LIFT_VERSION"]
+
+LIFT_VERSION = 1
+"""Bumped when the lifting maths changes, so stale caches are not reused."""
+
+
+@dataclass
+class LiftConfig:
+    """How teacher features are lifted onto Gaussians."""
+
+    eps: float = 1e-3
+    """A Gaussian is a valid target when its total blending weight over all views exceeds this."""
+    cache_dir: str | None = None
+    """Directory of the safetensors cache; None disables caching."""
+    backend: str = "auto"
+    """Render backend ('auto', 'reference', 'gsplat')."""
+    near: float = 0.01
+    """Near plane of the lifting renders, metres."""
+    progress: bool = False
+    """Show a tqdm bar over views."""
+
+
+@dataclass
+class LiftedTargets:
+    """Per-Gaussian pseudo-labels of one scene.
+
+    Attributes:
+        features: head name -> ``[N, dim]`` float32 weighted-mean teacher feature (zeros where
+            not valid).
+        weight: ``[N]`` float32 total blending weight over all views (pixels).
+        valid: ``[N]`` bool, ``weight > eps``.
+        n_views: number of views lifted.
+        key: cache key ('' when not cached).
+    """
+
+    features: dict[str, torch.Tensor]
+    weight: torch.Tensor
+    valid: torch.Tensor
+    n_views: int = 0
+    key: str = ""
+
+    def __len__(self) -> int:
+        return int(self.weight.shape[0])
+
+    def index(self, idx: torch.Tensor | slice) -> "LiftedTargets":
+        """Subset by an index tensor, boolean mask or slice (matches ``GaussianArrays.index``)."""
+        return LiftedTargets({k: v[idx] for k, v in self.features.items()}, self.weight[idx], self.valid[idx],
+                             self.n_views, self.key)
+
+    def select_heads(self, heads: Sequence[str]) -> "LiftedTargets":
+        """Keep only ``heads``; a missing head raises naming the available ones."""
+        missing = [h for h in heads if h not in self.features]
+        if missing:
+            raise InvalidInputError(f"lifted targets lack heads {missing}; have {sorted(self.features)}")
+        return replace(self, features={h: self.features[h] for h in heads})
+
+    def to(self, device) -> "LiftedTargets":
+        return LiftedTargets({k: v.to(device) for k, v in self.features.items()}, self.weight.to(device),
+                             self.valid.to(device), self.n_views, self.key)
+
+    def save(self, path: str | Path, meta: dict | None = None) -> None:
+        """Write as safetensors (``feat.<head>``, ``weight``, ``valid``) with JSON metadata."""
+        from safetensors.torch import save_file
+        tensors = {f"feat.{k}": v.contiguous().float().cpu() for k, v in self.features.items()}
+        tensors["weight"] = self.weight.float().cpu().contiguous()
+        tensors["valid"] = self.valid.to(torch.uint8).cpu().contiguous()
+        md = {"n_views": str(self.n_views), "key": self.key, "version": str(LIFT_VERSION),
+              "meta": json.dumps(meta or {}, default=str)}
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file(tensors, str(tmp), metadata=md)
+        tmp.replace(path)  # atomic: concurrent readers never see half a file
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LiftedTargets":
+        from safetensors import safe_open
+        with safe_open(str(path), framework="pt") as f:
+            md = f.metadata() or {}
+            t = {k: f.get_tensor(k) for k in f.keys()}
+        feats = {k[5:]: v for k, v in t.items() if k.startswith("feat.")}
+        return cls(feats, t["weight"], t["valid"].bool(), int(md.get("n_views", 0)), md.get("key", ""))
+
+
+def upsample_map(fmap: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Bilinear ``[h, w, C]`` -> ``[height, width, C]`` (pixel-centre aligned, no corner pinning)."""
+    if fmap.ndim != 3:
+        raise InvalidInputError(f"teacher feature map must be [h, w, C], got {tuple(fmap.shape)}")
+    if tuple(fmap.shape[:2]) == (height, width):
+        return fmap
+    x = fmap.permute(2, 0, 1)[None]
+    return F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)[0].permute(1, 2, 0)
+
+
+def _settings(config: LiftConfig) -> RenderSettings:
+    return RenderSettings(backend=config.backend, near=config.near, sh_degree=0)
+
+
+def lift_view(gaussians: GaussianArrays, camera: Camera, fmap: torch.Tensor,
+              settings: RenderSettings | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One view's per-Gaussian weighted feature sums.
+
+    Args:
+        gaussians: N Gaussians (world frame).
+        camera: the view.
+        fmap: ``[h, w, C]`` teacher features (any resolution; upsampled bilinearly to the view).
+
+    Returns:
+        ``(sums [N, C], weights [N])``: ``sum_p w_i(p) F(p)`` and ``sum_p w_i(p)`` (float32),
+        computed through the renderer's autograd (see the module docstring).
+    """
+    settings = settings or RenderSettings(sh_degree=0)
+    dev = gaussians.device
+    up = upsample_map(fmap.to(dev, torch.float32), camera.height, camera.width)
+    zeros = torch.zeros(len(gaussians), up.shape[-1], device=dev, dtype=gaussians.means.dtype,
+                        requires_grad=True)
+    with torch.enable_grad():
+        out = render(gaussians, camera, settings, features=zeros, return_weights=True)
+        if out.features is None or not out.features.requires_grad:
+            # nothing visible: no graph was built
+            return torch.zeros_like(zeros, requires_grad=False), out.weights.detach().float()
+        (sums,) = torch.autograd.grad((out.features * up.to(out.features.dtype)).sum(), zeros,
+                                      allow_unused=True)
+    if sums is None:
+        sums = torch.zeros_like(zeros)
+    return sums.detach().float(), out.weights.detach().float()
+
+
+def _camera_digest(cameras: Sequence[Camera]) -> str:
+    h = hashlib.sha256()
+    for c in cameras:
+        h.update(torch.round(c.viewmat.double() * 1e5).to(torch.int64).numpy().tobytes())
+        h.update(torch.round(c.K.double() * 1e3).to(torch.int64).numpy().tobytes())
+        h.update(f"{c.width}x{c.height};".encode())
+    return h.hexdigest()
+
+
+def _gaussian_digest(g: GaussianArrays) -> str:
+    h = hashlib.sha256()
+    for t in (g.means, g.sh[:, 0], g.opacities, g.log_scales, g.quats):
+        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _teacher_token(t) -> dict:
+    """What identifies a teacher's output: its spec, plus any shared resource it uses."""
+    tok = {"spec": t.spec.to_dict(), "dim": int(t.dim)}
+    te = getattr(t, "text_encoder", None)
+    if te is not None and hasattr(te, "spec"):
+        tok["text_encoder"] = te.spec.to_dict() if hasattr(te.spec, "to_dict") else str(te.spec)
+    return tok
+
+
+def lift_cache_key(scene_id: str | None, gaussians: GaussianArrays, teachers: Sequence, cameras: Sequence[Camera],
+                   config: LiftConfig, images_digest: str = "rendered") -> str:
+    """Cache key: hash of (scene id or Gaussian content, teacher specs, views, lift settings)."""
+    blob = {
+        "version": LIFT_VERSION,
+        "scene": scene_id if scene_id is not None else _gaussian_digest(gaussians),
+        "n": len(gaussians),
+        "teachers": [_teacher_token(t) for t in teachers],
+        "views": _camera_digest(cameras),
+        "images": images_digest,
+        "eps": config.eps,
+        "near": config.near,
+    }
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def lift_scene(gaussians: GaussianArrays, cameras: Sequence[Camera], teachers: Sequence, *,
+               images: Sequence[torch.Tensor] | None = None, contexts: Sequence | None = None,
+               config: LiftConfig | None = None, scene_id: str | None = None,
+               images_digest: str | None = None) -> LiftedTargets:
+    """Lift every teacher's features over all views onto the Gaussians.
+
+    Args:
+        gaussians: N Gaussians of one scene (world frame).
+        cameras: the views.
+        teachers: built teachers (each supervises head ``teacher.kind``; kinds must be unique).
+        images: optional ``[H, W, 3]`` float images in [0, 1] per view (the teachers' input);
+            None renders the Gaussians' own RGB for each view.
+        contexts: optional :class:`~chorus_ros.core.teachers.FrameContext` per view (the
+            oracles' ground truth).
+        config: lifting settings (cache dir, eps, backend).
+        scene_id: stable id of the scene for the cache key (None: hash of the Gaussians).
+        images_digest: identifies ``images`` in the cache key when they are given (e.g. the
+            dataset's frame ids); required for caching with given images.
+
+    Returns:
+        :class:`LiftedTargets` with one entry per teacher kind.
+    """
+    config = config or LiftConfig()
+    cameras = list(cameras)
+    if not cameras:
+        raise InvalidInputError("lift_scene needs at least one camera")
+    kinds = [t.kind for t in teachers]
+    if not teachers or len(set(kinds)) != len(kinds):
+        raise InvalidInputError(f"lift_scene needs teachers with distinct kinds, got {kinds}")
+    for name, seq in (("images", images), ("contexts", contexts)):
+        if seq is not None and len(seq) != len(cameras):
+            raise InvalidInputError(f"{name} has {len(seq)} entries for {len(cameras)} cameras")
+    cache_path = None
+    if config.cache_dir:
+        if images is not None and images_digest is None:
+            raise InvalidInputError("caching lifted targets from given images needs images_digest")
+        key = lift_cache_key(scene_id, gaussians, teachers, cameras, config, images_digest or "rendered")
+        cache_path = Path(config.cache_dir) / f"lift-{key}.safetensors"
+        if cache_path.is_file():
+            out = LiftedTargets.load(cache_path)
+            if len(out) == len(gaussians) and set(out.features) == set(kinds):
+                return out
+    else:
+        key = ""
+
+    settings = _settings(config)
+    n = len(gaussians)
+    dims = [int(t.dim) for t in teachers]
+    sums = torch.zeros(n, sum(dims), dtype=torch.float64)
+    wsum = torch.zeros(n, dtype=torch.float64)
+    it = range(len(cameras))
+    if config.progress:
+        from tqdm import tqdm
+        it = tqdm(it, desc="lift", unit="view")
+    t0 = time.perf_counter()
+    for v in it:
+        cam = cameras[v]
+        if images is not None:
+            img = images[v]
+        else:
+            with torch.no_grad():
+                img = render(gaussians, cam, settings).rgb.clamp(0, 1)
+        ctx = contexts[v] if contexts is not None else None
+        maps = [upsample_map(t(img, ctx), cam.height, cam.width) for t in teachers]
+        s, w = lift_view(gaussians, cam, torch.cat(maps, dim=-1), settings)
+        sums += s.double().cpu()
+        wsum += w.double().cpu()
+    valid = wsum > config.eps
+    mean = torch.where(valid[:, None], sums / wsum.clamp_min(1e-12)[:, None], torch.zeros((), dtype=sums.dtype))
+    feats = dict(zip(kinds, mean.float().split(dims, dim=1)))
+    out = LiftedTargets({k: v.contiguous() for k, v in feats.items()}, wsum.float(), valid, len(cameras), key)
+    if cache_path is not None:
+        out.save(cache_path, meta={"scene_id": scene_id, "seconds": time.perf_counter() - t0,
+                                   "teachers": [_teacher_token(t) for t in teachers]})
+    return out
