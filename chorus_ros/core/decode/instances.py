@@ -1,0 +1,557 @@
+"""Instances: group Gaussians into objects, and keep their ids with a persistent object codebook.
+
+Grouping (:func:`group_components`), per call:
+
+1. Gaussians with a class label are binned into *nodes* = (voxel of ``voxel_size``, class).
+   A node's feature is the normalised mean of its Gaussians' object-head features.
+2. Nodes of the same class in 26-neighbouring voxels are joined by an edge when the cosine of
+   their features exceeds ``feature_threshold``; for *stuff* classes (wall, floor, ceiling) every
+   same-class neighbour is joined (one instance per connected surface).
+3. Connected components of that graph (vectorised hook-and-compress union-find in torch).
+4. Components with fewer than ``min_gaussians`` Gaussians are merged into the most similar
+   adjacent large component of the same class, or left without an instance.
+
+Identity (:class:`ObjectCodebook`, the scene-agnostic object codebook): every object is an
+entry with a *persistent id* (>= 1; 0 means "no instance"), a prototype (unit mean object
+feature), its class, centroid, box, Gaussian count and mean language embedding. Each regrouping
+matches the new components to entries, first by Gaussian-id overlap (Gaussians keep their ids
+and their previous instance id across map updates), then by prototype similarity + spatial
+overlap (objects whose Gaussians were all replaced, or that come back after removal). Matching
+is greedy (largest overlap / similarity first), one-to-one. Unmatched components get new ids,
+entries left without Gaussians are retired; ids are never given to a different object.
+
+Incremental (:meth:`InstanceDecoder.regroup` with ``region``): only Gaussians of the region,
+grown to whole instances and to instances touching it (one voxel of dilation), are regrouped;
+every other Gaussian keeps its id and every other entry its record.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from chorus_ros.core.errors import InvalidInputError
+from chorus_ros.core.labels import UNLABELED
+
+__all__ = ["InstanceConfig", "GroupingResult", "ComponentStats", "ObjectRecord", "CodebookEntry",
+           "ObjectCodebook", "InstanceDecoder", "RegroupResult", "group_components",
+           "component_stats", "NO_INSTANCE"]
+
+NO_INSTANCE = 0
+"""Instance id meaning "no instance" (persistent ids start at 1; maps zero-fill new Gaussians)."""
+
+# Half of the 26-neighbourhood (lexicographically positive offsets): each undirected edge once.
+_HALF_OFFSETS = torch.tensor([(dx, dy, dz) for dx in (-1, 0, 1) for dy in (-1, 0, 1) for dz in (-1, 0, 1)
+                              if (dx, dy, dz) > (0, 0, 0)], dtype=torch.long)
+_ALL_OFFSETS = torch.tensor([(dx, dy, dz) for dx in (-1, 0, 1) for dy in (-1, 0, 1) for dz in (-1, 0, 1)],
+                            dtype=torch.long)
+
+
+@dataclass
+class InstanceConfig:
+    """Instance grouping and codebook settings (ROS parameters ``decode.instances.*``)."""
+
+    voxel_size: float = 0.05
+    """Edge of the grouping voxels, metres (nodes of the adjacency graph)."""
+    feature_threshold: float = 0.7
+    """Neighbouring thing nodes join when the cosine of their object features exceeds this."""
+    min_gaussians: int = 8
+    """Components with fewer Gaussians merge into a similar neighbour or get no instance."""
+    stuff_classes: tuple[str, ...] = ("wall", "floor", "ceiling")
+    """Class names grouped by connectivity alone (one instance per connected surface)."""
+    min_overlap_fraction: float = 0.3
+    """Id matching by overlap needs overlap >= this share of the smaller of (component's Gaussians
+    that had an id, entry's previous count)."""
+    prototype_threshold: float = 0.8
+    """Matching a component to a vanished entry needs prototype cosine above this ..."""
+    spatial_margin: float = 0.1
+    """... and the two boxes, each grown by this many metres, to intersect."""
+
+    def validate(self) -> None:
+        if not self.voxel_size > 0:
+            raise InvalidInputError(f"instances voxel_size must be > 0, got {self.voxel_size}")
+        if not -1 <= self.feature_threshold <= 1:
+            raise InvalidInputError(f"feature_threshold must be in [-1, 1], got {self.feature_threshold}")
+        if self.min_gaussians < 1:
+            raise InvalidInputError(f"min_gaussians must be >= 1, got {self.min_gaussians}")
+        if not 0 <= self.min_overlap_fraction <= 1:
+            raise InvalidInputError(f"min_overlap_fraction must be in [0, 1], got {self.min_overlap_fraction}")
+
+
+@dataclass
+class GroupingResult:
+    """Output of :func:`group_components`."""
+
+    component: torch.Tensor
+    """[N] int64 component index in ``0..num_components-1``, -1 for no component."""
+    num_components: int
+
+
+@dataclass
+class ComponentStats:
+    """Per-component statistics (C components)."""
+
+    count: torch.Tensor
+    """[C] int64 number of Gaussians."""
+    label: torch.Tensor
+    """[C] int64 class id (shared by all the component's Gaussians)."""
+    prototype: torch.Tensor
+    """[C, d_o] unit mean object feature."""
+    centroid: torch.Tensor
+    """[C, 3] mean of the Gaussian centres, world frame, metres."""
+    bbox_min: torch.Tensor
+    """[C, 3] axis-aligned box corner (min of the centres), world frame."""
+    bbox_max: torch.Tensor
+    """[C, 3] axis-aligned box corner (max of the centres), world frame."""
+    embedding: torch.Tensor | None
+    """[C, d_l] unit mean language feature, when language features were given."""
+    score: torch.Tensor
+    """[C] mean semantic confidence of the Gaussians (1 when none was given)."""
+    min_gid: torch.Tensor
+    """[C] int64 smallest Gaussian id (a deterministic order for new ids)."""
+
+
+@dataclass
+class ObjectRecord:
+    """A publishable per-object record (one per active codebook entry)."""
+
+    instance_id: int
+    """Persistent id (>= 1), stable across views and map growth."""
+    label_id: int
+    """Class id in the active label set."""
+    label: str
+    """Class name."""
+    score: float
+    """Mean semantic confidence of the object's Gaussians, in [0, 1]."""
+    centroid: np.ndarray
+    """[3] float64 mean of the Gaussian centres, map frame, metres."""
+    bbox_min: np.ndarray
+    """[3] float64 axis-aligned box min corner, map frame, metres."""
+    bbox_max: np.ndarray
+    """[3] float64 axis-aligned box max corner, map frame, metres."""
+    gaussian_count: int
+    """Number of Gaussians in the object."""
+    embedding: np.ndarray
+    """[d] float32 unit mean language embedding (zeros when unknown)."""
+
+
+@dataclass
+class CodebookEntry:
+    """One object of the codebook."""
+
+    instance_id: int
+    label_id: int
+    prototype: torch.Tensor
+    """[d_o] unit mean object feature."""
+    centroid: torch.Tensor
+    bbox_min: torch.Tensor
+    bbox_max: torch.Tensor
+    count: int
+    embedding: torch.Tensor | None
+    score: float
+    active: bool = True
+    """False once retired (no Gaussians left); a retired entry may be revived by prototype match."""
+
+
+# ----------------------------------------------------------------------------- grouping helpers
+def _voxel_grid(means: torch.Tensor, voxel_size: float):
+    """Voxel coords shifted into ``[1, D-2]`` per axis (room for one voxel of offset) + dims."""
+    vox = torch.floor(means.double() / voxel_size).long()
+    vox = vox - vox.min(0).values + 1
+    dims = vox.max(0).values + 2
+    total = float(dims[0]) * float(dims[1]) * float(dims[2])
+    return vox, dims, total
+
+
+def _encode(vox: torch.Tensor, dims: torch.Tensor) -> torch.Tensor:
+    return (vox[..., 0] * dims[1] + vox[..., 1]) * dims[2] + vox[..., 2]
+
+
+def _lookup(sorted_keys: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+    """Index of each query in ``sorted_keys`` or -1."""
+    if sorted_keys.numel() == 0:
+        return torch.full_like(query, -1)
+    pos = torch.searchsorted(sorted_keys, query).clamp_max(sorted_keys.numel() - 1)
+    return torch.where(sorted_keys[pos] == query, pos, torch.full_like(pos, -1))
+
+
+def connected_components(num_nodes: int, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """``[num_nodes]`` root (smallest node index) of each node's component.
+
+    Hook-and-compress union-find: every round hooks the larger of two roots joined by an edge
+    onto the smaller, then compresses paths fully; parents only decrease, so it terminates.
+    """
+    parent = torch.arange(num_nodes, dtype=torch.long)
+    if src.numel() == 0:
+        return parent
+    while True:
+        ps, pd = parent[src], parent[dst]
+        lo, hi = torch.minimum(ps, pd), torch.maximum(ps, pd)
+        diff = lo != hi
+        if not bool(diff.any()):
+            return parent
+        parent.scatter_reduce_(0, hi[diff], lo[diff], reduce="amin")
+        while True:
+            pp = parent[parent]
+            if torch.equal(pp, parent):
+                break
+            parent = pp
+
+
+def group_components(means: torch.Tensor, obj_feats: torch.Tensor, labels: torch.Tensor,
+                     config: InstanceConfig, stuff_label_ids=(), valid: torch.Tensor | None = None
+                     ) -> GroupingResult:
+    """Connected components of the same-class voxel graph (see the module docstring).
+
+    Args:
+        means: ``[N, 3]`` Gaussian centres, world frame, metres.
+        obj_feats: ``[N, d_o]`` object-head features (any norm).
+        labels: ``[N]`` class ids; ``65535`` (or negative) = unlabeled, never grouped.
+        config: grouping thresholds.
+        stuff_label_ids: class ids grouped by connectivity alone.
+        valid: optional ``[N]`` bool; False Gaussians are not grouped.
+    """
+    n = means.shape[0]
+    if means.shape != (n, 3) or obj_feats.ndim != 2 or obj_feats.shape[0] != n or labels.shape != (n,):
+        raise InvalidInputError(f"group_components needs means [N,3], obj_feats [N,d], labels [N]; got "
+                                f"{tuple(means.shape)}, {tuple(obj_feats.shape)}, {tuple(labels.shape)}")
+    labels = labels.long().cpu()
+    ok = (labels >= 0) & (labels != UNLABELED)
+    if valid is not None:
+        ok &= valid.cpu().bool()
+    comp = torch.full((n,), -1, dtype=torch.long)
+    sel = torch.nonzero(ok).squeeze(1)
+    if sel.numel() == 0:
+        return GroupingResult(comp, 0)
+    m = means[sel].cpu()
+    f = torch.nn.functional.normalize(obj_feats[sel].cpu().float(), dim=-1)
+    lab = labels[sel]
+    vox, dims, total = _voxel_grid(m, config.voxel_size)
+    ulab, lab_rank = torch.unique(lab, return_inverse=True)
+    nl = int(ulab.numel())
+    if total * nl > 2.0 ** 62:
+        raise InvalidInputError(f"instance voxel grid too large ({total:.3g} voxels x {nl} classes); "
+                                f"increase voxel_size ({config.voxel_size})")
+    gkey = _encode(vox, dims) * nl + lab_rank
+    keys, node_of = torch.unique(gkey, return_inverse=True)          # sorted node keys
+    num_nodes = int(keys.numel())
+    node_lab_rank = keys % nl
+    node_feat = torch.zeros(num_nodes, f.shape[1]).index_add_(0, node_of, f)
+    node_feat = torch.nn.functional.normalize(node_feat, dim=-1)
+    node_count = torch.bincount(node_of, minlength=num_nodes)
+    stuff_rank = torch.zeros(nl, dtype=torch.bool)
+    stuff_ids = torch.as_tensor(list(stuff_label_ids), dtype=torch.long)
+    if stuff_ids.numel():
+        stuff_rank = torch.isin(ulab, stuff_ids)
+    # neighbour edges between nodes of the same class
+    node_cell = keys // nl
+    off = _encode(_HALF_OFFSETS, dims)                                  # [13]
+    qry = (node_cell[:, None] + off[None, :]) * nl + node_lab_rank[:, None]
+    nb = _lookup(keys, qry.reshape(-1)).reshape(num_nodes, -1)
+    src = torch.arange(num_nodes)[:, None].expand_as(nb)[nb >= 0]
+    dst = nb[nb >= 0]
+    sim = (node_feat[src] * node_feat[dst]).sum(-1)
+    keep = stuff_rank[node_lab_rank[src]] | (sim > config.feature_threshold)
+    root = connected_components(num_nodes, src[keep], dst[keep])
+    _, node_comp = torch.unique(root, return_inverse=True)
+    ncomp = int(node_comp.max()) + 1
+    size = torch.zeros(ncomp, dtype=torch.long).index_add_(0, node_comp, node_count)
+    tiny = size < config.min_gaussians
+    target = torch.arange(ncomp)
+    if bool(tiny.any()):
+        target[tiny] = -1
+        cs, cd = node_comp[src], node_comp[dst]
+        a = torch.cat([cs, cd])
+        b = torch.cat([cd, cs])
+        s = torch.cat([sim, sim])
+        cand = tiny[a] & ~tiny[b]
+        if bool(cand.any()):
+            a, b, s = a[cand], b[cand], s[cand]
+            order = torch.argsort(s, descending=True, stable=True)
+            a, b = a[order], b[order]
+            # first (most similar) large neighbour per tiny component
+            first = torch.full((ncomp,), a.numel(), dtype=torch.long)
+            first.scatter_reduce_(0, a, torch.arange(a.numel()), reduce="amin")
+            has = first < a.numel()
+            target[has] = b[first[has]]
+    node_target = target[node_comp]
+    kept = node_target >= 0
+    _, dense = torch.unique(node_target[kept], return_inverse=True)
+    node_final = torch.full((num_nodes,), -1, dtype=torch.long)
+    node_final[kept] = dense
+    comp[sel] = node_final[node_of]
+    return GroupingResult(comp, int(dense.max()) + 1 if dense.numel() else 0)
+
+
+def component_stats(comp: torch.Tensor, num: int, means: torch.Tensor, obj_feats: torch.Tensor,
+                    labels: torch.Tensor, lang_feats: torch.Tensor | None = None,
+                    confidence: torch.Tensor | None = None, gaussian_ids: torch.Tensor | None = None
+                    ) -> ComponentStats:
+    """Statistics of ``num`` components given per-Gaussian ``comp`` ([N], -1 ignored)."""
+    sel = comp >= 0
+    c = comp[sel]
+    m = means[sel].double().cpu()
+    cnt = torch.bincount(c, minlength=num)
+    den = cnt.clamp_min(1).double()[:, None]
+    centroid = torch.zeros(num, 3, dtype=torch.float64).index_add_(0, c, m) / den
+    bmin = torch.full((num, 3), float("inf"), dtype=torch.float64).scatter_reduce(
+        0, c[:, None].expand(-1, 3), m, reduce="amin")
+    bmax = torch.full((num, 3), float("-inf"), dtype=torch.float64).scatter_reduce(
+        0, c[:, None].expand(-1, 3), m, reduce="amax")
+    f = torch.nn.functional.normalize(obj_feats[sel].float().cpu(), dim=-1)
+    proto = torch.nn.functional.normalize(torch.zeros(num, f.shape[1]).index_add_(0, c, f), dim=-1)
+    lab = torch.full((num,), UNLABELED, dtype=torch.long).scatter_reduce(
+        0, c, labels[sel].long().cpu(), reduce="amax", include_self=False)
+    emb = None
+    if lang_feats is not None:
+        lf = torch.nn.functional.normalize(lang_feats[sel].float().cpu(), dim=-1)
+        emb = torch.nn.functional.normalize(torch.zeros(num, lf.shape[1]).index_add_(0, c, lf), dim=-1)
+    if confidence is not None:
+        score = (torch.zeros(num, dtype=torch.float64).index_add_(0, c, confidence[sel].double().cpu())
+                 / den[:, 0]).float()
+    else:
+        score = torch.ones(num)
+    gid = (gaussian_ids[sel].long().cpu() if gaussian_ids is not None
+           else torch.nonzero(sel).squeeze(1))
+    min_gid = torch.full((num,), torch.iinfo(torch.long).max, dtype=torch.long).scatter_reduce(
+        0, c, gid, reduce="amin")
+    return ComponentStats(cnt, lab, proto, centroid.float(), bmin.float(), bmax.float(), emb, score, min_gid)
+
+
+# ----------------------------------------------------------------------------------- codebook
+class ObjectCodebook:
+    """Persistent object entries (see the module docstring). Ids start at 1 and are never reused."""
+
+    def __init__(self, config: InstanceConfig | None = None) -> None:
+        self.config = config or InstanceConfig()
+        self.entries: dict[int, CodebookEntry] = {}
+        self.next_id = 1
+
+    def active_ids(self) -> list[int]:
+        return sorted(i for i, e in self.entries.items() if e.active)
+
+    def assign(self, comp: torch.Tensor, prev_ids: torch.Tensor, stats: ComponentStats,
+               region_entries: set[int]) -> torch.Tensor:
+        """Persistent id for each of the C components of a regrouped region.
+
+        Args:
+            comp: ``[M]`` component index per regrouped Gaussian (-1 none).
+            prev_ids: ``[M]`` previous persistent id of the same Gaussians (0 none).
+            stats: statistics of the C components.
+            region_entries: ids of the entries whose Gaussians were all inside the region; those
+                not matched here are retired.
+
+        Returns:
+            ``[C]`` int64 persistent ids; the matched/new entries are updated from ``stats``.
+        """
+        cfg = self.config
+        num = int(stats.count.numel())
+        out = torch.zeros(num, dtype=torch.long)
+        used_c = torch.zeros(num, dtype=torch.bool)
+        used_e: set[int] = set()
+        # 1) Gaussian-id overlap
+        has = (comp >= 0) & (prev_ids > 0)
+        if bool(has.any()):
+            c, p = comp[has], prev_ids[has].long()
+            labelled = torch.bincount(c, minlength=num)
+            pairs, cnt = torch.unique(torch.stack([c, p], 1), dim=0, return_counts=True)
+            order = torch.argsort(cnt, descending=True, stable=True)
+            for (ci, pi), k in zip(pairs[order].tolist(), cnt[order].tolist()):
+                if used_c[ci] or pi in used_e:
+                    continue
+                e = self.entries.get(pi)
+                if e is None:
+                    continue
+                denom = max(1, min(int(labelled[ci]), e.count))
+                if k / denom < cfg.min_overlap_fraction:
+                    continue
+                out[ci] = pi
+                used_c[ci] = True
+                used_e.add(pi)
+        # 2) prototype + spatial overlap against vanished (retired or unmatched in-region) entries
+        free = [i for i, e in self.entries.items()
+                if i not in used_e and (not e.active or i in region_entries)]
+        rest = torch.nonzero(~used_c).squeeze(1)
+        if free and rest.numel():
+            fe = [self.entries[i] for i in free]
+            proto = torch.stack([e.prototype for e in fe])
+            flab = torch.tensor([e.label_id for e in fe])
+            fmin = torch.stack([e.bbox_min for e in fe]) - cfg.spatial_margin
+            fmax = torch.stack([e.bbox_max for e in fe]) + cfg.spatial_margin
+            sim = stats.prototype[rest] @ proto.T                                   # [R, F]
+            inter = ((stats.bbox_min[rest][:, None] <= fmax[None]) &
+                     (stats.bbox_max[rest][:, None] >= fmin[None])).all(-1)
+            ok = (sim > cfg.prototype_threshold) & inter & (stats.label[rest][:, None] == flab[None])
+            r_idx, f_idx = torch.nonzero(ok, as_tuple=True)
+            order = torch.argsort(sim[r_idx, f_idx], descending=True, stable=True)
+            for ri, fi in zip(r_idx[order].tolist(), f_idx[order].tolist()):
+                ci, ei = int(rest[ri]), free[fi]
+                if used_c[ci] or ei in used_e:
+                    continue
+                out[ci] = ei
+                used_c[ci] = True
+                used_e.add(ei)
+        # 3) new ids, in a deterministic order (smallest Gaussian id first)
+        rest = torch.nonzero(~used_c).squeeze(1)
+        for ci in rest[torch.argsort(stats.min_gid[rest], stable=True)].tolist():
+            out[ci] = self.next_id
+            self.next_id += 1
+        # update entries; retire the vanished
+        for ci in range(num):
+            self._set_entry(int(out[ci]), stats, ci)
+        assigned = set(out.tolist())
+        for i in region_entries:
+            if i not in assigned and i in self.entries:
+                self.entries[i].active = False
+                self.entries[i].count = 0
+        return out
+
+    def _set_entry(self, iid: int, s: ComponentStats, ci: int) -> None:
+        self.entries[iid] = CodebookEntry(
+            iid, int(s.label[ci]), s.prototype[ci].clone(), s.centroid[ci].clone(), s.bbox_min[ci].clone(),
+            s.bbox_max[ci].clone(), int(s.count[ci]),
+            None if s.embedding is None else s.embedding[ci].clone(), float(s.score[ci]), True)
+
+    def refresh(self, ids: torch.Tensor, stats: ComponentStats) -> None:
+        """Overwrite the records of existing ``ids`` ([C]) from ``stats`` (membership unchanged)."""
+        for ci, iid in enumerate(ids.tolist()):
+            if stats.count[ci] > 0:
+                self._set_entry(int(iid), stats, ci)
+
+    # ------------------------------------------------------------------ persistence
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """(tensors, json-able metadata) for saving with the map."""
+        ids = sorted(self.entries)
+        es = [self.entries[i] for i in ids]
+        t: dict[str, torch.Tensor] = {}
+        if es:
+            t = {"ids": torch.tensor(ids, dtype=torch.long),
+                 "label": torch.tensor([e.label_id for e in es], dtype=torch.long),
+                 "prototype": torch.stack([e.prototype for e in es]).float().contiguous(),
+                 "centroid": torch.stack([e.centroid for e in es]).float().contiguous(),
+                 "bbox_min": torch.stack([e.bbox_min for e in es]).float().contiguous(),
+                 "bbox_max": torch.stack([e.bbox_max for e in es]).float().contiguous(),
+                 "count": torch.tensor([e.count for e in es], dtype=torch.long),
+                 "score": torch.tensor([e.score for e in es], dtype=torch.float32),
+                 "active": torch.tensor([e.active for e in es], dtype=torch.bool)}
+            if all(e.embedding is not None for e in es):
+                t["embedding"] = torch.stack([e.embedding for e in es]).float().contiguous()
+        return t, {"next_id": self.next_id}
+
+    def load_state_dict(self, t: dict[str, torch.Tensor], meta: dict) -> None:
+        self.entries = {}
+        self.next_id = int(meta.get("next_id", 1))
+        if not t:
+            return
+        for k, iid in enumerate(t["ids"].tolist()):
+            self.entries[iid] = CodebookEntry(
+                iid, int(t["label"][k]), t["prototype"][k].clone(), t["centroid"][k].clone(),
+                t["bbox_min"][k].clone(), t["bbox_max"][k].clone(), int(t["count"][k]),
+                t["embedding"][k].clone() if "embedding" in t else None, float(t["score"][k]),
+                bool(t["active"][k]))
+        self.next_id = max(self.next_id, max(self.entries, default=0) + 1)
+
+
+@dataclass
+class RegroupResult:
+    """Outcome of :meth:`InstanceDecoder.regroup`."""
+
+    instance_ids: torch.Tensor
+    """[N] int64 persistent id per Gaussian (0: none)."""
+    region: torch.Tensor
+    """[N] bool Gaussians that were regrouped."""
+    changed: list[int] = field(default_factory=list)
+    """Ids whose entry was created or updated."""
+    retired: list[int] = field(default_factory=list)
+    """Ids retired by this call."""
+
+
+class InstanceDecoder:
+    """Groups Gaussians into objects and keeps their persistent ids (owns an :class:`ObjectCodebook`)."""
+
+    def __init__(self, config: InstanceConfig | None = None) -> None:
+        self.config = config or InstanceConfig()
+        self.config.validate()
+        self.codebook = ObjectCodebook(self.config)
+
+    def expand_region(self, means: torch.Tensor, prev_ids: torch.Tensor, seed: torch.Tensor,
+                      touched_ids=()) -> torch.Tensor:
+        """Grow ``seed`` ([N] bool) to whole instances: those with a seed Gaussian, those with a
+        Gaussian within one voxel of a seed Gaussian, and ``touched_ids``."""
+        n = means.shape[0]
+        region = seed.clone().cpu().bool()
+        if n == 0 or not bool(region.any()):
+            ids = torch.as_tensor(list(touched_ids), dtype=torch.long)
+            if ids.numel():
+                region |= torch.isin(prev_ids.cpu(), ids)
+            return region
+        vox, dims, _ = _voxel_grid(means.cpu(), self.config.voxel_size)
+        key = _encode(vox, dims)
+        seed_keys = torch.unique(key[region])
+        near = torch.unique((seed_keys[:, None] + _encode(_ALL_OFFSETS, dims)[None]).reshape(-1))
+        near_g = torch.isin(key, near)
+        ids = torch.unique(prev_ids.cpu()[near_g | region])
+        ids = torch.cat([ids, torch.as_tensor(list(touched_ids), dtype=torch.long)])
+        ids = ids[ids > 0]
+        if ids.numel():
+            region |= torch.isin(prev_ids.cpu(), ids)
+        return region
+
+    def regroup(self, means: torch.Tensor, obj_feats: torch.Tensor, labels: torch.Tensor,
+                prev_ids: torch.Tensor, *, region: torch.Tensor | None = None, touched_ids=(),
+                stuff_label_ids=(), lang_feats: torch.Tensor | None = None,
+                confidence: torch.Tensor | None = None, gaussian_ids: torch.Tensor | None = None,
+                valid: torch.Tensor | None = None) -> RegroupResult:
+        """Regroup all Gaussians (``region=None``) or the grown ``region`` and update the codebook.
+
+        Args:
+            means: ``[N, 3]`` centres (world). obj_feats: ``[N, d_o]``. labels: ``[N]`` class ids.
+            prev_ids: ``[N]`` the Gaussians' current persistent ids (0 none / new Gaussians).
+            region: ``[N]`` bool seed of changed Gaussians; grown by :meth:`expand_region`.
+            touched_ids: ids of instances that lost Gaussians (e.g. removed from the map).
+            stuff_label_ids: class ids grouped by connectivity alone.
+            lang_feats / confidence: for the records' embedding and score.
+            gaussian_ids: ``[N]`` stable Gaussian ids (deterministic order of new ids).
+            valid: optional ``[N]`` bool mask of Gaussians that may be grouped.
+        """
+        n = means.shape[0]
+        prev_ids = prev_ids.long().cpu()
+        if prev_ids.shape != (n,):
+            raise InvalidInputError(f"prev_ids must be [{n}], got {tuple(prev_ids.shape)}")
+        if region is None:
+            region = torch.ones(n, dtype=torch.bool)
+            touched = set(self.codebook.active_ids())
+        else:
+            region = self.expand_region(means, prev_ids, region.cpu().bool(), touched_ids)
+            touched = set(int(i) for i in torch.unique(prev_ids[region]).tolist() if i > 0)
+            touched |= {int(i) for i in touched_ids}
+        idx = torch.nonzero(region).squeeze(1)
+
+        def sub(t):
+            return None if t is None else t[idx.to(t.device)].cpu()
+        g = group_components(sub(means), sub(obj_feats), sub(labels), self.config, stuff_label_ids,
+                             sub(valid))
+        stats = component_stats(g.component, g.num_components, sub(means), sub(obj_feats), sub(labels),
+                                sub(lang_feats), sub(confidence), sub(gaussian_ids))
+        before = {i for i, e in self.codebook.entries.items() if e.active}
+        ids_c = self.codebook.assign(g.component, prev_ids[idx], stats, touched)
+        out = prev_ids.clone()
+        sub_ids = torch.zeros(idx.numel(), dtype=torch.long)
+        has = g.component >= 0
+        sub_ids[has] = ids_c[g.component[has]]
+        out[idx] = sub_ids
+        retired = sorted(before - {i for i, e in self.codebook.entries.items() if e.active})
+        return RegroupResult(out, region, sorted(ids_c.tolist()), retired)
+
+    def records(self, label_names: list[str]) -> list[ObjectRecord]:
+        """Records of the active objects, sorted by id."""
+        out = []
+        for iid in self.codebook.active_ids():
+            e = self.codebook.entries[iid]
+            name = label_names[e.label_id] if 0 <= e.label_id < len(label_names) else "unknown"
+            emb = (e.embedding.numpy().astype(np.float32) if e.embedding is not None
+                   else np.zeros(0, np.float32))
+            out.append(ObjectRecord(iid, e.label_id, name, float(e.score), e.centroid.double().numpy(),
+                                    e.bbox_min.double().numpy(), e.bbox_max.double().numpy(), e.count, emb))
+        return out

@@ -1,0 +1,266 @@
+"""Instance grouping and the persistent object codebook on hand-built scenes with exact answers."""
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from chorus_ros.core.decode.instances import (InstanceConfig, InstanceDecoder, connected_components,
+                                              group_components)
+from chorus_ros.core.errors import InvalidInputError
+
+VS = 0.1
+CFG = InstanceConfig(voxel_size=VS, feature_threshold=0.7, min_gaussians=3, spatial_margin=0.05)
+FLOOR, CHAIR, TABLE = 0, 1, 2
+E = torch.eye(4)
+
+
+def block(x0, y0, z0, nx, ny, nz, feat, label):
+    """One Gaussian per voxel centre of an nx*ny*nz block of voxels starting at voxel (x0,y0,z0)."""
+    pts = torch.tensor([(x0 + i + 0.5, y0 + j + 0.5, z0 + k + 0.5)
+                        for i in range(nx) for j in range(ny) for k in range(nz)]) * VS
+    feat = torch.zeros(4) if feat is None else feat
+    return pts, feat.expand(len(pts), -1).clone(), torch.full((len(pts),), label)
+
+
+def scene():
+    parts = {
+        "floor": block(0, 0, 0, 10, 10, 1, None, FLOOR),
+        "a": block(1, 1, 1, 2, 2, 2, E[0], CHAIR),
+        "b": block(3, 1, 1, 2, 2, 2, E[1], CHAIR),      # touches a, different object feature
+        "c": block(7, 7, 1, 2, 2, 2, E[0], TABLE),      # same feature as a, other class, far
+        "sliver": block(1, 3, 1, 2, 1, 1, None, CHAIR),  # 2 Gaussians next to a (and b), cos 0.6/0
+        "stray": block(8, 1, 5, 1, 2, 1, E[2], CHAIR),   # 2 isolated Gaussians
+    }
+    # floor: varied features (stuff is grouped by connectivity alone)
+    n_floor = len(parts["floor"][0])
+    parts["floor"] = (parts["floor"][0], torch.randn(n_floor, 4, generator=torch.Generator().manual_seed(0)),
+                      parts["floor"][2])
+    parts["sliver"] = (parts["sliver"][0], torch.tensor([[0.6, 0, 0.8, 0]] * 2), parts["sliver"][2])
+    names = list(parts)
+    means = torch.cat([parts[k][0] for k in names])
+    feats = torch.cat([parts[k][1] for k in names])
+    labels = torch.cat([parts[k][2] for k in names])
+    which = torch.cat([torch.full((len(parts[k][0]),), i) for i, k in enumerate(names)])
+    return means, feats, labels, which, names
+
+
+def groups_of(comp, which, names):
+    """name -> set of component ids its Gaussians got."""
+    return {n: set(comp[which == i].tolist()) for i, n in enumerate(names)}
+
+
+def test_grouping_exact_partition():
+    means, feats, labels, which, names = scene()
+    g = group_components(means, feats, labels, CFG, stuff_label_ids=[FLOOR])
+    got = groups_of(g.component, which, names)
+    assert g.num_components == 4
+    for n in ("floor", "a", "b", "c"):
+        assert len(got[n]) == 1
+    assert len({next(iter(got[n])) for n in ("floor", "a", "b", "c")}) == 4
+    assert got["sliver"] == got["a"]          # tiny, merged into its most similar large neighbour (0.6 > 0)
+    assert got["stray"] == {-1}               # tiny and isolated: no instance
+
+
+def test_unlabeled_and_invalid_are_not_grouped():
+    means, feats, labels, which, names = scene()
+    labels = labels.clone()
+    labels[which == 1] = 65535
+    valid = which != 2
+    g = group_components(means, feats, labels, CFG, [FLOOR], valid=valid)
+    assert set(g.component[which == 1].tolist()) == {-1}
+    assert set(g.component[which == 2].tolist()) == {-1}
+
+
+def _reference_partition(means, feats, labels, cfg, stuff):
+    """Slow reference: nodes by dict, all-pairs adjacency, BFS (no tiny-component handling)."""
+    vox = np.floor(means.double().numpy() / cfg.voxel_size).astype(int)
+    nodes = {}
+    for i, (v, l) in enumerate(zip(map(tuple, vox), labels.tolist())):
+        nodes.setdefault((v, l), []).append(i)
+    keys = list(nodes)
+    f = torch.nn.functional.normalize(feats, dim=-1)
+    nf = [torch.nn.functional.normalize(f[nodes[k]].sum(0), dim=0) for k in keys]
+    adj = {k: [] for k in range(len(keys))}
+    for a, b in itertools.combinations(range(len(keys)), 2):
+        (va, la), (vb, lb) = keys[a], keys[b]
+        if la != lb or max(abs(x - y) for x, y in zip(va, vb)) > 1:
+            continue
+        if la in stuff or float(nf[a] @ nf[b]) > cfg.feature_threshold:
+            adj[a].append(b)
+            adj[b].append(a)
+    comp = [-1] * len(keys)
+    c = 0
+    for s in range(len(keys)):
+        if comp[s] >= 0:
+            continue
+        stack = [s]
+        comp[s] = c
+        while stack:
+            u = stack.pop()
+            for w in adj[u]:
+                if comp[w] < 0:
+                    comp[w] = c
+                    stack.append(w)
+        c += 1
+    out = np.zeros(len(means), int)
+    for k, idx in zip(keys, nodes.values()):
+        out[idx] = comp[keys.index(k)]
+    return out
+
+
+def _same_partition(a, b):
+    pairs = set(zip(np.asarray(a).tolist(), np.asarray(b).tolist()))
+    return len(pairs) == len(set(np.asarray(a).tolist())) == len(set(np.asarray(b).tolist()))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_grouping_matches_slow_reference(seed):
+    gen = torch.Generator().manual_seed(seed)
+    n = 300
+    means = torch.rand(n, 3, generator=gen) * 0.6 - 0.3
+    labels = torch.randint(0, 3, (n,), generator=gen)
+    protos = torch.randn(3, 8, generator=gen)
+    feats = protos[torch.randint(0, 3, (n,), generator=gen)] + 0.3 * torch.randn(n, 8, generator=gen)
+    cfg = InstanceConfig(voxel_size=0.1, feature_threshold=0.6, min_gaussians=1)
+    g = group_components(means, feats, labels, cfg, stuff_label_ids=[0])
+    ref = _reference_partition(means, feats, labels, cfg, {0})
+    assert _same_partition(g.component.numpy(), ref)
+
+
+def test_connected_components_vs_bfs():
+    gen = torch.Generator().manual_seed(3)
+    m = 200
+    src = torch.randint(0, m, (150,), generator=gen)
+    dst = torch.randint(0, m, (150,), generator=gen)
+    root = connected_components(m, src, dst)
+    adj = {i: set() for i in range(m)}
+    for a, b in zip(src.tolist(), dst.tolist()):
+        adj[a].add(b)
+        adj[b].add(a)
+    for s in range(m):
+        seen, stack = {s}, [s]
+        while stack:
+            for w in adj[stack.pop()]:
+                if w not in seen:
+                    seen.add(w)
+                    stack.append(w)
+        assert root[s] == min(seen)
+
+
+# ------------------------------------------------------------------------------- codebook
+def run(dec, means, feats, labels, prev, gids, region=None, touched=()):
+    return dec.regroup(means, feats, labels, prev, region=region, touched_ids=touched,
+                       stuff_label_ids=[FLOOR], lang_feats=feats, gaussian_ids=gids)
+
+
+def test_ids_stable_as_map_grows_and_new_object_gets_new_id():
+    means, feats, labels, which, names = scene()
+    gids = torch.arange(len(means)) + 1000
+    dec = InstanceDecoder(CFG)
+    r0 = run(dec, means, feats, labels, torch.zeros(len(means), dtype=torch.long), gids)
+    ids0 = r0.instance_ids
+    first = {n: set(ids0[which == i].tolist()) for i, n in enumerate(names)}
+    # ids 1..4 in order of the smallest Gaussian id: floor, a, b, c
+    assert first["floor"] == {1} and first["a"] == {2} and first["b"] == {3} and first["c"] == {4}
+    assert first["stray"] == {0} and first["sliver"] == {2}
+    # grow: more Gaussians on object a (one voxel layer on top) + a new table far away
+    ga, fa, la = block(1, 1, 3, 2, 2, 1, E[0], CHAIR)
+    gd, fd, ld = block(6, 2, 1, 2, 2, 2, E[3], TABLE)
+    means2 = torch.cat([means, ga, gd])
+    feats2 = torch.cat([feats, fa, fd])
+    labels2 = torch.cat([labels, la, ld])
+    gids2 = torch.cat([gids, torch.arange(len(ga) + len(gd)) + 5000])
+    prev2 = torch.cat([ids0, torch.zeros(len(ga) + len(gd), dtype=torch.long)])
+    new = torch.zeros(len(means2), dtype=torch.bool)
+    new[len(means):] = True
+    full_dec = InstanceDecoder(CFG)
+    run(full_dec, means, feats, labels, torch.zeros(len(means), dtype=torch.long), gids)
+    r_inc = run(dec, means2, feats2, labels2, prev2, gids2, region=new)
+    r_full = run(full_dec, means2, feats2, labels2, prev2, gids2)
+    for r in (r_inc, r_full):
+        ids = r.instance_ids
+        assert torch.equal(ids[: len(means)], ids0)                   # old Gaussians keep their ids
+        assert set(ids[len(means): len(means) + len(ga)].tolist()) == {2}   # growth joins object a
+        assert set(ids[len(means) + len(ga):].tolist()) == {5}        # the new table: a new id
+    # the incremental call only regrouped a's Gaussians, the new ones and what touches them (floor)
+    assert not r_inc.region[: len(means)][which == 3].any()                      # object c untouched
+    recs = {r.instance_id: r for r in dec.records(["floor", "chair", "table"])}
+    assert sorted(recs) == [1, 2, 3, 4, 5]
+    assert recs[2].gaussian_count == 8 + 2 + 4 and recs[5].label == "table"
+    np.testing.assert_allclose(recs[5].bbox_min, [0.65, 0.25, 0.15], atol=1e-6)
+    np.testing.assert_allclose(recs[5].bbox_max, [0.75, 0.35, 0.25], atol=1e-6)
+    np.testing.assert_allclose(recs[5].centroid, [0.7, 0.3, 0.2], atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(recs[5].embedding), 1.0, atol=1e-6)
+
+
+def test_removed_object_is_retired_then_revived_by_prototype_and_ids_not_reused():
+    means, feats, labels, which, names = scene()
+    gids = torch.arange(len(means)) + 1000
+    dec = InstanceDecoder(CFG)
+    ids0 = run(dec, means, feats, labels, torch.zeros(len(means), dtype=torch.long), gids).instance_ids
+    # remove object b (id 3)
+    keep = which != 2
+    r1 = run(dec, means[keep], feats[keep], labels[keep], ids0[keep], gids[keep],
+             region=torch.zeros(int(keep.sum()), dtype=torch.bool), touched=[3])
+    assert r1.retired == [3]
+    assert 3 not in dec.codebook.active_ids()
+    assert torch.equal(r1.instance_ids, ids0[keep])
+    # b comes back with *new* Gaussian ids at the same place -> revived as 3 by prototype + box
+    gb, fb, lb = block(3, 1, 1, 2, 2, 2, E[1], CHAIR)
+    m2 = torch.cat([means[keep], gb])
+    r2 = run(dec, m2, torch.cat([feats[keep], fb]), torch.cat([labels[keep], lb]),
+             torch.cat([r1.instance_ids, torch.zeros(len(gb), dtype=torch.long)]),
+             torch.cat([gids[keep], torch.arange(len(gb)) + 9000]),
+             region=torch.cat([torch.zeros(int(keep.sum()), dtype=torch.bool), torch.ones(len(gb), dtype=torch.bool)]))
+    assert set(r2.instance_ids[-len(gb):].tolist()) == {3}
+    # a different object of another class at b's place is NOT given id 3, nor any old id
+    dec2 = InstanceDecoder(CFG)
+    ids0b = run(dec2, means, feats, labels, torch.zeros(len(means), dtype=torch.long), gids).instance_ids
+    run(dec2, means[keep], feats[keep], labels[keep], ids0b[keep], gids[keep],
+        region=torch.zeros(int(keep.sum()), dtype=torch.bool), touched=[3])
+    r3 = run(dec2, m2, torch.cat([feats[keep], fb]), torch.cat([labels[keep], torch.full_like(lb, TABLE)]),
+             torch.cat([ids0b[keep], torch.zeros(len(gb), dtype=torch.long)]),
+             torch.cat([gids[keep], torch.arange(len(gb)) + 9000]),
+             region=torch.cat([torch.zeros(int(keep.sum()), dtype=torch.bool), torch.ones(len(gb), dtype=torch.bool)]))
+    assert set(r3.instance_ids[-len(gb):].tolist()) == {5}
+
+
+def test_merge_keeps_first_id_and_split_revives_retired():
+    # two chairs a (8 G) and b (8 G) with different features; then b's features become a's: merge
+    means, feats, labels, which, names = scene()
+    gids = torch.arange(len(means))
+    dec = InstanceDecoder(CFG)
+    ids0 = run(dec, means, feats, labels, torch.zeros(len(means), dtype=torch.long), gids).instance_ids
+    f2 = feats.clone()
+    f2[which == 2] = E[0]
+    r = run(dec, means, f2, labels, ids0, gids, region=which == 2)
+    merged = set(r.instance_ids[(which == 1) | (which == 2)].tolist())
+    assert merged == {2}                                    # equal overlap: tie -> first (a)
+    assert 3 in r.retired
+    # split again: b gets a brand-new id (3 is retired, 2 stays with a)
+    r2 = run(dec, means, feats, labels, r.instance_ids, gids, region=which == 2)
+    assert set(r2.instance_ids[which == 1].tolist()) == {2}
+    b_ids = set(r2.instance_ids[which == 2].tolist())
+    assert b_ids == {3}  # revived by prototype + box (same feature/place as retired b), not a new id
+
+
+def test_codebook_state_roundtrip():
+    means, feats, labels, which, names = scene()
+    dec = InstanceDecoder(CFG)
+    run(dec, means, feats, labels, torch.zeros(len(means), dtype=torch.long), torch.arange(len(means)))
+    t, meta = dec.codebook.state_dict()
+    other = InstanceDecoder(CFG)
+    other.codebook.load_state_dict(t, meta)
+    a = dec.records(["floor", "chair", "table"])
+    b = other.records(["floor", "chair", "table"])
+    assert [r.instance_id for r in a] == [r.instance_id for r in b]
+    assert other.codebook.next_id == dec.codebook.next_id == 5
+    np.testing.assert_allclose(a[1].centroid, b[1].centroid)
+
+
+def test_validation():
+    with pytest.raises(InvalidInputError, match="voxel_size"):
+        InstanceDecoder(InstanceConfig(voxel_size=0))
+    with pytest.raises(InvalidInputError):
+        group_components(torch.zeros(3, 3), torch.zeros(2, 4), torch.zeros(3), CFG)
