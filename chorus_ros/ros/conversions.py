@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import array
 import math
-import sys
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
@@ -34,7 +33,7 @@ __all__ = [
     "IMAGE_ENCODINGS", "image_to_numpy", "numpy_to_image", "stamp_to_ns", "ns_to_stamp",
     "camera_from_msgs", "camera_to_msgs", "labelset_to_msg", "msg_to_labelset",
     "colors_from_msgs", "objects_to_msg", "ObjectTable", "objectmap_to_table",
-    "records_to_msgs", "header",
+    "records_to_msgs", "header", "view_images", "overlay_rgb",
 ]
 
 IMAGE_ENCODINGS: dict[str, tuple[np.dtype, int]] = {
@@ -227,7 +226,7 @@ def records_to_msgs(records: Iterable[Any], *, include_embeddings: bool = True) 
     """Core object records -> ``chorus_ros/ObjectRecord`` messages.
 
     A record needs ``instance_id, label_id, label, score, centroid [3], bbox_min [3],
-    bbox_max [3], count`` and ``embedding [D]`` (duck-typed: the core
+    bbox_max [3], gaussian_count`` and ``embedding [D]`` (duck-typed: the core
     :class:`~chorus_ros.core.decode.instances.ObjectRecord` dataclass)."""
     from chorus_ros.msg import ObjectRecord
     out = []
@@ -235,7 +234,8 @@ def records_to_msgs(records: Iterable[Any], *, include_embeddings: bool = True) 
         m = ObjectRecord(instance_id=int(r.instance_id), label_id=int(r.label_id),
                          label=str(r.label or ""), score=float(r.score),
                          centroid=_point(_np(r.centroid)), bbox_min=_point(_np(r.bbox_min)),
-                         bbox_max=_point(_np(r.bbox_max)), gaussian_count=int(r.count))
+                         bbox_max=_point(_np(r.bbox_max)),
+                         gaussian_count=int(getattr(r, "gaussian_count", None) or getattr(r, "count", 0)))
         if include_embeddings and getattr(r, "embedding", None) is not None:
             m.embedding = array.array("f", _np(r.embedding).astype(np.float32).ravel().tobytes())
         out.append(m)
@@ -294,6 +294,46 @@ def objectmap_to_table(msg) -> ObjectTable:
     return ObjectTable(msg, emb, has)
 
 
-# ---------------------------------------------------------------------------------- misc
-def little_endian() -> bool:
-    return sys.byteorder == "little"
+# ---------------------------------------------------------------------------------- views
+def _u8_rgb(a) -> np.ndarray:
+    a = _np(a)
+    if a.dtype == np.uint8:
+        return a
+    return np.clip(np.round(a.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
+
+
+def overlay_rgb(rgb: np.ndarray, colors: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend class colours over ``rgb`` (uint8 ``[H, W, 3]``) where ``labels`` != 65535."""
+    out = rgb.astype(np.float32)
+    m = labels != UNLABELED
+    out[m] = (1 - alpha) * out[m] + alpha * colors[m].astype(np.float32)
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def view_images(view: Any, labels: LabelSet, overlay_alpha: float = 0.5) -> dict[str, np.ndarray]:
+    """The images of one rendered view, keyed like :data:`chorus_ros.ros.chorus_node.OUTPUTS`.
+
+    ``view`` is a :class:`~chorus_ros.core.pipeline.ViewResult` (``labels`` [H, W] class ids with
+    65535 unlabeled, ``confidence``, ``instance``, ``rgb``, ``depth``; optional ``color`` and
+    ``overlay`` images); numpy or torch. Missing optional parts are derived or left out."""
+    out: dict[str, np.ndarray] = {}
+    lab = _np(view.labels).astype(np.int64)
+    bad = (lab < 0) | ((lab > 65534) & (lab != UNLABELED))
+    if bad.any():
+        raise InvalidInputError(f"view labels outside uint16: {np.unique(lab[bad])[:5].tolist()}")
+    out["semantic"] = lab.astype(np.uint16)
+    color = getattr(view, "color", None)
+    out["semantic_color"] = _u8_rgb(color) if color is not None else labels.colorize(out["semantic"])
+    rgb = getattr(view, "rgb", None)
+    if rgb is not None:
+        out["rgb"] = _u8_rgb(rgb)
+    ov = getattr(view, "overlay", None)
+    if ov is not None:
+        out["overlay"] = _u8_rgb(ov)
+    elif rgb is not None:
+        out["overlay"] = overlay_rgb(out["rgb"], out["semantic_color"], out["semantic"], overlay_alpha)
+    for name, dtype in (("instance", np.int32), ("confidence", np.float32), ("depth", np.float32)):
+        v = getattr(view, name, None)
+        if v is not None:
+            out[name] = np.ascontiguousarray(_np(v).astype(dtype, copy=False))
+    return out

@@ -114,7 +114,7 @@ def test_object_map_roundtrip_to_table():
     pytest.importorskip("chorus_ros.msg", reason="interfaces not built (make install)")
     recs = [SimpleNamespace(instance_id=i + 1, label_id=i, label=f"c{i}", score=0.5 + i / 10,
                             centroid=torch.tensor([i, 0.0, 1.0]), bbox_min=np.zeros(3),
-                            bbox_max=np.ones(3) * (i + 1), count=10 * (i + 1),
+                            bbox_max=np.ones(3) * (i + 1), gaussian_count=10 * (i + 1),
                             embedding=torch.tensor([3.0, 4.0]) * (i + 1)) for i in range(3)]
     msg = cv.objects_to_msg(recs, cv.header(11, "map"), map_id="m", map_sequence=4, map_version=9)
     assert msg.embedding_dim == 2 and len(msg.objects) == 3 and msg.map_sequence == 4

@@ -1,0 +1,513 @@
+"""chorus_node: open-vocabulary semantics and instances over a live 3D Gaussian map.
+
+Keeps a :class:`~chorus_ros.core.pipeline.PerceptionPipeline` (Gaussian map + Chorus encoder +
+decoders), applies map updates, re-encodes incrementally and renders the views requested by
+camera poses. Heavy work (encoding, rendering) runs in one worker thread behind a keep-newest
+queue; callbacks only convert and enqueue.
+
+Subscriptions (relative names, so the node's namespace applies):
+    map_updates                   chorus_ros/GaussianMapUpdate  reliable, transient-local, depth
+                                  ``map_update_depth`` (FULL snapshots and DELTAs, by sequence)
+    <camera>/pose                 geometry_msgs/PoseStamped     best effort (matches reliable too)
+    <camera>/camera_info          sensor_msgs/CameraInfo        best effort; paired with the pose
+                                  by stamp (``pair_tolerance_s``), never "latest"
+    (TF instead of <camera>/pose when ``pose_source`` = 'tf' and tf2_ros is installed)
+
+Publications (every image copies the request's stamp and the camera frame):
+    <camera>/semantic/image_raw          16UC1 class ids, 65535 = unlabeled
+    <camera>/semantic_color/image_raw    rgb8 class colours
+    <camera>/semantic_overlay/image_raw  rgb8 colours blended over the rendered RGB
+    <camera>/instance/image_raw          32SC1 instance ids (0 = none)
+    <camera>/confidence/image_raw        32FC1 label confidence
+    <camera>/depth/image_raw             32FC1 metres (``publish_depth``)
+    <camera>/rendered/image_raw          rgb8 rendered colour (``publish_rgb``)
+    semantic/label_info                  chorus_ros/LabelInfo, latched
+    objects                              chorus_ros/ObjectMap, latched, whenever it changes
+    ~/status                             chorus_ros/Status heartbeat (``status_rate_hz``)
+    Images: reliable, volatile, depth 2. Every entity accepts ``qos_overrides`` parameters.
+
+Services (own callback group):
+    ~/save_map (SaveMap), ~/load_map (LoadMap), ~/set_labels (SetLabels),
+    ~/render_relevance (RenderRelevance)
+
+Parameters: :class:`ChorusNodeConfig` (docstrings = descriptions), including the core
+:class:`~chorus_ros.core.pipeline.PipelineConfig` under ``pipeline.*``; see config/chorus.yaml.
+Per-message errors are logged (throttled per kind), counted in ``~/status`` and survived; the
+map is left unchanged by any rejected update.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import rclpy
+from geometry_msgs.msg import PoseStamped
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.node import Node
+from sensor_msgs.msg import CameraInfo, Image
+
+from chorus_ros.core.errors import ChorusError, InvalidInputError
+from chorus_ros.core.pipeline import PerceptionPipeline, PipelineConfig
+from chorus_ros.ros import conversions as cv
+from chorus_ros.ros import qos
+from chorus_ros.ros.map_updates import MapUpdate, map_update_from_msg
+from chorus_ros.ros.params import ParameterBinding
+from chorus_ros.ros.runtime import ErrorReporter, KeepNewestQueue, RateMeter, SequenceTracker, StampPairer
+
+__all__ = ["ChorusNodeConfig", "ChorusNode", "OUTPUTS", "main"]
+
+OUTPUTS: dict[str, tuple[str, str]] = {
+    "semantic": ("semantic/image_raw", "16UC1"),
+    "semantic_color": ("semantic_color/image_raw", "rgb8"),
+    "overlay": ("semantic_overlay/image_raw", "rgb8"),
+    "instance": ("instance/image_raw", "32SC1"),
+    "confidence": ("confidence/image_raw", "32FC1"),
+    "depth": ("depth/image_raw", "32FC1"),
+    "rgb": ("rendered/image_raw", "rgb8"),
+}
+"""Output name -> (topic under the camera namespace, encoding)."""
+
+
+@dataclass
+class ChorusNodeConfig:
+    """Parameters of chorus_node (each field is one ROS parameter, ``pipeline.*`` nested)."""
+
+    checkpoint: str = ""
+    """Checkpoint directory (model.safetensors + config.yaml); '' = the pipeline's default. Read at start."""
+    device: str = "cpu"
+    """Torch device of the map, encoder and renderer ('cpu', 'cuda', 'cuda:0'). Read at start."""
+    map_frame: str = "map"
+    """Frame of the Gaussian map; camera poses must be expressed in it."""
+    cameras: list[str] = field(default_factory=lambda: ["camera_0"])
+    """Camera namespaces; each has <cam>/pose, <cam>/camera_info and its own outputs."""
+    pose_source: str = "topic"
+    """'topic' (<cam>/pose PoseStamped) or 'tf' (map -> CameraInfo frame; needs tf2_ros)."""
+    pair_tolerance_s: float = 0.0
+    """Largest stamp difference for pairing a pose with a CameraInfo, seconds (0 = exact)."""
+    queue_size: int = 2
+    """Views kept per camera while the worker is busy (keep-newest: the oldest is dropped)."""
+    max_rate_hz: float = 0.0
+    """Largest accepted view rate per camera, by stamp, Hz (0 = unlimited)."""
+    publish_semantic_color: bool = True
+    """Publish <cam>/semantic_color/image_raw."""
+    publish_overlay: bool = True
+    """Publish <cam>/semantic_overlay/image_raw."""
+    publish_instance: bool = True
+    """Publish <cam>/instance/image_raw."""
+    publish_confidence: bool = True
+    """Publish <cam>/confidence/image_raw."""
+    publish_depth: bool = False
+    """Publish <cam>/depth/image_raw."""
+    publish_rgb: bool = False
+    """Publish <cam>/rendered/image_raw."""
+    publish_object_embeddings: bool = True
+    """Include per-object language embeddings in the object map (the query node needs them)."""
+    strict_quaternions: bool = True
+    """Reject camera poses whose quaternion is not unit length (instead of normalising)."""
+    max_image_pixels: int = 4096 * 4096
+    """Refuse views larger than this many pixels."""
+    map_update_depth: int = 16
+    """Reader-side depth of the map update subscription (unprocessed deltas kept)."""
+    max_pending_updates: int = 256
+    """Converted map updates waiting for the worker; beyond this an update is dropped (logged)."""
+    status_rate_hz: float = 1.0
+    """Rate of the ~/status heartbeat, Hz."""
+    error_throttle_s: float = 5.0
+    """Errors of one kind are logged at most once per this many seconds (all are counted)."""
+    max_label_count: int = 1000
+    """Most class names accepted by ~/set_labels."""
+    max_label_length: int = 200
+    """Longest class name accepted by ~/set_labels, characters."""
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    """Core pipeline configuration."""
+
+
+READ_ONLY = ["checkpoint", "device", "map_frame", "cameras", "pose_source", "queue_size",
+             "map_update_depth", "max_pending_updates", "status_rate_hz", "pipeline.*"]
+"""Parameters that need a restart (declared read-only); ``PipelineConfig`` marks exceptions."""
+RANGES = {"pair_tolerance_s": (0.0, 10.0), "queue_size": (1, 100), "max_rate_hz": (0.0, 1000.0),
+          "map_update_depth": (1, 10000), "max_pending_updates": (1, 100000),
+          "status_rate_hz": (0.01, 100.0), "error_throttle_s": (0.0, 3600.0),
+          "max_image_pixels": (1, 1 << 31), "max_label_count": (1, 65534),
+          "max_label_length": (1, 100000)}
+
+
+@dataclass
+class _View:
+    camera: str
+    stamp_ns: int
+    stamp: Any
+    cam: Any
+    received: float
+
+
+class ChorusNode(Node):
+    """The perception node (see the module docstring). ``pipeline`` may be injected (tests)."""
+
+    def __init__(self, node_name: str = "chorus_node", *, pipeline: PerceptionPipeline | None = None,
+                 **kwargs) -> None:
+        super().__init__(node_name, **kwargs)
+        self.params = ParameterBinding(self, ChorusNodeConfig(), read_only=READ_ONLY, ranges=RANGES,
+                                       validate=self._validate_params, on_change=self._on_params)
+        cfg: ChorusNodeConfig = self.params.config
+        self.errors = ErrorReporter(self.get_logger().error, cfg.error_throttle_s)
+        self.pipeline = pipeline or PerceptionPipeline.from_checkpoint(
+            cfg.checkpoint or None, config=cfg.pipeline, device=cfg.device)
+        self._lock = threading.RLock()          # guards the pipeline (worker vs services)
+        self._views = KeepNewestQueue(cfg.queue_size)
+        self._updates: deque[MapUpdate] = deque()
+        self._updates_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._tracker = SequenceTracker()
+        self._pairer = StampPairer(int(cfg.pair_tolerance_s * 1e9))
+        self._last_accept: dict[str, int] = {}
+        self._rate = RateMeter(5.0)
+        self.dropped_updates = 0
+        self.rate_limited = 0
+        self.encode_lag_s = 0.0
+        self.views_published = 0
+        self._enqueued = 0                      # updates + views accepted for the worker
+        self._done = 0                          # ... and finished (applied, rejected, published)
+        self._dirty_since: float | None = None
+        self._state = "waiting_for_map"
+        self._map_stamp = None
+
+        inputs = MutuallyExclusiveCallbackGroup()
+        services = MutuallyExclusiveCallbackGroup()
+        timers = MutuallyExclusiveCallbackGroup()
+        from chorus_ros.msg import GaussianMapUpdate, LabelInfo, ObjectMap, Status
+        from chorus_ros.srv import LoadMap, RenderRelevance, SaveMap, SetLabels
+        self.create_subscription(GaussianMapUpdate, "map_updates", self._on_map_update,
+                                 qos.map_updates_sub(cfg.map_update_depth), callback_group=inputs,
+                                 qos_overriding_options=qos.overrides(durability=True))
+        self._label_pub = self.create_publisher(LabelInfo, "semantic/label_info", qos.latched(),
+                                                qos_overriding_options=qos.overrides(durability=True))
+        self._objects_pub = self.create_publisher(ObjectMap, "objects", qos.latched(),
+                                                  qos_overriding_options=qos.overrides(durability=True))
+        self._status_pub = self.create_publisher(Status, "~/status", qos.status(),
+                                                 qos_overriding_options=qos.overrides())
+        self._image_pubs: dict[str, dict[str, Any]] = {}
+        self._tf = self._setup_tf(cfg)
+        for cam in cfg.cameras:
+            cam = cam.strip("/")
+            if self._tf is None:
+                self.create_subscription(PoseStamped, f"{cam}/pose",
+                                         lambda m, c=cam: self._on_pose(c, m), qos.sensor_input(),
+                                         callback_group=inputs, qos_overriding_options=qos.overrides())
+            self.create_subscription(CameraInfo, f"{cam}/camera_info",
+                                     lambda m, c=cam: self._on_camera_info(c, m), qos.sensor_input(),
+                                     callback_group=inputs, qos_overriding_options=qos.overrides())
+            self._image_pubs[cam] = {
+                name: self.create_publisher(Image, f"{cam}/{topic}", qos.images(),
+                                            qos_overriding_options=qos.overrides())
+                for name, (topic, _) in OUTPUTS.items()}
+        self.create_service(SaveMap, "~/save_map", self._srv_save, callback_group=services)
+        self.create_service(LoadMap, "~/load_map", self._srv_load, callback_group=services)
+        self.create_service(SetLabels, "~/set_labels", self._srv_set_labels, callback_group=services)
+        self.create_service(RenderRelevance, "~/render_relevance", self._srv_relevance,
+                            callback_group=services)
+        self.create_timer(1.0 / cfg.status_rate_hz, self._publish_status, callback_group=timers)
+        self._publish_labels()
+        self._worker = threading.Thread(target=self._run_worker, name="chorus_worker", daemon=True)
+        self._worker.start()
+        self.get_logger().info(f"chorus_node ready: cameras {cfg.cameras}, device {cfg.device}, "
+                               f"{len(self.pipeline.labels)} labels")
+
+    # ----------------------------------------------------------------------- parameters
+    @property
+    def config(self) -> ChorusNodeConfig:
+        return self.params.config
+
+    def _validate_params(self, cfg: ChorusNodeConfig, names: list[str]) -> None:
+        if cfg.pose_source not in ("topic", "tf"):
+            raise ValueError(f"pose_source must be 'topic' or 'tf', got {cfg.pose_source!r}")
+
+    def _on_params(self, cfg: ChorusNodeConfig, names: list[str]) -> None:
+        self._pairer.tolerance_ns = int(cfg.pair_tolerance_s * 1e9)
+        self.errors.throttle_s = cfg.error_throttle_s
+
+    def _setup_tf(self, cfg: ChorusNodeConfig):
+        if cfg.pose_source != "tf":
+            return None
+        try:
+            import tf2_ros  # robots only; not installable from PyPI
+        except ImportError:
+            self.get_logger().warning("pose_source is 'tf' but tf2_ros is not installed here: "
+                                      "using the <camera>/pose PoseStamped topics instead")
+            return None
+        buf = tf2_ros.Buffer()
+        self._tf_listener = tf2_ros.TransformListener(buf, self)
+        return buf
+
+    # ------------------------------------------------------------------------- callbacks
+    def _on_map_update(self, msg) -> None:
+        try:
+            upd = map_update_from_msg(msg, self.config.map_frame)
+        except (ChorusError, ValueError) as e:
+            self.errors.report("map update rejected", e)
+            return
+        with self._updates_lock:
+            if len(self._updates) >= self.config.max_pending_updates:
+                self.dropped_updates += 1
+                self.errors.report("map update dropped", f"{len(self._updates)} updates pending "
+                                   f"(max_pending_updates); later deltas will wait for a FULL update")
+                return
+            self._updates.append(upd)
+            self._enqueued += 1
+        self._wake.set()
+
+    def _on_pose(self, camera: str, msg: PoseStamped) -> None:
+        pair = self._pairer.add_a(camera, cv.stamp_to_ns(msg.header.stamp), msg)
+        if pair is not None:
+            self._request_view(camera, *pair)
+
+    def _on_camera_info(self, camera: str, msg: CameraInfo) -> None:
+        if self._tf is not None:
+            pose = self._lookup_tf_pose(msg)
+            if pose is not None:
+                self._request_view(camera, pose, msg, cv.stamp_to_ns(msg.header.stamp))
+            return
+        pair = self._pairer.add_b(camera, cv.stamp_to_ns(msg.header.stamp), msg)
+        if pair is not None:
+            self._request_view(camera, *pair)
+
+    def _lookup_tf_pose(self, info: CameraInfo) -> PoseStamped | None:
+        try:
+            t = self._tf.lookup_transform(self.config.map_frame, info.header.frame_id,
+                                          rclpy.time.Time.from_msg(info.header.stamp))
+        except Exception as e:  # tf2 raises several unrelated exception types
+            self.errors.report("camera pose from TF", e)
+            return None
+        pose = PoseStamped(header=t.header)
+        pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = (
+            t.transform.translation.x, t.transform.translation.y, t.transform.translation.z)
+        pose.pose.orientation = t.transform.rotation
+        return pose
+
+    def _request_view(self, camera: str, pose: PoseStamped, info: CameraInfo, stamp_ns: int) -> None:
+        cfg = self.config
+        try:
+            cam = cv.camera_from_msgs(pose, info, map_frame=cfg.map_frame,
+                                      strict_quaternion=cfg.strict_quaternions,
+                                      max_pixels=cfg.max_image_pixels,
+                                      default_frame=f"{camera}_optical_frame")
+        except (ChorusError, ValueError) as e:
+            self.errors.report(f"view request on {camera} rejected", e)
+            return
+        last = self._last_accept.get(camera)
+        if cfg.max_rate_hz > 0 and last is not None and stamp_ns - last < 1e9 / cfg.max_rate_hz:
+            self.rate_limited += 1
+            return
+        self._last_accept[camera] = stamp_ns
+        with self._updates_lock:
+            self._enqueued += 1
+            if self._views.put(_View(camera, stamp_ns, pose.header.stamp, cam, time.monotonic()),
+                               key=camera) is not None:
+                self._done += 1                 # the dropped (older) view counts as finished
+        self._wake.set()
+
+    # ---------------------------------------------------------------------------- worker
+    def _run_worker(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(0.25)
+            self._wake.clear()
+            try:
+                self._apply_pending_updates()
+                self._encode_if_needed()
+                view = self._views.get_nowait()
+                while view is not None and not self._stop.is_set():
+                    try:
+                        self._render_and_publish(view)
+                    finally:
+                        self._finish()
+                    if self._updates:
+                        self._wake.set()
+                        break
+                    view = self._views.get_nowait()
+            except Exception as e:  # keep the worker alive whatever happens
+                self.errors.report("worker", e)
+
+    def _apply_pending_updates(self) -> None:
+        while True:
+            with self._updates_lock:
+                if not self._updates:
+                    return
+                upd = self._updates.popleft()
+            try:
+                self._tracker.check(upd.map_id, upd.sequence, upd.update_type)
+                with self._lock:
+                    self.pipeline.apply_update(upd.gaussians, upd.removed_ids, full=upd.full)
+                self._tracker.commit(upd.map_id, upd.sequence, upd.update_type)
+                self._map_stamp = upd.stamp
+                if self._dirty_since is None:
+                    self._dirty_since = upd.received
+            except (ChorusError, ValueError, KeyError) as e:
+                self.errors.report(f"map update seq {upd.sequence} ({upd.kind}) rejected, map unchanged", e)
+            finally:
+                self._finish()
+
+    def _finish(self) -> None:
+        with self._updates_lock:
+            self._done += 1
+
+    def _encode_if_needed(self) -> None:
+        if self._dirty_since is None:
+            return
+        self._state = "encoding"
+        with self._lock:
+            self.pipeline.encode()
+            objects = self.pipeline.objects()
+        self.encode_lag_s = time.monotonic() - self._dirty_since
+        self._state = "running"
+        self._publish_objects(objects)
+        self._dirty_since = None
+
+    def _render_and_publish(self, view: _View) -> None:
+        cfg = self.config
+        try:
+            with self._lock:
+                result = self.pipeline.render_view(view.cam)
+                labels = self.pipeline.labels
+        except (ChorusError, ValueError) as e:
+            self.errors.report(f"rendering a view of {view.camera}", e)
+            return
+        hdr = cv.header(view.stamp, view.cam.frame_id)
+        images = cv.view_images(result, labels)
+        wanted = {"semantic": True, "semantic_color": cfg.publish_semantic_color,
+                  "overlay": cfg.publish_overlay, "instance": cfg.publish_instance,
+                  "confidence": cfg.publish_confidence, "depth": cfg.publish_depth,
+                  "rgb": cfg.publish_rgb}
+        pubs = self._image_pubs[view.camera]
+        for name, (_, enc) in OUTPUTS.items():
+            if wanted[name] and name in images:
+                pubs[name].publish(cv.numpy_to_image(images[name], enc, hdr))
+        self.views_published += 1
+        self._rate.tick()
+
+    # -------------------------------------------------------------------------- outputs
+    def _publish_labels(self) -> None:
+        self._label_pub.publish(cv.labelset_to_msg(self.pipeline.labels, self.get_clock().now().to_msg(),
+                                                   self.pipeline.label_threshold))
+
+    def _publish_objects(self, objects=None) -> None:
+        with self._lock:
+            objects = self.pipeline.objects() if objects is None else objects
+            version = self.pipeline.map_version
+        stamp = self._map_stamp or self.get_clock().now().to_msg()
+        seq = self._tracker.last_sequence or 0
+        msg = cv.objects_to_msg(objects, cv.header(stamp, self.config.map_frame),
+                                map_id=self._tracker.map_id or "", map_sequence=seq, map_version=version,
+                                include_embeddings=self.config.publish_object_embeddings)
+        self._objects_pub.publish(msg)
+
+    def _publish_status(self) -> None:
+        from chorus_ros.msg import Status
+        p = self.pipeline
+        msg = Status(header=cv.header(self.get_clock().now().to_msg(), self.config.map_frame))
+        msg.state = ("waiting_for_map" if self._tracker.waiting_for_full and len(p) == 0
+                     else self._state)
+        msg.map_size, msg.map_version = len(p), int(p.map_version)
+        msg.map_sequence = int(self._tracker.last_sequence or 0)
+        msg.encoded_version = int(p.encoded_version)
+        msg.encode_lag_s = float(self.encode_lag_s)
+        msg.output_rate_hz = float(self._rate.rate())
+        msg.dropped_requests = int(self._views.dropped + self.dropped_updates)
+        msg.last_error = self.errors.last_error
+        self._status_pub.publish(msg)
+
+    # ------------------------------------------------------------------------- services
+    def _srv_save(self, req, res):
+        try:
+            with self._lock:
+                self.pipeline.save(req.path)
+            res.success, res.message = True, f"saved {len(self.pipeline)} Gaussians to {req.path}"
+        except (ChorusError, ValueError, OSError) as e:
+            res.success, res.message = False, self.errors.report("save_map", e)
+        return res
+
+    def _srv_load(self, req, res):
+        try:
+            with self._lock:
+                self.pipeline.load(req.path)
+                self._tracker.reset()      # publisher deltas no longer apply: wait for a FULL
+                self._dirty_since = None
+            self._publish_objects()
+            res.success, res.message = True, f"loaded {len(self.pipeline)} Gaussians from {req.path}"
+        except (ChorusError, ValueError, OSError) as e:
+            res.success, res.message = False, self.errors.report("load_map", e)
+        return res
+
+    def _srv_set_labels(self, req, res):
+        cfg = self.config
+        try:
+            names = [str(n).strip() for n in req.names]
+            if not names or len(names) > cfg.max_label_count:
+                raise InvalidInputError(f"set_labels needs 1..{cfg.max_label_count} names, got {len(names)}")
+            long = [n[:40] for n in names if len(n) > cfg.max_label_length]
+            if long:
+                raise InvalidInputError(f"class names longer than {cfg.max_label_length} characters: {long}")
+            if req.colors and len(req.colors) != len(names):
+                raise InvalidInputError(f"got {len(req.colors)} colours for {len(names)} names")
+            colors = cv.colors_from_msgs(req.colors) if req.colors else None
+            with self._lock:
+                self.pipeline.set_labels(names, colors)
+            self._publish_labels()
+            self._publish_objects()
+            res.label_info = cv.labelset_to_msg(self.pipeline.labels, self.get_clock().now().to_msg(),
+                                                self.pipeline.label_threshold)
+            res.success, res.message = True, f"{len(names)} labels set"
+        except (ChorusError, ValueError) as e:
+            res.success, res.message = False, self.errors.report("set_labels", e)
+        return res
+
+    def _srv_relevance(self, req, res):
+        cfg = self.config
+        try:
+            emb = np.asarray(req.embedding, dtype=np.float32)
+            cam = cv.camera_from_msgs(req.pose, req.camera_info, map_frame=cfg.map_frame,
+                                      strict_quaternion=cfg.strict_quaternions,
+                                      max_pixels=cfg.max_image_pixels)
+            with self._lock:
+                rel = self.pipeline.relevance_view(cam, emb)
+            res.image = cv.numpy_to_image(np.asarray(rel, dtype=np.float32), "32FC1",
+                                          cv.header(req.pose.header.stamp, cam.frame_id))
+            res.map_sequence = int(self._tracker.last_sequence or 0)
+            res.success, res.message = True, ""
+        except (ChorusError, ValueError) as e:
+            res.success, res.message = False, self.errors.report("render_relevance", e)
+        return res
+
+    # ---------------------------------------------------------------------------- control
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Block until every queued update and view is finished and the map is encoded."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            with self._updates_lock:
+                idle = self._done >= self._enqueued and self._dirty_since is None
+            if idle:
+                return True
+            time.sleep(0.01)
+        return False
+
+    def destroy_node(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._views.close()
+        if self._worker.is_alive() and threading.current_thread() is not self._worker:
+            self._worker.join(timeout=10.0)
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point of ``ros2 run chorus_ros chorus_node``."""
+    from chorus_ros.ros.bringup import run_nodes
+    return run_nodes([ChorusNode], args=args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

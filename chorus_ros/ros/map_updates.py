@@ -1,0 +1,103 @@
+"""``chorus_ros/GaussianMapUpdate`` <-> :class:`MapUpdate` (pure; no ``rclpy.init()`` needed).
+
+The Gaussians travel as a ``sensor_msgs/PointCloud2`` (see msg/GaussianMapUpdate.msg), converted
+by :mod:`chorus_ros.ros.pointcloud`. This module adds the update envelope: map id, sequence,
+FULL/DELTA and removed ids, and checks the envelope (frame, removed ids of a FULL update).
+Sequence rules are applied by :class:`chorus_ros.ros.runtime.SequenceTracker`.
+"""
+from __future__ import annotations
+
+import array
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from chorus_ros.core.errors import InvalidInputError
+from chorus_ros.core.gaussians import GaussianArrays
+from chorus_ros.ros.conversions import header as make_header
+from chorus_ros.ros.pointcloud import gaussians_to_pointcloud2, pointcloud2_to_gaussians
+from chorus_ros.ros.runtime import UPDATE_DELTA, UPDATE_FULL
+
+__all__ = ["MapUpdate", "map_update_from_msg", "map_update_to_msg"]
+
+
+@dataclass
+class MapUpdate:
+    """One decoded map update.
+
+    Attributes:
+        map_id: the map it belongs to.
+        sequence: publisher's sequence number.
+        update_type: UPDATE_FULL (0) or UPDATE_DELTA (1).
+        gaussians: upserted Gaussians (all of them for FULL), with ``ids``; None if empty.
+        removed_ids: ``[R]`` int64 ids removed before the upserts (DELTA only).
+        stamp: ``builtin_interfaces/Time`` of the map state.
+        frame_id: map frame of the Gaussian positions.
+        received: ``time.monotonic()`` when it was decoded (encode-lag measurement).
+    """
+
+    map_id: str
+    sequence: int
+    update_type: int
+    gaussians: GaussianArrays | None
+    removed_ids: torch.Tensor
+    stamp: Any = None
+    frame_id: str = ""
+    received: float = field(default_factory=time.monotonic)
+
+    @property
+    def full(self) -> bool:
+        return self.update_type == UPDATE_FULL
+
+    @property
+    def kind(self) -> str:
+        return "FULL" if self.full else "DELTA"
+
+
+def map_update_from_msg(msg, map_frame: str = "map") -> MapUpdate:
+    """Decode and check a ``GaussianMapUpdate``; raises InvalidInputError naming the problem."""
+    if msg.update_type not in (UPDATE_FULL, UPDATE_DELTA):
+        raise InvalidInputError(f"unknown update_type {msg.update_type} (0 = FULL, 1 = DELTA)")
+    frame = msg.header.frame_id
+    if frame and frame.lstrip("/") != map_frame.lstrip("/"):
+        raise InvalidInputError(f"map update is in frame {frame!r}, expected the map frame {map_frame!r}")
+    removed = np.frombuffer(memoryview(msg.removed_ids), dtype=np.uint32).astype(np.int64) \
+        if len(msg.removed_ids) else np.zeros(0, np.int64)
+    if msg.update_type == UPDATE_FULL and removed.size:
+        raise InvalidInputError(f"FULL update carries {removed.size} removed_ids (must be empty)")
+    cloud = msg.gaussians
+    g = None
+    if int(cloud.width) * int(cloud.height) > 0 or len(cloud.data):
+        g = pointcloud2_to_gaussians(cloud)
+        if len(g) == 0:
+            g = None
+    if g is not None:
+        u = torch.unique(g.ids)
+        if len(u) != len(g):
+            raise InvalidInputError(f"map update has duplicate Gaussian ids ({len(g) - len(u)} repeated)")
+    return MapUpdate(str(msg.map_id), int(msg.sequence), int(msg.update_type), g,
+                     torch.from_numpy(removed), msg.header.stamp, frame)
+
+
+def map_update_to_msg(gaussians: GaussianArrays | None, *, map_id: str, sequence: int, full: bool,
+                      removed_ids=None, stamp: Any = 0, frame_id: str = "map"):
+    """Build a ``GaussianMapUpdate`` (FULL when ``full``) from Gaussians with ids."""
+    from chorus_ros.msg import GaussianMapUpdate
+    hdr = make_header(stamp, frame_id)
+    msg = GaussianMapUpdate(header=hdr, map_id=map_id, sequence=int(sequence),
+                            update_type=UPDATE_FULL if full else UPDATE_DELTA)
+    if gaussians is not None:
+        msg.gaussians = gaussians_to_pointcloud2(gaussians, make_header(stamp, frame_id))
+    else:
+        msg.gaussians.header = make_header(stamp, frame_id)
+        msg.gaussians.is_dense = True
+        msg.gaussians.height = 1
+    if removed_ids is not None and len(removed_ids):
+        r = np.asarray(removed_ids.cpu() if hasattr(removed_ids, "cpu") else removed_ids, dtype=np.int64)
+        if r.min() < 0 or r.max() > 0xFFFFFFFF:
+            raise InvalidInputError("removed ids must fit in uint32")
+        msg.removed_ids = array.array("I", r.astype(np.uint32).tobytes())
+    return msg
