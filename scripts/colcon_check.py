@@ -87,7 +87,8 @@ def wheel_prefix() -> pathlib.Path:
 
 
 def run(cmd: list[str], **kw) -> None:
-    print("+", " ".join(cmd), flush=True)
+    shown = [a if len(a) < 200 else "<script>" for a in cmd]
+    print("+", " ".join(shown), flush=True)
     subprocess.run(cmd, check=True, **kw)
 
 
