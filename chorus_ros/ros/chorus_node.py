@@ -55,7 +55,7 @@ from chorus_ros.core.pipeline import PerceptionPipeline, PipelineConfig
 from chorus_ros.ros import conversions as cv
 from chorus_ros.ros import qos
 from chorus_ros.ros.map_updates import MapUpdate, map_update_from_msg
-from chorus_ros.ros.params import ParameterBinding
+from chorus_ros.ros.params import ParameterBinding, flatten_config
 from chorus_ros.ros.runtime import ErrorReporter, KeepNewestQueue, RateMeter, SequenceTracker, StampPairer
 
 __all__ = ["ChorusNodeConfig", "ChorusNode", "OUTPUTS", "main"]
@@ -77,9 +77,7 @@ class ChorusNodeConfig:
     """Parameters of chorus_node (each field is one ROS parameter, ``pipeline.*`` nested)."""
 
     checkpoint: str = ""
-    """Checkpoint directory (model.safetensors + config.yaml); '' = the pipeline's default. Read at start."""
-    device: str = "cpu"
-    """Torch device of the map, encoder and renderer ('cpu', 'cuda', 'cuda:0'). Read at start."""
+    """Checkpoint directory (model.safetensors + config.yaml). Read at start."""
     map_frame: str = "map"
     """Frame of the Gaussian map; camera poses must be expressed in it."""
     cameras: list[str] = field(default_factory=lambda: ["camera_0"])
@@ -122,13 +120,15 @@ class ChorusNodeConfig:
     """Most class names accepted by ~/set_labels."""
     max_label_length: int = 200
     """Longest class name accepted by ~/set_labels, characters."""
-    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
-    """Core pipeline configuration."""
 
 
-READ_ONLY = ["checkpoint", "device", "map_frame", "cameras", "pose_source", "queue_size",
-             "map_update_depth", "max_pending_updates", "status_rate_hz", "pipeline.*"]
-"""Parameters that need a restart (declared read-only); ``PipelineConfig`` marks exceptions."""
+READ_ONLY = ["checkpoint", "map_frame", "cameras", "pose_source", "queue_size",
+             "map_update_depth", "max_pending_updates", "status_rate_hz"]
+"""ChorusNodeConfig parameters that need a restart (declared read-only)."""
+PIPELINE_MUTABLE = ["render.near", "render.far", "render.eps2d", "render.sh_degree", "render.background",
+                    "render.radius_clip", "semantic.min_alpha", "semantic.min_confidence", "overlay_alpha"]
+"""PipelineConfig parameters (declared at the top level: ``map.*``, ``render.*``, ``semantic.*``,
+``device``...) that take effect at run time; every other one is read-only."""
 RANGES = {"pair_tolerance_s": (0.0, 10.0), "queue_size": (1, 100), "max_rate_hz": (0.0, 1000.0),
           "map_update_depth": (1, 10000), "max_pending_updates": (1, 100000),
           "status_rate_hz": (0.01, 100.0), "error_throttle_s": (0.0, 3600.0),
@@ -153,10 +153,20 @@ class ChorusNode(Node):
         super().__init__(node_name, **kwargs)
         self.params = ParameterBinding(self, ChorusNodeConfig(), read_only=READ_ONLY, ranges=RANGES,
                                        validate=self._validate_params, on_change=self._on_params)
+        pipe_default = pipeline.config if pipeline is not None else PipelineConfig()
+        self.pipeline_params = ParameterBinding(
+            self, pipe_default, read_only=[n for n in flatten_config(pipe_default)
+                                           if n not in PIPELINE_MUTABLE],
+            on_change=self._on_pipeline_params)
         cfg: ChorusNodeConfig = self.params.config
         self.errors = ErrorReporter(self.get_logger().error, cfg.error_throttle_s)
-        self.pipeline = pipeline or PerceptionPipeline.from_checkpoint(
-            cfg.checkpoint or None, config=cfg.pipeline, device=cfg.device)
+        if pipeline is None:
+            if not cfg.checkpoint:
+                raise InvalidInputError("parameter 'checkpoint' is empty: set it to a checkpoint "
+                                        "directory (launch argument checkpoint:=DIR)")
+            pipeline = PerceptionPipeline.from_checkpoint(cfg.checkpoint, self.pipeline_params.config)
+        self.pipeline = pipeline
+        self.encoded_version = 0
         self._lock = threading.RLock()          # guards the pipeline (worker vs services)
         self._views = KeepNewestQueue(cfg.queue_size)
         self._updates: deque[MapUpdate] = deque()
@@ -215,7 +225,7 @@ class ChorusNode(Node):
         self._publish_labels()
         self._worker = threading.Thread(target=self._run_worker, name="chorus_worker", daemon=True)
         self._worker.start()
-        self.get_logger().info(f"chorus_node ready: cameras {cfg.cameras}, device {cfg.device}, "
+        self.get_logger().info(f"chorus_node ready: cameras {cfg.cameras}, device {self.pipeline.config.device}, "
                                f"{len(self.pipeline.labels)} labels")
 
     # ----------------------------------------------------------------------- parameters
@@ -230,6 +240,15 @@ class ChorusNode(Node):
     def _on_params(self, cfg: ChorusNodeConfig, names: list[str]) -> None:
         self._pairer.tolerance_ns = int(cfg.pair_tolerance_s * 1e9)
         self.errors.throttle_s = cfg.error_throttle_s
+
+    def _on_pipeline_params(self, cfg: PipelineConfig, names: list[str]) -> None:
+        with self._lock:  # in place: the pipeline's decoders hold references to its sub-configs
+            for name in names:
+                *path, leaf = name.split(".")
+                src, dst = cfg, self.pipeline.config
+                for p in path:
+                    src, dst = getattr(src, p), getattr(dst, p)
+                setattr(dst, leaf, getattr(src, leaf))
 
     def _setup_tf(self, cfg: ChorusNodeConfig):
         if cfg.pose_source != "tf":
@@ -341,6 +360,12 @@ class ChorusNode(Node):
             try:
                 self._tracker.check(upd.map_id, upd.sequence, upd.update_type)
                 with self._lock:
+                    if upd.removed_ids.numel():   # the pipeline ignores unknown ids: refuse them here
+                        known = self.pipeline.map.contains(upd.removed_ids)
+                        if not bool(known.all()):
+                            bad = upd.removed_ids[~known][:10].tolist()
+                            raise InvalidInputError(f"cannot remove unknown Gaussian ids {bad} "
+                                                    f"({int((~known).sum())} unknown)")
                     self.pipeline.apply_update(upd.gaussians, upd.removed_ids, full=upd.full)
                 self._tracker.commit(upd.map_id, upd.sequence, upd.update_type)
                 self._map_stamp = upd.stamp
@@ -360,8 +385,9 @@ class ChorusNode(Node):
             return
         self._state = "encoding"
         with self._lock:
-            self.pipeline.encode()
+            summary = self.pipeline.encode()
             objects = self.pipeline.objects()
+        self.encoded_version = int(summary.map_version)
         self.encode_lag_s = time.monotonic() - self._dirty_since
         self._state = "running"
         self._publish_objects(objects)
@@ -377,7 +403,7 @@ class ChorusNode(Node):
             self.errors.report(f"rendering a view of {view.camera}", e)
             return
         hdr = cv.header(view.stamp, view.cam.frame_id)
-        images = cv.view_images(result, labels)
+        images = cv.view_images(result, labels, self.pipeline.config.overlay_alpha)
         wanted = {"semantic": True, "semantic_color": cfg.publish_semantic_color,
                   "overlay": cfg.publish_overlay, "instance": cfg.publish_instance,
                   "confidence": cfg.publish_confidence, "depth": cfg.publish_depth,
@@ -391,13 +417,17 @@ class ChorusNode(Node):
 
     # -------------------------------------------------------------------------- outputs
     def _publish_labels(self) -> None:
-        self._label_pub.publish(cv.labelset_to_msg(self.pipeline.labels, self.get_clock().now().to_msg(),
-                                                   self.pipeline.label_threshold))
+        self._label_pub.publish(self._label_info())
+
+    def _label_info(self):
+        # LabelInfo.threshold: the smallest class probability that still labels a pixel
+        return cv.labelset_to_msg(self.pipeline.labels, self.get_clock().now().to_msg(),
+                                  self.pipeline.config.semantic.min_confidence)
 
     def _publish_objects(self, objects=None) -> None:
         with self._lock:
             objects = self.pipeline.objects() if objects is None else objects
-            version = self.pipeline.map_version
+            version = self.pipeline.map.version
         stamp = self._map_stamp or self.get_clock().now().to_msg()
         seq = self._tracker.last_sequence or 0
         msg = cv.objects_to_msg(objects, cv.header(stamp, self.config.map_frame),
@@ -409,11 +439,11 @@ class ChorusNode(Node):
         from chorus_ros.msg import Status
         p = self.pipeline
         msg = Status(header=cv.header(self.get_clock().now().to_msg(), self.config.map_frame))
-        msg.state = ("waiting_for_map" if self._tracker.waiting_for_full and len(p) == 0
+        msg.state = ("waiting_for_map" if self._tracker.waiting_for_full and len(p.map) == 0
                      else self._state)
-        msg.map_size, msg.map_version = len(p), int(p.map_version)
+        msg.map_size, msg.map_version = len(p.map), int(p.map.version)
         msg.map_sequence = int(self._tracker.last_sequence or 0)
-        msg.encoded_version = int(p.encoded_version)
+        msg.encoded_version = int(self.encoded_version)
         msg.encode_lag_s = float(self.encode_lag_s)
         msg.output_rate_hz = float(self._rate.rate())
         msg.dropped_requests = int(self._views.dropped + self.dropped_updates)
@@ -425,7 +455,7 @@ class ChorusNode(Node):
         try:
             with self._lock:
                 self.pipeline.save(req.path)
-            res.success, res.message = True, f"saved {len(self.pipeline)} Gaussians to {req.path}"
+            res.success, res.message = True, f"saved {len(self.pipeline.map)} Gaussians to {req.path}"
         except (ChorusError, ValueError, OSError) as e:
             res.success, res.message = False, self.errors.report("save_map", e)
         return res
@@ -437,7 +467,7 @@ class ChorusNode(Node):
                 self._tracker.reset()      # publisher deltas no longer apply: wait for a FULL
                 self._dirty_since = None
             self._publish_objects()
-            res.success, res.message = True, f"loaded {len(self.pipeline)} Gaussians from {req.path}"
+            res.success, res.message = True, f"loaded {len(self.pipeline.map)} Gaussians from {req.path}"
         except (ChorusError, ValueError, OSError) as e:
             res.success, res.message = False, self.errors.report("load_map", e)
         return res
@@ -458,8 +488,7 @@ class ChorusNode(Node):
                 self.pipeline.set_labels(names, colors)
             self._publish_labels()
             self._publish_objects()
-            res.label_info = cv.labelset_to_msg(self.pipeline.labels, self.get_clock().now().to_msg(),
-                                                self.pipeline.label_threshold)
+            res.label_info = self._label_info()
             res.success, res.message = True, f"{len(names)} labels set"
         except (ChorusError, ValueError) as e:
             res.success, res.message = False, self.errors.report("set_labels", e)
@@ -473,7 +502,7 @@ class ChorusNode(Node):
                                       strict_quaternion=cfg.strict_quaternions,
                                       max_pixels=cfg.max_image_pixels)
             with self._lock:
-                rel = self.pipeline.relevance_view(cam, emb)
+                rel = self.pipeline.relevance_view(emb, cam)
             res.image = cv.numpy_to_image(np.asarray(rel, dtype=np.float32), "32FC1",
                                           cv.header(req.pose.header.stamp, cam.frame_id))
             res.map_sequence = int(self._tracker.last_sequence or 0)

@@ -314,7 +314,7 @@ def view_images(view: Any, labels: LabelSet, overlay_alpha: float = 0.5) -> dict
     """The images of one rendered view, keyed like :data:`chorus_ros.ros.chorus_node.OUTPUTS`.
 
     ``view`` is a :class:`~chorus_ros.core.pipeline.ViewResult` (``labels`` [H, W] class ids with
-    65535 unlabeled, ``confidence``, ``instance``, ``rgb``, ``depth``; optional ``color`` and
+    65535 unlabeled, ``confidence``, ``instances``, ``rgb``, ``depth``; optional ``color`` and
     ``overlay`` images); numpy or torch. Missing optional parts are derived or left out."""
     out: dict[str, np.ndarray] = {}
     lab = _np(view.labels).astype(np.int64)
@@ -334,6 +334,8 @@ def view_images(view: Any, labels: LabelSet, overlay_alpha: float = 0.5) -> dict
         out["overlay"] = overlay_rgb(out["rgb"], out["semantic_color"], out["semantic"], overlay_alpha)
     for name, dtype in (("instance", np.int32), ("confidence", np.float32), ("depth", np.float32)):
         v = getattr(view, name, None)
+        if v is None and name == "instance":
+            v = getattr(view, "instances", None)
         if v is not None:
             out[name] = np.ascontiguousarray(_np(v).astype(dtype, copy=False))
     return out

@@ -32,7 +32,8 @@ class MapUpdate:
         map_id: the map it belongs to.
         sequence: publisher's sequence number.
         update_type: UPDATE_FULL (0) or UPDATE_DELTA (1).
-        gaussians: upserted Gaussians (all of them for FULL), with ``ids``; None if empty.
+        gaussians: upserted Gaussians (all of them for FULL: then never None, possibly empty),
+            with ``ids``; None for a DELTA without upserts.
         removed_ids: ``[R]`` int64 ids removed before the upserts (DELTA only).
         stamp: ``builtin_interfaces/Time`` of the map state.
         frame_id: map frame of the Gaussian positions.
@@ -57,6 +58,11 @@ class MapUpdate:
         return "FULL" if self.full else "DELTA"
 
 
+def _empty() -> GaussianArrays:
+    return GaussianArrays(torch.zeros(0, 3), torch.zeros(0, 1, 3), torch.zeros(0), torch.zeros(0, 3),
+                          torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64))
+
+
 def map_update_from_msg(msg, map_frame: str = "map") -> MapUpdate:
     """Decode and check a ``GaussianMapUpdate``; raises InvalidInputError naming the problem."""
     if msg.update_type not in (UPDATE_FULL, UPDATE_DELTA):
@@ -74,6 +80,8 @@ def map_update_from_msg(msg, map_frame: str = "map") -> MapUpdate:
         g = pointcloud2_to_gaussians(cloud)
         if len(g) == 0:
             g = None
+    if g is None and msg.update_type == UPDATE_FULL:   # an empty snapshot clears the map
+        g = _empty()
     if g is not None:
         u = torch.unique(g.ids)
         if len(u) != len(g):

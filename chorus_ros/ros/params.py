@@ -43,7 +43,7 @@ from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescr
                                 ParameterType, SetParametersResult)
 
 __all__ = ["ParamSpec", "field_docstrings", "param_specs", "build_config", "flatten_config",
-           "ParameterBinding"]
+           "validate_tree", "ParameterBinding"]
 
 _SCALARS = {
     bool: ParameterType.PARAMETER_BOOL,
@@ -245,7 +245,7 @@ def build_config(default: Any, values: Mapping[str, Any], prefix: str = "",
     """Copy of dataclass ``default`` with the given ``{dotted name: ROS value}`` applied.
 
     Raises ValueError for unknown names, wrong types, values outside declared ranges, or any
-    error the dataclass itself raises for the new values (``__post_init__`` validation)."""
+    error the dataclasses raise for the new values (``__post_init__`` or ``validate()``)."""
     specs = specs if specs is not None else param_specs(default, prefix)
     by_name = {s.name: s for s in specs}
     unknown = sorted(set(values) - set(by_name))
@@ -260,7 +260,21 @@ def build_config(default: Any, values: Mapping[str, Any], prefix: str = "",
             if not lo <= v <= hi:
                 raise ValueError(f"parameter {name!r} = {v!r} is outside [{lo}, {hi}]")
         cfg = _set_path(cfg, spec.path, v)
+    if values:
+        validate_tree(cfg)
     return cfg
+
+
+def validate_tree(cfg: Any) -> None:
+    """Call ``validate()`` on ``cfg`` and every nested dataclass that defines it (the core
+    configs validate themselves this way); their errors propagate."""
+    if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
+        return
+    for f in dataclasses.fields(cfg):
+        validate_tree(getattr(cfg, f.name))
+    fn = getattr(cfg, "validate", None)
+    if callable(fn):
+        fn()
 
 
 # ----------------------------------------------------------------------------- binding

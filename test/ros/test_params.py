@@ -16,7 +16,7 @@ class Inner:
     sh_degree: int | None = None
     """SH degree; None = the Gaussians' own."""
 
-    def __post_init__(self):
+    def validate(self):
         if self.near <= 0:
             raise ValueError(f"near must be positive, got {self.near}")
 
@@ -77,5 +77,5 @@ def test_build_config_roundtrip_and_validation():
         build_config(Outer(), {"inner.sh_degree": "x"})
     with pytest.raises(ValueError, match="outside"):
         build_config(Outer(), {"depth": 0})
-    with pytest.raises(ValueError, match="near must be positive"):   # the dataclass's own check
+    with pytest.raises(ValueError, match="near must be positive"):   # the dataclass's own validate()
         build_config(Outer(), {"inner.near": -1.0})
