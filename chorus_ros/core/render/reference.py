@@ -1,0 +1,331 @@
+"""Pure-torch tile rasteriser (the CPU backend of :func:`chorus_ros.core.render.render`).
+
+It reproduces gsplat 1.5.3's "classic" 3DGS rasterisation (see :mod:`.projection` for the
+projection conventions):
+
+* per pixel (centre at integer + 0.5) Gaussians are composited front to back in camera-z order;
+* ``alpha = min(0.999, opacity * exp(-sigma))`` with ``sigma = 0.5 d^T Sigma_2d^-1 d``,
+  skipped when ``alpha < 1/255`` (or ``sigma < 0``);
+* a pixel stops at the first Gaussian whose ``next_T = T * (1 - alpha)`` is ``<= 1e-4``; that
+  Gaussian is *not* added (gsplat's exclusive check);
+* ``rgb = sum w_i c_i + T_final * background``, ``alpha = 1 - T_final``,
+  ``depth = sum w_i z_i / max(alpha, 1e-10)`` (gsplat 'ED'), ``features = sum w_i f_i``,
+  with ``w_i = alpha_i T_i``; ``c_i = max(SH(d_i) + 0.5, 0)``, ``d_i`` = camera centre -> mean.
+
+Design (vectorised, bounded memory): Gaussians are projected, binned into tiles by their
+conservative boxes and ordered by (tile, depth). All tiles that still have unfinished pixels are
+then advanced together through their depth-ordered lists ``K`` Gaussians at a time with padded
+``[tiles, pixels_per_tile, K]`` tensors (split into groups so one tensor stays below
+``MAX_ELEMENTS``): alphas, an exclusive transmittance by ``cumprod`` that carries the tile's
+transmittance between rounds, the early-termination mask, and compositing by ``bmm``. A tile
+leaves the loop once its list is exhausted or all its pixels terminated, which is what keeps
+dense views cheap. Everything is plain autograd, so gradients reach means, quats, log-scales,
+opacity logits, SH and features.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from chorus_ros.core.errors import InvalidInputError
+from chorus_ros.core.gaussians import GaussianArrays
+from chorus_ros.core.geometry import Camera
+from chorus_ros.core.render.api import RenderOutput, RenderSettings
+from chorus_ros.core.render.projection import (ALPHA_MAX, ALPHA_MIN, T_MIN, Projected,
+                                               project_gaussians)
+from chorus_ros.core.render.sh import sh_to_rgb
+
+__all__ = ["render", "rasterize", "MAX_ELEMENTS", "TILE_SIZE"]
+
+MAX_ELEMENTS = 1_000_000
+"""Upper bound on the elements of one ``[tiles, pixels, K]`` working tensor (memory/cache bound)."""
+TILE_SIZE = 8
+"""Tile edge used by this backend. The image does not depend on it (the boxes are conservative);
+8 evaluates about half as many pixel-Gaussian pairs as gsplat's 16 on real scenes."""
+_K_FIRST = 8
+"""Gaussians per tile in the first round; doubled each round up to ``_K_MAX``."""
+_K_MAX = 64
+_STATS: dict = {}
+
+
+def render(gaussians: GaussianArrays, camera: Camera, settings: RenderSettings, *,
+           features: torch.Tensor | None = None, return_weights: bool = False,
+           return_top_index: bool = False) -> RenderOutput:
+    """Render one view on the CPU (or any device) with torch ops. See :func:`..api.render`."""
+    n = len(gaussians)
+    dtype = gaussians.means.dtype
+    if not dtype.is_floating_point:
+        raise InvalidInputError(f"Gaussian means must be floating point, got {dtype}")
+    degree = gaussians.sh_degree if settings.sh_degree is None else int(settings.sh_degree)
+    if not 0 <= degree <= gaussians.sh_degree:
+        raise InvalidInputError(
+            f"settings.sh_degree={settings.sh_degree} exceeds the Gaussians' SH degree {gaussians.sh_degree}")
+    bg = torch.as_tensor(settings.background, dtype=dtype, device=gaussians.device).reshape(-1)
+    if bg.shape != (3,):
+        raise InvalidInputError(f"background must be 3 numbers, got {settings.background!r}")
+    if features is not None and features.device != gaussians.device:
+        raise InvalidInputError(f"features are on {features.device}, Gaussians on {gaussians.device}")
+
+    proj = project_gaussians(
+        gaussians.means, gaussians.quats, torch.exp(gaussians.log_scales),
+        torch.sigmoid(gaussians.opacities), camera.viewmat, camera.K, camera.width, camera.height,
+        near=settings.near, far=settings.far, eps2d=settings.eps2d, radius_clip=settings.radius_clip)
+
+    campos = torch.linalg.inv(camera.viewmat.to(torch.float64))[:3, 3].to(dtype)
+    dirs = gaussians.means[proj.index] - campos
+    colors = sh_to_rgb(degree, dirs, gaussians.sh[proj.index])
+    payload = [colors, proj.depths[:, None]]
+    if features is not None:
+        payload.append(features[proj.index].to(dtype))
+    payload = torch.cat(payload, dim=1)
+
+    acc, t_final, w_proj, top = rasterize(proj, payload, camera.width, camera.height,
+                                          tile_size=TILE_SIZE, return_weights=return_weights,
+                                          return_top_index=return_top_index)
+    alpha = 1.0 - t_final
+    rgb = acc[..., :3] + t_final[..., None] * bg
+    depth = acc[..., 3] / alpha.clamp_min(1e-10)
+    feats = acc[..., 4:] if features is not None else None
+
+    radii = torch.zeros(n, dtype=torch.int32, device=gaussians.device)
+    radii[proj.index] = proj.radii.max(dim=1).values
+    weights = None
+    if return_weights:
+        weights = torch.zeros(n, dtype=dtype, device=gaussians.device).index_add(0, proj.index, w_proj)
+    top_index = None
+    if return_top_index:
+        top_index = torch.where(top >= 0, proj.index[top.clamp_min(0)], torch.full_like(top, -1))
+    return RenderOutput(rgb=rgb, depth=depth, alpha=alpha, features=feats, weights=weights,
+                        top_index=top_index, radii=radii, backend="reference")
+
+
+def _min_sigma_on_rect(dxl, dxh, dyl, dyh, a, b, c):
+    """Minimum of ``0.5 (a dx^2 + 2 b dx dy + c dy^2)`` over ``dx in [dxl, dxh], dy in [dyl, dyh]``.
+
+    The form is positive definite, so the minimum is 0 when the rectangle holds the origin and
+    otherwise lies on an edge, where it is the clamped 1D minimum.
+    """
+    def edge(e, lo, hi, p, q):  # min over t in [lo, hi] of 0.5 (p e^2 + 2 b e t + q t^2)
+        t = torch.minimum(torch.maximum(-b * e / q, lo), hi)
+        return 0.5 * (p * e * e + 2.0 * b * e * t + q * t * t)
+    m = torch.minimum(torch.minimum(edge(dxl, dyl, dyh, a, c), edge(dxh, dyl, dyh, a, c)),
+                      torch.minimum(edge(dyl, dxl, dxh, c, a), edge(dyh, dxl, dxh, c, a)))
+    inside = (dxl <= 0) & (dxh >= 0) & (dyl <= 0) & (dyh >= 0)
+    return torch.where(inside, torch.zeros_like(m), m)
+
+
+@torch.no_grad()
+def _bin_tiles(proj: Projected, tile_size: int, width: int, height: int, tiles_x: int, tiles_y: int):
+    """Tile-Gaussian intersections ordered by (tile, depth).
+
+    Tiles come from gsplat's box rule (``floor((mean - r) / tile) .. ceil((mean + r) / tile)``);
+    pairs whose ellipse cannot reach alpha >= 1/255 at any pixel centre of the tile are then
+    dropped (exact minimum of the quadratic form over the tile's pixel-centre rectangle, with a
+    1e-3 margin), which changes no pixel. Returns ``(gauss, starts, counts)``: ``gauss`` [I]
+    projected indices grouped by tile, front to back within a tile (ties by index);
+    ``starts``/``counts`` [tiles] each tile's slice.
+    """
+    dev = proj.means2d.device
+    order = torch.sort(proj.depths.detach(), stable=True).indices  # front to back
+    m2d = proj.means2d.detach()[order]
+    rad = proj.radii[order].to(m2d.dtype)
+    x0 = torch.floor((m2d[:, 0] - rad[:, 0]) / tile_size).clamp(0, tiles_x).long()
+    x1 = torch.ceil((m2d[:, 0] + rad[:, 0]) / tile_size).clamp(0, tiles_x).long()
+    y0 = torch.floor((m2d[:, 1] - rad[:, 1]) / tile_size).clamp(0, tiles_y).long()
+    y1 = torch.ceil((m2d[:, 1] + rad[:, 1]) / tile_size).clamp(0, tiles_y).long()
+    span_x = x1 - x0
+    per = span_x * (y1 - y0)
+    rank = torch.repeat_interleave(torch.arange(len(per), device=dev), per)
+    first = torch.cumsum(per, 0) - per
+    local = torch.arange(len(rank), device=dev) - first[rank]
+    sx = span_x[rank]
+    tile_x = x0[rank] + local % sx
+    tile_y = y0[rank] + local // sx
+    # cull pairs by the ellipse-rectangle test
+    con = proj.conics.detach()[order][rank]
+    mxr, myr = m2d[rank, 0], m2d[rank, 1]
+    px_lo = (tile_x * tile_size).to(m2d.dtype) + 0.5
+    px_hi = torch.clamp_max(px_lo + (tile_size - 1), width - 0.5)
+    py_lo = (tile_y * tile_size).to(m2d.dtype) + 0.5
+    py_hi = torch.clamp_max(py_lo + (tile_size - 1), height - 0.5)
+    smin = _min_sigma_on_rect(mxr - px_hi, mxr - px_lo, myr - py_hi, myr - py_lo,
+                              con[:, 0], con[:, 1], con[:, 2])
+    reach = torch.log(proj.opacity.detach()[order][rank] / ALPHA_MIN)
+    keep = smin <= reach + 1e-3
+    tile = (tile_y * tiles_x + tile_x)[keep]
+    rank = rank[keep]
+    tile_sorted, perm = torch.sort(tile, stable=True)
+    gauss = order[rank[perm]]
+    counts = torch.bincount(tile_sorted, minlength=tiles_x * tiles_y)
+    starts = torch.cumsum(counts, 0) - counts
+    return gauss, starts, counts
+
+
+def rasterize(proj: Projected, payload: torch.Tensor, width: int, height: int, *,
+              tile_size: int = TILE_SIZE, return_weights: bool = False,
+              return_top_index: bool = False):
+    """Composite ``payload`` ``[M, D]`` of the projected Gaussians front to back.
+
+    Returns:
+        ``acc`` [H, W, D] (sum of w_i * payload_i), ``t_final`` [H, W] transmittance left,
+        ``weights`` [M] total blending weight per projected Gaussian (or None) and ``top``
+        [H, W] int64 projected index of the largest-weight Gaussian per pixel, -1 where none
+        (or None). Ties in weight go to the front-most Gaussian.
+    """
+    dev, dtype = payload.device, payload.dtype
+    m, d = payload.shape
+    tx = math.ceil(width / tile_size)
+    ty = math.ceil(height / tile_size)
+    n_tiles = tx * ty
+    npix = tile_size * tile_size
+    half = 0.5 * tile_size
+    lp = torch.arange(npix, device=dev)
+    # pixel centres relative to the tile centre (small numbers keep the expanded form exact)
+    lx = (lp % tile_size).to(dtype) + 0.5 - half
+    ly = (lp // tile_size).to(dtype) + 0.5 - half
+    feat = torch.stack([lx * lx, lx * ly, ly * ly, lx, ly, torch.ones_like(lx)], dim=1)  # [P, 6]
+    grad = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (payload, proj.means2d, proj.conics, proj.opacity))
+    step = _round_grad if grad else _round_nograd
+    thresh = _below(ALPHA_MIN, dtype)
+
+    out_tiles, out_acc, out_t, out_bid = [], [], [], []
+    w_ids, w_vals = [], []
+    if m > 0:
+        gauss, starts, counts = _bin_tiles(proj, tile_size, width, height, tx, ty)
+        act = (counts > 0).nonzero().squeeze(1)
+        _STATS['isects'] = len(gauss)
+        # per-Gaussian parameters, padded with one inert entry (index m, opacity 0)
+        def pad(v: torch.Tensor, value: float = 0.0) -> torch.Tensor:
+            return torch.cat([v, v.new_full((1,), value)])
+        mx, my = pad(proj.means2d[:, 0]), pad(proj.means2d[:, 1])
+        ha, hb, hc = (pad(v) for v in (0.5 * proj.conics[:, 0], proj.conics[:, 1], 0.5 * proj.conics[:, 2]))
+        lop = pad(torch.log(proj.opacity), -math.inf)
+        pay = torch.cat([payload, payload.new_zeros(1, d)])
+        # per active tile: centre and state
+        cx = ((act % tx) * tile_size).to(dtype) + half
+        cy = ((act // tx) * tile_size).to(dtype) + half
+        outside = (cx[:, None] + lx[None] > width) | (cy[:, None] + ly[None] > height)
+        t_cur = torch.ones(len(act), npix, dtype=dtype, device=dev)
+        done = outside
+        acc = torch.zeros(len(act), npix, d, dtype=dtype, device=dev)
+        best_w = torch.zeros(len(act), npix, dtype=dtype, device=dev)
+        best_id = torch.full((len(act), npix), -1, dtype=torch.long, device=dev)
+        cnt, beg = counts[act], starts[act]
+        offset, k_sched = 0, _K_FIRST
+        while len(act) > 0:
+            # K grows with the rounds, and at once when few tiles are left (long, unsaturated lists)
+            k = max(k_sched, MAX_ELEMENTS // (len(act) * npix))
+            k = max(1, min(k, int(cnt.max()) - offset))
+            kk = offset + torch.arange(k, device=dev)
+            valid = kk[None, :] < cnt[:, None]  # [A, K]
+            gid = torch.where(valid, gauss[torch.where(valid, beg[:, None] + kk[None, :], 0)], m)
+            group = max(1, MAX_ELEMENTS // (npix * k))
+            _STATS['evals'] = _STATS.get('evals', 0) + len(act) * npix * k
+            _STATS['rounds'] = _STATS.get('rounds', 0) + 1
+            res = []
+            for i in range(0, len(act), group):
+                sl = slice(i, i + group)
+                g = gid[sl]
+                gx, gy = mx[g] - cx[sl, None], my[g] - cy[sl, None]
+                a_, b_, c_ = ha[g], hb[g], hc[g]
+                # log(alpha) before clamping = lop - sigma, as a quadratic form in the pixel offset
+                coef = torch.stack([-a_, -b_, -c_, 2 * a_ * gx + b_ * gy, 2 * c_ * gy + b_ * gx,
+                                    lop[g] - (a_ * gx + b_ * gy) * gx - c_ * gy * gy], dim=1)
+                res.append(step(feat, coef, pay[g], thresh, t_cur[sl], done[sl], acc[sl],
+                                return_weights, return_top_index))
+            if len(res) == 1:
+                t_cur, done, acc = res[0][:3]
+            else:
+                t_cur = torch.cat([r[0] for r in res])
+                done = torch.cat([r[1] for r in res])
+                acc = torch.cat([r[2] for r in res])
+            if return_weights:
+                w_sum = torch.cat([r[3] for r in res])  # [A, K]
+                w_ids.append(gid[valid])
+                w_vals.append(w_sum[valid])
+            if return_top_index:
+                wmax = torch.cat([r[4] for r in res])
+                kmax = torch.cat([r[5] for r in res])
+                better = wmax > best_w
+                best_w = torch.where(better, wmax, best_w)
+                best_id = torch.where(better, gid.gather(1, kmax), best_id)
+            offset += k
+            k_sched = min(2 * k_sched, _K_MAX)
+            finished = (cnt <= offset) | done.all(dim=1)
+            if bool(finished.any()):
+                fin = finished.nonzero().squeeze(1)
+                out_tiles.append(act[fin])
+                out_acc.append(acc[fin])
+                out_t.append(t_cur[fin])
+                out_bid.append(best_id[fin])
+                keep = (~finished).nonzero().squeeze(1)
+                act, cnt, beg, cx, cy = act[keep], cnt[keep], beg[keep], cx[keep], cy[keep]
+                t_cur, done, acc = t_cur[keep], done[keep], acc[keep]
+                best_w, best_id = best_w[keep], best_id[keep]
+
+    acc_img = torch.zeros(n_tiles, npix, d, dtype=dtype, device=dev)
+    t_img = torch.ones(n_tiles, npix, dtype=dtype, device=dev)
+    top_img = torch.full((n_tiles, npix), -1, dtype=torch.long, device=dev)
+    if out_tiles:
+        tiles = torch.cat(out_tiles)
+        acc_img = acc_img.index_copy(0, tiles, torch.cat(out_acc))
+        t_img = t_img.index_copy(0, tiles, torch.cat(out_t))
+        if return_top_index:
+            top_img = top_img.index_copy(0, tiles, torch.cat(out_bid))
+
+    def to_image(x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(ty, tx, tile_size, tile_size, *x.shape[2:]).transpose(1, 2)
+        return x.reshape(ty * tile_size, tx * tile_size, *x.shape[4:])[:height, :width]
+
+    weights = None
+    if return_weights:
+        weights = torch.zeros(m, dtype=dtype, device=dev)
+        if w_ids:
+            weights = weights.index_add(0, torch.cat(w_ids), torch.cat(w_vals))
+    top = to_image(top_img) if return_top_index else None
+    return to_image(acc_img), to_image(t_img), weights, top
+
+
+def _below(x: float, dtype: torch.dtype) -> float:
+    """The largest ``dtype`` number below ``dtype(x)``: ``v > _below(x)`` is ``v >= x`` in ``dtype``."""
+    t = torch.tensor(x, dtype=dtype)
+    return float(torch.nextafter(t, torch.zeros_like(t)))
+
+
+# One round for a group of A tiles and K Gaussians per tile. feat [P, 6] pixel monomials;
+# coef [A, 6, K] so that feat @ coef = log(opacity) - sigma; pay [A, K, D]; thresh: alphas
+# <= this are dropped (i.e. alpha < 1/255); t [A, P] transmittance; done [A, P]; acc [A, P, D].
+# Returns (t, done, acc, w summed over pixels [A, K] or None, per-pixel max weight and its slot
+# [A, P] or None). Both variants compute the same numbers; the no-grad one works in place.
+
+def _round_grad(feat, coef, pay, thresh, t, done, acc, want_w, want_top):
+    alpha = torch.clamp_max(torch.exp(torch.matmul(feat, coef)), ALPHA_MAX)  # [A, P, K]
+    alpha = torch.nn.functional.threshold(alpha, thresh, 0.0)
+    zero = torch.zeros((), dtype=alpha.dtype, device=alpha.device)
+    t_in = torch.where(done, zero, t)
+    incl = torch.cumprod(1.0 - alpha, dim=2) * t_in[:, :, None]
+    excl = torch.cat([t_in[:, :, None], incl[:, :, :-1]], dim=2)
+    w = torch.where(incl > T_MIN, alpha * excl, zero)
+    acc = torch.baddbmm(acc, w, pay)
+    t = t - w.sum(dim=2)
+    done = done | (incl[:, :, -1] <= T_MIN)
+    wmax, kmax = w.detach().max(dim=2) if want_top else (None, None)
+    return t, done, acc, (w.sum(dim=1) if want_w else None), wmax, kmax
+
+
+@torch.no_grad()
+def _round_nograd(feat, coef, pay, thresh, t, done, acc, want_w, want_top):
+    alpha = torch.matmul(feat, coef).exp_().clamp_max_(ALPHA_MAX)
+    torch.nn.functional.threshold_(alpha, thresh, 0.0)
+    t_in = t.masked_fill(done, 0.0)
+    incl = torch.rsub(alpha, 1.0).cumprod_(dim=2).mul_(t_in[:, :, None])
+    alpha[:, :, 1:].mul_(incl[:, :, :-1])
+    alpha[:, :, 0].mul_(t_in)  # alpha * exclusive transmittance
+    w = alpha.masked_fill_(incl <= T_MIN, 0.0)
+    acc = torch.baddbmm(acc, w, pay)
+    t = t - w.sum(dim=2)
+    done = done | (incl[:, :, -1] <= T_MIN)
+    wmax, kmax = w.max(dim=2) if want_top else (None, None)
+    return t, done, acc, (w.sum(dim=1) if want_w else None), wmax, kmax
