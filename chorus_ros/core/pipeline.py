@@ -1,0 +1,568 @@
+"""The perception pipeline the ROS nodes call: map updates -> incremental encoding -> decoding.
+
+:class:`PerceptionPipeline` owns a :class:`~chorus_ros.core.map.GaussianMap`, the Chorus encoder
+(through :class:`~chorus_ros.core.encoder.incremental.IncrementalEncoder`), the text encoder, a
+:class:`~chorus_ros.core.decode.SemanticDecoder` and an
+:class:`~chorus_ros.core.decode.InstanceDecoder` (with its persistent object codebook).
+
+Per-Gaussian state lives in map attributes, so it moves with its Gaussian:
+
+================  ===============  ==========================================================
+attribute         shape / dtype    meaning
+================  ===============  ==========================================================
+``feat.<head>``   [n, dim] f32     encoder head outputs (written by the incremental encoder)
+``sem.probs``     [n, K] f32       class probabilities over the active label set
+``sem.label``     [n] int64        argmax class id (65535: below ``min_confidence``)
+``sem.conf``      [n] f32          probability of that class
+``inst.id``       [n] int64        persistent instance id, 0 = none (ids start at 1)
+================  ===============  ==========================================================
+
+Call order: :meth:`~PerceptionPipeline.apply_update` (cheap map mutation; may be called many
+times), then :meth:`~PerceptionPipeline.encode` (re-encodes only the changed blocks + halo,
+then re-scores those Gaussians and regroups the instances they touch), then any number of
+:meth:`~PerceptionPipeline.render_view`, :meth:`~PerceptionPipeline.objects`,
+:meth:`~PerceptionPipeline.query`. :meth:`~PerceptionPipeline.set_labels` switches the label
+set without re-encoding (only the class names go through the text encoder). All public methods
+hold :attr:`PerceptionPipeline.lock`.
+
+Example::
+
+    pipe = PerceptionPipeline.from_checkpoint("checkpoints/demo")
+    pipe.apply_update(scene.gaussians, None, full=True)
+    pipe.encode()
+    view = pipe.render_view(camera)        # view.labels [H, W] uint16, view.instances int32 ...
+    hits = pipe.query("a chair", top_k=3)
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from chorus_ros.core.decode.instances import InstanceConfig, InstanceDecoder, ObjectRecord
+from chorus_ros.core.decode.semantic import SemanticConfig, SemanticDecoder
+from chorus_ros.core.errors import CheckpointError, InvalidInputError
+from chorus_ros.core.gaussians import GaussianArrays
+from chorus_ros.core.geometry import Camera
+from chorus_ros.core.labels import UNLABELED, LabelSet
+from chorus_ros.core.map import GaussianMap, MapConfig
+from chorus_ros.core.render import RenderSettings, render
+
+__all__ = ["PipelineConfig", "PerceptionPipeline", "ViewResult", "EncodeSummary", "QueryHit",
+           "ATTR_PROBS", "ATTR_LABEL", "ATTR_CONF", "ATTR_INSTANCE", "feature_attr",
+           "labels_from_meta", "text_spec_from_meta"]
+
+ATTR_PROBS, ATTR_LABEL, ATTR_CONF, ATTR_INSTANCE = "sem.probs", "sem.label", "sem.conf", "inst.id"
+
+
+def feature_attr(head: str) -> str:
+    """Map attribute holding a head's per-Gaussian features."""
+    return f"feat.{head}"
+
+
+def _default_incremental():
+    from chorus_ros.core.encoder.incremental import IncrementalConfig
+    return IncrementalConfig()
+
+
+@dataclass
+class PipelineConfig:
+    """Everything the perception pipeline needs besides the checkpoint (ROS parameters ``*``)."""
+
+    map: MapConfig = field(default_factory=MapConfig)
+    """The Gaussian map store (``map.*``)."""
+    incremental: object = field(default_factory=_default_incremental)
+    """Incremental encoding: blocks, halo, memory bound (``incremental.*``; IncrementalConfig)."""
+    render: RenderSettings = field(default_factory=RenderSettings)
+    """Renderer settings for output views (``render.*``)."""
+    semantic: SemanticConfig = field(default_factory=SemanticConfig)
+    """Open-vocabulary decoding thresholds (``semantic.*``)."""
+    instances: InstanceConfig = field(default_factory=InstanceConfig)
+    """Instance grouping and codebook (``instances.*``)."""
+    device: str = "cpu"
+    """Torch device of the encoder, map and renderer ('cpu', 'cuda')."""
+    labels_file: str = ""
+    """Optional label-set YAML replacing the checkpoint's label set at start-up."""
+    overlay_alpha: float = 0.5
+    """Weight of the class colour in the overlay image (0: rgb only, 1: colours only)."""
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PipelineConfig":
+        """Nested plain dict (e.g. YAML) -> config; unknown keys raise naming them."""
+        out = cls()
+        known = {f.name for f in fields(cls)}
+        bad = sorted(set(d) - known)
+        if bad:
+            raise InvalidInputError(f"unknown pipeline config keys {bad}; known: {sorted(known)}")
+        for k, v in d.items():
+            cur = getattr(out, k)
+            if isinstance(v, dict) and hasattr(cur, "__dataclass_fields__"):
+                sub_known = set(cur.__dataclass_fields__)
+                sbad = sorted(set(v) - sub_known)
+                if sbad:
+                    raise InvalidInputError(f"unknown pipeline config keys {k}.{sbad}; known: {sorted(sub_known)}")
+                for kk, vv in v.items():
+                    setattr(cur, kk, tuple(vv) if isinstance(getattr(cur, kk), tuple) else vv)
+            else:
+                setattr(out, k, v)
+        return out
+
+
+@dataclass
+class ViewResult:
+    """Everything one view produces. Images are numpy ``[H, W, ...]`` in the camera's pixel grid."""
+
+    labels: np.ndarray
+    """[H, W] uint16 class id; 65535 = unlabeled (too little alpha or confidence)."""
+    confidence: np.ndarray
+    """[H, W] float32 winning class probability (0 where unlabeled)."""
+    instances: np.ndarray
+    """[H, W] int32 persistent instance id of the highest-weight Gaussian; 0 = none."""
+    rgb: np.ndarray
+    """[H, W, 3] uint8 rendered colour."""
+    depth: np.ndarray
+    """[H, W] float32 expected camera-z depth, metres (0 where nothing was rendered)."""
+    color: np.ndarray
+    """[H, W, 3] uint8 class colours (LabelSet.colorize; black = unlabeled)."""
+    overlay: np.ndarray
+    """[H, W, 3] uint8 rgb blended with ``color`` on labelled pixels."""
+    alpha: np.ndarray
+    """[H, W] float32 accumulated opacity."""
+    map_version: int
+    """Map version the view was rendered from."""
+
+
+@dataclass
+class EncodeSummary:
+    """What one :meth:`PerceptionPipeline.encode` call did."""
+
+    full: bool
+    """Whether the whole map was re-encoded."""
+    updated_gaussians: int
+    """Gaussians whose features (and scores) were rewritten."""
+    n_encoded: int
+    """Gaussians the network ran on (changed blocks + halo)."""
+    regrouped_gaussians: int
+    """Gaussians whose instance grouping was recomputed."""
+    objects_changed: list[int]
+    """Instance ids created or updated."""
+    objects_retired: list[int]
+    """Instance ids retired (no Gaussians left)."""
+    num_objects: int
+    """Active objects after the call."""
+    map_version: int
+    seconds_encode: float
+    seconds_semantic: float
+    seconds_instances: float
+
+
+@dataclass
+class QueryHit:
+    """One ranked answer of :meth:`PerceptionPipeline.query`."""
+
+    record: ObjectRecord
+    score: float
+    """Cosine between the query's text embedding and the object's mean language embedding."""
+
+    def __iter__(self):  # allows ``for record, score in pipe.query(...)``
+        return iter((self.record, self.score))
+
+
+def labels_from_meta(meta: dict) -> LabelSet:
+    """The label set stored in checkpoint metadata (``labels`` or ``label_set``: LabelSet.to_dict()
+    or a list of names)."""
+    d = meta.get("labels", meta.get("label_set"))
+    if d is None:
+        raise CheckpointError("checkpoint metadata has no label set ('labels'); keys: "
+                              f"{sorted(meta)}")
+    if isinstance(d, list):
+        from chorus_ros.core.decode.semantic import default_colors
+        return LabelSet([str(n) for n in d], default_colors(len(d)))
+    return LabelSet.from_dict(d, source="checkpoint labels")
+
+
+def text_spec_from_meta(meta: dict, ckpt_dir: str | Path):
+    """The text encoder spec in checkpoint metadata (``text_encoder``), with a relative
+    ``weights`` path resolved against the checkpoint folder (default
+    ``<dir>/text_encoder.safetensors`` when that file exists)."""
+    from chorus_ros.core.text import TextEncoderSpec
+    d = meta.get("text_encoder", meta.get("text"))
+    if d is None:
+        raise CheckpointError(f"checkpoint metadata has no 'text_encoder' spec; keys: {sorted(meta)}")
+    spec = TextEncoderSpec.from_dict(dict(d))
+    ckpt_dir = Path(ckpt_dir)
+    if spec.weights:
+        p = Path(spec.weights)
+        if not p.is_absolute():
+            spec.weights = str(ckpt_dir / p)
+    elif (ckpt_dir / "text_encoder.safetensors").is_file():
+        spec.weights = str(ckpt_dir / "text_encoder.safetensors")
+    return spec
+
+
+class PerceptionPipeline:
+    """Map + incremental encoder + decoders (see the module docstring).
+
+    Args:
+        config: pipeline configuration.
+        model: a :class:`~chorus_ros.core.encoder.ChorusEncoder` (eval mode is set here).
+        text_encoder: a :class:`~chorus_ros.core.text.TextEncoder` whose ``dim`` equals the
+            language head's.
+        labels: the initial label set.
+        gmap: an existing map (default: a new empty map from ``config.map``).
+        incremental_factory: ``f(gmap) -> encoder`` with ``update()`` / ``encode_full()``
+            returning an EncodeResult (default: an IncrementalEncoder over ``model``); called
+            again whenever the map object is replaced (:meth:`load`).
+    """
+
+    def __init__(self, config: PipelineConfig, model, text_encoder, labels: LabelSet,
+                 gmap: GaussianMap | None = None, incremental_factory=None) -> None:
+        self.config = config
+        self.lock = threading.RLock()
+        self.model = model
+        if model is not None:
+            model.eval()
+        self.text_encoder = text_encoder
+        if gmap is None:
+            config.map.device = config.device
+            gmap = GaussianMap(config.map)
+        self.map = gmap
+        self._incremental_factory = incremental_factory or self._default_incremental
+        self._incremental = self._incremental_factory(self.map)
+        self.semantic = SemanticDecoder(text_encoder, labels, config.semantic)
+        self.instances = InstanceDecoder(config.instances)
+        self._touched: set[int] = set()
+        self._pending_full = False
+
+    # ------------------------------------------------------------------ building
+    def _default_incremental(self, gmap: GaussianMap):
+        from chorus_ros.core.encoder.incremental import IncrementalEncoder
+        return IncrementalEncoder(self.model, gmap, self.config.incremental)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, config: PipelineConfig | None = None) -> "PerceptionPipeline":
+        """Load ``<path>/model.safetensors`` + ``config.yaml`` (encoder, label set, text encoder spec;
+        the text tower's weights from ``<path>/text_encoder.safetensors`` when the spec names none)."""
+        from chorus_ros.core.encoder.checkpoint import load_checkpoint
+        from chorus_ros.core.text import build_text_encoder
+        config = config or PipelineConfig()
+        ck = load_checkpoint(str(path), device=config.device)
+        meta = dict(ck.meta or {})
+        spec = text_spec_from_meta(meta, path)
+        spec.device = config.device
+        text = build_text_encoder(spec)
+        labels = (LabelSet.from_yaml(config.labels_file) if config.labels_file else labels_from_meta(meta))
+        dims = ck.model.head_dims if isinstance(ck.model.head_dims, dict) else ck.model.config.head_dims()
+        if "language" in dims and dims["language"] != text.dim:
+            raise CheckpointError(f"language head dim {dims['language']} != text encoder dim {text.dim}")
+        return cls(config, ck.model.to(config.device), text, labels)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def labels(self) -> LabelSet:
+        return self.semantic.labels
+
+    def _heads(self) -> list[str]:
+        names = [n[len("feat."):] for n in self.map.attribute_names() if n.startswith("feat.")]
+        return names
+
+    def _attr(self, name: str) -> torch.Tensor | None:
+        return self.map.attribute(name) if name in self.map.attribute_names() else None
+
+    def _object_features(self) -> torch.Tensor | None:
+        for head in ("object", "generalist"):
+            t = self._attr(feature_attr(head))
+            if t is not None:
+                return t
+        return None
+
+    def _stuff_ids(self, all_classes: bool = False) -> list[int]:
+        labels = self.labels
+        if all_classes:
+            return list(range(len(labels)))
+        names = set(self.config.instances.stuff_classes)
+        return [i for i, n in enumerate(labels.names) if n in names or bool(labels.stuff[i])]
+
+    # ------------------------------------------------------------------ updates
+    def apply_update(self, upserts: GaussianArrays | None, removed_ids: torch.Tensor | None = None,
+                     full: bool = False) -> int:
+        """Mutate the map only (cheap). ``full``: the map becomes exactly ``upserts`` (a snapshot;
+        Gaussians keeping their ids keep their instance ids). Returns the new map version."""
+        with self.lock:
+            inst = self._attr(ATTR_INSTANCE)
+            if full:
+                if upserts is None:
+                    raise InvalidInputError("a full update needs the snapshot in 'upserts'")
+                old_ids = self.map.arrays().ids.clone() if len(self.map) else None
+                old_inst = inst.clone() if inst is not None and len(self.map) else None
+                self.map.replace_all(upserts)
+                if old_inst is not None:
+                    self._restore_instances(old_ids, old_inst)
+                self._touched |= set(self.instances.codebook.active_ids())
+                self._pending_full = True
+            else:
+                if inst is not None and len(self.map):
+                    if removed_ids is not None and len(removed_ids):
+                        rid = torch.as_tensor(removed_ids, dtype=torch.long)
+                        present = self.map.contains(rid)
+                        if bool(present.any()):
+                            slots = self.map.slots_of(rid[present])
+                            self._touched |= {int(i) for i in inst[slots].unique().tolist() if i > 0}
+                    if upserts is not None and upserts.ids is not None and len(upserts):
+                        present = self.map.contains(upserts.ids.long())
+                        if bool(present.any()):
+                            slots = self.map.slots_of(upserts.ids.long()[present])
+                            self._touched |= {int(i) for i in inst[slots].unique().tolist() if i > 0}
+                self.map.apply_delta(upserts, removed_ids, missing="ignore")
+            return self.map.version
+
+    def _restore_instances(self, old_ids: torch.Tensor, old_inst: torch.Tensor) -> None:
+        new_ids = self.map.arrays().ids
+        order = torch.argsort(old_ids)
+        s_ids, s_inst = old_ids[order], old_inst[order]
+        pos = torch.searchsorted(s_ids, new_ids).clamp_max(max(len(s_ids) - 1, 0))
+        hit = s_ids[pos] == new_ids
+        vals = torch.where(hit, s_inst[pos], torch.zeros_like(pos))
+        self.map.set_attribute(ATTR_INSTANCE, vals.to(torch.long))
+
+    # ------------------------------------------------------------------ encoding
+    def encode(self, full: bool = False) -> EncodeSummary:
+        """Incrementally re-encode what changed, re-score those Gaussians, regroup their objects."""
+        with self.lock:
+            t0 = time.perf_counter()
+            full = full or self._pending_full
+            res = self._incremental.encode_full() if full else self._incremental.update()
+            full = full or bool(getattr(res, "full", False))
+            t1 = time.perf_counter()
+            n = len(self.map)
+            slots = torch.arange(n) if full else res.updated_slots.long().cpu()
+            self._rescore(None if full else slots)
+            t2 = time.perf_counter()
+            r = self._regroup(None if full else slots)
+            t3 = time.perf_counter()
+            self._pending_full = False
+            return EncodeSummary(full, int(slots.numel()), int(getattr(res, "n_encoded", n)),
+                                 int(r.region.sum()) if r is not None else 0,
+                                 r.changed if r is not None else [], r.retired if r is not None else [],
+                                 len(self.instances.codebook.active_ids()), self.map.version,
+                                 t1 - t0, t2 - t1, t3 - t2)
+
+    def _rescore(self, slots: torch.Tensor | None) -> None:
+        """Scores, labels and confidences of ``slots`` (None: all) from the language features."""
+        n = len(self.map)
+        k = len(self.labels)
+        lang = self._attr(feature_attr("language"))
+        cur = self._attr(ATTR_PROBS)
+        need_all = slots is None or cur is None or cur.shape[1] != k
+        if lang is None:  # no language head: nothing is labelled
+            self.map.set_attribute(ATTR_PROBS, torch.zeros(n, k, device=self.map.device))
+            self.map.set_attribute(ATTR_LABEL, torch.full((n,), UNLABELED, dtype=torch.long, device=self.map.device))
+            self.map.set_attribute(ATTR_CONF, torch.zeros(n, device=self.map.device))
+            return
+        if need_all:
+            out = self.semantic.decode(lang)
+            self.map.set_attribute(ATTR_PROBS, out.probs.to(self.map.device))
+            self.map.set_attribute(ATTR_LABEL, out.label.to(self.map.device))
+            self.map.set_attribute(ATTR_CONF, out.confidence.to(self.map.device))
+            return
+        if slots.numel() == 0:
+            return
+        s = slots.to(self.map.device)
+        out = self.semantic.decode(lang[s])
+        self.map.set_attribute(ATTR_PROBS, out.probs, s)
+        self.map.set_attribute(ATTR_LABEL, out.label, s)
+        self.map.set_attribute(ATTR_CONF, out.confidence, s)
+
+    def _regroup(self, slots: torch.Tensor | None):
+        n = len(self.map)
+        g = self.map.arrays()
+        prev = self._attr(ATTR_INSTANCE)
+        prev = torch.zeros(n, dtype=torch.long) if prev is None else prev.long().cpu()
+        obj = self._object_features()
+        no_obj = obj is None
+        if no_obj:
+            obj = torch.zeros(n, 1)
+        region = None
+        if slots is not None:
+            region = torch.zeros(n, dtype=torch.bool)
+            region[slots] = True
+        touched = self._touched
+        self._touched = set()
+        if slots is not None and not bool(region.any()) and not touched:
+            return None
+        r = self.instances.regroup(
+            g.means.cpu(), obj.cpu(), self.map.attribute(ATTR_LABEL).cpu(), prev, region=region,
+            touched_ids=touched, stuff_label_ids=self._stuff_ids(all_classes=no_obj),
+            lang_feats=None if self._attr(feature_attr("language")) is None
+            else self.map.attribute(feature_attr("language")).cpu(),
+            confidence=self.map.attribute(ATTR_CONF).cpu(), gaussian_ids=g.ids.cpu())
+        if prev.numel() == 0 or ATTR_INSTANCE not in self.map.attribute_names():
+            self.map.set_attribute(ATTR_INSTANCE, r.instance_ids.to(self.map.device))
+        else:
+            idx = torch.nonzero(r.region).squeeze(1)
+            if idx.numel():
+                self.map.set_attribute(ATTR_INSTANCE, r.instance_ids[idx].to(self.map.device),
+                                       idx.to(self.map.device))
+        return r
+
+    # ------------------------------------------------------------------ labels
+    def set_labels(self, names: list[str] | LabelSet, colors=None) -> LabelSet:
+        """Switch the active label set: re-scores every Gaussian from its stored language feature
+        and regroups objects; the encoder does not run."""
+        with self.lock:
+            old = self.labels.names
+            labels = self.semantic.set_labels(names, colors)
+            remap = {i: (labels.names.index(n) if n in labels.names else -1) for i, n in enumerate(old)}
+            for e in self.instances.codebook.entries.values():
+                e.label_id = remap.get(e.label_id, -1)
+            if len(self.map) and ATTR_INSTANCE in self.map.attribute_names():
+                self._rescore(None)
+                self._regroup(None)
+            return labels
+
+    # ------------------------------------------------------------------ views
+    def _render(self, camera: Camera, feats: torch.Tensor | None, top: bool):
+        g = self.map.arrays()
+        g = GaussianArrays(g.means, g.sh, g.opacities, g.log_scales, g.quats, g.ids)
+        with torch.no_grad():
+            return render(g, camera, self.config.render, features=feats, return_top_index=top)
+
+    def _render_channels(self, camera: Camera, feats: torch.Tensor):
+        """First render (with top index) + extra passes of at most max_channels_per_pass channels."""
+        step = self.config.semantic.max_channels_per_pass
+        out = self._render(camera, feats[:, :step].contiguous(), True)
+        parts = [out.features]
+        for i in range(step, feats.shape[1], step):
+            parts.append(self._render(camera, feats[:, i:i + step].contiguous(), False).features)
+        return out, torch.cat(parts, dim=-1)
+
+    def render_view(self, camera: Camera) -> ViewResult:
+        """Render and decode one view: labels, confidence, instance ids, rgb, depth, colours."""
+        with self.lock:
+            if not isinstance(camera, Camera):
+                raise InvalidInputError(f"render_view needs a Camera, got {type(camera).__name__}")
+            h, w = camera.height, camera.width
+            if len(self.map) == 0:
+                z = np.zeros((h, w), np.float32)
+                return ViewResult(np.full((h, w), UNLABELED, np.uint16), z, np.zeros((h, w), np.int32),
+                                  np.zeros((h, w, 3), np.uint8), z.copy(), np.zeros((h, w, 3), np.uint8),
+                                  np.zeros((h, w, 3), np.uint8), z.copy(), self.map.version)
+            probs = self._attr(ATTR_PROBS)
+            if probs is None or probs.shape[1] != len(self.labels):
+                raise InvalidInputError("the map has not been encoded yet: call encode() before render_view()")
+            out, score_img = self._render_channels(camera, probs.float())
+            sem = self.semantic.decode_view(score_img.cpu(), out.alpha.cpu())
+            labels = sem.labels.numpy().astype(np.uint16)
+            inst_attr = self._attr(ATTR_INSTANCE)
+            top = out.top_index.cpu().long()
+            ok = (top >= 0) & (out.alpha.cpu() >= self.config.semantic.min_alpha)
+            if inst_attr is None:
+                inst = torch.zeros_like(top)
+            else:
+                inst = torch.where(ok, inst_attr.cpu()[top.clamp_min(0)], torch.zeros_like(top))
+            rgb = (out.rgb.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+            color = self.labels.colorize(labels)
+            a = float(self.config.overlay_alpha)
+            lab = (labels != UNLABELED)[..., None]
+            blend = (rgb.astype(np.float32) * (1 - a) + color.astype(np.float32) * a).round().astype(np.uint8)
+            overlay = np.where(lab, blend, rgb)
+            return ViewResult(labels, sem.confidence.numpy().astype(np.float32), inst.numpy().astype(np.int32),
+                              rgb, out.depth.detach().cpu().numpy().astype(np.float32), color, overlay,
+                              out.alpha.detach().cpu().numpy().astype(np.float32), self.map.version)
+
+    def relevance_view(self, embedding, camera: Camera) -> np.ndarray:
+        """``[H, W]`` float32 rendered cosine between ``embedding`` ([d], e.g. a text embedding) and
+        the language features: per-Gaussian cosines composited and divided by alpha; NaN where
+        alpha < ``semantic.min_alpha`` (no surface)."""
+        with self.lock:
+            lang = self._attr(feature_attr("language"))
+            if lang is None:
+                raise InvalidInputError("the map has no language features: call encode() first")
+            e = torch.as_tensor(np.asarray(embedding, dtype=np.float32)).reshape(-1).to(lang.device)
+            if e.numel() != lang.shape[1]:
+                raise InvalidInputError(f"embedding has {e.numel()} values, language features have {lang.shape[1]}")
+            rel = torch.nn.functional.normalize(lang.float(), dim=-1) @ torch.nn.functional.normalize(e, dim=0)
+            out = self._render(camera, rel[:, None], False)
+            alpha = out.alpha.detach().cpu()
+            img = out.features[..., 0].detach().cpu() / alpha.clamp_min(1e-6)
+            img = torch.where(alpha >= self.config.semantic.min_alpha, img, torch.full_like(img, float("nan")))
+            return img.numpy().astype(np.float32)
+
+    # ------------------------------------------------------------------ objects
+    def objects(self) -> list[ObjectRecord]:
+        """Records of the active objects, sorted by instance id."""
+        with self.lock:
+            return self.instances.records(self.labels.names)
+
+    def query(self, text: str, top_k: int = 5, min_score: float = -1.0) -> list[QueryHit]:
+        """Objects ranked by cosine between ``text``'s embedding and their mean language
+        embedding; at most ``top_k`` hits with score >= ``min_score``."""
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidInputError(f"query text must be a non-empty string, got {text!r}")
+        if top_k < 1:
+            raise InvalidInputError(f"top_k must be >= 1, got {top_k}")
+        with self.lock:
+            q = self.text_encoder.encode([text])[0].float()
+            recs = [r for r in self.objects() if r.embedding.size == q.numel()]
+            if not recs:
+                return []
+            emb = torch.from_numpy(np.stack([r.embedding for r in recs])).float()
+            scores = emb @ q
+            order = torch.argsort(scores, descending=True, stable=True).tolist()
+            return [QueryHit(recs[i], float(scores[i])) for i in order
+                    if float(scores[i]) >= min_score][:top_k]
+
+    def embed_text(self, texts: list[str]) -> torch.Tensor:
+        """``[T, d]`` unit text embeddings (for ``relevance_view`` or an ``~/embed`` service)."""
+        return self.text_encoder.encode(texts)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> None:
+        """Write ``<path>/map.safetensors`` (Gaussians + features + scores + instance ids),
+        ``<path>/codebook.safetensors`` and ``<path>/pipeline.json`` (label set, codebook counter)."""
+        from safetensors.torch import save_file
+        with self.lock:
+            p = Path(path)
+            p.mkdir(parents=True, exist_ok=True)
+            self.map.save(str(p / "map.safetensors"))
+            t, meta = self.instances.codebook.state_dict()
+            save_file(t or {"empty": torch.zeros(0)}, str(p / "codebook.safetensors"))
+            (p / "pipeline.json").write_text(json.dumps(
+                {"format": "chorus_ros.PerceptionPipeline", "version": 1, "labels": self.labels.to_dict(),
+                 "codebook": meta}, indent=1), encoding="utf-8")
+
+    def load(self, path: str | Path) -> None:
+        """Replace the map and codebook by a saved state; features are kept (no re-encoding)
+        and scores are recomputed for the current label set."""
+        from safetensors.torch import load_file
+        with self.lock:
+            p = Path(path)
+            for f in ("map.safetensors", "codebook.safetensors", "pipeline.json"):
+                if not (p / f).is_file():
+                    raise CheckpointError(f"saved pipeline state {p} lacks {f}")
+            meta = json.loads((p / "pipeline.json").read_text(encoding="utf-8"))
+            cfg = MapConfig(**{**self.map.config.__dict__})
+            gmap = GaussianMap.load(str(p / "map.safetensors"), cfg)
+            t = load_file(str(p / "codebook.safetensors"))
+            t.pop("empty", None)
+            self.map = gmap
+            self.map.take_dirty()
+            self._incremental = self._incremental_factory(self.map)
+            self.instances = InstanceDecoder(self.config.instances)
+            self.instances.codebook.load_state_dict(t, meta.get("codebook", {}))
+            saved = LabelSet.from_dict(meta["labels"], source=str(p / "pipeline.json"))
+            remap = {i: (self.labels.names.index(n) if n in self.labels.names else -1)
+                     for i, n in enumerate(saved.names)}
+            for e in self.instances.codebook.entries.values():
+                e.label_id = remap.get(e.label_id, -1)
+            self._touched = set()
+            self._pending_full = False
+            if len(self.map) and feature_attr("language") in self.map.attribute_names():
+                self._rescore(None)
+                if saved.names != self.labels.names:
+                    self._regroup(None)
