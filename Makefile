@@ -76,11 +76,13 @@ $(STAMP_IFACE): $(STAMP_REQ) $(INTERFACE_INPUTS)
 
 interfaces: $(STAMP_IFACE)
 
-# --- install: interfaces + editable install of the sources.
-# `import chorus_ros` finds the venv's copy of chorus_ros/__init__.py (installed over the
-# generated empty one); its pkgutil.extend_path, or setuptools' editable finder for
-# chorus_ros.<sub>, reaches the sources. The check below imports both halves from outside the
-# source tree, where the sources are not on sys.path.
+# --- install: interfaces + editable install of the sources. One package, two folders:
+# - outside the source tree, `import chorus_ros` finds the venv's folder (our __init__.py,
+#   installed over rosidl's empty one) and setuptools' editable finder serves chorus_ros.core,
+#   .ros, .tools from the sources;
+# - with the sources first on sys.path (repo root as cwd, pytest's `pythonpath = .`), the
+#   sources' __init__.py runs and pkgutil.extend_path joins the venv's msg/ and srv/.
+# The check below covers the first case; test/test_package_imports.py covers both.
 $(STAMP_INSTALL): $(STAMP_IFACE) setup.py setup.cfg
 	@# --no-build-isolation needs setuptools >= 70.1 (bdist_wheel without the wheel package);
 	@# python3.11 -m venv seeds 65.5. 79.0.1 is the version of the known-good dev venv.
