@@ -10,8 +10,6 @@ Markers:
         a collected test carries the marker).
   ros   needs rclpy; skipped when rclpy cannot be imported.
   slow  takes more than a few seconds or is opt-in via an environment variable.
-
-Fixture ``rclpy_context``: an initialised private ``rclpy.Context``, shut down afterwards.
 """
 from __future__ import annotations
 
@@ -54,15 +52,3 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for item in ros_items:
             item.add_marker(skip)
 
-
-@pytest.fixture
-def rclpy_context():
-    """A private, initialised ``rclpy.Context`` (domain and discovery range from above)."""
-    import rclpy
-
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    try:
-        yield context
-    finally:
-        context.try_shutdown()
