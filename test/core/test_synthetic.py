@@ -348,3 +348,120 @@ def test_trajectory_config_validation(scenes):
         make_trajectory(scenes[0], TrajectoryConfig(loop_views=0, random_views=0))
     with pytest.raises(InvalidInputError, match="fov"):
         make_trajectory(scenes[0], TrajectoryConfig(fov_x_deg=179))
+
+
+# ------------------------------------------------------------------ ground truth (renderer)
+@pytest.fixture(scope="module")
+def small_scene():
+    return generate_scene(SceneConfig(seed=4, target_gaussians=8000))
+
+
+def _free_spot(sc, radius, z_above):
+    """An (x, y) at least ``radius`` from the walls and from every object box reaching above ``z_above``."""
+    lo, hi = sc.obstacles()
+    for x in np.arange(radius, sc.room_max[0] - radius, 0.05):
+        for y in np.arange(radius, sc.room_max[1] - radius, 0.05):
+            dx = np.maximum(np.maximum(lo[:, 0] - x, x - hi[:, 0]), 0)
+            dy = np.maximum(np.maximum(lo[:, 1] - y, y - hi[:, 1]), 0)
+            near = (np.hypot(dx, dy) < radius) & (hi[:, 2] > z_above)
+            if not near.any():
+                return x, y
+    pytest.skip("no free spot in this room")
+
+
+@pytest.mark.parametrize("where", ["ceiling", "floor"])
+def test_ground_truth_of_a_plane_is_exact(small_scene, where):
+    from chorus_ros.core.geometry import Camera, look_at_pose
+    from chorus_ros.core.synthetic.groundtruth import render_ground_truth
+
+    sc = small_scene
+    z = 1.5 if where == "ceiling" else 1.0
+    # narrow view: footprint (< 0.5 m) plus 3 sigma of the largest Gaussians stays clear of objects
+    x, y = _free_spot(sc, 0.9, z if where == "ceiling" else -1.0)
+    eye = np.array([x, y, z])
+    target = eye + np.array([0, 0, 1.0 if where == "ceiling" else -1.0])
+    cam = Camera.from_c2w(look_at_pose(eye, target), Camera.intrinsics_from_fov(24, 18, 30.0), 24, 18)
+    gt = render_ground_truth(sc.gaussians, cam)
+    cls = sc.labels.index_of(where)
+    inst = 6 if where == "ceiling" else 1
+    assert torch.all(gt.semantic == cls) and torch.all(gt.instance == inst)
+    assert torch.all(gt.alpha > 0.97)  # opaque surface (3 % of Gaussians are semi-transparent)
+    # every Gaussian of the plane lies exactly on it, so the expected depth is the distance
+    expect = sc.room_max[2] - z if where == "ceiling" else z
+    assert torch.allclose(gt.depth, torch.full_like(gt.depth, expect), atol=2e-4)
+
+
+def test_ground_truth_labels_come_from_the_top_weight_gaussian(small_scene):
+    from chorus_ros.core.render import render
+    from chorus_ros.core.synthetic.groundtruth import render_ground_truth
+
+    sc = small_scene
+    g = sc.gaussians
+    tr = make_trajectory(sc, TrajectoryConfig(loop_views=2, random_views=1, width=48, height=36))
+    seen = set()
+    for cam in tr.cameras:
+        gt = render_ground_truth(g, cam, min_alpha=0.3)
+        out = render(g, cam, return_top_index=True)
+        assert torch.equal(out.top_index, gt.top_index)
+        top = gt.top_index
+        valid = (top >= 0) & (gt.alpha >= 0.3)
+        assert torch.equal(gt.semantic == UNLABELED, ~valid) and torch.equal(gt.instance == UNLABELED, ~valid)
+        assert valid.float().mean() > 0.95  # a room view is almost fully covered
+        assert torch.equal(gt.semantic[valid], g.extras["label"][top[valid]])
+        assert torch.equal(gt.instance[valid], g.extras["instance"][top[valid]])
+        # the pixel is covered by that Gaussian: its projected centre is within its screen radius
+        vm, K = cam.viewmat.double(), cam.K.double()
+        pc = g.means.double() @ vm[:3, :3].T + vm[:3, 3]
+        uv = pc[:, :2] / pc[:, 2:3] * torch.stack([K[0, 0], K[1, 1]]) + torch.stack([K[0, 2], K[1, 2]])
+        ys, xs = torch.nonzero(valid, as_tuple=True)
+        idx = top[ys, xs]
+        d = (uv[idx] - torch.stack([xs + 0.5, ys + 0.5], 1).double()).abs().max(1).values
+        assert torch.all(pc[idx, 2] > 0) and torch.all(d <= out.radii[idx].double() + 1e-6)
+        seen |= set(gt.semantic[valid].unique().tolist())
+    assert len(seen) >= 3
+    # the threshold decides what is unlabeled
+    gt1 = render_ground_truth(g, tr.cameras[0], min_alpha=1.0)
+    assert torch.all(gt1.semantic == UNLABELED)
+
+
+def test_dataset_export_load_round_trip_is_exact(small_scene, tmp_path):
+    from chorus_ros.core.synthetic.dataset import export_dataset, load_dataset, quantize_view
+    from chorus_ros.core.synthetic.groundtruth import render_ground_truth
+
+    sc = small_scene
+    tr = make_trajectory(sc, TrajectoryConfig(loop_views=1, random_views=1, width=40, height=30))
+    calls = []
+    summary = export_dataset(sc, tr, tmp_path / "ds", progress=lambda i, n: calls.append((i, n)))
+    assert calls == [(1, 2), (2, 2)] and summary.frames == 2 and summary.labelled_fraction > 0.9
+    root = tmp_path / "ds"
+    for f in ("README.md", "camera.yaml", "labels.yaml", "instances.yaml", "scene.yaml", "scene.ply",
+              "traj_w_c.txt", "rgb/rgb_0.png", "depth/depth_1.png", "semantic_class/semantic_class_1.png",
+              "semantic_instance/semantic_instance_1.png"):
+        assert (root / f).is_file(), f
+    with pytest.raises(InvalidInputError, match="exists"):
+        export_dataset(sc, tr, root)
+
+    ds = load_dataset(root)
+    assert len(ds) == 2 and ds.width == 40 and ds.height == 30
+    np.testing.assert_array_equal(ds.K, tr.K)
+    np.testing.assert_array_equal(ds.c2w, tr.c2w)  # repr() floats round-trip exactly
+    assert ds.labels == sc.labels and ds.instances == sc.instances
+    assert ds.meta["seed"] == 4 and ds.meta["gaussians"] == len(sc)
+    for i, frame in enumerate(ds):
+        gt = render_ground_truth(sc.gaussians, tr.cameras[i])
+        q = quantize_view(gt)
+        assert frame.index == i
+        np.testing.assert_array_equal(frame.rgb, q.rgb)
+        np.testing.assert_array_equal(frame.depth_raw, q.depth)
+        np.testing.assert_array_equal(frame.semantic, q.semantic.astype(np.int64))
+        np.testing.assert_array_equal(frame.instance, q.instance.astype(np.int64))
+        np.testing.assert_array_equal(frame.depth, (q.depth / 1000.0).astype(np.float32))
+        assert torch.equal(frame.camera.viewmat, tr.cameras[i].viewmat)
+        assert frame.rgb.dtype == np.uint8 and frame.semantic.dtype == np.int64
+        # the loaded RGB is RGB (not OpenCV's BGR): compare with the float render
+        assert np.abs(frame.rgb / 255.0 - gt.rgb.numpy()).max() <= 0.5 / 255 + 1e-6
+        assert np.all((frame.depth_raw == 0) == (gt.alpha.numpy() < 0.3))
+    g = ds.load_gaussians()
+    assert _same_gaussians(g, sc.gaussians)
+    with pytest.raises(IndexError):
+        ds[2]
