@@ -95,7 +95,8 @@ def render(gaussians: GaussianArrays, camera: Camera, settings: RenderSettings, 
         weights = torch.zeros(n, dtype=dtype, device=gaussians.device).index_add(0, proj.index, w_proj)
     top_index = None
     if return_top_index:
-        top_index = torch.where(top >= 0, proj.index[top.clamp_min(0)], torch.full_like(top, -1))
+        pad_index = torch.cat([proj.index, proj.index.new_full((1,), -1)])
+        top_index = pad_index[torch.where(top >= 0, top, len(proj.index))]
     return RenderOutput(rgb=rgb, depth=depth, alpha=alpha, features=feats, weights=weights,
                         top_index=top_index, radii=radii, backend="reference")
 
