@@ -223,7 +223,8 @@ def _np(v) -> np.ndarray:
 
 
 def records_to_msgs(records: Iterable[Any], *, include_embeddings: bool = True) -> list:
-    """Core object records -> ``chorus_ros/ObjectRecord`` messages.
+    """Core object records -> ``chorus_ros/ObjectRecord`` messages (a label id outside
+    0..65534, e.g. -1 for a class removed from the label set, becomes UNLABELED).
 
     A record needs ``instance_id, label_id, label, score, centroid [3], bbox_min [3],
     bbox_max [3], gaussian_count`` and ``embedding [D]`` (duck-typed: the core
@@ -231,7 +232,8 @@ def records_to_msgs(records: Iterable[Any], *, include_embeddings: bool = True) 
     from chorus_ros.msg import ObjectRecord
     out = []
     for r in records:
-        m = ObjectRecord(instance_id=int(r.instance_id), label_id=int(r.label_id),
+        lid = int(r.label_id)
+        m = ObjectRecord(instance_id=int(r.instance_id), label_id=lid if 0 <= lid < UNLABELED else UNLABELED,
                          label=str(r.label or ""), score=float(r.score),
                          centroid=_point(_np(r.centroid)), bbox_min=_point(_np(r.bbox_min)),
                          bbox_max=_point(_np(r.bbox_max)),

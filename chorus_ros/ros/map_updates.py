@@ -91,14 +91,17 @@ def map_update_from_msg(msg, map_frame: str = "map") -> MapUpdate:
 
 
 def map_update_to_msg(gaussians: GaussianArrays | None, *, map_id: str, sequence: int, full: bool,
-                      removed_ids=None, stamp: Any = 0, frame_id: str = "map"):
-    """Build a ``GaussianMapUpdate`` (FULL when ``full``) from Gaussians with ids."""
+                      removed_ids=None, stamp: Any = 0, frame_id: str = "map",
+                      include_extras: bool = False):
+    """Build a ``GaussianMapUpdate`` (FULL when ``full``) from Gaussians with ids
+    (``include_extras``: also send ``gaussians.extras`` as extra point fields)."""
     from chorus_ros.msg import GaussianMapUpdate
     hdr = make_header(stamp, frame_id)
     msg = GaussianMapUpdate(header=hdr, map_id=map_id, sequence=int(sequence),
                             update_type=UPDATE_FULL if full else UPDATE_DELTA)
     if gaussians is not None:
-        msg.gaussians = gaussians_to_pointcloud2(gaussians, make_header(stamp, frame_id))
+        msg.gaussians = gaussians_to_pointcloud2(gaussians, make_header(stamp, frame_id),
+                                                include_extras=include_extras)
     else:
         msg.gaussians.header = make_header(stamp, frame_id)
         msg.gaussians.is_dense = True

@@ -94,3 +94,66 @@ def harness(ros_context):
 @pytest.fixture(scope="session")
 def wait_until():
     return until
+
+
+# ----------------------------------------------------------------------- perception pipeline
+class OracleFeatures:
+    """Test stand-in for the incremental encoder (until a checkpoint is used): the language head
+    of a Gaussian is the text embedding of its ground-truth class (``label`` extra carried by the
+    map update) plus a fixed per-id perturbation; the object head is a fixed random vector per
+    ground-truth instance. Deterministic in the Gaussian ids, so two pipelines fed the same map
+    (in any order) get identical features."""
+
+    def __init__(self, gmap, text_encoder, class_names, obj_dim=16, noise=0.02):
+        import torch
+        self.map = gmap
+        self.text = text_encoder.encode(list(class_names)).float()
+        g = torch.Generator().manual_seed(1234)
+        self.obj_table = torch.nn.functional.normalize(torch.randn(4096, obj_dim, generator=g), dim=-1)
+        self.noise_table = torch.randn(65521, self.text.shape[1], generator=g) * noise
+
+    def update(self):
+        return self.encode_full()
+
+    def encode_full(self):
+        from types import SimpleNamespace
+
+        import torch
+        n = len(self.map)
+        if n:
+            lab = self.map.attribute("label").long().clamp(0, len(self.text) - 1)
+            inst = self.map.attribute("instance").long()
+            ids = self.map.arrays().ids.long()
+            lang = self.text[lab] + self.noise_table[ids % self.noise_table.shape[0]]
+            self.map.set_attribute("feat.language", torch.nn.functional.normalize(lang, dim=-1))
+            self.map.set_attribute("feat.object", self.obj_table[inst % self.obj_table.shape[0]])
+        self.map.take_dirty()
+        return SimpleNamespace(full=True, updated_slots=torch.arange(n), n_encoded=n)
+
+
+def make_oracle_pipeline(text_encoder, labels):
+    """A real PerceptionPipeline whose encoder is :class:`OracleFeatures`."""
+    from chorus_ros.core.map import GaussianMap
+    from chorus_ros.core.pipeline import PerceptionPipeline, PipelineConfig
+    cfg = PipelineConfig(incremental=None)
+    cfg.instances.voxel_size = 0.2        # the small test scenes are sampled ~0.2 m apart
+    return PerceptionPipeline(cfg, None, text_encoder, labels, gmap=GaussianMap(cfg.map),
+                              incremental_factory=lambda m: OracleFeatures(m, text_encoder, labels.names))
+
+
+@pytest.fixture(scope="session")
+def tiny_text_encoder():
+    from chorus_ros.core.text import TextEncoderSpec, build_text_encoder
+    return build_text_encoder(TextEncoderSpec(tiny=True, seed=0))
+
+
+@pytest.fixture(scope="session")
+def small_scene():
+    from chorus_ros.core.synthetic import SceneConfig, generate_scene
+    return generate_scene(SceneConfig(seed=1, target_gaussians=2500))
+
+
+@pytest.fixture(scope="session")
+def pipeline_factory(tiny_text_encoder, small_scene):
+    """``factory()`` -> a fresh pipeline configured like the node's (same encoder and labels)."""
+    return lambda: make_oracle_pipeline(tiny_text_encoder, small_scene.labels)
