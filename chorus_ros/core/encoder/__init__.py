@@ -6,6 +6,7 @@ passes, see :mod:`._spconv_compat`) when a :class:`ChorusEncoder` is built.
 """
 from chorus_ros.core.encoder.config import HEAD_KINDS, EncoderConfig, HeadSpec
 from chorus_ros.core.encoder.model import ChorusEncoder, EncoderOutput, ReceptiveField, receptive_field
+from chorus_ros.core.encoder.checkpoint import LoadedCheckpoint, load_checkpoint, save_checkpoint
 
 __all__ = ["HEAD_KINDS", "EncoderConfig", "HeadSpec", "ChorusEncoder", "EncoderOutput", "ReceptiveField",
-           "receptive_field"]
+           "receptive_field", "LoadedCheckpoint", "load_checkpoint", "save_checkpoint"]

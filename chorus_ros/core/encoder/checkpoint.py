@@ -1,0 +1,143 @@
+"""Encoder checkpoints: ``<dir>/model.safetensors`` + ``<dir>/config.yaml``.
+
+``config.yaml`` is plain YAML (``yaml.safe_dump``, loaded with ``yaml.safe_load``)::
+
+    format: chorus_encoder/1
+    encoder: {variant: gaussian, voxel_size: 0.05, channels: [32, 64, 96], ..., heads: [...]}
+    meta: {...}   # caller's: label set, teacher specs, text encoder spec, training info
+
+Loading is strict: the weights must have exactly the keys and shapes of a model built from the
+stored config, otherwise :class:`CheckpointError` lists the missing keys, the unexpected keys
+and the shape mismatches. A config with unknown fields is refused, naming them.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import yaml
+
+from chorus_ros.core.encoder.config import EncoderConfig
+from chorus_ros.core.encoder.model import ChorusEncoder
+from chorus_ros.core.errors import CheckpointError, InvalidInputError
+
+__all__ = ["save_checkpoint", "load_checkpoint", "load_checkpoint_config", "LoadedCheckpoint",
+           "WEIGHTS_FILE", "CONFIG_FILE", "FORMAT"]
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.yaml"
+FORMAT = "chorus_encoder/1"
+_TOP_KEYS = ("format", "encoder", "meta")
+_LIST_LIMIT = 10
+
+
+@dataclass
+class LoadedCheckpoint:
+    """What :func:`load_checkpoint` returns."""
+
+    model: ChorusEncoder
+    """The encoder with the stored weights, in eval mode, on the requested device."""
+    config: EncoderConfig
+    """Its architecture."""
+    meta: dict[str, Any] = field(default_factory=dict)
+    """The caller's metadata stored with it (label set, teacher specs, text encoder, training)."""
+
+
+def _short(keys: list[str]) -> str:
+    more = f" (+{len(keys) - _LIST_LIMIT} more)" if len(keys) > _LIST_LIMIT else ""
+    return f"{keys[:_LIST_LIMIT]}{more}"
+
+
+def save_checkpoint(path_dir: str | os.PathLike, model: ChorusEncoder, meta: dict[str, Any] | None = None) -> None:
+    """Write ``model``'s weights and config plus ``meta`` into directory ``path_dir`` (created).
+
+    ``meta`` must be YAML-safe (dicts, lists, str, int, float, bool, None); anything else raises
+    :class:`InvalidInputError` before a file is written.
+    """
+    from safetensors.torch import save_file
+
+    if not isinstance(model, ChorusEncoder):
+        raise InvalidInputError(f"save_checkpoint needs a ChorusEncoder, got {type(model).__name__}")
+    doc = {"format": FORMAT, "encoder": model.config.to_dict(), "meta": dict(meta or {})}
+    try:
+        text = yaml.safe_dump(doc, sort_keys=False)
+    except yaml.YAMLError as e:
+        raise InvalidInputError(f"checkpoint meta is not plain YAML data (dicts/lists/str/numbers): {e}") from e
+    os.makedirs(path_dir, exist_ok=True)
+    state = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
+             for k, v in model.state_dict().items()}
+    # write to temporary names first so a crash never leaves a half-written checkpoint
+    wtmp = os.path.join(path_dir, WEIGHTS_FILE + ".tmp")
+    ctmp = os.path.join(path_dir, CONFIG_FILE + ".tmp")
+    save_file(state, wtmp, metadata={"format": FORMAT})
+    with open(ctmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(wtmp, os.path.join(path_dir, WEIGHTS_FILE))
+    os.replace(ctmp, os.path.join(path_dir, CONFIG_FILE))
+
+
+def load_checkpoint_config(path_dir: str | os.PathLike) -> tuple[EncoderConfig, dict[str, Any]]:
+    """Read only ``config.yaml``: the encoder config and the meta dict."""
+    cpath = os.path.join(path_dir, CONFIG_FILE)
+    if not os.path.isfile(cpath):
+        raise CheckpointError(f"no {CONFIG_FILE} in checkpoint directory {os.fspath(path_dir)!r}")
+    try:
+        with open(cpath, encoding="utf-8") as f:
+            doc = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise CheckpointError(f"{cpath} is not valid YAML: {e}") from e
+    if not isinstance(doc, dict):
+        raise CheckpointError(f"{cpath} must hold a mapping with keys {list(_TOP_KEYS)}")
+    unknown = sorted(set(doc) - set(_TOP_KEYS))
+    if unknown:
+        raise CheckpointError(f"{cpath} has unknown top-level keys {unknown}; known: {list(_TOP_KEYS)}")
+    if doc.get("format") != FORMAT:
+        raise CheckpointError(f"{cpath} has format {doc.get('format')!r}, expected {FORMAT!r}")
+    if "encoder" not in doc:
+        raise CheckpointError(f"{cpath} has no 'encoder' section")
+    try:
+        cfg = EncoderConfig.from_dict(doc["encoder"])
+    except (InvalidInputError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{cpath}: invalid encoder config: {e}") from e
+    meta = doc.get("meta") or {}
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{cpath}: 'meta' must be a mapping, got {type(meta).__name__}")
+    return cfg, meta
+
+
+def load_checkpoint(path_dir: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedCheckpoint:
+    """Build the encoder from ``config.yaml`` and load ``model.safetensors`` strictly.
+
+    Raises :class:`CheckpointError` when a file is missing or unreadable, the config is invalid
+    or has unknown fields, or the weights' keys/shapes differ from the model's (the message
+    lists missing keys, unexpected keys and shape mismatches).
+    """
+    from safetensors.torch import load_file
+
+    cfg, meta = load_checkpoint_config(path_dir)
+    wpath = os.path.join(path_dir, WEIGHTS_FILE)
+    if not os.path.isfile(wpath):
+        raise CheckpointError(f"no {WEIGHTS_FILE} in checkpoint directory {os.fspath(path_dir)!r}")
+    try:
+        state = load_file(wpath, device="cpu")
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise CheckpointError(f"cannot read {wpath}: {e}") from e
+    model = ChorusEncoder(cfg)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+                        for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape))
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {_short(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys {_short(unexpected)}")
+        if mismatched:
+            parts.append(f"shape mismatches {_short(mismatched)}")
+        raise CheckpointError(f"checkpoint {wpath} does not match its config: " + "; ".join(parts))
+    model.load_state_dict(state, strict=True)
+    return LoadedCheckpoint(model.to(device).eval(), cfg, meta)
