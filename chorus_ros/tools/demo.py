@@ -84,7 +84,8 @@ def stage_ground_truth(ctx: DemoContext) -> str:
     for i, cam in enumerate(ctx.trajectory.cameras):
         gt = render_ground_truth(sc.gaussians, cam)
         rgb = np.clip(np.round(gt.rgb.numpy() * 255), 0, 255).astype(np.uint8)
-        depth = colorize_depth(gt.depth.numpy() * (gt.alpha.numpy() >= 0.3), max_depth=float(np.linalg.norm(sc.room_max)))
+        depth = colorize_depth(gt.depth.numpy() * (gt.alpha.numpy() >= 0.3),
+                               max_depth=float(np.linalg.norm(sc.room_max)))
         sem = sc.labels.colorize(gt.semantic)
         ins = colorize_instances(gt.instance)
         for name, img in (("rgb", rgb), ("depth", depth), ("semantic", sem), ("instance", ins)):

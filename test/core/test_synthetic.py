@@ -11,7 +11,7 @@ from chorus_ros.core.geometry import quat_wxyz_to_rotmat, rotmat_to_quat_wxyz
 from chorus_ros.core.labels import UNLABELED
 from chorus_ros.core.synthetic import THING_CLASSES, SceneConfig, generate_scene
 from chorus_ros.core.synthetic.primitives import (Box, ConePatch, Cylinder, DiskPatch, Ellipsoid, RectPatch,
-                                                  rot_z, rotmats_to_quats_wxyz, surfels_from_samples)
+                                                  rotmats_to_quats_wxyz, surfels_from_samples)
 from chorus_ros.core.synthetic.trajectory import TrajectoryConfig, make_trajectory
 
 SEEDS = (0, 1, 2)

@@ -94,7 +94,7 @@ def quantize_view(gt: GroundTruthView, depth_scale: float = 1000.0,
     valid = (gt.alpha.numpy() >= min_alpha) & np.isfinite(depth) & (depth > 0)
     depth = np.where(valid, np.clip(np.round(depth), 0, 65535), 0).astype(np.uint16)
     sem, ins = gt.semantic.numpy(), gt.instance.numpy()
-    if sem.max(initial=0) > UNLABELED or ins.max(initial=0) > UNLABELED or min(sem.min(initial=0), ins.min(initial=0)) < 0:
+    if min(sem.min(initial=0), ins.min(initial=0)) < 0 or max(sem.max(initial=0), ins.max(initial=0)) > UNLABELED:
         raise InvalidInputError("semantic/instance ids must fit in uint16 (0..65535)")
     return QuantizedView(rgb, depth, sem.astype(np.uint16), ins.astype(np.uint16))
 
