@@ -400,7 +400,7 @@ class PerceptionPipeline:
             touched_ids=touched, stuff_label_ids=self._stuff_ids(all_classes=no_obj),
             lang_feats=None if self._attr(feature_attr("language")) is None
             else self.map.attribute(feature_attr("language")).cpu(),
-            confidence=self.map.attribute(ATTR_CONF).cpu(), gaussian_ids=g.ids.cpu())
+            confidence=self.map.attribute(ATTR_CONF).cpu(), gaussian_ids=g.ids.cpu(), scales=g.scales.cpu())
         if prev.numel() == 0 or ATTR_INSTANCE not in self.map.attribute_names():
             self.map.set_attribute(ATTR_INSTANCE, r.instance_ids.to(self.map.device))
         else:
@@ -534,7 +534,7 @@ class PerceptionPipeline:
             save_file(t or {"empty": torch.zeros(0)}, str(p / "codebook.safetensors"))
             (p / "pipeline.json").write_text(json.dumps(
                 {"format": "chorus_ros.PerceptionPipeline", "version": 1, "labels": self.labels.to_dict(),
-                 "codebook": meta}, indent=1), encoding="utf-8")
+                 "codebook": meta, "instance_voxel_size": self.instances.voxel_size}, indent=1), encoding="utf-8")
 
     def load(self, path: str | Path) -> None:
         """Replace the map and codebook by a saved state; features are kept (no re-encoding)
@@ -555,6 +555,8 @@ class PerceptionPipeline:
             self._incremental = self._incremental_factory(self.map)
             self.instances = InstanceDecoder(self.config.instances)
             self.instances.codebook.load_state_dict(t, meta.get("codebook", {}))
+            if meta.get("instance_voxel_size") and self.config.instances.voxel_size <= 0:
+                self.instances.voxel_size = float(meta["instance_voxel_size"])
             saved = LabelSet.from_dict(meta["labels"], source=str(p / "pipeline.json"))
             remap = {i: (self.labels.names.index(n) if n in self.labels.names else -1)
                      for i, n in enumerate(saved.names)}

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from chorus_ros.core.decode.instances import (InstanceConfig, InstanceDecoder, connected_components,
-                                              group_components)
+                                              feature_bucket, group_components)
 from chorus_ros.core.errors import InvalidInputError
 
 VS = 0.1
@@ -62,6 +62,21 @@ def test_grouping_exact_partition():
     assert got["stray"] == {-1}               # tiny and isolated: no instance
 
 
+def test_touching_same_class_objects_sharing_voxels_stay_apart():
+    # two chairs whose Gaussians interleave inside the same coarse voxels (voxel 0.3 > gap)
+    a = block(0, 0, 0, 3, 3, 3, E[0], CHAIR)
+    b = block(3, 0, 0, 3, 3, 3, E[1], CHAIR)
+    means = torch.cat([a[0], b[0]])
+    cfg = InstanceConfig(voxel_size=0.25, feature_threshold=0.7, min_gaussians=3)
+    g = group_components(means, torch.cat([a[1], b[1]]), torch.cat([a[2], b[2]]), cfg)
+    ca, cb = set(g.component[:27].tolist()), set(g.component[27:].tolist())
+    assert len(ca) == 1 and len(cb) == 1 and ca != cb
+    g0 = group_components(means, torch.cat([a[1], b[1]]), torch.cat([a[2], b[2]]),
+                          InstanceConfig(voxel_size=0.25, feature_threshold=0.7, min_gaussians=3, feature_buckets=0))
+    # without buckets the shared voxels mix the two chairs: chair a ends up split between components
+    assert len(set(g0.component[:27].tolist())) == 2
+
+
 def test_unlabeled_and_invalid_are_not_grouped():
     means, feats, labels, which, names = scene()
     labels = labels.clone()
@@ -75,15 +90,16 @@ def test_unlabeled_and_invalid_are_not_grouped():
 def _reference_partition(means, feats, labels, cfg, stuff):
     """Slow reference: nodes by dict, all-pairs adjacency, BFS (no tiny-component handling)."""
     vox = np.floor(means.double().numpy() / cfg.voxel_size).astype(int)
+    f = torch.nn.functional.normalize(feats, dim=-1)
+    bucket = feature_bucket(f, cfg.feature_buckets).tolist()
     nodes = {}
     for i, (v, l) in enumerate(zip(map(tuple, vox), labels.tolist())):
-        nodes.setdefault((v, l), []).append(i)
+        nodes.setdefault((v, l, 0 if l in stuff else bucket[i]), []).append(i)
     keys = list(nodes)
-    f = torch.nn.functional.normalize(feats, dim=-1)
     nf = [torch.nn.functional.normalize(f[nodes[k]].sum(0), dim=0) for k in keys]
     adj = {k: [] for k in range(len(keys))}
     for a, b in itertools.combinations(range(len(keys)), 2):
-        (va, la), (vb, lb) = keys[a], keys[b]
+        (va, la, _), (vb, lb, _) = keys[a], keys[b]
         if la != lb or max(abs(x - y) for x, y in zip(va, vb)) > 1:
             continue
         if la in stuff or float(nf[a] @ nf[b]) > cfg.feature_threshold:
@@ -114,15 +130,15 @@ def _same_partition(a, b):
     return len(pairs) == len(set(np.asarray(a).tolist())) == len(set(np.asarray(b).tolist()))
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_grouping_matches_slow_reference(seed):
+@pytest.mark.parametrize("seed,bits", [(0, 0), (1, 3), (2, 2)])
+def test_grouping_matches_slow_reference(seed, bits):
     gen = torch.Generator().manual_seed(seed)
     n = 300
     means = torch.rand(n, 3, generator=gen) * 0.6 - 0.3
     labels = torch.randint(0, 3, (n,), generator=gen)
     protos = torch.randn(3, 8, generator=gen)
     feats = protos[torch.randint(0, 3, (n,), generator=gen)] + 0.3 * torch.randn(n, 8, generator=gen)
-    cfg = InstanceConfig(voxel_size=0.1, feature_threshold=0.6, min_gaussians=1)
+    cfg = InstanceConfig(voxel_size=0.1, feature_threshold=0.6, min_gaussians=1, feature_buckets=bits)
     g = group_components(means, feats, labels, cfg, stuff_label_ids=[0])
     ref = _reference_partition(means, feats, labels, cfg, {0})
     assert _same_partition(g.component.numpy(), ref)
@@ -260,7 +276,22 @@ def test_codebook_state_roundtrip():
 
 
 def test_validation():
+    with pytest.raises(InvalidInputError, match="auto_voxel"):
+        InstanceDecoder(InstanceConfig(auto_voxel_factor=0))
     with pytest.raises(InvalidInputError, match="voxel_size"):
-        InstanceDecoder(InstanceConfig(voxel_size=0))
+        group_components(torch.zeros(3, 3), torch.zeros(3, 4), torch.zeros(3), InstanceConfig(voxel_size=0))
+
+
+def test_automatic_voxel_size_is_frozen_at_first_regroup():
+    means, feats, labels, which, names = scene()
+    dec = InstanceDecoder(InstanceConfig(voxel_size=0, auto_voxel_factor=1.5, min_gaussians=3))
+    scales = torch.full((len(means), 3), 0.02)
+    scales[:, 0] = 0.08                                      # largest std 0.08 -> voxel 0.12
+    r = dec.regroup(means, feats, labels, torch.zeros(len(means), dtype=torch.long), stuff_label_ids=[FLOOR],
+                    scales=scales)
+    assert dec.voxel_size == pytest.approx(0.12)
+    assert len(set(r.instance_ids.tolist()) - {0}) == 4
+    dec.regroup(means, feats, labels, r.instance_ids, stuff_label_ids=[FLOOR], scales=scales * 10)
+    assert dec.voxel_size == pytest.approx(0.12)
     with pytest.raises(InvalidInputError):
         group_components(torch.zeros(3, 3), torch.zeros(2, 4), torch.zeros(3), CFG)

@@ -2,9 +2,11 @@
 
 Grouping (:func:`group_components`), per call:
 
-1. Gaussians with a class label are binned into *nodes* = (voxel of ``voxel_size``, class).
-   A node's feature is the normalised mean of its Gaussians' object-head features.
-2. Nodes of the same class in 26-neighbouring voxels are joined by an edge when the cosine of
+1. Gaussians with a class label are binned into *nodes* = (voxel of ``voxel_size``, class,
+   feature bucket: signs of a few fixed random projections of the object feature, so that two
+   touching objects of one class sharing a voxel stay apart). A node's feature is the
+   normalised mean of its Gaussians' object-head features.
+2. Nodes of the same class in the same or 26-neighbouring voxels are joined by an edge when the cosine of
    their features exceeds ``feature_threshold``; for *stuff* classes (wall, floor, ceiling) every
    same-class neighbour is joined (one instance per connected surface).
 3. Connected components of that graph (vectorised hook-and-compress union-find in torch).
@@ -26,7 +28,7 @@ every other Gaussian keeps its id and every other entry its record.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -52,10 +54,19 @@ _ALL_OFFSETS = torch.tensor([(dx, dy, dz) for dx in (-1, 0, 1) for dy in (-1, 0,
 class InstanceConfig:
     """Instance grouping and codebook settings (ROS parameters ``decode.instances.*``)."""
 
-    voxel_size: float = 0.05
-    """Edge of the grouping voxels, metres (nodes of the adjacency graph)."""
+    voxel_size: float = 0.0
+    """Edge of the grouping voxels, metres (nodes of the adjacency graph); <= 0: automatic,
+    ``auto_voxel_factor`` x the median of the Gaussians' largest std (fixed at the first regrouping)."""
+    auto_voxel_factor: float = 1.5
+    """Automatic voxel size as a multiple of the median largest Gaussian std (~ the sample spacing)."""
+    auto_voxel_range: tuple[float, float] = (0.01, 0.5)
+    """Clamp of the automatic voxel size, metres."""
     feature_threshold: float = 0.7
     """Neighbouring thing nodes join when the cosine of their object features exceeds this."""
+    feature_buckets: int = 3
+    """Within a voxel, Gaussians of one class are split into 2^bits nodes by the signs of fixed
+    random projections of their object feature, so touching same-class objects sharing a voxel
+    stay apart (same-voxel nodes are joined by the same similarity test as neighbours)."""
     min_gaussians: int = 8
     """Components with fewer Gaussians merge into a similar neighbour or get no instance."""
     stuff_classes: tuple[str, ...] = ("wall", "floor", "ceiling")
@@ -69,8 +80,11 @@ class InstanceConfig:
     """... and the two boxes, each grown by this many metres, to intersect."""
 
     def validate(self) -> None:
-        if not self.voxel_size > 0:
-            raise InvalidInputError(f"instances voxel_size must be > 0, got {self.voxel_size}")
+        if not 0 <= self.feature_buckets <= 8:
+            raise InvalidInputError(f"feature_buckets must be in [0, 8], got {self.feature_buckets}")
+        if not self.auto_voxel_factor > 0 or not 0 < self.auto_voxel_range[0] <= self.auto_voxel_range[1]:
+            raise InvalidInputError(f"auto_voxel_factor must be > 0 and auto_voxel_range 0 < lo <= hi, got "
+                                    f"{self.auto_voxel_factor}, {self.auto_voxel_range}")
         if not -1 <= self.feature_threshold <= 1:
             raise InvalidInputError(f"feature_threshold must be in [-1, 1], got {self.feature_threshold}")
         if self.min_gaussians < 1:
@@ -168,12 +182,13 @@ def _encode(vox: torch.Tensor, dims: torch.Tensor) -> torch.Tensor:
     return (vox[..., 0] * dims[1] + vox[..., 1]) * dims[2] + vox[..., 2]
 
 
-def _lookup(sorted_keys: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
-    """Index of each query in ``sorted_keys`` or -1."""
-    if sorted_keys.numel() == 0:
-        return torch.full_like(query, -1)
-    pos = torch.searchsorted(sorted_keys, query).clamp_max(sorted_keys.numel() - 1)
-    return torch.where(sorted_keys[pos] == query, pos, torch.full_like(pos, -1))
+def feature_bucket(f: torch.Tensor, bits: int) -> torch.Tensor:
+    """``[N]`` int64 bucket of unit features ``f`` ([N, d]): signs of ``bits`` fixed random
+    projections (seeded, so the same feature always lands in the same bucket)."""
+    if bits <= 0:
+        return torch.zeros(f.shape[0], dtype=torch.long)
+    r = torch.randn(f.shape[1], bits, generator=torch.Generator().manual_seed(12345))
+    return ((f @ r) > 0).long() @ (1 << torch.arange(bits))
 
 
 def connected_components(num_nodes: int, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
@@ -213,6 +228,9 @@ def group_components(means: torch.Tensor, obj_feats: torch.Tensor, labels: torch
         valid: optional ``[N]`` bool; False Gaussians are not grouped.
     """
     n = means.shape[0]
+    if not config.voxel_size > 0:
+        raise InvalidInputError(f"group_components needs a resolved voxel_size > 0, got {config.voxel_size} "
+                                "(InstanceDecoder resolves the automatic size)")
     if means.shape != (n, 3) or obj_feats.ndim != 2 or obj_feats.shape[0] != n or labels.shape != (n,):
         raise InvalidInputError(f"group_components needs means [N,3], obj_feats [N,d], labels [N]; got "
                                 f"{tuple(means.shape)}, {tuple(obj_feats.shape)}, {tuple(labels.shape)}")
@@ -230,27 +248,38 @@ def group_components(means: torch.Tensor, obj_feats: torch.Tensor, labels: torch
     vox, dims, total = _voxel_grid(m, config.voxel_size)
     ulab, lab_rank = torch.unique(lab, return_inverse=True)
     nl = int(ulab.numel())
-    if total * nl > 2.0 ** 62:
+    nb_ = 1 << config.feature_buckets
+    bucket = feature_bucket(f, config.feature_buckets)
+    if total * nl * nb_ > 2.0 ** 62:
         raise InvalidInputError(f"instance voxel grid too large ({total:.3g} voxels x {nl} classes); "
                                 f"increase voxel_size ({config.voxel_size})")
-    gkey = _encode(vox, dims) * nl + lab_rank
-    keys, node_of = torch.unique(gkey, return_inverse=True)          # sorted node keys
-    num_nodes = int(keys.numel())
-    node_lab_rank = keys % nl
-    node_feat = torch.zeros(num_nodes, f.shape[1]).index_add_(0, node_of, f)
-    node_feat = torch.nn.functional.normalize(node_feat, dim=-1)
-    node_count = torch.bincount(node_of, minlength=num_nodes)
     stuff_rank = torch.zeros(nl, dtype=torch.bool)
     stuff_ids = torch.as_tensor(list(stuff_label_ids), dtype=torch.long)
     if stuff_ids.numel():
         stuff_rank = torch.isin(ulab, stuff_ids)
-    # neighbour edges between nodes of the same class
-    node_cell = keys // nl
-    off = _encode(_HALF_OFFSETS, dims)                                  # [13]
-    qry = (node_cell[:, None] + off[None, :]) * nl + node_lab_rank[:, None]
-    nb = _lookup(keys, qry.reshape(-1)).reshape(num_nodes, -1)
-    src = torch.arange(num_nodes)[:, None].expand_as(nb)[nb >= 0]
-    dst = nb[nb >= 0]
+    bucket = torch.where(stuff_rank[lab_rank], torch.zeros_like(bucket), bucket)  # stuff: one node per voxel
+    gkey = (_encode(vox, dims) * nl + lab_rank) * nb_ + bucket
+    keys, node_of = torch.unique(gkey, return_inverse=True)          # sorted node keys
+    num_nodes = int(keys.numel())
+    cell_lab = keys // nb_                                             # sorted as well
+    node_lab_rank = cell_lab % nl
+    node_feat = torch.zeros(num_nodes, f.shape[1]).index_add_(0, node_of, f)
+    node_feat = torch.nn.functional.normalize(node_feat, dim=-1)
+    node_count = torch.bincount(node_of, minlength=num_nodes)
+    # candidate edges: same class, voxels in the 26-neighbourhood or the same voxel (other bucket)
+    node_cell = cell_lab // nl
+    off = torch.cat([torch.zeros(1, dtype=torch.long), _encode(_HALF_OFFSETS, dims)])  # [14], self first
+    tgt = ((node_cell[:, None] + off[None, :]) * nl + node_lab_rank[:, None]).reshape(-1)
+    lo = torch.searchsorted(cell_lab, tgt, right=False)
+    hi = torch.searchsorted(cell_lab, tgt, right=True)
+    cnt = hi - lo
+    q_src = torch.arange(num_nodes).repeat_interleave(off.numel())
+    src = q_src.repeat_interleave(cnt)
+    start = torch.cumsum(cnt, 0) - cnt
+    dst = lo.repeat_interleave(cnt) + (torch.arange(int(cnt.sum())) - start.repeat_interleave(cnt))
+    is_self = (torch.arange(num_nodes * off.numel()) % off.numel() == 0).repeat_interleave(cnt)
+    keep_pair = ~is_self | (dst > src)
+    src, dst = src[keep_pair], dst[keep_pair]
     sim = (node_feat[src] * node_feat[dst]).sum(-1)
     keep = stuff_rank[node_lab_rank[src]] | (sim > config.feature_threshold)
     root = connected_components(num_nodes, src[keep], dst[keep])
@@ -474,6 +503,23 @@ class InstanceDecoder:
         self.config = config or InstanceConfig()
         self.config.validate()
         self.codebook = ObjectCodebook(self.config)
+        self.voxel_size: float | None = self.config.voxel_size if self.config.voxel_size > 0 else None
+        """Grouping voxel edge in use (resolved at the first regrouping when automatic)."""
+
+    def resolve_voxel_size(self, scales: torch.Tensor | None) -> float:
+        """The voxel size in use; the automatic one is computed once from ``scales`` ([N, 3] stds)."""
+        if self.config.voxel_size > 0:
+            self.voxel_size = float(self.config.voxel_size)
+        elif self.voxel_size is None:
+            if scales is None or scales.numel() == 0:
+                return 0.05  # nothing to measure yet; not frozen
+            med = float(scales.detach().float().max(dim=-1).values.median())
+            lo, hi = self.config.auto_voxel_range
+            self.voxel_size = float(min(max(self.config.auto_voxel_factor * med, lo), hi))
+        return self.voxel_size
+
+    def _cfg(self) -> InstanceConfig:
+        return replace(self.config, voxel_size=self.voxel_size or 0.05)
 
     def expand_region(self, means: torch.Tensor, prev_ids: torch.Tensor, seed: torch.Tensor,
                       touched_ids=()) -> torch.Tensor:
@@ -486,7 +532,7 @@ class InstanceDecoder:
             if ids.numel():
                 region |= torch.isin(prev_ids.cpu(), ids)
             return region
-        vox, dims, _ = _voxel_grid(means.cpu(), self.config.voxel_size)
+        vox, dims, _ = _voxel_grid(means.cpu(), self._cfg().voxel_size)
         key = _encode(vox, dims)
         seed_keys = torch.unique(key[region])
         near = torch.unique((seed_keys[:, None] + _encode(_ALL_OFFSETS, dims)[None]).reshape(-1))
@@ -502,7 +548,7 @@ class InstanceDecoder:
                 prev_ids: torch.Tensor, *, region: torch.Tensor | None = None, touched_ids=(),
                 stuff_label_ids=(), lang_feats: torch.Tensor | None = None,
                 confidence: torch.Tensor | None = None, gaussian_ids: torch.Tensor | None = None,
-                valid: torch.Tensor | None = None) -> RegroupResult:
+                valid: torch.Tensor | None = None, scales: torch.Tensor | None = None) -> RegroupResult:
         """Regroup all Gaussians (``region=None``) or the grown ``region`` and update the codebook.
 
         Args:
@@ -514,8 +560,10 @@ class InstanceDecoder:
             lang_feats / confidence: for the records' embedding and score.
             gaussian_ids: ``[N]`` stable Gaussian ids (deterministic order of new ids).
             valid: optional ``[N]`` bool mask of Gaussians that may be grouped.
+            scales: ``[N, 3]`` Gaussian stds (metres), for the automatic voxel size.
         """
         n = means.shape[0]
+        self.resolve_voxel_size(scales)
         prev_ids = prev_ids.long().cpu()
         if prev_ids.shape != (n,):
             raise InvalidInputError(f"prev_ids must be [{n}], got {tuple(prev_ids.shape)}")
@@ -530,7 +578,7 @@ class InstanceDecoder:
 
         def sub(t):
             return None if t is None else t[idx.to(t.device)].cpu()
-        g = group_components(sub(means), sub(obj_feats), sub(labels), self.config, stuff_label_ids,
+        g = group_components(sub(means), sub(obj_feats), sub(labels), self._cfg(), stuff_label_ids,
                              sub(valid))
         stats = component_stats(g.component, g.num_components, sub(means), sub(obj_feats), sub(labels),
                                 sub(lang_feats), sub(confidence), sub(gaussian_ids))
