@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.parameter import Parameter
 
 __all__ = ["NodeSpec", "NODE_SET", "LAUNCH_ARGUMENTS", "CONFIG_RELPATH", "default_config_path",
            "node_cli_args", "Bringup", "run_nodes"]
@@ -82,7 +83,11 @@ def default_config_path() -> Path:
 
 def node_cli_args(spec: NodeSpec, *, config: str | os.PathLike | None = None, checkpoint: str = "",
                   device: str = "", use_sim_time: bool | str = False, log_level: str = "info") -> list[str]:
-    """The ``--ros-args`` of one node: params file, overrides, log level (launch uses the same)."""
+    """The ``--ros-args`` of one node: params file, overrides, log level (launch uses the same).
+
+    ``checkpoint``/``device`` are ``-p`` rules after the file: they override the file's ``/**``
+    section (rcl: the later of two equally specific rules wins) but not a node-specific section,
+    so the shipped config keeps both keys in ``/**``."""
     args = ["--ros-args", "--params-file", str(config or default_config_path())]
     if checkpoint:
         args += ["-p", f"checkpoint:={checkpoint}"]
@@ -103,7 +108,7 @@ class Bringup:
         checkpoint, device, use_sim_time, log_level, namespace: the launch arguments.
         nodes: names of the nodes to start (default: all of NODE_SET).
         node_kwargs: extra constructor kwargs per node name (tests inject a pipeline).
-        parameters: extra ``{node name: {param: value}}`` overrides (``-p name:=value``).
+        parameters: extra ``{node name: {param: value}}`` overrides (beat the params file).
         num_threads: executor threads.
         context: an initialised rclpy Context to use; by default a private one is created.
     """
@@ -131,10 +136,11 @@ class Bringup:
                     continue
                 args = node_cli_args(spec, config=config, checkpoint=checkpoint, device=device,
                                      use_sim_time=use_sim_time, log_level=log_level)
-                for k, v in (parameters or {}).get(spec.name, {}).items():
-                    args += ["-p", f"{k}:={_param_literal(v)}"]
+                # constructor overrides beat the params file's node-specific sections (-p does not)
+                overrides = [Parameter(k, value=v) for k, v in (parameters or {}).get(spec.name, {}).items()]
                 node = spec.node_class()(spec.name, namespace=namespace or None, context=self.context,
-                                         cli_args=args, **(node_kwargs or {}).get(spec.name, {}))
+                                         cli_args=args, parameter_overrides=overrides,
+                                         **(node_kwargs or {}).get(spec.name, {}))
                 self.nodes[spec.name] = node
                 self.executor.add_node(node)
         except BaseException:
@@ -179,16 +185,6 @@ class Bringup:
 
     def __exit__(self, *exc) -> None:
         self.shutdown()
-
-
-def _param_literal(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (list, tuple)):
-        return "[" + ",".join(_param_literal(x) for x in v) + "]"
-    if isinstance(v, str):
-        return v if v else "''"
-    return repr(v)
 
 
 def run_nodes(classes: Sequence[type], args: list[str] | None = None) -> int:
