@@ -4,12 +4,13 @@ handling, attributes, save/load."""
 import math
 import random
 
+import numpy as np
 import pytest
 import torch
 
 from chorus_ros.core.errors import CheckpointError, InvalidInputError, MapCapacityError, UnknownIdError
 from chorus_ros.core.gaussians import GaussianArrays
-from chorus_ros.core.map import DeltaResult, GaussianMap, MapConfig, UnknownAttributeError
+from chorus_ros.core.map import DeltaResult, GaussianMap, IdIndex, MapConfig, UnknownAttributeError
 
 
 def make(ids, degree=0, *, base=0.0, extras=None) -> GaussianArrays:
@@ -404,3 +405,50 @@ def test_load_errors(tmp_path):
     save_file(t, str(tmp_path / "bad.safetensors"), metadata=meta)
     with pytest.raises(CheckpointError, match=r"missing tensors \['quats'\], unexpected tensors \['extra'\]"):
         GaussianMap.load(str(tmp_path / "bad.safetensors"))
+
+
+# ------------------------------------------------------------------------------ id index
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_id_index_matches_a_dict(sparse):
+    """The vectorised hash index against a Python dict over random insert/delete/set batches
+    (forcing rehashes from a tiny start and tombstone reuse)."""
+    rng = np.random.default_rng(3 + sparse)
+    t, d = IdIndex(), {}
+    hi = 2**32 if sparse else 400
+    for step in range(300):
+        op = rng.integers(0, 3)
+        if op == 0:
+            cand = np.unique(rng.integers(0, hi, size=rng.integers(0, 60)))
+            cand = cand[[c not in d for c in cand.tolist()]].astype(np.int64)
+            rng.shuffle(cand)
+            sl = rng.integers(0, 10**6, size=cand.size)
+            assert t.insert(cand, sl)
+            d.update(zip(cand.tolist(), sl.tolist()))
+        elif d:
+            ks = rng.choice(np.array(list(d), dtype=np.int64), size=min(len(d), int(rng.integers(1, 40))),
+                            replace=False)
+            if op == 1:
+                t.delete(ks)
+                for k in ks.tolist():
+                    del d[k]
+            else:
+                sl = rng.integers(0, 10**6, size=ks.size)
+                t.set(ks, sl)
+                d.update(zip(ks.tolist(), sl.tolist()))
+        q = np.array(list(d) + rng.integers(0, hi, size=20).tolist(), dtype=np.int64)
+        assert t.lookup(q).tolist() == [d.get(i, -1) for i in q.tolist()]
+        assert len(t) == len(d)
+
+
+def test_id_index_build_detects_duplicates():
+    assert IdIndex.build(np.array([5, 7, 5], dtype=np.int64)) is None
+    assert IdIndex.build(np.array([2**32 - 1, 0, 2**32 - 1], dtype=np.int64)) is None
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        a = rng.integers(0, 40, size=int(rng.integers(1, 30))).astype(np.int64)
+        built = IdIndex.build(a)
+        assert (built is None) == (np.unique(a).size != a.size)
+        if built is not None:
+            assert built.lookup(a).tolist() == list(range(a.size))
