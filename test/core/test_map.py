@@ -152,13 +152,14 @@ def check_equal(m: GaussianMap, ref: RefMap):
     assert a.ids[slots].tolist() == ids   # id -> slot -> id is the identity
     for f in ("means", "sh", "opacities", "log_scales", "quats", *ref.attrs):
         exp = torch.stack([ref.rows[i][f] for i in ids])
-        got = a.extras[f][slots] if f in ref.attrs else getattr(a, f)[slots]
+        got = (a.extras[f][slots] if f in ref.attrs else getattr(a, f)[slots]).cpu()
         assert torch.equal(got, exp), f
 
 
-def test_random_ops_match_reference_model():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_random_ops_match_reference_model(device):
     rnd = random.Random(1)
-    m = GaussianMap(cfg(initial_capacity=2, capacity=10_000))
+    m = GaussianMap(cfg(initial_capacity=2, capacity=10_000, device=device))
     ref = RefMap()
     next_id = [0]
     version = 0
