@@ -159,6 +159,9 @@ class EncodeSummary:
     seconds_encode: float
     seconds_semantic: float
     seconds_instances: float
+    updated_slots: torch.Tensor | None = None
+    """[k] int64 map slots whose features, scores and labels were rewritten (valid until the map
+    next changes)."""
 
 
 @dataclass
@@ -350,7 +353,7 @@ class PerceptionPipeline:
                                  int(r.region.sum()) if r is not None else 0,
                                  r.changed if r is not None else [], r.retired if r is not None else [],
                                  len(self.instances.codebook.active_ids()), self.map.version,
-                                 t1 - t0, t2 - t1, t3 - t2)
+                                 t1 - t0, t2 - t1, t3 - t2, slots)
 
     def _rescore(self, slots: torch.Tensor | None) -> None:
         """Scores, labels and confidences of ``slots`` (None: all) from the language features."""

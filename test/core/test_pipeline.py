@@ -273,3 +273,74 @@ def test_render_before_encode_and_empty_map(text):
     pipe.apply_update(base_scene(), None, full=True)
     with pytest.raises(Exception, match="encode"):
         pipe.render_view(camera())
+
+
+# ------------------------------------------------------------------ with the real encoder
+def real_pipeline(text, model):
+    from chorus_ros.core.encoder.incremental import IncrementalConfig
+    cfg = PipelineConfig(map=MapConfig(sh_degree=0, block_size=0.25, initial_capacity=1024),
+                         incremental=IncrementalConfig(full_fraction=1.0), render=RenderSettings(backend="reference"),
+                         instances=InstanceConfig(voxel_size=0.1, feature_threshold=0.8, min_gaussians=5))
+    return PerceptionPipeline(cfg, model, text, LabelSet(NAMES, COLORS, [True, False, False, False]))
+
+
+@pytest.fixture(scope="module")
+def tiny_model(text):
+    enc = pytest.importorskip("chorus_ros.core.encoder")
+    pytest.importorskip("chorus_ros.core.encoder.incremental")
+    torch.manual_seed(0)
+    cfg = enc.EncoderConfig(voxel_size=0.05, channels=(8, 16), encoder_blocks=(1, 1), decoder_blocks=(1,),
+                            point_hidden=8, head_hidden=16, embed_dim=16,
+                            heads=[enc.HeadSpec("language", text.dim), enc.HeadSpec("object", 8)])
+    return enc.ChorusEncoder(cfg).eval()
+
+
+def test_real_encoder_incremental_equals_full_outside_changes(text, tiny_model):
+    """Incremental vs full re-encode of the same final map: Gaussians outside the re-encoded
+    region keep their features (within 1e-4 of a full encode) and identical labels and ids."""
+    a, b, c = (real_pipeline(text, tiny_model) for _ in range(3))
+    wide = GaussianArrays.concat([base_scene(), surface_box((5.0, 0.0, 0.0), (6.0, 1.0, 0.0), 0, 5, COLORS[0], 50000)])
+    for p in (a, b):
+        p.apply_update(wide, None, full=True)
+        p.encode()
+    before = a.map.attribute("feat.language").clone()
+    for p in (a, b):
+        p.apply_update(lamp(), None)
+    sa, sb = a.encode(), b.encode(full=True)
+    assert not sa.full and sb.full and 0 < sa.updated_gaussians < len(a.map)
+    assert torch.equal(a.map.arrays().ids, b.map.arrays().ids)
+    outside = torch.ones(len(a.map), dtype=torch.bool)
+    outside[sa.updated_slots] = False
+    assert int(outside.sum()) > 1000
+    fa, fb = a.map.attribute("feat.language"), b.map.attribute("feat.language")
+    nb = len(before)  # the lamp was appended: old Gaussians keep their slots
+    assert not outside[nb:].any()
+    assert torch.equal(fa[:nb][outside[:nb]], before[outside[:nb]])  # outside: not recomputed at all
+    assert float((fa - fb).abs().max()) <= 1e-4
+    assert torch.equal(a.map.attribute(ATTR_LABEL), b.map.attribute(ATTR_LABEL))
+    assert torch.equal(a.map.attribute(ATTR_INSTANCE), b.map.attribute(ATTR_INSTANCE))
+    # a pipeline that only ever saw the final map: same features, labels and partition
+    c.apply_update(a.map.arrays().index(torch.arange(len(a.map))), None, full=True)
+    c.encode()
+    ids_a = a.map.arrays().ids
+    order_c = torch.argsort(c.map.arrays().ids)
+    pos = order_c[torch.searchsorted(c.map.arrays().ids[order_c], ids_a)]
+    assert float((c.map.attribute("feat.language")[pos] - fa).abs().max()) <= 1e-4
+    assert torch.equal(c.map.attribute(ATTR_LABEL)[pos], a.map.attribute(ATTR_LABEL))
+    pairs = set(zip(a.map.attribute(ATTR_INSTANCE).tolist(), c.map.attribute(ATTR_INSTANCE)[pos].tolist()))
+    assert len(pairs) == len({x for x, _ in pairs}) == len({y for _, y in pairs})
+
+
+def test_real_encoder_label_switch_does_not_run_the_encoder(text, tiny_model, monkeypatch):
+    pipe = real_pipeline(text, tiny_model)
+    pipe.apply_update(base_scene(), None, full=True)
+    pipe.encode()
+    calls = []
+    monkeypatch.setattr(type(tiny_model), "forward", lambda self, *a, **k: calls.append(1))
+    before = pipe.map.attribute(ATTR_LABEL).clone()
+    probs = pipe.map.attribute("sem.probs").clone()
+    pipe.set_labels(list(reversed(NAMES)))
+    assert calls == []
+    expect = torch.where(before == UNLABELED, before, 3 - before)
+    assert torch.equal(pipe.map.attribute(ATTR_LABEL), expect)
+    torch.testing.assert_close(pipe.map.attribute("sem.probs"), probs.flip(1))
