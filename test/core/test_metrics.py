@@ -145,3 +145,41 @@ def test_evaluate_checkpoint_with_oracle_pipeline():
     md = evaluation_markdown(r, cfg, "chorus-eval --test")
     assert "| oracle |" in md and "Per-class IoU" in md and "chorus-eval --test" in md
     assert "| variant |" in ablation_markdown([r, r], cfg)
+
+
+def test_chorus_eval_cli_on_a_tiny_checkpoint(tmp_path):
+    """chorus-eval end to end: a random-init checkpoint written by save_checkpoint (as the
+    trainer does), one held-out scene, both the main table and the ablation table."""
+    import torch
+
+    enc = pytest.importorskip("chorus_ros.core.encoder")
+    pytest.importorskip("chorus_ros.core.encoder.incremental")
+    from chorus_ros.core.encoder.checkpoint import save_checkpoint
+    from chorus_ros.core.synthetic import synthetic_label_set
+    from chorus_ros.core.text import TextEncoderSpec, build_text_encoder
+    from chorus_ros.tools.evaluate import main
+
+    spec = TextEncoderSpec(tiny=True, prompt_template="{}")
+    text = build_text_encoder(spec)
+    for name, heads in (("full", [("language", 64), ("object", 8)]), ("no_object", [("language", 64)])):
+        torch.manual_seed(0)
+        cfg = enc.EncoderConfig(channels=(8, 16), encoder_blocks=(1, 1), decoder_blocks=(1,), point_hidden=8,
+                                head_hidden=16, embed_dim=16, heads=[enc.HeadSpec(n, d) for n, d in heads])
+        d = tmp_path / name
+        te = spec.to_dict()
+        te["weights"] = "text_encoder.safetensors"
+        save_checkpoint(str(d), enc.ChorusEncoder(cfg), {"label_set": synthetic_label_set().to_dict(),
+                                                        "text_encoder": te})
+        text.save_weights(d / "text_encoder.safetensors")
+    args = ["--seeds", "1000", "--views", "1", "--gaussians", "1200", "--size", "32", "24"]
+    out = tmp_path / "eval.md"
+    assert main(["--checkpoint", str(tmp_path / "full"), *args, "--out", str(out)]) == 0
+    md = out.read_text()
+    assert "| demo |" in md and "| chair |" in md and "seeds [1000]" in md
+    abl = tmp_path / "abl.md"
+    assert main(["--ablation", f"full={tmp_path / 'full'}", f"no_object={tmp_path / 'no_object'}", *args,
+                 "--out", str(abl)]) == 0
+    text_md = abl.read_text()
+    assert "| full |" in text_md and "| no_object |" in text_md
+    with pytest.raises(SystemExit):
+        main(["--seeds", "1000"])
