@@ -46,6 +46,7 @@ import torch
 
 from chorus_ros.core.decode.instances import InstanceConfig, InstanceDecoder, ObjectRecord
 from chorus_ros.core.decode.semantic import SemanticConfig, SemanticDecoder
+from chorus_ros.core.encoder.incremental import IncrementalConfig
 from chorus_ros.core.errors import CheckpointError, InvalidInputError
 from chorus_ros.core.gaussians import GaussianArrays
 from chorus_ros.core.geometry import Camera
@@ -65,19 +66,15 @@ def feature_attr(head: str) -> str:
     return f"feat.{head}"
 
 
-def _default_incremental():
-    from chorus_ros.core.encoder.incremental import IncrementalConfig
-    return IncrementalConfig()
-
-
 @dataclass
 class PipelineConfig:
     """Everything the perception pipeline needs besides the checkpoint (ROS parameters ``*``)."""
 
     map: MapConfig = field(default_factory=MapConfig)
     """The Gaussian map store (``map.*``)."""
-    incremental: object = field(default_factory=_default_incremental)
-    """Incremental encoding: blocks, halo, memory bound (``incremental.*``; IncrementalConfig)."""
+    incremental: object = field(default_factory=IncrementalConfig)
+    """Incremental encoding: halo, memory bound (``incremental.*``; an IncrementalConfig, or None
+    when an ``incremental_factory`` that needs no config is given)."""
     render: RenderSettings = field(default_factory=RenderSettings)
     """Renderer settings for output views (``render.*``)."""
     semantic: SemanticConfig = field(default_factory=SemanticConfig)
