@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from chorus_ros.core.errors import InvalidInputError
-from chorus_ros.core.gaussians import GaussianArrays, sh_degree_from_k
+from chorus_ros.core.gaussians import GaussianArrays
 
 __all__ = [
     "PlyProperty",
