@@ -46,7 +46,6 @@ TILE_SIZE = 8
 _K_FIRST = 8
 """Gaussians per tile in the first round; doubled each round up to ``_K_MAX``."""
 _K_MAX = 64
-_STATS: dict = {}
 
 
 def render(gaussians: GaussianArrays, camera: Camera, settings: RenderSettings, *,
@@ -160,7 +159,7 @@ def _bin_tiles(proj: Projected, tile_size: int, width: int, height: int, tiles_x
     gauss = order[rank[perm]]
     counts = torch.bincount(tile_sorted, minlength=tiles_x * tiles_y)
     starts = torch.cumsum(counts, 0) - counts
-    return gauss, starts, counts
+    return gauss, tile_sorted, starts, counts
 
 
 def rasterize(proj: Projected, payload: torch.Tensor, width: int, height: int, *,
@@ -182,10 +181,10 @@ def rasterize(proj: Projected, payload: torch.Tensor, width: int, height: int, *
     npix = tile_size * tile_size
     half = 0.5 * tile_size
     lp = torch.arange(npix, device=dev)
-    # pixel centres relative to the tile centre (small numbers keep the expanded form exact)
+    # pixel centres relative to the tile centre (small numbers keep the expanded form accurate)
     lx = (lp % tile_size).to(dtype) + 0.5 - half
     ly = (lp // tile_size).to(dtype) + 0.5 - half
-    feat = torch.stack([lx * lx, lx * ly, ly * ly, lx, ly, torch.ones_like(lx)], dim=1)  # [P, 6]
+    feat_t = torch.stack([lx * lx, lx * ly, ly * ly, lx, ly, torch.ones_like(lx)])  # [6, P]
     grad = torch.is_grad_enabled() and any(
         t.requires_grad for t in (payload, proj.means2d, proj.conics, proj.opacity))
     step = _round_grad if grad else _round_nograd
@@ -194,22 +193,28 @@ def rasterize(proj: Projected, payload: torch.Tensor, width: int, height: int, *
     out_tiles, out_acc, out_t, out_bid = [], [], [], []
     w_ids, w_vals = [], []
     if m > 0:
-        gauss, starts, counts = _bin_tiles(proj, tile_size, width, height, tx, ty)
+        gauss, isect_tile, starts, counts = _bin_tiles(proj, tile_size, width, height, tx, ty)
+        n_isect = len(gauss)
+        # per intersection: log(alpha) before clamping = log(opacity) - sigma, as a quadratic
+        # form in the pixel offset from the tile centre: coef . (x^2, xy, y^2, x, y, 1)
+        a_ = 0.5 * proj.conics[gauss, 0]
+        b_ = proj.conics[gauss, 1]
+        c_ = 0.5 * proj.conics[gauss, 2]
+        gx = proj.means2d[gauss, 0] - ((isect_tile % tx) * tile_size).to(dtype) - half
+        gy = proj.means2d[gauss, 1] - ((isect_tile // tx) * tile_size).to(dtype) - half
+        lop = torch.log(proj.opacity)[gauss]
+        coef_tab = torch.stack([-a_, -b_, -c_, 2 * a_ * gx + b_ * gy, 2 * c_ * gy + b_ * gx,
+                                lop - (a_ * gx + b_ * gy) * gx - c_ * gy * gy], dim=1)
+        sentinel = torch.zeros(1, 6, dtype=dtype, device=dev)
+        sentinel[0, 5] = -math.inf  # alpha 0 for padding slots
+        coef_tab = torch.cat([coef_tab, sentinel])  # [I + 1, 6]
+        gauss_pad = torch.cat([gauss, gauss.new_full((1,), m)])
+        pay_tab = torch.cat([payload, payload.new_zeros(1, d)])  # [M + 1, D]
+
         act = (counts > 0).nonzero().squeeze(1)
-        _STATS['isects'] = len(gauss)
-        # per-Gaussian parameters, padded with one inert entry (index m, opacity 0)
-        def pad(v: torch.Tensor, value: float = 0.0) -> torch.Tensor:
-            return torch.cat([v, v.new_full((1,), value)])
-        mx, my = pad(proj.means2d[:, 0]), pad(proj.means2d[:, 1])
-        ha, hb, hc = (pad(v) for v in (0.5 * proj.conics[:, 0], proj.conics[:, 1], 0.5 * proj.conics[:, 2]))
-        lop = pad(torch.log(proj.opacity), -math.inf)
-        pay = torch.cat([payload, payload.new_zeros(1, d)])
-        # per active tile: centre and state
-        cx = ((act % tx) * tile_size).to(dtype) + half
-        cy = ((act // tx) * tile_size).to(dtype) + half
-        outside = (cx[:, None] + lx[None] > width) | (cy[:, None] + ly[None] > height)
         t_cur = torch.ones(len(act), npix, dtype=dtype, device=dev)
-        done = outside
+        done = ((((act % tx) * tile_size).to(dtype) + half)[:, None] + lx[None] > width) | \
+               ((((act // tx) * tile_size).to(dtype) + half)[:, None] + ly[None] > height)
         acc = torch.zeros(len(act), npix, d, dtype=dtype, device=dev)
         best_w = torch.zeros(len(act), npix, dtype=dtype, device=dev)
         best_id = torch.full((len(act), npix), -1, dtype=torch.long, device=dev)
@@ -220,21 +225,17 @@ def rasterize(proj: Projected, payload: torch.Tensor, width: int, height: int, *
             k = max(k_sched, MAX_ELEMENTS // (len(act) * npix))
             k = max(1, min(k, int(cnt.max()) - offset))
             kk = offset + torch.arange(k, device=dev)
-            valid = kk[None, :] < cnt[:, None]  # [A, K]
-            gid = torch.where(valid, gauss[torch.where(valid, beg[:, None] + kk[None, :], 0)], m)
+            pos = torch.where(kk[None, :] < cnt[:, None], beg[:, None] + kk[None, :], n_isect)  # [A, K]
+            gid = gauss_pad[pos]
             group = max(1, MAX_ELEMENTS // (npix * k))
-            _STATS['evals'] = _STATS.get('evals', 0) + len(act) * npix * k
-            _STATS['rounds'] = _STATS.get('rounds', 0) + 1
             res = []
             for i in range(0, len(act), group):
                 sl = slice(i, i + group)
-                g = gid[sl]
-                gx, gy = mx[g] - cx[sl, None], my[g] - cy[sl, None]
-                a_, b_, c_ = ha[g], hb[g], hc[g]
-                # log(alpha) before clamping = lop - sigma, as a quadratic form in the pixel offset
-                coef = torch.stack([-a_, -b_, -c_, 2 * a_ * gx + b_ * gy, 2 * c_ * gy + b_ * gx,
-                                    lop[g] - (a_ * gx + b_ * gy) * gx - c_ * gy * gy], dim=1)
-                res.append(step(feat, coef, pay[g], thresh, t_cur[sl], done[sl], acc[sl],
+                p_flat, g_flat = pos[sl].reshape(-1), gid[sl].reshape(-1)
+                na = len(p_flat) // k
+                logit = (coef_tab.index_select(0, p_flat) @ feat_t).view(na, k, npix)
+                pay = pay_tab.index_select(0, g_flat).view(na, k, d)
+                res.append(step(logit, pay, thresh, t_cur[sl], done[sl], acc[sl],
                                 return_weights, return_top_index))
             if len(res) == 1:
                 t_cur, done, acc = res[0][:3]
@@ -243,9 +244,8 @@ def rasterize(proj: Projected, payload: torch.Tensor, width: int, height: int, *
                 done = torch.cat([r[1] for r in res])
                 acc = torch.cat([r[2] for r in res])
             if return_weights:
-                w_sum = torch.cat([r[3] for r in res])  # [A, K]
-                w_ids.append(gid[valid])
-                w_vals.append(w_sum[valid])
+                w_ids.append(gid.reshape(-1))
+                w_vals.append(torch.cat([r[3] for r in res]).reshape(-1))  # padding: id m, weight 0
             if return_top_index:
                 wmax = torch.cat([r[4] for r in res])
                 kmax = torch.cat([r[5] for r in res])
@@ -262,7 +262,7 @@ def rasterize(proj: Projected, payload: torch.Tensor, width: int, height: int, *
                 out_t.append(t_cur[fin])
                 out_bid.append(best_id[fin])
                 keep = (~finished).nonzero().squeeze(1)
-                act, cnt, beg, cx, cy = act[keep], cnt[keep], beg[keep], cx[keep], cy[keep]
+                act, cnt, beg = act[keep], cnt[keep], beg[keep]
                 t_cur, done, acc = t_cur[keep], done[keep], acc[keep]
                 best_w, best_id = best_w[keep], best_id[keep]
 
@@ -282,9 +282,10 @@ def rasterize(proj: Projected, payload: torch.Tensor, width: int, height: int, *
 
     weights = None
     if return_weights:
-        weights = torch.zeros(m, dtype=dtype, device=dev)
+        weights = torch.zeros(m + 1, dtype=dtype, device=dev)
         if w_ids:
             weights = weights.index_add(0, torch.cat(w_ids), torch.cat(w_vals))
+        weights = weights[:m]
     top = to_image(top_img) if return_top_index else None
     return to_image(acc_img), to_image(t_img), weights, top
 
@@ -295,38 +296,36 @@ def _below(x: float, dtype: torch.dtype) -> float:
     return float(torch.nextafter(t, torch.zeros_like(t)))
 
 
-# One round for a group of A tiles and K Gaussians per tile. feat [P, 6] pixel monomials;
-# coef [A, 6, K] so that feat @ coef = log(opacity) - sigma; pay [A, K, D]; thresh: alphas
-# <= this are dropped (i.e. alpha < 1/255); t [A, P] transmittance; done [A, P]; acc [A, P, D].
-# Returns (t, done, acc, w summed over pixels [A, K] or None, per-pixel max weight and its slot
-# [A, P] or None). Both variants compute the same numbers; the no-grad one works in place.
+# One round for a group of A tiles and K Gaussians per tile, layout [A, K, P]. logit [A, K, P]
+# log(opacity) - sigma; pay [A, K, D]; thresh: alphas <= this are dropped (i.e. alpha < 1/255);
+# t [A, P] transmittance; done [A, P]; acc [A, P, D]. Returns (t, done, acc, weight per slot
+# summed over pixels [A, K] or None, per-pixel max weight and its slot [A, P] or None). Both
+# variants compute the same numbers; the no-grad one works in place.
 
-def _round_grad(feat, coef, pay, thresh, t, done, acc, want_w, want_top):
-    alpha = torch.clamp_max(torch.exp(torch.matmul(feat, coef)), ALPHA_MAX)  # [A, P, K]
-    alpha = torch.nn.functional.threshold(alpha, thresh, 0.0)
+def _round_grad(logit, pay, thresh, t, done, acc, want_w, want_top):
+    alpha = torch.nn.functional.threshold(torch.clamp_max(torch.exp(logit), ALPHA_MAX), thresh, 0.0)
     zero = torch.zeros((), dtype=alpha.dtype, device=alpha.device)
-    t_in = torch.where(done, zero, t)
-    incl = torch.cumprod(1.0 - alpha, dim=2) * t_in[:, :, None]
-    excl = torch.cat([t_in[:, :, None], incl[:, :, :-1]], dim=2)
+    t_in = torch.where(done, zero, t)[:, None, :]
+    incl = torch.cumprod(1.0 - alpha, dim=1) * t_in
+    excl = torch.cat([t_in, incl[:, :-1]], dim=1)
     w = torch.where(incl > T_MIN, alpha * excl, zero)
-    acc = torch.baddbmm(acc, w, pay)
-    t = t - w.sum(dim=2)
-    done = done | (incl[:, :, -1] <= T_MIN)
-    wmax, kmax = w.detach().max(dim=2) if want_top else (None, None)
-    return t, done, acc, (w.sum(dim=1) if want_w else None), wmax, kmax
+    acc = torch.baddbmm(acc, w.transpose(1, 2), pay)
+    t = t - w.sum(dim=1)
+    done = done | (incl[:, -1] <= T_MIN)
+    wmax, kmax = w.detach().max(dim=1) if want_top else (None, None)
+    return t, done, acc, (w.sum(dim=2) if want_w else None), wmax, kmax
 
 
 @torch.no_grad()
-def _round_nograd(feat, coef, pay, thresh, t, done, acc, want_w, want_top):
-    alpha = torch.matmul(feat, coef).exp_().clamp_max_(ALPHA_MAX)
-    torch.nn.functional.threshold_(alpha, thresh, 0.0)
+def _round_nograd(logit, pay, thresh, t, done, acc, want_w, want_top):
+    alpha = torch.nn.functional.threshold_(logit.exp_().clamp_max_(ALPHA_MAX), thresh, 0.0)
     t_in = t.masked_fill(done, 0.0)
-    incl = torch.rsub(alpha, 1.0).cumprod_(dim=2).mul_(t_in[:, :, None])
-    alpha[:, :, 1:].mul_(incl[:, :, :-1])
-    alpha[:, :, 0].mul_(t_in)  # alpha * exclusive transmittance
+    incl = torch.rsub(alpha, 1.0).cumprod_(dim=1).mul_(t_in[:, None, :])
+    alpha[:, 1:].mul_(incl[:, :-1])
+    alpha[:, 0].mul_(t_in)  # alpha * exclusive transmittance
     w = alpha.masked_fill_(incl <= T_MIN, 0.0)
-    acc = torch.baddbmm(acc, w, pay)
-    t = t - w.sum(dim=2)
-    done = done | (incl[:, :, -1] <= T_MIN)
-    wmax, kmax = w.max(dim=2) if want_top else (None, None)
-    return t, done, acc, (w.sum(dim=1) if want_w else None), wmax, kmax
+    acc = torch.baddbmm(acc, w.transpose(1, 2), pay)
+    t = t - w.sum(dim=1)
+    done = done | (incl[:, -1] <= T_MIN)
+    wmax, kmax = w.max(dim=1) if want_top else (None, None)
+    return t, done, acc, (w.sum(dim=2) if want_w else None), wmax, kmax
