@@ -91,3 +91,13 @@ def test_errors():
         SemanticDecoder(FakeText(), ["a"], SemanticConfig(temperature=0))
     with pytest.raises(InvalidInputError):
         dec.set_labels([])
+
+
+def test_set_labels_with_given_embeddings():
+    text = FakeText()
+    dec = SemanticDecoder(text, ["a", "b"])
+    dec.set_labels(["x", "y"], embeddings=torch.tensor([[0.0, 2.0, 0.0], [1.0, 0.0, 0.0]]))
+    assert text.seen == ["a", "b"]
+    assert dec.decode(torch.tensor([[1.0, 0, 0], [0, 1.0, 0]])).label.tolist() == [1, 0]
+    with pytest.raises(InvalidInputError):
+        dec.set_labels(["x"], embeddings=torch.zeros(2, 3))

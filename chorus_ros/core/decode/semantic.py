@@ -95,15 +95,18 @@ class SemanticDecoder:
         self.set_labels(labels)
 
     # ------------------------------------------------------------- labels
-    def set_labels(self, labels: LabelSet | list[str], colors=None) -> LabelSet:
-        """Switch the active label set; only the class names are (cache-)encoded."""
+    def set_labels(self, labels: LabelSet | list[str], colors=None,
+                   embeddings: torch.Tensor | None = None) -> LabelSet:
+        """Switch the active label set; only the class names are (cache-)encoded, or
+        ``embeddings`` ([K, d], e.g. prompt-ensembled) are used as given."""
         if not isinstance(labels, LabelSet):
             names = [str(n) for n in labels]
             if not names:
                 raise InvalidInputError("a label set needs at least one class name")
             cols = default_colors(len(names)) if colors is None else np.asarray(colors)
             labels = LabelSet(names, cols)
-        emb = self.text_encoder.encode(labels.names).float()
+        emb = (self.text_encoder.encode(labels.names) if embeddings is None
+               else torch.as_tensor(embeddings)).float().cpu()
         if emb.ndim != 2 or emb.shape[0] != len(labels):
             raise InvalidInputError(f"text encoder returned {tuple(emb.shape)} for {len(labels)} names")
         self.labels = labels
