@@ -57,19 +57,23 @@ class Projected:
     """[M, 2] int32 box half-sizes in x and y, pixels (all > 0)."""
 
 
+def _rotmats(quats: torch.Tensor) -> torch.Tensor:
+    """``[N, 3, 3]`` rotations from wxyz quaternions (normalised here; zero gives the identity)."""
+    q = quats / quats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    w, x, y, z = q.unbind(-1)
+    return torch.stack([
+        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+    ], dim=-1).reshape(q.shape[:-1] + (3, 3))
+
+
 def quat_scale_to_covar(quats: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """``[N, 3, 3]`` covariances from wxyz quaternions ``[N, 4]`` (normalised here) and std devs ``[N, 3]``.
 
     A zero quaternion gives the identity rotation (gsplat would produce NaN).
     """
-    q = quats / quats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    w, x, y, z = q.unbind(-1)
-    rot = torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ], dim=-1).reshape(q.shape[:-1] + (3, 3))
-    m = rot * scales[..., None, :]
+    m = _rotmats(quats) * scales[..., None, :]
     return m @ m.transpose(-1, -2)
 
 
@@ -111,7 +115,6 @@ def project_gaussians(
         keep = ((z_all >= near) & (z_all <= far) & (opacity >= ALPHA_MIN)).nonzero().squeeze(1)
     mu = means[keep]
     t = mu @ rot.T + trans  # [M, 3] camera frame
-    cov_c = rot @ quat_scale_to_covar(quats[keep], scales[keep]) @ rot.T
     fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
     tan_fovx = 0.5 * width / fx
     tan_fovy = 0.5 * height / fy
@@ -123,13 +126,15 @@ def project_gaussians(
     rz = 1.0 / z
     tx = z * torch.minimum(torch.maximum(x * rz, -lim_xn), lim_xp)
     ty = z * torch.minimum(torch.maximum(y * rz, -lim_yn), lim_yp)
-    zero = torch.zeros_like(z)
-    jac = torch.stack([fx * rz, zero, -fx * tx * rz * rz,
-                       zero, fy * rz, -fy * ty * rz * rz], dim=-1).reshape(-1, 2, 3)
-    cov2d = jac @ cov_c @ jac.transpose(-1, -2)
-    a = cov2d[:, 0, 0] + eps2d
-    b = cov2d[:, 0, 1]
-    c = cov2d[:, 1, 1] + eps2d
+    # Sigma_2d = T T^T with T = J R_view R_q diag(s)  ([M, 2, 3]); rows of J R_view first
+    j0 = (fx * rz)[:, None] * rot[0] - (fx * tx * rz * rz)[:, None] * rot[2]  # [M, 3]
+    j1 = (fy * rz)[:, None] * rot[1] - (fy * ty * rz * rz)[:, None] * rot[2]
+    m = _rotmats(quats[keep]) * scales[keep][:, None, :]  # [M, 3, 3] = R_q diag(s)
+    t0 = (j0[:, :, None] * m).sum(dim=1)  # [M, 3]
+    t1 = (j1[:, :, None] * m).sum(dim=1)
+    a = (t0 * t0).sum(dim=1) + eps2d
+    b = (t0 * t1).sum(dim=1)
+    c = (t1 * t1).sum(dim=1) + eps2d
     det = a * c - b * b
     means2d = torch.stack([fx * x * rz + cx, fy * y * rz + cy], dim=-1)
     op = opacity[keep]

@@ -127,36 +127,41 @@ def _bin_tiles(proj: Projected, tile_size: int, width: int, height: int, tiles_x
     ``starts``/``counts`` [tiles] each tile's slice.
     """
     dev = proj.means2d.device
-    order = torch.sort(proj.depths.detach(), stable=True).indices  # front to back
-    m2d = proj.means2d.detach()[order]
-    rad = proj.radii[order].to(m2d.dtype)
-    x0 = torch.floor((m2d[:, 0] - rad[:, 0]) / tile_size).clamp(0, tiles_x).long()
-    x1 = torch.ceil((m2d[:, 0] + rad[:, 0]) / tile_size).clamp(0, tiles_x).long()
-    y0 = torch.floor((m2d[:, 1] - rad[:, 1]) / tile_size).clamp(0, tiles_y).long()
-    y1 = torch.ceil((m2d[:, 1] + rad[:, 1]) / tile_size).clamp(0, tiles_y).long()
+    i32 = torch.int32
+    order = torch.sort(proj.depths.detach(), stable=True).indices.to(i32)  # front to back
+
+    def take(v: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:  # 1D gather (fast path)
+        return v.index_select(0, idx)
+
+    mx, my = take(proj.means2d.detach()[:, 0], order), take(proj.means2d.detach()[:, 1], order)
+    rx, ry = (take(proj.radii[:, j], order).to(mx.dtype) for j in (0, 1))
+    x0 = torch.floor((mx - rx) / tile_size).clamp(0, tiles_x).to(i32)
+    x1 = torch.ceil((mx + rx) / tile_size).clamp(0, tiles_x).to(i32)
+    y0 = torch.floor((my - ry) / tile_size).clamp(0, tiles_y).to(i32)
+    y1 = torch.ceil((my + ry) / tile_size).clamp(0, tiles_y).to(i32)
     span_x = x1 - x0
     per = span_x * (y1 - y0)
-    rank = torch.repeat_interleave(torch.arange(len(per), device=dev), per)
-    first = torch.cumsum(per, 0) - per
-    local = torch.arange(len(rank), device=dev) - first[rank]
-    sx = span_x[rank]
-    tile_x = x0[rank] + local % sx
-    tile_y = y0[rank] + local // sx
+    rank = torch.repeat_interleave(torch.arange(len(per), device=dev, dtype=i32), per)
+    first = torch.cumsum(per, 0, dtype=i32) - per
+    local = torch.arange(len(rank), device=dev, dtype=i32) - take(first, rank)
+    sx = take(span_x, rank)
+    tile_x = take(x0, rank) + local % sx
+    tile_y = take(y0, rank) + local // sx
     # cull pairs by the ellipse-rectangle test
-    con = proj.conics.detach()[order][rank]
-    mxr, myr = m2d[rank, 0], m2d[rank, 1]
-    px_lo = (tile_x * tile_size).to(m2d.dtype) + 0.5
+    mxr, myr = take(mx, rank), take(my, rank)
+    con = proj.conics.detach()
+    ca, cb, cc = (take(take(con[:, j], order), rank) for j in range(3))
+    px_lo = (tile_x * tile_size).to(mx.dtype) + 0.5
     px_hi = torch.clamp_max(px_lo + (tile_size - 1), width - 0.5)
-    py_lo = (tile_y * tile_size).to(m2d.dtype) + 0.5
+    py_lo = (tile_y * tile_size).to(mx.dtype) + 0.5
     py_hi = torch.clamp_max(py_lo + (tile_size - 1), height - 0.5)
-    smin = _min_sigma_on_rect(mxr - px_hi, mxr - px_lo, myr - py_hi, myr - py_lo,
-                              con[:, 0], con[:, 1], con[:, 2])
-    reach = torch.log(proj.opacity.detach()[order][rank] / ALPHA_MIN)
-    keep = smin <= reach + 1e-3
-    tile = (tile_y * tiles_x + tile_x)[keep]
-    rank = rank[keep]
+    smin = _min_sigma_on_rect(mxr - px_hi, mxr - px_lo, myr - py_hi, myr - py_lo, ca, cb, cc)
+    reach = take(torch.log(take(proj.opacity.detach(), order) / ALPHA_MIN), rank)
+    keep = (smin <= reach + 1e-3).nonzero().squeeze(1)
+    tile = take(tile_y * tiles_x + tile_x, keep)
+    rank = take(rank, keep)
     tile_sorted, perm = torch.sort(tile, stable=True)
-    gauss = order[rank[perm]]
+    gauss = take(order, take(rank, perm.to(i32))).long()
     counts = torch.bincount(tile_sorted, minlength=tiles_x * tiles_y)
     starts = torch.cumsum(counts, 0) - counts
     return gauss, tile_sorted, starts, counts
@@ -197,12 +202,13 @@ def rasterize(proj: Projected, payload: torch.Tensor, width: int, height: int, *
         n_isect = len(gauss)
         # per intersection: log(alpha) before clamping = log(opacity) - sigma, as a quadratic
         # form in the pixel offset from the tile centre: coef . (x^2, xy, y^2, x, y, 1)
-        a_ = 0.5 * proj.conics[gauss, 0]
-        b_ = proj.conics[gauss, 1]
-        c_ = 0.5 * proj.conics[gauss, 2]
-        gx = proj.means2d[gauss, 0] - ((isect_tile % tx) * tile_size).to(dtype) - half
-        gy = proj.means2d[gauss, 1] - ((isect_tile // tx) * tile_size).to(dtype) - half
-        lop = torch.log(proj.opacity)[gauss]
+        g32 = gauss.to(torch.int32)
+        a_ = 0.5 * proj.conics[:, 0].index_select(0, g32)
+        b_ = proj.conics[:, 1].index_select(0, g32)
+        c_ = 0.5 * proj.conics[:, 2].index_select(0, g32)
+        gx = proj.means2d[:, 0].index_select(0, g32) - ((isect_tile % tx) * tile_size).to(dtype) - half
+        gy = proj.means2d[:, 1].index_select(0, g32) - ((isect_tile // tx) * tile_size).to(dtype) - half
+        lop = torch.log(proj.opacity).index_select(0, g32)
         coef_tab = torch.stack([-a_, -b_, -c_, 2 * a_ * gx + b_ * gy, 2 * c_ * gy + b_ * gx,
                                 lop - (a_ * gx + b_ * gy) * gx - c_ * gy * gy], dim=1)
         sentinel = torch.zeros(1, 6, dtype=dtype, device=dev)
