@@ -178,6 +178,8 @@ class ChorusNode(Node):
         self._last_accept: dict[str, int] = {}
         self._rate = RateMeter(5.0)
         self.dropped_updates = 0
+        self.updates_received = 0               # map update messages seen by the callback
+        self.views_received = 0                 # paired pose + CameraInfo (view requests)
         self.rate_limited = 0
         self.encode_lag_s = 0.0
         self.views_published = 0
@@ -265,6 +267,7 @@ class ChorusNode(Node):
 
     # ------------------------------------------------------------------------- callbacks
     def _on_map_update(self, msg) -> None:
+        self.updates_received += 1
         try:
             upd = map_update_from_msg(msg, self.config.map_frame)
         except (ChorusError, ValueError) as e:
@@ -310,6 +313,7 @@ class ChorusNode(Node):
 
     def _request_view(self, camera: str, pose: PoseStamped, info: CameraInfo, stamp_ns: int) -> None:
         cfg = self.config
+        self.views_received += 1
         try:
             cam = cv.camera_from_msgs(pose, info, map_frame=cfg.map_frame,
                                       strict_quaternion=cfg.strict_quaternions,

@@ -111,9 +111,18 @@ def rank_objects(table: cv.ObjectTable, embedding: np.ndarray, top_k: int,
 
 
 def load_text_encoder(checkpoint: str, device: str):
-    """The text encoder whose space the object embeddings live in (from the checkpoint)."""
-    from chorus_ros.core.pipeline import text_encoder_from_checkpoint
-    return text_encoder_from_checkpoint(checkpoint or None, device=device)
+    """The text encoder whose space the object embeddings live in: the one named in the
+    checkpoint's metadata (only ``config.yaml`` and the text tower's weights are read)."""
+    from chorus_ros.core.encoder.checkpoint import load_checkpoint_config
+    from chorus_ros.core.pipeline import text_spec_from_meta
+    from chorus_ros.core.text import build_text_encoder
+    if not checkpoint:
+        raise InvalidInputError("parameter 'checkpoint' is empty: set it to a checkpoint directory "
+                                "(launch argument checkpoint:=DIR)")
+    _, meta = load_checkpoint_config(checkpoint)
+    spec = text_spec_from_meta(meta, checkpoint)
+    spec.device = device
+    return build_text_encoder(spec)
 
 
 class QueryNode(Node):

@@ -157,3 +157,30 @@ def small_scene():
 def pipeline_factory(tiny_text_encoder, small_scene):
     """``factory()`` -> a fresh pipeline configured like the node's (same encoder and labels)."""
     return lambda: make_oracle_pipeline(tiny_text_encoder, small_scene.labels)
+
+
+def write_random_checkpoint(out, labels, seed=0):
+    """A small random-initialised encoder checkpoint (+ the tiny text tower's weights) in ``out``,
+    loadable by PerceptionPipeline.from_checkpoint: the real loading and encoding path."""
+    import torch
+
+    from chorus_ros.core.encoder.checkpoint import save_checkpoint
+    from chorus_ros.core.encoder.config import EncoderConfig, HeadSpec
+    from chorus_ros.core.encoder.model import ChorusEncoder
+    from chorus_ros.core.text import TextEncoderSpec, build_text_encoder
+    torch.manual_seed(seed)
+    cfg = EncoderConfig(channels=(16, 32), encoder_blocks=(1, 1), decoder_blocks=(1,), point_hidden=16,
+                        head_hidden=32, embed_dim=32, heads=[HeadSpec("language", 64), HeadSpec("object", 16)])
+    spec = TextEncoderSpec(tiny=True, seed=seed)
+    text = build_text_encoder(spec)
+    out.mkdir(parents=True, exist_ok=True)
+    text.save_weights(out / "text_encoder.safetensors")
+    meta_spec = spec.to_dict()
+    meta_spec["weights"] = "text_encoder.safetensors"
+    save_checkpoint(out, ChorusEncoder(cfg), {"labels": labels.to_dict(), "text_encoder": meta_spec})
+    return out
+
+
+@pytest.fixture(scope="session")
+def random_checkpoint(tmp_path_factory, small_scene):
+    return write_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "random", small_scene.labels)
