@@ -1,9 +1,12 @@
 """The renderer's one API: :func:`render` with a gsplat (CUDA) and a pure-torch (CPU) backend.
 
 Both backends share gsplat's conventions (projection with the EWA Jacobian, ``eps2d`` added to
-the 2D covariance diagonal, near/far culling on camera z, 3-sigma radii, alpha clamped to
-0.999 and skipped below 1/255, front-to-back compositing stopped when transmittance falls
-below 1e-4, pixel centres at integer + 0.5).
+the 2D covariance diagonal, near/far culling on camera z, gsplat 1.5.3's opacity-aware per-axis
+radii ``ceil(min(3.33, sqrt(2 ln(255 opacity))) * sigma_axis)``, alpha clamped to 0.999 and
+skipped below 1/255, front-to-back compositing stopped before the Gaussian that would bring the
+transmittance to <= 1e-4, pixel centres at integer + 0.5). ``RenderOutput.radii`` holds the
+larger of the two axis radii. Details: :mod:`.projection`, :mod:`.reference`,
+:mod:`.gsplat_backend`.
 """
 from __future__ import annotations
 
@@ -37,7 +40,8 @@ class RenderSettings:
     background: tuple[float, float, float] = (0.0, 0.0, 0.0)
     """RGB composited behind the Gaussians."""
     tile_size: int = 16
-    """Tile edge in pixels (both backends bin Gaussians into tiles)."""
+    """Tile edge in pixels for gsplat's binning; the reference bins into its own 8-pixel tiles
+    (the image does not depend on the tile size)."""
     radius_clip: float = 0.0
     """Skip Gaussians whose screen radius is at most this many pixels."""
 

@@ -3,24 +3,38 @@
 It reproduces gsplat 1.5.3's "classic" 3DGS rasterisation (see :mod:`.projection` for the
 projection conventions):
 
-* per pixel (centre at integer + 0.5) Gaussians are composited front to back in camera-z order;
-* ``alpha = min(0.999, opacity * exp(-sigma))`` with ``sigma = 0.5 d^T Sigma_2d^-1 d``,
-  skipped when ``alpha < 1/255`` (or ``sigma < 0``);
+* per pixel (centre at integer + 0.5) Gaussians are composited front to back in camera-z order
+  (ties by index);
+* ``alpha = min(0.999, opacity * exp(-sigma))`` with ``sigma = 0.5 d^T Sigma_2d^-1 d``, skipped
+  when ``alpha < 1/255`` (gsplat also skips ``sigma < 0``, which for its positive-definite
+  conics only rounding can produce; not reproduced);
 * a pixel stops at the first Gaussian whose ``next_T = T * (1 - alpha)`` is ``<= 1e-4``; that
   Gaussian is *not* added (gsplat's exclusive check);
 * ``rgb = sum w_i c_i + T_final * background``, ``alpha = 1 - T_final``,
   ``depth = sum w_i z_i / max(alpha, 1e-10)`` (gsplat 'ED'), ``features = sum w_i f_i``,
-  with ``w_i = alpha_i T_i``; ``c_i = max(SH(d_i) + 0.5, 0)``, ``d_i`` = camera centre -> mean.
+  with ``w_i = alpha_i T_i``; ``c_i = max(SH(d_i) + 0.5, 0)``, ``d_i`` = camera centre -> mean;
+* ``weights`` (per Gaussian) ``= sum over pixels of w_i``; ``top_index`` per pixel is the
+  Gaussian with the largest ``w_i`` (the front-most on ties), -1 where none contributes.
 
-Design (vectorised, bounded memory): Gaussians are projected, binned into tiles by their
-conservative boxes and ordered by (tile, depth). All tiles that still have unfinished pixels are
-then advanced together through their depth-ordered lists ``K`` Gaussians at a time with padded
-``[tiles, pixels_per_tile, K]`` tensors (split into groups so one tensor stays below
-``MAX_ELEMENTS``): alphas, an exclusive transmittance by ``cumprod`` that carries the tile's
-transmittance between rounds, the early-termination mask, and compositing by ``bmm``. A tile
-leaves the loop once its list is exhausted or all its pixels terminated, which is what keeps
-dense views cheap. Everything is plain autograd, so gradients reach means, quats, log-scales,
-opacity logits, SH and features.
+Design (vectorised, bounded memory):
+
+1. project and cull (:func:`.projection.project_gaussians`);
+2. bin into ``TILE_SIZE`` tiles with gsplat's box rule, drop tile-Gaussian pairs whose ellipse
+   cannot reach alpha >= 1/255 at any pixel centre of the tile (exact rectangle minimum of the
+   quadratic form), order by (tile, depth);
+3. per pair, write ``log(opacity) - sigma`` as a quadratic form in the pixel offset from the
+   tile centre (6 coefficients), so that one GEMM ``[pairs, 6] @ [6, pixels]`` gives all the
+   exponents of a round (tile-centred offsets keep float32 cancellation below ~3e-6 in alpha);
+4. advance all tiles with unfinished pixels together through their depth-ordered lists, K
+   Gaussians at a time (K doubles per round, and grows at once when few tiles are left), in
+   ``[tiles, K, pixels]`` tensors split into groups of at most ``MAX_ELEMENTS``: exp/clamp/1/255
+   cut, transmittance by ``cumprod`` carried between rounds, the 1e-4 cut, compositing by
+   ``bmm``. A tile leaves once its list is exhausted or all its pixels have stopped.
+
+The image does not depend on the tile size or K (the culling is conservative), which the tests
+check against a per-pixel loop. With gradients enabled the same numbers are computed out of
+place and autograd differentiates them (means, quats, log-scales, opacity logits, SH,
+features); without, the rounds work in place.
 """
 from __future__ import annotations
 
