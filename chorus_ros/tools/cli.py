@@ -18,6 +18,10 @@ from chorus_ros.ros.bringup import LAUNCH_ARGUMENTS
 
 def _up(a: argparse.Namespace) -> int:
     from chorus_ros.ros.bringup import Bringup
+    from chorus_ros.tools.live_demo import DEMO_CHECKPOINT
+    if not a.checkpoint and (DEMO_CHECKPOINT / "config.yaml").is_file():
+        a.checkpoint = str(DEMO_CHECKPOINT)
+        print(f"chorus-ros up: no --checkpoint given, using the demo checkpoint {a.checkpoint}", flush=True)
     b = Bringup(a.config or None, checkpoint=a.checkpoint, device=a.device, namespace=a.namespace,
                 use_sim_time=a.use_sim_time, log_level=a.log_level)
     print(f"chorus-ros up: running {', '.join(b.nodes)} (Ctrl-C to stop)", flush=True)
@@ -53,7 +57,7 @@ def _replay(a: argparse.Namespace) -> int:
     import threading
     threading.Thread(target=ex.spin, daemon=True).start()
     try:
-        n = replay_bag(a.bag, node, rate=a.rate, namespace=a.namespace)
+        n = replay_bag(a.bag, node, rate=a.rate, namespace=a.namespace, wait_for_subscribers=a.wait)
         print(f"replayed {n} messages from {a.bag}")
     except KeyboardInterrupt:
         pass
@@ -87,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("bag")
     rp.add_argument("--rate", type=float, default=1.0, help="speed factor (0 = as fast as possible)")
     rp.add_argument("--namespace", default="", help="prefix for the recorded topic names")
+    rp.add_argument("--wait", type=float, default=5.0, help="seconds to wait for subscribers first")
     rp.set_defaults(fn=_replay)
     return p
 

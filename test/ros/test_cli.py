@@ -1,0 +1,59 @@
+"""``chorus-ros``: make-bag in-process; ``up`` and ``replay`` as real separate processes talking
+over DDS (loopback, the test run's private domain inherited from test/conftest.py)."""
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("chorus_ros.msg", reason="interfaces not built (make install)")
+pytestmark = pytest.mark.ros
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_make_bag(tmp_path, capsys):
+    from chorus_ros.ros.bag import read_bag
+    from chorus_ros.tools.cli import main
+    assert main(["make-bag", str(tmp_path / "b"), "--gaussians", "1500", "--steps", "2", "--width", "24",
+                 "--height", "18", "--seed", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "2 map updates" in out
+    topics = [m.topic for m in read_bag(tmp_path / "b")]
+    assert topics.count("/map_updates") == 2 and "/camera_0/pose" in topics
+
+
+def test_up_and_replay_in_separate_processes(tmp_path, harness, random_checkpoint, wait_until):
+    from sensor_msgs.msg import Image
+
+    from chorus_ros.msg import Status
+    from chorus_ros.tools.cli import main
+    assert main(["make-bag", str(tmp_path / "bag"), "--gaussians", "1500", "--steps", "2", "--width", "24",
+                 "--height", "18"]) == 0
+    status = harness.collect(Status, "/cli/chorus_node/status", None)
+    images = harness.collect(Image, "/cli/camera_0/semantic/image_raw")
+    env = dict(os.environ)
+    up = subprocess.Popen([sys.executable, "-m", "chorus_ros.tools.cli", "up", "--checkpoint",
+                           str(random_checkpoint), "--namespace", "cli"], cwd=ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until(lambda: status or up.poll() is not None, 90, "the status of the `up` process")
+        assert up.poll() is None, up.stdout.read()
+        rp = subprocess.run([sys.executable, "-m", "chorus_ros.tools.cli", "replay", str(tmp_path / "bag"),
+                             "--namespace", "cli", "--rate", "4"], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=120)
+        assert rp.returncode == 0, rp.stdout + rp.stderr
+        assert "replayed" in rp.stdout
+        wait_until(lambda: images, 90, "a semantic image from the `up` process")
+        wait_until(lambda: any(s.map_size > 0 for s in status), 30, "a status with the map")
+        assert images[0].encoding == "16UC1" and images[0].width == 24
+    finally:
+        up.send_signal(signal.SIGINT)
+        try:
+            out, _ = up.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            up.kill()
+            out, _ = up.communicate()
+    assert up.returncode == 0, out
+    assert "running chorus_node, query_node" in out
