@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.logging import LoggingSeverity
 from rclpy.parameter import Parameter
 
 __all__ = ["NodeSpec", "NODE_SET", "LAUNCH_ARGUMENTS", "CONFIG_RELPATH", "default_config_path",
@@ -54,6 +55,9 @@ NODE_SET: tuple[NodeSpec, ...] = (
     NodeSpec("query_node", "query_node", "chorus_ros.ros.query_node", "QueryNode"),
 )
 """Every node chorus_ros starts, in start order."""
+
+_SEVERITY = {"debug": LoggingSeverity.DEBUG, "info": LoggingSeverity.INFO, "warn": LoggingSeverity.WARN,
+             "warning": LoggingSeverity.WARN, "error": LoggingSeverity.ERROR, "fatal": LoggingSeverity.FATAL}
 
 CONFIG_RELPATH = "config/chorus.yaml"
 """Default params file, relative to the package's share directory (or the source tree)."""
@@ -141,6 +145,8 @@ class Bringup:
                 node = spec.node_class()(spec.name, namespace=namespace or None, context=self.context,
                                          cli_args=args, parameter_overrides=overrides,
                                          **(node_kwargs or {}).get(spec.name, {}))
+                if log_level:  # --log-level in a node's own cli_args does not reach its logger
+                    node.get_logger().set_level(_SEVERITY.get(log_level.lower(), LoggingSeverity.INFO))
                 self.nodes[spec.name] = node
                 self.executor.add_node(node)
         except BaseException:

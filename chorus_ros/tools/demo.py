@@ -8,7 +8,9 @@ a 2x2 panel of all four to ``--out`` (default ``demo_out/``). It prints what it 
     python -m chorus_ros.tools.demo [--out demo_out] [--views 4] [--width 320 --height 240]
 
 The demo is a list of *stages* (:data:`STAGES`) that share a :class:`DemoContext`; later stages
-(encoding, decoding, queries) append to the list.
+(encoding, decoding, queries) append to the list. The ``live nodes`` stage runs the ROS nodes on
+the scene with ``--checkpoint`` (:mod:`chorus_ros.tools.live_demo`: bag replay, semantic /
+instance / overlay PNGs under ``live/``, ``contact_sheet.png``, language queries).
 """
 from __future__ import annotations
 
@@ -95,9 +97,23 @@ def stage_ground_truth(ctx: DemoContext) -> str:
     return f"rendered {len(ctx.trajectory)} views at {ctx.args.width}x{ctx.args.height}"
 
 
+def stage_live(ctx: DemoContext) -> str:
+    """The ROS nodes live on the scene: bag replay, images, contact sheet, queries
+    (:mod:`chorus_ros.tools.live_demo`)."""
+    if ctx.args.no_live:
+        return "skipped (--no-live)"
+    from chorus_ros.tools.live_demo import run_live_demo
+    res = run_live_demo(ctx.out, ctx.scene, ctx.args.checkpoint, log=lambda line: print("  " + line, flush=True))
+    ctx.written.extend(res.written)
+    hits = sum(1 for q, r in res.queries.items() if r and r[0][1] == q)
+    return (f"{len(res.written)} images incl. contact_sheet.png; {len(res.queries)} queries, "
+            f"{hits} with a top-1 object of the queried class")
+
+
 STAGES: list[tuple[str, Callable[[DemoContext], str]]] = [
     ("scene", stage_scene),
     ("ground truth", stage_ground_truth),
+    ("live nodes", stage_live),
 ]
 """The demo's stages, run in order; each returns a one-line summary."""
 
@@ -108,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--views", type=int, default=4, help="number of views (half loop, half random)")
     p.add_argument("--width", type=int, default=320, help="image width, pixels")
     p.add_argument("--height", type=int, default=240, help="image height, pixels")
+    p.add_argument("--checkpoint", default=str(Path(__file__).resolve().parents[2] / "checkpoints" / "demo"),
+                   help="checkpoint of the live stage (default: checkpoints/demo)")
+    p.add_argument("--no-live", action="store_true", help="skip the live ROS stage")
     args = p.parse_args(argv)
     if args.views < 1:
         p.error("--views must be >= 1")
