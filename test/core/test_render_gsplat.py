@@ -78,7 +78,7 @@ def _compare(g: GaussianArrays, cam: Camera, settings: RenderSettings, feats: to
         "alpha": (gs.alpha - ref.alpha).abs(),
         "depth(alpha>0.5)": ((gs.depth - ref.depth).abs() / ref.depth.clamp_min(1e-6))[both],
         "features": (gs.features - ref.features).abs().amax(-1) / float(feats.abs().max()),
-        "weights": (gs.weights - ref.weights).abs(),
+        "weights(rel)": (gs.weights - ref.weights).abs() / ref.weights.abs().clamp_min(1.0),
     }
     stats = {k: (float(v.max()), float(torch.quantile(v.flatten().double(), 0.999))) for k, v in diffs.items()}
     radii_equal = float((gs.radii == ref.radii).double().mean())
