@@ -192,3 +192,9 @@ def test_backend_plumbing_with_stand_in():
     # the weights' backward pass kept the graph: gradients still reach the inputs
     (out.rgb.sum() + out.features.sum()).backward()
     assert all(t.grad is not None and float(t.grad.abs().max()) > 0 for t in leaves)
+    # and the weights pass works under an outer no_grad (the usual inference call)
+    with torch.no_grad():
+        out2 = gsplat_backend._render(_StandIn, g, cam, settings, features=feats, return_weights=True,
+                                      return_top_index=False)
+    assert float((out2.weights - ref.weights).detach().abs().max()) < 1e-5
+    assert out2.top_index is None and not out2.rgb.requires_grad

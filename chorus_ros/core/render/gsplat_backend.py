@@ -83,28 +83,31 @@ def _render(gsplat, gaussians: GaussianArrays, camera: Camera, settings: RenderS
         c = features.shape[1]
         parts.append(features.to(device=dev, dtype=torch.float32))
     ones = None
-    if return_weights:
-        ones = torch.ones(n, 1, device=dev, dtype=torch.float32, requires_grad=True)
-        parts.append(ones)
-    payload = torch.cat(parts, dim=1)
-    backgrounds = torch.cat([bg, bg.new_zeros(payload.shape[1] - 3)])[None]
-
+    outer_grad = torch.is_grad_enabled()
+    # grad mode on for the weights pass even under an outer no_grad (the ones must stay in the graph)
     with torch.enable_grad() if return_weights else nullcontext():
+        if return_weights:
+            ones = torch.ones(n, 1, device=dev, dtype=torch.float32, requires_grad=True)
+            parts.append(ones)
+        payload = torch.cat(parts, dim=1)
+        backgrounds = torch.cat([bg, bg.new_zeros(payload.shape[1] - 3)])[None]
         img, alphas, meta = gsplat.rasterization(
             means, gaussians.quats.float(), torch.exp(gaussians.log_scales.float()),
             torch.sigmoid(gaussians.opacities.float()), payload, viewmat[None], K[None], width, height,
             near_plane=settings.near, far_plane=settings.far, radius_clip=settings.radius_clip,
             eps2d=settings.eps2d, sh_degree=None, packed=False, tile_size=settings.tile_size,
             backgrounds=backgrounds, render_mode="RGB+ED", rasterize_mode="classic")
+        weights = None
+        if return_weights:
+            keep = outer_grad and (any(
+                t.requires_grad for t in (gaussians.means, gaussians.quats, gaussians.log_scales,
+                                          gaussians.opacities, gaussians.sh))
+                or (features is not None and features.requires_grad))
+            (grad,) = torch.autograd.grad(img[0, ..., 3 + c].sum(), ones, retain_graph=keep)
+            weights = grad[:, 0].detach().to(dtype)
     img, alpha = img[0], alphas[0, ..., 0]
-
-    weights = None
-    if return_weights:
-        keep = any(t.requires_grad for t in (gaussians.means, gaussians.quats, gaussians.log_scales,
-                                             gaussians.opacities, gaussians.sh)) or (
-            features is not None and features.requires_grad)
-        (grad,) = torch.autograd.grad(img[..., 3 + c].sum(), ones, retain_graph=keep)
-        weights = grad[:, 0].detach().to(dtype)
+    if not outer_grad:  # the weights pass built a graph the caller did not ask for
+        img, alpha = img.detach(), alpha.detach()
 
     top_index = None
     if return_top_index:
