@@ -72,6 +72,8 @@ class EvalResult:
     """Mean seconds of the (full or summed incremental) encode per scene."""
     has_language: bool = True
     notes: str = ""
+    semantic_3d: SemanticScores | None = None
+    """Per-Gaussian scores (each Gaussian's own label vs its ground-truth class)."""
 
 
 def _strip(g):
@@ -96,7 +98,7 @@ def evaluate_checkpoint(name: str, make_pipeline, cfg: EvalConfig, gt_cache: dic
     from chorus_ros.core.synthetic.trajectory import TrajectoryConfig, make_trajectory
 
     gt_cache = {} if gt_cache is None else gt_cache
-    cm = pq = ic = None
+    cm = cm3 = pq = ic = None
     n_views, n_g, secs, has_lang = 0, [], [], True
     for seed in cfg.seeds:
         key = (seed, cfg.target_gaussians, cfg.loop_views, cfg.random_views, cfg.width, cfg.height,
@@ -117,6 +119,7 @@ def evaluate_checkpoint(name: str, make_pipeline, cfg: EvalConfig, gt_cache: dic
         k = len(names)
         if cm is None:
             cm = ConfusionMatrix(k)
+            cm3 = ConfusionMatrix(k)
             thing = np.array([not pipe.labels.stuff[i] and n not in cfg.background for i, n in enumerate(names)])
             pq = PanopticQuality(k, thing)
             ic = IdConsistency(thing)
@@ -150,19 +153,28 @@ def evaluate_checkpoint(name: str, make_pipeline, cfg: EvalConfig, gt_cache: dic
                     n_views += 1
                 ic.update(ginst, v.instances, gs, scene=seed)
         secs.append(t_enc)
+        from chorus_ros.core.pipeline import ATTR_LABEL
+        if ATTR_LABEL in pipe.map.attribute_names():
+            ids = pipe.map.arrays().ids.long().cpu()
+            gl = scene.gaussians.extras["label"].long().cpu()
+            sid = scene.gaussians.ids.long().cpu()
+            order = torch.argsort(sid)
+            pos = order[torch.searchsorted(sid[order], ids)]
+            cm3.update(pipe.map.attribute(ATTR_LABEL).long().cpu(), torch.as_tensor(lut)[gl[pos]])
         if progress:
             progress(f"{name}: seed {seed} done ({len(g)} Gaussians, encode {t_enc:.1f} s)")
     return EvalResult(name, cm.compute(names, cfg.background), pq.compute(), ic.compute(), len(cfg.seeds), n_views,
                       float(np.mean(n_g)), float(np.mean(secs)), has_lang,
-                      "" if has_lang else "no language head: nothing can be labelled")
+                      "" if has_lang else "no language head: nothing can be labelled",
+                      cm3.compute(names, cfg.background))
 
 
 def _pct(x: float) -> str:
     return "n/a" if x is None or not np.isfinite(x) else f"{100 * x:.1f}"
 
 
-_HEADER = ("| {} | mIoU | mAcc | oAcc | fg-mIoU | fg-mAcc | PQ | SQ | RQ | id cons. (obj) | id cons. (px) |\n"
-           "|---|---|---|---|---|---|---|---|---|---|---|\n")
+_HEADER = ("| {} | mIoU | mAcc | oAcc | fg-mIoU | fg-mAcc | PQ | SQ | RQ | id cons. (obj) | id cons. (px) "
+           "| 3D mIoU |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 
 
 def _row(r: EvalResult) -> str:
@@ -170,8 +182,9 @@ def _row(r: EvalResult) -> str:
     sem = [_pct(v) for v in (s.miou, s.macc, s.oacc, s.fg_miou, s.fg_macc)]
     if not r.has_language:
         sem = ["n/a"] * 5
+    s3 = _pct(r.semantic_3d.miou) if r.semantic_3d is not None and r.has_language else "n/a"
     return (f"| {r.name} | " + " | ".join(sem) + f" | {_pct(p.pq)} | {_pct(p.sq)} | {_pct(p.rq)} | "
-            f"{_pct(c.object_mean)} | {_pct(c.pixel_weighted)} |\n")
+            f"{_pct(c.object_mean)} | {_pct(c.pixel_weighted)} | {s3} |\n")
 
 
 def _setup(cfg: EvalConfig, results: list[EvalResult]) -> str:
@@ -189,7 +202,8 @@ _DEFS = ("\nDefinitions (percent): mIoU/mAcc/oAcc from one confusion matrix over
          "matched at IoU > 0.5 within a class, accumulated over views (chorus_ros.core.metrics.instance). "
          "id cons.: for each ground-truth object, the share of its pixels over all views (and, with "
          "slabs, over all map states) that carry its majority predicted id; averaged over objects (obj) "
-         "or pooled over pixels (px).\n")
+         "or pooled over pixels (px). 3D mIoU: per Gaussian (its decoded class vs its true class), "
+         "over the same scenes.\n")
 
 
 def evaluation_markdown(result: EvalResult, cfg: EvalConfig, command: str = "") -> str:
