@@ -268,8 +268,9 @@ class PerceptionPipeline:
         return self.semantic.labels
 
     def _heads(self) -> list[str]:
-        names = [n[len("feat."):] for n in self.map.attribute_names() if n.startswith("feat.")]
-        return names
+        """Heads whose features the map holds (``feat.<head>``; not ``feat.valid``/``feat.embedding``)."""
+        return [n[len("feat."):] for n in self.map.attribute_names()
+                if n.startswith("feat.") and n not in ("feat.valid", "feat.embedding")]
 
     def _attr(self, name: str) -> torch.Tensor | None:
         return self.map.attribute(name) if name in self.map.attribute_names() else None
