@@ -35,7 +35,8 @@ from chorus_ros.core.encoder.features import Voxelization, get_feature_variant, 
 from chorus_ros.core.errors import InvalidInputError
 from chorus_ros.core.gaussians import GaussianArrays
 
-__all__ = ["ChorusEncoder", "EncoderOutput", "ReceptiveField", "receptive_field", "interpolate_voxel_features"]
+__all__ = ["ChorusEncoder", "EncoderOutput", "ReceptiveField", "receptive_field", "interpolate_voxel_features",
+           "tensor_intervals"]
 
 
 @dataclass
@@ -203,15 +204,35 @@ def _blocks_interval(blocks, iv: _Interval, s: int) -> _Interval:
     return iv
 
 
-def _stage_interval(stage: _Stage, iv: _Interval, s: int) -> _Interval:
+def _stage_interval(stage: _Stage, iv: _Interval, s: int, record: dict | None = None) -> _Interval:
+    level = stage.level
+    if record is not None:
+        record[("x", level)] = iv
     iv = _blocks_interval(stage.enc, iv, s)
-    if stage.child is None:
-        return iv
-    deep, s_child = _conv_interval(stage.down, iv, s)
-    deep = _stage_interval(stage.child, deep, s_child)
-    deep, _ = _conv_interval(stage.up, deep, s)
-    iv = _union(iv, deep)  # the merge reads the skip and the upsampled path at the same voxel
-    return _blocks_interval(stage.dec, iv, s)
+    if record is not None:
+        record[("e", level)] = iv
+    if stage.child is not None:
+        deep, s_child = _conv_interval(stage.down, iv, s)
+        deep = _stage_interval(stage.child, deep, s_child, record)
+        deep, _ = _conv_interval(stage.up, deep, s)
+        iv = _union(iv, deep)  # the merge reads the skip and the upsampled path at the same voxel
+        iv = _blocks_interval(stage.dec, iv, s)
+    if record is not None:
+        record[("o", level)] = iv
+    return iv
+
+
+def tensor_intervals(model: "ChorusEncoder") -> dict[tuple[str, int], _Interval]:
+    """Dependency interval of every stage tensor, for the cached incremental engine.
+
+    Keys ``('x', l)`` (a level's input: the stem output or the downsampling output),
+    ``('e', l)`` (after the encoder blocks: the skip) and ``('o', l)`` (the level's output).
+    Intervals are per-axis offsets in finest voxels from a cell's origin ``cell * 2**l`` to the
+    voxels whose Gaussians it depends on, including the input encoding's neighbourhood."""
+    record: dict = {}
+    n0 = model.variant.neighbourhood_voxels
+    _stage_interval(model.unet, ([-n0] * 3, [n0] * 3), 1, record)
+    return record
 
 
 def receptive_field(model: "ChorusEncoder") -> ReceptiveField:
@@ -337,17 +358,12 @@ class ChorusEncoder(nn.Module):
             raise InvalidInputError(f"Gaussian {bad} has non-finite parameters; filter with finite_mask() first")
         means = g.means.float()
         vox = voxelize(means, self.config.voxel_size, batch)
-        x = self.variant.fn(g, vox)
-        h = self.point_mlp(x)
-        nv = len(vox)
-        pooled = h.new_zeros(nv, h.shape[1]).index_add_(0, vox.inverse, h) / vox.counts[:, None].to(h.dtype)
-        count_feat = torch.log1p(vox.counts.to(h.dtype))[:, None] / 3.0
-        v = F.gelu(self.stem_norm(self.stem(torch.cat([pooled, count_feat], 1))))
+        h = self.point_features(g, vox)
+        v = self.voxel_stem(h, vox)
         st = self._sparse_tensor(v, vox, len(scenes))
         y = self.unet(st)
         interp = interpolate_voxel_features(y.features, vox, means, vox.batch[vox.inverse] if batch is not None else None)
-        emb = self.embed_norm(self.out_mlp(torch.cat([interp, h], 1)))
-        heads = {name: head(emb) for name, head in self.heads.items()}
+        emb, heads = self.gaussian_head(interp, h)
         out = EncoderOutput(emb, heads)
         if batch is None:
             return [out]
@@ -355,6 +371,22 @@ class ChorusEncoder(nn.Module):
         for s in sizes:
             starts.append(starts[-1] + s)
         return [out.index(slice(a, b)) for a, b in zip(starts[:-1], starts[1:])]
+
+    # pieces of the forward pass, shared with the cached incremental engine (cached.py)
+    def point_features(self, g: GaussianArrays, vox: Voxelization) -> torch.Tensor:
+        """``[N, point_hidden]`` per-Gaussian MLP of the input encoding."""
+        return self.point_mlp(self.variant.fn(g, vox))
+
+    def voxel_stem(self, h: torch.Tensor, vox: Voxelization) -> torch.Tensor:
+        """``[V, C0]`` voxel features: scatter-mean of ``h`` per voxel plus log count, then the stem."""
+        pooled = h.new_zeros(len(vox), h.shape[1]).index_add_(0, vox.inverse, h) / vox.counts[:, None].to(h.dtype)
+        count_feat = torch.log1p(vox.counts.to(h.dtype))[:, None] / 3.0
+        return F.gelu(self.stem_norm(self.stem(torch.cat([pooled, count_feat], 1))))
+
+    def gaussian_head(self, interp: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Shared embedding and head outputs from interpolated voxel features and ``h``."""
+        emb = self.embed_norm(self.out_mlp(torch.cat([interp, h], 1)))
+        return emb, {name: head(emb) for name, head in self.heads.items()}
 
     def _sparse_tensor(self, feats: torch.Tensor, vox: Voxelization, batch_size: int):
         """spconv input whose indices are the absolute voxel indices shifted by a multiple of
