@@ -363,9 +363,25 @@ def test_float32_scene_matches_float64():
     assert float(diff.median()) < 1e-6
 
 
+def test_image_independent_of_tile_size_and_round_sizes(monkeypatch):
+    g = _scene(200, seed=14, degree=1, spread=0.4, depth=(1.0, 6.0), scale=(-3.0, -1.0))
+    cam = _camera(37, 29)
+    base = render(g, cam, REF, return_weights=True, return_top_index=True)
+    for tile, first, budget in ((4, 2, 10_000), (16, 64, 1_000_000), (5, 1, 300)):
+        monkeypatch.setattr(reference, "TILE_SIZE", tile)
+        monkeypatch.setattr(reference, "_K_FIRST", first)
+        monkeypatch.setattr(reference, "MAX_ELEMENTS", budget)
+        other = render(g, cam, REF, return_weights=True, return_top_index=True)
+        for k in ("rgb", "depth", "alpha", "weights"):
+            assert _maxdiff(getattr(base, k), getattr(other, k)) < 1e-12, (tile, k)
+        assert torch.equal(base.top_index, other.top_index)
+
+
 def test_invalid_inputs():
     g = _scene(3, seed=1, degree=1)
     cam = _camera(8, 8)
+    with pytest.raises(InvalidInputError, match="near"):
+        render(g, cam, RenderSettings(backend="reference", near=0.0))
     with pytest.raises(InvalidInputError, match="sh_degree"):
         render(g, cam, RenderSettings(backend="reference", sh_degree=2))
     with pytest.raises(InvalidInputError, match="features"):

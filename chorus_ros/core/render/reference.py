@@ -77,6 +77,8 @@ def render(gaussians: GaussianArrays, camera: Camera, settings: RenderSettings, 
     bg = torch.as_tensor(settings.background, dtype=dtype, device=gaussians.device).reshape(-1)
     if bg.shape != (3,):
         raise InvalidInputError(f"background must be 3 numbers, got {settings.background!r}")
+    if not 0 < settings.near < settings.far:
+        raise InvalidInputError(f"need 0 < near < far, got near={settings.near}, far={settings.far}")
     if features is not None and features.device != gaussians.device:
         raise InvalidInputError(f"features are on {features.device}, Gaussians on {gaussians.device}")
 
