@@ -74,7 +74,24 @@ def _full_by_id(model: ChorusEncoder, gmap: GaussianMap) -> dict[str, torch.Tens
     return dict(out.heads, embedding=out.embedding)
 
 
-def _assert_matches_full(model, gmap, names=("language", "generalist", "object")):
+def _assert_tables_exact(enc: IncrementalEncoder, gmap: GaussianMap) -> None:
+    """The cached engine's incrementally maintained cell tables equal tables built from scratch."""
+    from chorus_ros.core.encoder.features import _decode_keys, encode_keys
+    eng = enc._engine
+    if eng is None:
+        return
+    keys = torch.unique(encode_keys(torch.floor(gmap.arrays().means / eng.vs).to(torch.int64)))
+    for lvl, t in enumerate(eng.tables):
+        if lvl:
+            keys = torch.unique(encode_keys(torch.div(_decode_keys(keys)[0], 2, rounding_mode="floor")))
+        assert torch.equal(t.keys, keys), lvl
+        assert torch.equal(encode_keys(t.coords[t.slots]), keys) and bool(t.alive[t.slots].all())
+        assert int(t.alive.sum()) == keys.numel()
+
+
+def _assert_matches_full(model, gmap, names=("language", "generalist", "object"), enc=None):
+    if enc is not None:
+        _assert_tables_exact(enc, gmap)
     ref = _full_by_id(model, gmap)
     for h in names:
         got = gmap.attribute(f"feat.{h}")
@@ -120,6 +137,20 @@ def test_plan_chunks_partitions_the_core_and_covers_halos():
         # every allowed Gaussian within r of a core Gaussian is in the context
         need = ((means[None] - means[c][:, None]).abs().max(-1).values <= r).any(0) & allowed
         assert bool(torch.isin(need.nonzero().squeeze(1), ctx).all())
+
+
+def test_range_positions_match_brute_force():
+    from chorus_ros.core.encoder.cached import _range_positions
+    from chorus_ros.core.encoder.features import encode_keys
+    gen = torch.Generator().manual_seed(3)
+    coords = torch.unique(torch.randint(-20, 20, (3000, 3), generator=gen), dim=0)
+    keys = torch.sort(encode_keys(coords)).values
+    from chorus_ros.core.encoder.features import _decode_keys
+    c = _decode_keys(keys)[0]
+    lo = torch.tensor([[-5, -3, 0], [2, 2, -10], [-20, 5, 5]])
+    hi = torch.tensor([[0, 4, 6], [9, 3, 10], [-15, 9, 5]])
+    ref = ((c[:, None] >= lo[None]) & (c[:, None] <= hi[None])).all(-1).any(1).nonzero().squeeze(1)
+    assert torch.equal(_range_positions(keys, lo, hi), ref)
 
 
 def test_config_validation():
@@ -171,7 +202,7 @@ def test_incremental_equals_full_after_a_sequence_of_deltas(model, mode, max_pas
     r1 = enc.update()
     assert not r1.full and 0 < r1.updated_slots.numel() < len(gmap) // 2
     assert bool(torch.isin(slots_new, r1.updated_slots).all())
-    _assert_matches_full(model, gmap)
+    _assert_matches_full(model, gmap, enc=enc)
     # outputs outside updated_slots did not change
     untouched = torch.ones(n_total, dtype=torch.bool)
     untouched[r1.updated_slots[r1.updated_slots < n_total]] = False
@@ -190,7 +221,7 @@ def test_incremental_equals_full_after_a_sequence_of_deltas(model, mode, max_pas
     gmap.apply_delta(GaussianArrays.concat([moved, recol]), None)
     r2 = enc.update()
     assert not r2.full and r2.updated_slots.numel() < len(gmap) // 2
-    _assert_matches_full(model, gmap)
+    _assert_matches_full(model, gmap, enc=enc)
 
     # 3) remove a patch near x = 4 m (swap-remove reorders slots) and a few of the new ones
     g = gmap.arrays()
@@ -198,7 +229,7 @@ def test_incremental_equals_full_after_a_sequence_of_deltas(model, mode, max_pas
     gmap.apply_delta(None, ids_rm)
     r3 = enc.update()
     assert not r3.full
-    _assert_matches_full(model, gmap)
+    _assert_matches_full(model, gmap, enc=enc)
     # nothing changed: nothing to do
     r4 = enc.update()
     assert r4.updated_slots.numel() == 0 and r4.n_encoded == 0 and not r4.full
@@ -245,21 +276,56 @@ def test_chunked_incremental_update_and_fallbacks(model):
     gmap.apply_delta(GaussianArrays.concat([a, b]), None)
     res = enc.update()
     assert not res.full and res.passes >= 2
-    _assert_matches_full(model, gmap)
+    _assert_matches_full(model, gmap, enc=enc)
     # an edit whose context is most of the map falls back to a full re-encode
     enc.config.full_fraction = 0.1
     gmap.apply_delta(_surface(100, (4.5, 2.0), (5.5, 3.0), seed=9, id0=70_000), None)
     res = enc.update()
     assert res.full and res.updated_slots.numel() == len(gmap)
-    _assert_matches_full(model, gmap)
+    _assert_matches_full(model, gmap, enc=enc)
     # a snapshot replacement is a full encode; then an emptied map encodes nothing
     gmap.replace_all(_surface(800, (0.0, 0.0), (3.0, 3.0), seed=10, id0=0))
     res = enc.update()
     assert res.full and len(gmap) == 800
-    _assert_matches_full(model, gmap)
+    _assert_matches_full(model, gmap, enc=enc)
     gmap.clear()
     res = enc.update()
     assert res.updated_slots.numel() == 0 and gmap.attribute("feat.language").shape == (0, 6)
+
+
+def test_pointcloud_variant_cached_updates_match_full():
+    """The point-cloud input reads the 3x3x3 voxel neighbourhood (normals): one more voxel of
+    reach, handled by the derived intervals."""
+    torch.manual_seed(1)
+    pc = ChorusEncoder(EncoderConfig(variant="pointcloud", **TINY)).eval()
+    gmap = _new_map(_dense(0.0, 4.0, 0.0, 0.5, seed=12, id0=0), block_size=0.05)
+    enc = IncrementalEncoder(pc, gmap, IncrementalConfig(max_gaussians_per_pass=900))
+    enc.update()
+    _assert_matches_full(pc, gmap, enc=enc)
+    g = gmap.arrays()
+    sel = (g.means[:, 0] > 1.0) & (g.means[:, 0] < 1.1)
+    ids = g.ids[sel].clone()
+    s = gmap.slots_of(ids)
+    gmap.update(GaussianArrays(g.means[s] + torch.tensor([0.0, 0.0, 0.02]), g.sh[s].clone(), g.opacities[s].clone(),
+                               g.log_scales[s].clone(), g.quats[s].clone(), ids))
+    gmap.remove(g.ids[(g.means[:, 0] > 3.0) & (g.means[:, 0] < 3.05)].clone())
+    res = enc.update()
+    assert not res.full
+    _assert_matches_full(pc, gmap, enc=enc)
+
+
+def test_weight_change_triggers_full_reencode():
+    m = _model(seed=5)
+    gmap = _new_map(_dense(0.0, 1.0, 0.0, 0.3, seed=13, id0=0))
+    enc = IncrementalEncoder(m, gmap)
+    assert enc.update().full
+    assert enc.update().updated_slots.numel() == 0  # nothing changed
+    with torch.no_grad():
+        m.heads["language"].weight.mul_(2.0)  # e.g. a training step on the same model object
+    res = enc.update()
+    assert res.full
+    _assert_matches_full(m, gmap, enc=enc)
+    assert enc.cache_bytes() > 0
 
 
 def test_encoder_restores_training_mode(model):

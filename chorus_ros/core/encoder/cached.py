@@ -23,6 +23,7 @@ chunks with halos, so a full pass never holds more than one chunk's activations.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -35,23 +36,33 @@ from chorus_ros.core.encoder.model import (
 )
 from chorus_ros.core.gaussians import GaussianArrays
 
-__all__ = ["CachedUNet", "linf_distance_to_blocks"]
+__all__ = ["CachedUNet", "CachedStats"]
 
 
-def linf_distance_to_blocks(points: torch.Tensor, blocks: torch.Tensor, block_size: float) -> torch.Tensor:
-    """``[M]`` float64 L-infinity distance from each point (``[M, 3]``, metres) to the union of the
-    block boxes ``[b, b+1) * block_size`` (``blocks: [B, 3]`` int64); 0 inside a block."""
-    p = points.double()
-    out = torch.full((p.shape[0],), float("inf"), dtype=torch.float64, device=p.device)
-    if p.shape[0] == 0 or blocks.shape[0] == 0:
-        return out
-    lo_all = blocks.to(p.device, torch.float64) * block_size
-    step = max(1, (1 << 23) // max(p.shape[0], 1))
-    for s in range(0, lo_all.shape[0], step):
-        lo = lo_all[s:s + step][None]
-        d = torch.maximum(lo - p[:, None], p[:, None] - (lo + block_size)).clamp_min(0.0).amax(-1)
-        out = torch.minimum(out, d.amin(1))
-    return out
+def _range_positions(keys: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """Sorted unique positions in ``keys`` (sorted, from :func:`encode_keys`) of the cells whose
+    coords lie in any box ``[lo_b, hi_b]`` (inclusive, ``[B, 3]``). Keys are ordered by (x, y, z),
+    so each (x, y) column of a box is one contiguous key range."""
+    if keys.numel() == 0 or lo.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.int64, device=keys.device)
+    ext = hi - lo + 1
+    nx, ny = int(ext[:, 0].max()), int(ext[:, 1].max())
+    ax = lo[:, None, 0] + torch.arange(nx, device=lo.device)[None]  # [B, nx]
+    ay = lo[:, None, 1] + torch.arange(ny, device=lo.device)[None]  # [B, ny]
+    ok = (ax[:, :, None] <= hi[:, None, None, 0]) & (ay[:, None, :] <= hi[:, None, None, 1])
+    x = ax[:, :, None].expand(-1, -1, ny)[ok]
+    y = ay[:, None, :].expand(-1, nx, -1)[ok]
+    b = torch.arange(lo.shape[0], device=lo.device)[:, None, None].expand(-1, nx, ny)[ok]
+    klo = encode_keys(torch.stack([x, y, lo[b, 2]], 1))
+    khi = encode_keys(torch.stack([x, y, hi[b, 2]], 1))
+    start = torch.searchsorted(keys, klo)
+    end = torch.searchsorted(keys, khi, right=True)
+    lens = (end - start).clamp_min(0)
+    total = int(lens.sum())
+    if total == 0:
+        return torch.zeros(0, dtype=torch.int64, device=keys.device)
+    offs = torch.repeat_interleave(start - (torch.cumsum(lens, 0) - lens), lens)
+    return torch.unique(offs + torch.arange(total, device=keys.device))
 
 
 class _LevelTable:
@@ -100,6 +111,33 @@ class _LevelTable:
             self.coords[new_slots] = _decode_keys(new_keys[~found])[0]
         self.keys, self.slots = new_keys, slots
 
+    def apply(self, removed: torch.Tensor, added: torch.Tensor) -> None:
+        """Remove the (occupied) cells ``removed`` and add the (new) cells ``added``; both sorted
+        unique key lists. O(cells) array work, no sort of the whole table."""
+        if removed.numel():
+            pos = torch.searchsorted(self.keys, removed)
+            self.alive[self.slots[pos]] = False
+            keep = torch.ones(self.keys.numel(), dtype=torch.bool, device=self.device)
+            keep[pos] = False
+            self.keys, self.slots = self.keys[keep], self.slots[keep]
+        if added.numel():
+            free = (~self.alive).nonzero().squeeze(1)
+            if free.numel() < added.numel():
+                self._grow(self.cap + added.numel() - free.numel())
+                free = (~self.alive).nonzero().squeeze(1)
+            new_slots = free[:added.numel()]
+            self.alive[new_slots] = True
+            self.coords[new_slots] = _decode_keys(added)[0]
+            ins = torch.searchsorted(self.keys, added) + torch.arange(added.numel(), device=self.device)
+            total = self.keys.numel() + added.numel()
+            is_new = torch.zeros(total, dtype=torch.bool, device=self.device)
+            is_new[ins] = True
+            keys = torch.empty(total, dtype=torch.int64, device=self.device)
+            slots = torch.empty(total, dtype=torch.int64, device=self.device)
+            keys[ins], slots[ins] = added, new_slots
+            keys[~is_new], slots[~is_new] = self.keys, self.slots
+            self.keys, self.slots = keys, slots
+
     def lookup(self, keys: torch.Tensor) -> torch.Tensor:
         """Slot of each key, -1 where the cell is not occupied."""
         pos = lookup_keys(self.keys, keys)
@@ -125,17 +163,28 @@ class _SlotGrid:
         return self.table.lookup(encode_keys(coords))
 
 
-@dataclass
 class _Region:
-    """Candidate cells of one level near the change: slots (sorted-key order), keys and the
-    L-infinity distance of each cell's box to the dirty blocks (metres)."""
+    """Candidate cells of one level near the change (slots and keys in sorted-key order) and a
+    :class:`BlockIndex` of the dirty blocks to select those within a radius; ``index=None``
+    means everything (a full pass)."""
 
-    slots: torch.Tensor
-    keys: torch.Tensor
-    dist: torch.Tensor
+    def __init__(self, slots: torch.Tensor, keys: torch.Tensor, centres: torch.Tensor | None = None,
+                 half: float = 0.0, index=None) -> None:
+        self.slots, self.keys, self.centres, self.half, self.index = slots, keys, centres, half, index
+        self._memo: dict[float, torch.Tensor] = {}
+
+    def mask(self, radius: float) -> torch.Tensor:
+        """Cells whose box is within L-infinity ``radius`` of the dirty blocks."""
+        if self.index is None:
+            return torch.ones(self.slots.numel(), dtype=torch.bool, device=self.slots.device)
+        m = self._memo.get(radius)
+        if m is None:
+            m = self.index.near(self.centres, radius + self.half)
+            self._memo[radius] = m
+        return m
 
     def within(self, radius: float) -> tuple[torch.Tensor, torch.Tensor]:
-        m = self.dist <= radius
+        m = self.mask(radius)
         return self.slots[m], self.keys[m]
 
 
@@ -146,6 +195,13 @@ class CachedStats:
     cells: dict[str, int] = field(default_factory=dict)
     gaussians_stem: int = 0
     gaussians_out: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+    """CPU seconds (this thread) per phase: 'tables', 'regions', 'stem', 'encoder', 'decoder', 'outputs'."""
+
+    def tick(self, name: str, since: float) -> float:
+        now = time.thread_time()
+        self.seconds[name] = self.seconds.get(name, 0.0) + now - since
+        return now
 
 
 class CachedUNet:
@@ -238,45 +294,54 @@ class CachedUNet:
         full = blocks is None or not self.valid
         means = g.means.to(self.device).float()
         n = means.shape[0]
-        # ---- occupied cells of every level
-        keys = torch.unique(encode_keys(torch.floor(means / self.vs).to(torch.int64)))
-        for l, t in enumerate(self.tables):
-            if l:
-                keys = torch.unique(encode_keys(torch.div(_decode_keys(keys)[0], 2, rounding_mode="floor")))
-            t.sync(keys)
-        # ---- regions: distances of candidate cells / Gaussians to the dirty blocks
-        regions: list[_Region] = []
-        for l, t in enumerate(self.tables):
-            if full:
-                regions.append(_Region(t.slots, t.keys, torch.zeros(t.slots.numel(), dtype=torch.float64,
-                                                                    device=self.device)))
-                continue
-            from chorus_ros.core.encoder.incremental import near_blocks
-
-            rmax = max(v for (name, lv), v in self.reach.items() if lv == l) + 4 * self.cell_size(l) + \
-                self._level_halo(l)
-            centres = (t.coords[t.slots].double() + 0.5) * self.cell_size(l)
-            cand = near_blocks(centres, blocks, block_size, rmax + self.cell_size(l))
-            d = linf_distance_to_blocks(centres[cand], blocks, block_size) - self.cell_size(l) / 2
-            regions.append(_Region(t.slots[cand], t.keys[cand], d.clamp_min(0.0)))
+        tick = time.thread_time()
         if full:
-            gdist = torch.zeros(n, dtype=torch.float64, device=self.device)
+            # ---- occupied cells of every level, from scratch
+            keys = torch.unique(encode_keys(torch.floor(means / self.vs).to(torch.int64)))
+            for l, t in enumerate(self.tables):
+                if l:
+                    keys = torch.unique(encode_keys(torch.div(_decode_keys(keys)[0], 2, rounding_mode="floor")))
+                t.sync(keys)
+            tick = stats.tick("tables", tick)
+            regions = [_Region(t.slots, t.keys, torch.zeros(t.slots.numel(), dtype=torch.float64, device=self.device))
+                       for t in self.tables]
             gcand = torch.arange(n, device=self.device)
+            gnear = lambda r: torch.ones(n, dtype=torch.bool, device=self.device)  # noqa: E731
         else:
-            from chorus_ros.core.encoder.incremental import near_blocks
+            from chorus_ros.core.encoder.incremental import BlockIndex
 
-            gcand = near_blocks(means, blocks, block_size,
-                                self.out_reach + (self.n0 + 2) * self.vs + self.eps).nonzero().squeeze(1)
-            gdist = linf_distance_to_blocks(means[gcand], blocks, block_size)
+            blocks = blocks.to(self.device)
+            # one query on the Gaussians covers every level: a cell within r of the change holds
+            # only Gaussians within r + its size
+            r_g = max([self.out_reach + (self.n0 + 2) * self.vs]
+                      + [self._region_radius(l) + self.cell_size(l) for l in range(self.levels)]) + self.eps
+            gcand = BlockIndex(blocks, block_size).near(means, r_g).nonzero().squeeze(1)
+            gvox = torch.floor(means[gcand] / self.vs).to(torch.int64)
+            index = BlockIndex(blocks, block_size)
+            self._update_tables(blocks, block_size, gvox, index)
+            tick = stats.tick("tables", tick)
+            gnear = lambda r: index.near(means[gcand], r)  # noqa: E731
+            regions = []
+            ckeys = torch.unique(encode_keys(gvox))
+            for l, t in enumerate(self.tables):
+                if l:
+                    ckeys = torch.unique(encode_keys(torch.div(_decode_keys(ckeys)[0], 2, rounding_mode="floor")))
+                cslots = t.lookup(ckeys)
+                assert bool((cslots >= 0).all()), "candidate cell missing from its table"
+                centres = (_decode_keys(ckeys)[0].double() + 0.5) * self.cell_size(l)
+                reg = _Region(cslots, ckeys, centres, self.cell_size(l) / 2, index)
+                near = reg.mask(self._region_radius(l))
+                regions.append(_Region(cslots[near], ckeys[near], centres[near], self.cell_size(l) / 2, index))
         light = GaussianArrays(means, g.sh[:, :1].to(self.device), g.opacities.to(self.device),
                                g.log_scales.to(self.device), g.quats.to(self.device))
         t0 = self.tables[0]
         c0 = model.config.channels[0]
+        tick = stats.tick("regions", tick)
         # ---- stem: x_0 of the voxels whose Gaussians may have changed
         r_x0 = self.reach[("x", 0)]
         s_x0, k_x0 = regions[0].within(r_x0 + self.eps)
         if s_x0.numel():
-            sel = gcand[gdist <= r_x0 + (self.n0 + 1) * self.vs + self.eps]
+            sel = gcand[gnear(r_x0 + (self.n0 + 1) * self.vs + self.eps)]
             sub = light.index(sel)
             vox = voxelize(sub.means, self.vs)
             x = model.voxel_stem(model.point_features(sub, vox), vox)
@@ -286,6 +351,7 @@ class CachedUNet:
             t0.cache("x", c0)[slots] = x[want]
             stats.gaussians_stem = int(sel.numel())
             stats.cells["x0"] = int(s_x0.numel())
+        tick = stats.tick("stem", tick)
         # ---- encoder path
         for l, stage in enumerate(self.stages):
             t = self.tables[l]
@@ -300,6 +366,7 @@ class CachedUNet:
                 stats.cells[f"e{l}"] = stats.cells.get(f"e{l}", 0) + int(out_s.numel())
             if stage.child is not None:
                 self._down(stage, l, regions, stats)
+        tick = stats.tick("encoder", tick)
         # ---- decoder path (bottleneck output = its encoder output)
         last = self.levels - 1
         tl = self.tables[last]
@@ -308,13 +375,56 @@ class CachedUNet:
         tl.cache("o", cl)[s_o] = tl.cache("e", cl)[s_o]
         for l in range(last - 1, -1, -1):
             self._up(self.stages[l], l, regions, stats)
+        tick = stats.tick("decoder", tick)
         # ---- per-Gaussian outputs
         r_out = self.out_reach
-        rows = gcand[gdist < r_out + self.eps]
-        out = self._outputs(light, rows, gcand, gdist, max_gaussians)
+        rows = gcand[gnear(r_out + self.eps)]
+        pool = gcand[gnear(r_out + (self.n0 + 1) * self.vs + self.eps)] if self.n0 else rows
+        out = self._outputs(light, rows, pool, max_gaussians)
         stats.gaussians_out = int(rows.numel())
+        stats.tick("outputs", tick)
         self.valid = True
         return rows, out, stats
+
+    def _region_radius(self, l: int) -> float:
+        """Largest distance from the change at which a level-``l`` cell is read or written."""
+        return max(v for (name, lv), v in self.reach.items() if lv == l) + self._level_halo(l) + \
+            2 * self.cell_size(l + 1 if l + 1 < self.levels else l)
+
+    def _update_tables(self, blocks: torch.Tensor, block_size: float, gvox: torch.Tensor, index) -> None:
+        """Incremental table update: only voxels near the dirty blocks can appear or vanish.
+
+        ``gvox``: [k, 3] voxel coords of (at least) every Gaussian within a few voxels of the
+        blocks. Q = voxels within one voxel of a dirty block's voxel range; old cells in Q come
+        from range queries on the sorted keys, current ones from ``gvox``."""
+        vs = self.vs
+        # Q: voxels whose centre is within 1.5 voxels of a dirty block (every voxel that meets a
+        # block has its centre within half a voxel). Old cells in Q: a range query on the sorted
+        # keys (expanded voxel ranges of the blocks) filtered by the same test as the Gaussians.
+        lo = torch.floor(blocks.double() * block_size / vs).to(torch.int64) - 2
+        hi = torch.floor((blocks.double() + 1) * block_size / vs).to(torch.int64) + 2
+        t0 = self.tables[0]
+        old_q = t0.keys[_range_positions(t0.keys, lo, hi)]
+        old_q = old_q[index.near((_decode_keys(old_q)[0].double() + 0.5) * vs, 1.5 * vs)]
+        gv = torch.unique(encode_keys(gvox))
+        new_q = gv[index.near((_decode_keys(gv)[0].double() + 0.5) * vs, 1.5 * vs)]
+        removed = old_q[~torch.isin(old_q, new_q)]
+        added = new_q[~torch.isin(new_q, old_q)]
+        t0.apply(removed, added)
+        for l in range(1, self.levels):
+            fine, t = self.tables[l - 1], self.tables[l]
+            changed = torch.cat([removed, added])
+            if changed.numel() == 0:
+                break
+            parents = torch.unique(encode_keys(torch.div(_decode_keys(changed)[0], 2, rounding_mode="floor")))
+            pc = _decode_keys(parents)[0]
+            alive = torch.zeros(parents.numel(), dtype=torch.bool, device=parents.device)
+            for k in range(8):
+                off = torch.tensor([(k >> 2) & 1, (k >> 1) & 1, k & 1], device=pc.device)
+                alive |= fine.lookup(encode_keys(2 * pc + off)) >= 0
+            existed = t.lookup(parents) >= 0
+            removed, added = parents[existed & ~alive], parents[~existed & alive]
+            t.apply(removed, added)
 
     def _level_halo(self, l: int) -> float:
         st = self.stages[l]
@@ -374,7 +484,7 @@ class CachedUNet:
             o_cache[out_s] = y[pos]
             stats.cells[f"o{l}"] = stats.cells.get(f"o{l}", 0) + int(out_s.numel())
 
-    def _outputs(self, light: GaussianArrays, rows: torch.Tensor, gcand: torch.Tensor, gdist: torch.Tensor,
+    def _outputs(self, light: GaussianArrays, rows: torch.Tensor, pool: torch.Tensor,
                  max_gaussians: int | None) -> EncoderOutput:
         """Per-Gaussian outputs of ``rows`` from the level-0 output cache."""
         from chorus_ros.core.encoder.incremental import plan_chunks
@@ -393,7 +503,6 @@ class CachedUNet:
             parts = [rows[i:i + limit] for i in range(0, rows.numel(), limit)]
             plan = [(p, p) for p in parts]
         else:  # the input encoding reads neighbouring voxels: give each chunk a halo of Gaussians
-            pool = gcand[gdist < self.out_reach + halo + self.eps]
             pool = torch.sort(pool).values
             if pool.numel() <= limit:
                 plan = [(rows, pool)]

@@ -36,7 +36,7 @@ from chorus_ros.core.encoder.model import ChorusEncoder, EncoderOutput
 from chorus_ros.core.errors import InvalidInputError
 from chorus_ros.core.gaussians import GaussianArrays
 
-__all__ = ["IncrementalConfig", "IncrementalEncoder", "EncodeResult", "near_blocks", "plan_chunks"]
+__all__ = ["IncrementalConfig", "IncrementalEncoder", "EncodeResult", "BlockIndex", "near_blocks", "plan_chunks"]
 
 _log = logging.getLogger(__name__)
 MODES = ("cached", "halo")
@@ -99,46 +99,80 @@ class EncodeResult:
 
 
 # -------------------------------------------------------------------------- region queries
+class BlockIndex:
+    """Answers "is the L-infinity distance from each point to the union of these blocks at most
+    r?" for many points and radii: a summed-area table over the blocks' bounding grid makes each
+    query O(1) per point (a very sparse spread of blocks falls back to a chunked scan).
+
+    ``blocks: [B, 3]`` int64, block ``b`` covering ``[b, b+1) * block_size`` (metres)."""
+
+    def __init__(self, blocks: torch.Tensor, block_size: float) -> None:
+        self.blocks = blocks.to(torch.int64)
+        self.block_size = float(block_size)
+        self.sat = None
+        if self.blocks.shape[0] == 0:
+            return
+        self.bmin = self.blocks.min(0).values
+        self.bmax = self.blocks.max(0).values
+        self.dims = self.bmax - self.bmin + 1
+        if int(torch.prod(self.dims)) <= _GRID_LIMIT:
+            grid = torch.zeros(tuple(int(d) + 1 for d in self.dims), dtype=torch.int32, device=self.blocks.device)
+            b = self.blocks - self.bmin + 1
+            grid[b[:, 0], b[:, 1], b[:, 2]] = 1
+            self.sat = grid.cumsum(0).cumsum(1).cumsum(2)  # counts of blocks in cells < (i, j, k), shifted
+
+    def near(self, points: torch.Tensor, radius: float) -> torch.Tensor:
+        """``[N]`` bool: the cube of half-edge ``radius`` around each point (``[N, 3]`` metres)
+        meets a block, i.e. the L-infinity distance to the blocks is <= ``radius``."""
+        n = points.shape[0]
+        dev = points.device
+        if n == 0 or self.blocks.shape[0] == 0:
+            return torch.zeros(n, dtype=torch.bool, device=dev)
+        # cheap pre-filter: only points within the blocks' bounding box (+ radius) can be near
+        bs = self.block_size
+        lo_m = self.bmin.to(dev, torch.float64) * bs - radius
+        hi_m = (self.bmax.to(dev, torch.float64) + 1) * bs + radius
+        box = ((points >= (lo_m - 1e-3).to(points.dtype)) & (points <= (hi_m + 1e-3).to(points.dtype))).all(1)
+        idx = box.nonzero().squeeze(1)
+        res = torch.zeros(n, dtype=torch.bool, device=dev)
+        if idx.numel():
+            res[idx] = self._near_exact(points[idx], radius)
+        return res
+
+    def _near_exact(self, points: torch.Tensor, radius: float) -> torch.Tensor:
+        n = points.shape[0]
+        dev = points.device
+        p = points.double()
+        qlo = torch.floor((p - radius) / self.block_size).to(torch.int64)
+        qhi = torch.floor((p + radius) / self.block_size).to(torch.int64)
+        if self.sat is not None:
+            bmin, bmax, dims = self.bmin.to(dev), self.bmax.to(dev), self.dims.to(dev)
+            overlap = ((qhi >= bmin) & (qlo <= bmax)).all(1)
+            lo = (qlo - bmin).clamp(min=0).clamp(max=dims)
+            hi = (torch.minimum(qhi - bmin, dims - 1) + 1).clamp(min=0)
+            sat = self.sat.to(dev)
+            total = torch.zeros(n, dtype=torch.int64, device=dev)
+            for corner in range(8):
+                sel = [(corner >> (2 - a)) & 1 for a in range(3)]
+                idx = [hi[:, a] if sel[a] else lo[:, a] for a in range(3)]
+                sign = (-1) ** (3 - sum(sel))
+                total += sign * sat[idx[0], idx[1], idx[2]].to(torch.int64)
+            return overlap & (total > 0)
+        out = torch.zeros(n, dtype=torch.bool, device=dev)
+        blocks = self.blocks.to(dev)
+        step = max(1, (1 << 24) // max(n, 1))
+        for s in range(0, blocks.shape[0], step):
+            b = blocks[s:s + step][None]
+            out |= ((qlo[:, None] <= b) & (b <= qhi[:, None])).all(-1).any(1)
+        return out
+
+
 def near_blocks(means: torch.Tensor, blocks: torch.Tensor, block_size: float, radius: float) -> torch.Tensor:
     """``[N]`` bool: the cube of half-edge ``radius`` around each position (``means: [N, 3]``
     world, metres) meets at least one of the blocks (``[B, 3]`` int64, block ``b`` covers
     ``[b, b+1) * block_size``), i.e. the L-infinity distance to a block is <= ``radius``.
-
-    A summed-area table over the blocks' bounding grid answers every query in O(1); a very
-    sparse spread of blocks falls back to a chunked scan.
-    """
-    n = means.shape[0]
-    dev = means.device
-    if n == 0 or blocks.shape[0] == 0:
-        return torch.zeros(n, dtype=torch.bool, device=dev)
-    blocks = blocks.to(dev, torch.int64)
-    qlo = torch.floor((means.double() - radius) / block_size).to(torch.int64)
-    qhi = torch.floor((means.double() + radius) / block_size).to(torch.int64)
-    bmin = blocks.min(0).values
-    bmax = blocks.max(0).values
-    dims = bmax - bmin + 1
-    if int(torch.prod(dims)) <= _GRID_LIMIT:
-        grid = torch.zeros(tuple(int(d) + 1 for d in dims), dtype=torch.int32, device=dev)
-        b = blocks - bmin + 1
-        grid[b[:, 0], b[:, 1], b[:, 2]] = 1
-        sat = grid.cumsum(0).cumsum(1).cumsum(2)  # sat[i,j,k] = count in cells < (i,j,k) (+1 shifted)
-        overlap = ((qhi >= bmin) & (qlo <= bmax)).all(1)
-        lo = (qlo - bmin).clamp(min=0)
-        hi = torch.minimum(qhi - bmin, dims - 1) + 1
-        lo, hi = lo.clamp(max=dims), hi.clamp(min=0)
-        total = torch.zeros(n, dtype=torch.int64, device=dev)
-        for corner in range(8):
-            sel = [(corner >> (2 - a)) & 1 for a in range(3)]
-            idx = [hi[:, a] if sel[a] else lo[:, a] for a in range(3)]
-            sign = (-1) ** (3 - sum(sel))
-            total += sign * sat[idx[0], idx[1], idx[2]].to(torch.int64)
-        return overlap & (total > 0)
-    out = torch.zeros(n, dtype=torch.bool, device=dev)
-    step = max(1, (1 << 24) // max(n, 1))
-    for s in range(0, blocks.shape[0], step):
-        b = blocks[s:s + step][None]
-        out |= ((qlo[:, None] <= b) & (b <= qhi[:, None])).all(-1).any(1)
-    return out
+    One-shot form of :class:`BlockIndex`."""
+    return BlockIndex(blocks.to(means.device), block_size).near(means, radius)
 
 
 def plan_chunks(means: torch.Tensor, core: torch.Tensor, allowed: torch.Tensor | None, radius: float,
@@ -293,6 +327,7 @@ class IncrementalEncoder:
             self._write(rows, outs)
         stats["write"] = time.perf_counter() - tw
         stats.update({f"cells_{k}": float(v) for k, v in st.cells.items()})
+        stats.update({f"cpu_{k}": v for k, v in st.seconds.items()})
         self._version = d.to_version
         return EncodeResult(rows.cpu(), st.gaussians_stem + st.gaussians_out, False, d.from_version, d.to_version,
                             time.perf_counter() - t0, 1, int(d.blocks.shape[0]), stats)
