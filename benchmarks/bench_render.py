@@ -97,7 +97,7 @@ def main(quick: bool = False) -> str:
             "CPU ms median | runs |", "|---|---|---|---|---|---|---|---|---|"]
     notes = []
     t0 = time.perf_counter()
-    last_cpu: dict[tuple, float] = {}
+    last_wall: dict[tuple, float] = {}
     for n in sizes:
         scene = generate_scene(SceneConfig(target_gaussians=n, seed=7))
         real_n = len(scene.gaussians)
@@ -111,13 +111,13 @@ def main(quick: bool = False) -> str:
                 configs.append(("fwd+bwd, 16 feat", default_threads, True))
             for mode, threads, grad in configs:
                 key = (mode, threads, (w, h))
-                prev = last_cpu.get(key)
+                prev = last_wall.get(key)
                 if prev is not None and prev * 12 > CPU_BUDGET_S:  # ~10x Gaussians from the last size
                     notes.append(f"reference {mode} at {real_n:,} Gaussians, {w}x{h}, {threads} thread(s) "
                                  f"skipped: estimated > {CPU_BUDGET_S:.0f} s from the previous size.")
                     continue
                 wall, cpu = _bench_reference(scene, cams, threads, reps, grad)
-                last_cpu[key] = med(wall)
+                last_wall[key] = med(wall)
                 rows.append(f"| {real_n:,} | {w}x{h} | reference (CPU) | {mode} | {threads} | "
                             f"{med(wall) * 1e3:.0f} | {min(wall) * 1e3:.0f} | {med(cpu) * 1e3:.0f} | {len(wall)} |")
             if "gsplat" in available_backends():

@@ -275,6 +275,30 @@ def test_no_grad_path_equals_grad_path(dense_case):
     assert torch.equal(with_grad.top_index, no_grad.top_index)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_backward_equals_autograd(monkeypatch, dtype):
+    g = _scene(300, seed=15, degree=2, spread=0.35, depth=(1.5, 4.0), scale=(-3.0, -1.6),
+               opacity=(0.0, 5.0), dtype=dtype)
+    feats = torch.randn(len(g), 3, generator=torch.Generator().manual_seed(16), dtype=dtype)
+    cam = _camera(40, 30)
+    monkeypatch.setattr(reference, "MAX_ELEMENTS", 64 * 8 * 40)
+    gen = torch.Generator().manual_seed(17)
+    probes = [torch.randn(s, generator=gen, dtype=dtype) for s in ((30, 40, 3), (30, 40), (30, 40), (30, 40, 3))]
+    grads = {}
+    for fused in (True, False):
+        monkeypatch.setattr(reference, "FUSED_BACKWARD", fused)
+        leaves, gg = _params(g, feats)
+        out = render(gg, cam, REF, features=leaves[5], return_weights=True)
+        loss = ((out.rgb * probes[0]).sum() + (out.depth * probes[1]).sum() + (out.alpha * probes[2]).sum()
+                + (out.features * probes[3]).sum() + out.weights.sum())
+        grads[fused] = torch.autograd.grad(loss, leaves)
+    tol = 1e-10 if dtype == torch.float64 else 2e-4
+    for name, a, b in zip(("means", "quats", "log_scales", "opacities", "sh", "features"),
+                          grads[True], grads[False]):
+        err = _maxdiff(a, b) / (1e-3 + float(b.abs().max()))
+        assert err < tol, (name, err)
+
+
 def test_gradcheck_tiny_scene():
     g = _scene(4, seed=11, degree=1, spread=0.2, depth=(1.5, 2.5), scale=(-2.0, -1.5),
                opacity=(0.0, 2.0))
