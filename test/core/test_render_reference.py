@@ -401,6 +401,27 @@ def test_image_independent_of_tile_size_and_round_sizes(monkeypatch):
         assert torch.equal(base.top_index, other.top_index)
 
 
+def test_rectangle_minimum_of_quadratic_form():
+    """The tile culling's exact minimum: never above the true minimum (conservative), and tight."""
+    gen = torch.Generator().manual_seed(18)
+    n = 400
+    lo = torch.randn(n, 2, generator=gen, dtype=torch.float64) * 6
+    hi = lo + torch.rand(n, 2, generator=gen, dtype=torch.float64) * 8
+    m = torch.randn(n, 2, 2, generator=gen, dtype=torch.float64)
+    form = m @ m.transpose(1, 2) + 0.1 * torch.eye(2, dtype=torch.float64)
+    a, b, c = form[:, 0, 0], form[:, 0, 1], form[:, 1, 1]
+    got = reference._min_sigma_on_rect(lo[:, 0], hi[:, 0], lo[:, 1], hi[:, 1], a, b, c)
+    u = torch.linspace(0, 1, 301, dtype=torch.float64)
+    xs = lo[:, 0:1, None] + (hi - lo)[:, 0:1, None] * u[None, :, None]  # [n, 301, 1]
+    ys = lo[:, 1:2, None] + (hi - lo)[:, 1:2, None] * u[None, None, :]  # [n, 1, 301]
+    grid = 0.5 * (a[:, None, None] * xs ** 2 + 2 * b[:, None, None] * xs * ys + c[:, None, None] * ys ** 2)
+    brute = grid.flatten(1).min(dim=1).values
+    assert bool((got <= brute + 1e-12).all())
+    assert float((brute - got).max()) < 0.05 * float(brute.max())  # grid resolution only
+    inside = (lo <= 0).all(1) & (hi >= 0).all(1)
+    assert bool((got[inside] == 0).all()) and int(inside.sum()) > 0
+
+
 def test_invalid_inputs():
     g = _scene(3, seed=1, degree=1)
     cam = _camera(8, 8)

@@ -127,16 +127,21 @@ def render(gaussians: GaussianArrays, camera: Camera, settings: RenderSettings, 
 def _min_sigma_on_rect(dxl, dxh, dyl, dyh, a, b, c):
     """Minimum of ``0.5 (a dx^2 + 2 b dx dy + c dy^2)`` over ``dx in [dxl, dxh], dy in [dyl, dyh]``.
 
-    The form is positive definite, so the minimum is 0 when the rectangle holds the origin and
-    otherwise lies on an edge, where it is the clamped 1D minimum.
+    The form is positive definite: the minimum is 0 when the rectangle holds the origin, else it
+    lies on an edge that faces the origin (at most one in x, one in y), where it is the clamped
+    1D minimum along that edge.
     """
+    inf = torch.full_like(dxl, math.inf)
+
     def edge(e, lo, hi, p, q):  # min over t in [lo, hi] of 0.5 (p e^2 + 2 b e t + q t^2)
         t = torch.minimum(torch.maximum(-b * e / q, lo), hi)
         return 0.5 * (p * e * e + 2.0 * b * e * t + q * t * t)
-    m = torch.minimum(torch.minimum(edge(dxl, dyl, dyh, a, c), edge(dxh, dyl, dyh, a, c)),
-                      torch.minimum(edge(dyl, dxl, dxh, c, a), edge(dyh, dxl, dxh, c, a)))
-    inside = (dxl <= 0) & (dxh >= 0) & (dyl <= 0) & (dyh >= 0)
-    return torch.where(inside, torch.zeros_like(m), m)
+    ex = torch.where(dxl > 0, dxl, dxh)  # the x-edge nearer the origin (used if it faces it)
+    ey = torch.where(dyl > 0, dyl, dyh)
+    mx = torch.where((dxl > 0) | (dxh < 0), edge(ex, dyl, dyh, a, c), inf)
+    my = torch.where((dyl > 0) | (dyh < 0), edge(ey, dxl, dxh, c, a), inf)
+    m = torch.minimum(mx, my)
+    return torch.where(torch.isinf(m), torch.zeros_like(m), m)
 
 
 @torch.no_grad()
