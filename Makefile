@@ -32,6 +32,9 @@ ROS_PREFIX_ENV := AMENT_PREFIX_PATH=$(VENV_ABS) CMAKE_PREFIX_PATH=$(VENV_ABS) CO
 # DDS traffic of everything started here stays on loopback; tools/tests pick a free domain id
 # (chorus_ros.tools.isolate_ros_env) and this one is only the fallback for other processes.
 export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
+# OpenMP's default spin-wait makes torch 5-10x slower on a loaded 2-core machine (measured by
+# benchmarks/bench_render.py: 3600 ms vs 86 ms per view); must be set before torch is imported.
+export OMP_WAIT_POLICY ?= PASSIVE
 export ROS_DOMAIN_ID ?= $(shell echo $$(( $$$$ % 101 + 1 )))
 
 STAMP_REQ := $(VENV)/.chorus-requirements.stamp
