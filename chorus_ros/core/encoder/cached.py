@@ -524,6 +524,8 @@ class CachedUNet:
             for k in heads:
                 heads[k].append(hd[k])
             order.append(core)
+        if len(order) == 1:
+            return EncoderOutput(embs[0], {k: v[0] for k, v in heads.items()})
         got = torch.cat(order)
         perm = torch.argsort(got)
         # callers index by ``rows`` (sorted): reorder the chunked results to match

@@ -3,26 +3,30 @@
 The encoder is local: a Gaussian's outputs depend only on the Gaussians within L-infinity
 distance ``R`` of it, where ``R`` is derived from the modules
 (:attr:`ChorusEncoder.receptive_field_m <chorus_ros.core.encoder.model.ChorusEncoder.receptive_field_m>`).
-So when the map changes:
+When the map changes, the map's dirty blocks (old *and* new blocks of every added / moved /
+updated / removed Gaussian, from :meth:`GaussianMap.take_dirty`, plus the blocks of Gaussians
+never encoded) bound what can change: only the outputs of the Gaussians within ``R`` of a dirty
+block ("affected"). Two exact ways to recompute them (:class:`IncrementalConfig` ``mode``):
 
-* **dirty**: the map's dirty blocks (old *and* new blocks of every added / moved / updated /
-  removed Gaussian, from :meth:`GaussianMap.take_dirty`), plus the blocks of Gaussians that were
-  never encoded;
-* **affected** ``A``: the Gaussians within ``R`` of a dirty block -- the only outputs that can
-  change;
-* **context** ``C``: the Gaussians within ``2R`` of a dirty block -- everything the outputs of
-  ``A`` depend on.
+* ``'cached'`` (default, :mod:`.cached`): keep every stage's activations for the whole map and
+  recompute each stage only on the cells within *its own* reach of the dirty blocks, reading
+  inputs from the caches. Early layers touch a thin band around the change; nothing needs a
+  ``2R`` context. Costs about 0.6 KB of cache per occupied voxel.
+* ``'halo'``: encode, from scratch, the Gaussians within ``2R`` of the dirty blocks (the
+  "context" -- everything the affected outputs depend on) and keep the outputs of the affected
+  ones. No cache memory, but every layer works on the ``2R`` context.
 
-``C`` is encoded and the outputs of ``A`` are written into the map attributes ``feat.<head>``
-(``[n, dim]`` float32; ``feat.embedding`` too when configured) and ``feat.valid`` (``[n]``
-uint8, 1 once a Gaussian has been encoded; new Gaussians start at 0 with zero features).
-Because every coarse level of the U-Net stays aligned to the absolute voxel grid, the result
-equals a full re-encode of the final map up to float32 rounding (tested to 1e-4).
+Outputs go into the map attributes ``feat.<head>`` (``[n, dim]`` float32; ``feat.embedding``
+too when configured) and ``feat.valid`` (``[n]`` uint8, 1 once a Gaussian has been encoded; new
+Gaussians start at 0 with zero features). Because every coarse level of the U-Net stays aligned
+to the absolute voxel grid, the result equals a full re-encode of the final map up to float32
+rounding (tested to 1e-4 in ``test/core/test_incremental.py``).
 
-Memory stays bounded: a full encode, or an update whose context holds more than
+Memory stays bounded: in 'halo' mode a full encode, or an update whose context holds more than
 ``max_gaussians_per_pass`` Gaussians, is split by a k-d partition of the Gaussians to write
-("cores") into chunks; each chunk is encoded together with its own halo (the Gaussians within
-``R`` of the chunk's bounding box) and only its core's outputs are written.
+("cores") into chunks, each encoded with its own halo (the Gaussians within ``R`` of the chunk's
+bounding box), writing only its core's outputs; in 'cached' mode every stage splits its region
+into chunks of at most that many cells, each with the stage's own small halo.
 """
 from __future__ import annotations
 
