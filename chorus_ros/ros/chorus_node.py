@@ -58,7 +58,7 @@ from chorus_ros.ros.map_updates import MapUpdate, map_update_from_msg
 from chorus_ros.ros.params import ParameterBinding, flatten_config
 from chorus_ros.ros.runtime import ErrorReporter, KeepNewestQueue, RateMeter, SequenceTracker, StampPairer
 
-__all__ = ["ChorusNodeConfig", "ChorusNode", "OUTPUTS", "main"]
+__all__ = ["ChorusNodeConfig", "ChorusNode", "OUTPUTS", "parameter_names", "main"]
 
 OUTPUTS: dict[str, tuple[str, str]] = {
     "semantic": ("semantic/image_raw", "16UC1"),
@@ -134,6 +134,13 @@ RANGES = {"pair_tolerance_s": (0.0, 10.0), "queue_size": (1, 100), "max_rate_hz"
           "status_rate_hz": (0.01, 100.0), "error_throttle_s": (0.0, 3600.0),
           "max_image_pixels": (1, 1 << 31), "max_label_count": (1, 65534),
           "max_label_length": (1, 100000)}
+
+
+def parameter_names() -> set[str]:
+    """Every parameter chorus_node declares from its config dataclasses (no node needed;
+    ``use_sim_time`` and ``qos_overrides.*`` come on top)."""
+    from chorus_ros.ros.params import param_specs
+    return {s.name for s in param_specs(ChorusNodeConfig())} | set(flatten_config(PipelineConfig()))
 
 
 @dataclass
@@ -519,13 +526,14 @@ class ChorusNode(Node):
     def wait_idle(self, timeout: float = 30.0) -> bool:
         """Block until every queued update and view is finished and the map is encoded."""
         end = time.monotonic() + timeout
-        while time.monotonic() < end:
+        while True:
             with self._updates_lock:
                 idle = self._done >= self._enqueued and self._dirty_since is None
             if idle:
                 return True
+            if time.monotonic() >= end:
+                return False
             time.sleep(0.01)
-        return False
 
     def destroy_node(self) -> None:
         self._stop.set()

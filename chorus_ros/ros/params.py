@@ -11,7 +11,8 @@ Every field of a config dataclass becomes one parameter whose
 * ``integer_range``/``floating_point_range``: from the caller's ``ranges`` or the field's
   ``metadata={'range': (lo, hi)}``.
 
-Nested dataclasses flatten to dotted names (``pipeline.render.near``). Fields whose type has no
+Nested dataclasses flatten to dotted names (``pipeline.render.near``), also when the annotation is
+loose (``object``) but the default holds a dataclass. Fields whose type has no
 ROS parameter equivalent (dicts, lists of dataclasses) are skipped and listed in
 :attr:`ParameterBinding.skipped`.
 
@@ -194,6 +195,8 @@ def _walk(obj, prefix, path, read_only, ranges, out, skipped) -> None:
         name = f"{prefix}.{f.name}" if prefix else f.name
         kind, info, optional, container = _classify(hints.get(f.name, Any))
         value = getattr(obj, f.name)
+        if kind == "skip" and dataclasses.is_dataclass(value) and not isinstance(value, type):
+            kind = "dataclass"    # loosely annotated (``object``) field holding a config dataclass
         if kind == "dataclass":
             _walk(value, name, path + (f.name,), read_only, ranges, out, skipped)
             continue

@@ -37,7 +37,7 @@ from chorus_ros.ros import qos
 from chorus_ros.ros.params import ParameterBinding
 from chorus_ros.ros.runtime import ErrorReporter, StampPairer
 
-__all__ = ["QueryNodeConfig", "QueryNode", "rank_objects", "check_text", "main"]
+__all__ = ["QueryNodeConfig", "QueryNode", "rank_objects", "check_text", "parameter_names", "main"]
 
 
 @dataclass
@@ -74,6 +74,12 @@ READ_ONLY = ["checkpoint", "device", "perception_node", "relevance_camera"]
 RANGES = {"default_top_k": (1, 10000), "max_text_length": (1, 1_000_000), "max_texts": (1, 100000),
           "relevance_max_rate_hz": (0.0, 1000.0), "pair_tolerance_s": (0.0, 10.0),
           "error_throttle_s": (0.0, 3600.0)}
+
+
+def parameter_names() -> set[str]:
+    """Every parameter query_node declares from QueryNodeConfig (no node needed)."""
+    from chorus_ros.ros.params import param_specs
+    return {s.name for s in param_specs(QueryNodeConfig())}
 
 
 def check_text(text: str, max_length: int) -> str:

@@ -34,6 +34,8 @@ class Outer:
     """Nested."""
     table: dict = field(default_factory=dict)
     """Not representable."""
+    loose: object = field(default_factory=Inner)
+    """Annotated loosely, holds a dataclass: flattened by its value."""
 
 
 def test_field_docstrings_are_parsed_including_multiline():
@@ -49,7 +51,8 @@ def test_param_specs_flatten_types_ranges_read_only():
                                             ranges={"node.rate_hz": (0.0, 50.0)}, skipped=skipped)}
     assert skipped == ["node.table"]
     assert sorted(specs) == ["node.cameras", "node.depth", "node.inner.background", "node.inner.near",
-                             "node.inner.sh_degree", "node.rate_hz"]
+                             "node.inner.sh_degree", "node.loose.background", "node.loose.near",
+                             "node.loose.sh_degree", "node.rate_hz"]
     assert specs["node.rate_hz"].ptype == ParameterType.PARAMETER_DOUBLE
     assert specs["node.cameras"].ptype == ParameterType.PARAMETER_STRING_ARRAY
     assert specs["node.inner.background"].ptype == ParameterType.PARAMETER_DOUBLE_ARRAY
@@ -70,6 +73,7 @@ def test_build_config_roundtrip_and_validation():
     assert cfg.rate_hz == 3.0 and isinstance(cfg.rate_hz, float)
     assert cfg.inner.background == (1.0, 0.0, 0.5) and cfg.inner.sh_degree == 2
     assert cfg.cameras == ["a", "b"] and Outer().cameras == ["camera_0"]
+    assert build_config(Outer(), {"loose.near": 2.0}).loose.near == 2.0
     assert flatten_config(cfg)["inner.background"] == [1.0, 0.0, 0.5]
     with pytest.raises(ValueError, match="unknown parameters"):
         build_config(Outer(), {"nope": 1})
