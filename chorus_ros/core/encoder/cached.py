@@ -277,10 +277,9 @@ class CachedUNet:
             yield in_s[torch.sort(c_rows).values], in_s[ctx_rows]
 
     @staticmethod
-    def _positions(keys_all: torch.Tensor, slots_all: torch.Tensor, slots: torch.Tensor, table: _LevelTable):
-        """Rows of ``slots`` within ``slots_all`` (both subsets of one sorted-key order)."""
-        k = encode_keys(table.coords[slots])
-        return torch.searchsorted(keys_all, k)
+    def _positions(keys_all: torch.Tensor, slots: torch.Tensor, table: _LevelTable) -> torch.Tensor:
+        """Rows of the cells ``slots`` within the sorted keys ``keys_all`` of a superset."""
+        return torch.searchsorted(keys_all, encode_keys(table.coords[slots]))
 
     # ------------------------------------------------------------------ the run
     def run(self, g: GaussianArrays, blocks: torch.Tensor | None, block_size: float,
@@ -361,7 +360,7 @@ class CachedUNet:
             halo = self._blocks_halo(stage.enc, l)
             for out_s, in_s in self._chunks(t, regions[l], self.reach[("e", l)], halo):
                 y = self._run_blocks(stage.enc, t, in_s, xs[in_s])
-                pos = self._positions(encode_keys(t.coords[in_s]), in_s, out_s, t)
+                pos = self._positions(encode_keys(t.coords[in_s]), out_s, t)
                 es[out_s] = y[pos]
                 stats.cells[f"e{l}"] = stats.cells.get(f"e{l}", 0) + int(out_s.numel())
             if stage.child is not None:
@@ -480,7 +479,7 @@ class CachedUNet:
             u = F.gelu(stage.up_norm(u))
             mrg = F.gelu(stage.merge_norm(stage.merge(torch.cat([e_cache[in_s], u], 1))))
             y = self._run_blocks(stage.dec, t, in_s, mrg)
-            pos = self._positions(encode_keys(fc), in_s, out_s, t)
+            pos = self._positions(encode_keys(fc), out_s, t)
             o_cache[out_s] = y[pos]
             stats.cells[f"o{l}"] = stats.cells.get(f"o{l}", 0) + int(out_s.numel())
 
