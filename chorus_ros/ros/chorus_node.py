@@ -58,7 +58,7 @@ from chorus_ros.ros.map_updates import MapUpdate, map_update_from_msg
 from chorus_ros.ros.params import ParameterBinding, flatten_config
 from chorus_ros.ros.runtime import ErrorReporter, KeepNewestQueue, RateMeter, SequenceTracker, StampPairer
 
-__all__ = ["ChorusNodeConfig", "ChorusNode", "OUTPUTS", "parameter_names", "main"]
+__all__ = ["ChorusNodeConfig", "ChorusNode", "OUTPUTS", "ViewTiming", "parameter_names", "main"]
 
 OUTPUTS: dict[str, tuple[str, str]] = {
     "semantic": ("semantic/image_raw", "16UC1"),
@@ -144,6 +144,21 @@ def parameter_names() -> set[str]:
 
 
 @dataclass
+class ViewTiming:
+    """Where the time of one published view went (seconds; see :attr:`ChorusNode.view_timings`)."""
+
+    stamp_ns: int
+    queued: float
+    """Paired request -> taken by the worker (waiting behind encodes and other views)."""
+    lock_wait: float
+    """Waiting for the pipeline (a service call holding it)."""
+    render: float
+    """``PerceptionPipeline.render_view``: rendering and decoding."""
+    publish: float
+    """Conversion to Image messages and publishing them."""
+
+
+@dataclass
 class _View:
     camera: str
     stamp_ns: int
@@ -174,6 +189,7 @@ class ChorusNode(Node):
             pipeline = PerceptionPipeline.from_checkpoint(cfg.checkpoint, self.pipeline_params.config)
         self.pipeline = pipeline
         self.encoded_version = 0
+        self.last_encode = None                 # EncodeSummary of the last encode
         self._lock = threading.RLock()          # guards the pipeline (worker vs services)
         self._views = KeepNewestQueue(cfg.queue_size)
         self._updates: deque[MapUpdate] = deque()
@@ -190,6 +206,8 @@ class ChorusNode(Node):
         self.rate_limited = 0
         self.encode_lag_s = 0.0
         self.views_published = 0
+        self.view_timings: deque[ViewTiming] = deque(maxlen=100)
+        """Timing of the last published views (benchmarks, diagnosis)."""
         self._enqueued = 0                      # updates + views accepted for the worker
         self._done = 0                          # ... and finished (applied, rejected, published)
         self._dirty_since: float | None = None
@@ -399,6 +417,7 @@ class ChorusNode(Node):
             summary = self.pipeline.encode()
             objects = self.pipeline.objects()
         self.encoded_version = int(summary.map_version)
+        self.last_encode = summary
         self.encode_lag_s = time.monotonic() - self._dirty_since
         self._state = "running"
         self._publish_objects(objects)
@@ -406,13 +425,16 @@ class ChorusNode(Node):
 
     def _render_and_publish(self, view: _View) -> None:
         cfg = self.config
+        t0 = time.monotonic()
         try:
             with self._lock:
+                t1 = time.monotonic()
                 result = self.pipeline.render_view(view.cam)
                 labels = self.pipeline.labels
         except (ChorusError, ValueError) as e:
             self.errors.report(f"rendering a view of {view.camera}", e)
             return
+        t2 = time.monotonic()
         hdr = cv.header(view.stamp, view.cam.frame_id)
         images = cv.view_images(result, labels, self.pipeline.config.overlay_alpha)
         wanted = {"semantic": True, "semantic_color": cfg.publish_semantic_color,
@@ -425,6 +447,8 @@ class ChorusNode(Node):
                 pubs[name].publish(cv.numpy_to_image(images[name], enc, hdr))
         self.views_published += 1
         self._rate.tick()
+        self.view_timings.append(ViewTiming(view.stamp_ns, t0 - view.received, t1 - t0, t2 - t1,
+                                            time.monotonic() - t2))
 
     # -------------------------------------------------------------------------- outputs
     def _publish_labels(self) -> None:
