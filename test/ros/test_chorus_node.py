@@ -170,3 +170,54 @@ def test_map_grown_by_deltas_gives_the_same_final_images(harness, node, views, s
     finally:
         harness.remove(grown)
 
+
+
+@pytest.fixture(scope="module")
+def query(harness, tiny_text_encoder):
+    from chorus_ros.ros.query_node import QueryNode
+    q = harness.add(QueryNode("query_node", text_encoder=tiny_text_encoder, context=harness.context,
+                              cli_args=["--ros-args", "-p", "relevance_enabled:=true",
+                                        "-p", "relevance_max_rate_hz:=0.0"]))
+    yield q
+    harness.remove(q)
+
+
+def test_class_name_queries_find_the_objects_of_the_map(harness, node, query, small_scene, wait_until):
+    """chorus_node's object map -> query_node: each queried class name's best object is of that
+    class and sits where the scene has an instance of it."""
+    from chorus_ros.srv import QueryObjects
+    wait_until(lambda: query.table is not None and query.table.msg.map_id == "m", 20, "the object map")
+    present = {r.label for r in node.pipeline.objects()}
+    names = [c for c in ("bed", "sofa", "table", "chair", "lamp", "plant", "shelf") if c in present]
+    assert len(names) >= 3
+    for name in names:
+        res = harness.call(QueryObjects, "query_node/query", QueryObjects.Request(text=name, top_k=3))
+        assert res.success, res.message
+        top = res.objects[0]
+        assert top.label == name, (name, [(o.label, s) for o, s in zip(res.objects, res.scores)])
+        c = np.array([top.centroid.x, top.centroid.y, top.centroid.z])
+        boxes = [(np.array(i.aabb_min), np.array(i.aabb_max)) for i in small_scene.instances.values()
+                 if i.class_name == name]
+        assert any(((lo - 0.3) <= c).all() and (c <= (hi + 0.3)).all() for lo, hi in boxes), name
+        assert res.map_sequence == 0
+
+
+def test_relevance_image_of_the_last_query_for_each_view(harness, node, query, views, wait_until):
+    """query_node asks chorus_node's ~/render_relevance (asynchronously) for each view of its
+    relevance camera after a query, and publishes the 32FC1 image with the view's stamp."""
+    from sensor_msgs.msg import Image
+
+    from chorus_ros.ros import conversions as cv
+    from chorus_ros.srv import QueryObjects
+    got = harness.collect(Image, "query_node/relevance/image_raw")
+    assert harness.call(QueryObjects, "query_node/query", QueryObjects.Request(text="table")).success
+    stamp = 77_000_000_001
+    pose, info = _request(harness, "camera_0", views[0], stamp)
+    wait_until(lambda: got, 60, "a relevance image")
+    img = got[-1]
+    assert img.encoding == "32FC1" and cv.stamp_to_ns(img.header.stamp) == stamp
+    assert img.header.frame_id == views[0].frame_id and (img.width, img.height) == (W, H)
+    rel = cv.image_to_numpy(img)
+    emb = query.embed(["table"])[0]
+    np.testing.assert_array_equal(rel, node.pipeline.relevance_view(emb, cv.camera_from_msgs(pose, info)))
+    assert np.isfinite(rel).mean() > 0.5 and np.nanmax(rel) <= 1.0 + 1e-6
