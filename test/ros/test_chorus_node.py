@@ -1,5 +1,7 @@
 """chorus_node over real DDS: images equal the core pipeline's output for the same pose, a map
 grown by deltas gives the same final images as the full map, latched label table and object map."""
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -221,3 +223,79 @@ def test_relevance_image_of_the_last_query_for_each_view(harness, node, query, v
     emb = query.embed(["table"])[0]
     np.testing.assert_array_equal(rel, node.pipeline.relevance_view(emb, cv.camera_from_msgs(pose, info)))
     assert np.isfinite(rel).mean() > 0.5 and np.nanmax(rel) <= 1.0 + 1e-6
+
+
+def test_keep_newest_queue_drops_the_oldest_views_while_busy(harness, node, views, wait_until):
+    """While the worker is busy (pipeline lock held, as during a long encode) five views arrive:
+    the queue (queue_size 2) keeps the two newest, the dropped ones are counted in ~/status."""
+    import threading
+
+    from chorus_ros.msg import Status
+    status = harness.collect(Status, "chorus_node/status")
+    out = Outputs(harness, "camera_0")
+    dropped0, received0 = node._views.dropped, node.views_received
+    release, held = threading.Event(), threading.Event()
+
+    def busy():
+        with node._lock:
+            held.set()
+            release.wait(30)
+    t = threading.Thread(target=busy)
+    t.start()
+    held.wait(5)
+    stamps = [90_000_000_000 + i for i in range(5)]
+    try:
+        for s in stamps:
+            _request(harness, "camera_0", views[1], s)
+        wait_until(lambda: node.views_received == received0 + 5, 20, "all five requests")
+    finally:
+        release.set()
+        t.join()
+    wait_until(lambda: out.images(stamps[-1], ["semantic"]) is not None and node.wait_idle(0.1), 60, "the views")
+    done = [s for s in stamps if out.images(s, ["semantic"]) is not None]
+    # the worker may already hold the first view (waiting for the lock); of the rest, the two
+    # newest are kept and the others dropped
+    assert done[-2:] == stamps[-2:] and len(done) in (2, 3)
+    assert node._views.dropped - dropped0 == 5 - len(done)
+    wait_until(lambda: status and status[-1].dropped_requests >= node._views.dropped, 10, "the status")
+
+
+def test_max_rate_drops_views_by_stamp(harness, node, views, wait_until):
+    from rclpy.parameter import Parameter
+    out = Outputs(harness, "camera_0")
+    assert node.set_parameters([Parameter("max_rate_hz", value=2.0)])[0].successful
+    try:
+        limited0 = node.rate_limited
+        stamps = [95_000_000_000 + i * 100_000_000 for i in range(5)]    # 10 Hz for 0.4 s
+        for s in stamps:
+            _request(harness, "camera_0", views[0], s)
+        wait_until(lambda: node.rate_limited - limited0 == 4 and node.wait_idle(0.1), 30, "rate limiting")
+        wait_until(lambda: out.images(stamps[0], ["semantic"]) is not None, 30, "the first view")
+        assert all(out.images(s, ["semantic"]) is None for s in stamps[1:])
+    finally:
+        node.set_parameters([Parameter("max_rate_hz", value=0.0)])
+
+
+def test_pose_and_camera_info_pair_within_the_tolerance_only(harness, node, views, wait_until):
+    from geometry_msgs.msg import PoseStamped
+    from rclpy.parameter import Parameter
+    from sensor_msgs.msg import CameraInfo
+
+    from chorus_ros.ros import conversions as cv
+    out = Outputs(harness, "camera_0")
+
+    def send(stamp_pose, stamp_info):
+        pose, _ = cv.camera_to_msgs(views[0], stamp_pose, "map")
+        _, info = cv.camera_to_msgs(views[0], stamp_info, "map")
+        harness.publisher(PoseStamped, "camera_0/pose").publish(pose)
+        harness.publisher(CameraInfo, "camera_0/camera_info").publish(info)
+    received = node.views_received
+    send(97_000_000_000, 97_005_000_000)                  # 5 ms apart, exact pairing: no view
+    time.sleep(0.5)
+    assert node.views_received == received
+    assert node.set_parameters([Parameter("pair_tolerance_s", value=0.01)])[0].successful
+    try:
+        send(98_000_000_000, 98_005_000_000)              # within 10 ms: paired, pose stamp kept
+        wait_until(lambda: out.images(98_000_000_000, ["semantic"]) is not None, 30, "the paired view")
+    finally:
+        node.set_parameters([Parameter("pair_tolerance_s", value=0.0)])
