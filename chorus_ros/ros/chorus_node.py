@@ -58,7 +58,7 @@ from chorus_ros.ros.map_updates import MapUpdate, map_update_from_msg
 from chorus_ros.ros.params import ParameterBinding, flatten_config
 from chorus_ros.ros.runtime import ErrorReporter, KeepNewestQueue, RateMeter, SequenceTracker, StampPairer
 
-__all__ = ["ChorusNodeConfig", "ChorusNode", "OUTPUTS", "ViewTiming", "parameter_names", "main"]
+__all__ = ["ChorusNodeConfig", "ChorusNode", "OUTPUTS", "ViewTiming", "parameter_specs", "parameter_names", "main"]
 
 OUTPUTS: dict[str, tuple[str, str]] = {
     "semantic": ("semantic/image_raw", "16UC1"),
@@ -136,11 +136,19 @@ RANGES = {"pair_tolerance_s": (0.0, 10.0), "queue_size": (1, 100), "max_rate_hz"
           "max_label_length": (1, 100000)}
 
 
+def parameter_specs() -> list:
+    """The :class:`~chorus_ros.ros.params.ParamSpec` of every parameter chorus_node declares from
+    its config dataclasses, with the read-only flags and ranges the node uses."""
+    from chorus_ros.ros.params import param_specs
+    pipe = PipelineConfig()
+    return (param_specs(ChorusNodeConfig(), read_only=READ_ONLY, ranges=RANGES)
+            + param_specs(pipe, read_only=[n for n in flatten_config(pipe) if n not in PIPELINE_MUTABLE]))
+
+
 def parameter_names() -> set[str]:
     """Every parameter chorus_node declares from its config dataclasses (no node needed;
     ``use_sim_time`` and ``qos_overrides.*`` come on top)."""
-    from chorus_ros.ros.params import param_specs
-    return {s.name for s in param_specs(ChorusNodeConfig())} | set(flatten_config(PipelineConfig()))
+    return {s.name for s in parameter_specs()}
 
 
 @dataclass

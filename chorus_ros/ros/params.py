@@ -44,7 +44,7 @@ from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescr
                                 ParameterType, SetParametersResult)
 
 __all__ = ["ParamSpec", "field_docstrings", "param_specs", "build_config", "flatten_config",
-           "validate_tree", "ParameterBinding"]
+           "validate_tree", "markdown_table", "ParameterBinding"]
 
 _SCALARS = {
     bool: ParameterType.PARAMETER_BOOL,
@@ -278,6 +278,22 @@ def validate_tree(cfg: Any) -> None:
     fn = getattr(cfg, "validate", None)
     if callable(fn):
         fn()
+
+
+def markdown_table(specs: list[ParamSpec]) -> str:
+    """A markdown table of parameters: name, type, default, read-only/range, description."""
+    rows = ["| parameter | type | default | | description |", "|---|---|---|---|---|"]
+    for sp in specs:
+        kind = _TYPE_NAMES.get(sp.ptype, "?") + (" or unset" if sp.optional else "")
+        default = "unset" if sp.default is None else f"`{sp.default!r}`"
+        notes = []
+        if sp.read_only:
+            notes.append("read-only")
+        if sp.value_range is not None:
+            notes.append(f"[{sp.value_range[0]}, {sp.value_range[1]}]")
+        desc = " ".join(sp.description.split()).replace("|", "\\|")
+        rows.append(f"| `{sp.name}` | {kind} | {default} | {', '.join(notes)} | {desc} |")
+    return "\n".join(rows)
 
 
 # ----------------------------------------------------------------------------- binding

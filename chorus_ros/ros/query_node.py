@@ -37,7 +37,7 @@ from chorus_ros.ros import qos
 from chorus_ros.ros.params import ParameterBinding
 from chorus_ros.ros.runtime import ErrorReporter, StampPairer
 
-__all__ = ["QueryNodeConfig", "QueryNode", "rank_objects", "check_text", "parameter_names", "main"]
+__all__ = ["QueryNodeConfig", "QueryNode", "rank_objects", "check_text", "parameter_specs", "parameter_names", "main"]
 
 
 @dataclass
@@ -76,10 +76,15 @@ RANGES = {"default_top_k": (1, 10000), "max_text_length": (1, 1_000_000), "max_t
           "error_throttle_s": (0.0, 3600.0)}
 
 
+def parameter_specs() -> list:
+    """The ParamSpec of every parameter query_node declares (read-only flags and ranges included)."""
+    from chorus_ros.ros.params import param_specs
+    return param_specs(QueryNodeConfig(), read_only=READ_ONLY, ranges=RANGES)
+
+
 def parameter_names() -> set[str]:
     """Every parameter query_node declares from QueryNodeConfig (no node needed)."""
-    from chorus_ros.ros.params import param_specs
-    return {s.name for s in param_specs(QueryNodeConfig())}
+    return {s.name for s in parameter_specs()}
 
 
 def check_text(text: str, max_length: int) -> str:

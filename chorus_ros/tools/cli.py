@@ -4,6 +4,7 @@
                   [--use-sim-time] [--log-level info]
     chorus-ros make-bag OUT [--steps 5] [--gaussians 20000] [--seed 0] [--width 160 --height 120]
     chorus-ros replay BAG [--rate 1.0] [--namespace NS]
+    chorus-ros params [--update docs/ros.md]
 
 ``up`` starts the same node set with the same parameters as ``launch/chorus.launch.py``
 (:mod:`chorus_ros.ros.bringup`), for machines without ``ros2 launch``.
@@ -68,6 +69,39 @@ def _replay(a: argparse.Namespace) -> int:
     return 0
 
 
+def parameters_markdown() -> str:
+    """Markdown tables of both nodes' parameters, generated from the config dataclasses."""
+    import importlib
+
+    from chorus_ros.ros.bringup import NODE_SET
+    from chorus_ros.ros.params import markdown_table
+    parts = []
+    for spec in NODE_SET:
+        mod = importlib.import_module(spec.module)
+        parts.append(f"### {spec.name}\n\n{markdown_table(mod.parameter_specs())}\n")
+    return "\n".join(parts)
+
+
+BEGIN, END = "<!-- parameters:begin (chorus-ros params --update) -->", "<!-- parameters:end -->"
+
+
+def _params(a: argparse.Namespace) -> int:
+    text = parameters_markdown()
+    if not a.update:
+        print(text)
+        return 0
+    from pathlib import Path
+    doc = Path(a.update)
+    old = doc.read_text()
+    if BEGIN not in old or END not in old:
+        print(f"{doc} has no {BEGIN} ... {END} section", file=sys.stderr)
+        return 1
+    head, rest = old.split(BEGIN, 1)
+    doc.write_text(f"{head}{BEGIN}\n{text}{END}{rest.split(END, 1)[1]}")
+    print(f"updated the parameter tables in {doc}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chorus-ros", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -93,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--namespace", default="", help="prefix for the recorded topic names")
     rp.add_argument("--wait", type=float, default=5.0, help="seconds to wait for subscribers first")
     rp.set_defaults(fn=_replay)
+    pa = sub.add_parser("params", help="print the nodes' parameters (from the config dataclasses)")
+    pa.add_argument("--update", metavar="DOC", help="rewrite the parameter section of this markdown file")
+    pa.set_defaults(fn=_params)
     return p
 
 

@@ -57,3 +57,17 @@ def test_up_and_replay_in_separate_processes(tmp_path, harness, random_checkpoin
             out, _ = up.communicate()
     assert up.returncode == 0, out
     assert "running chorus_node, query_node" in out
+
+
+def test_parameter_tables_in_docs_are_current(capsys):
+    """docs/ros.md's parameter tables equal what the dataclasses generate (one source of truth);
+    regenerate with `chorus-ros params --update docs/ros.md`."""
+    from chorus_ros.tools.cli import BEGIN, END, main, parameters_markdown
+    doc = (ROOT / "docs" / "ros.md").read_text()
+    section = doc.split(BEGIN, 1)[1].split(END, 1)[0]
+    assert section.strip() == parameters_markdown().strip(), \
+        "docs/ros.md is out of date: run `chorus-ros params --update docs/ros.md`"
+    assert main(["params"]) == 0
+    out = capsys.readouterr().out
+    assert "| `semantic.min_alpha` | float | `0.5` |" in out and "### query_node" in out
+    assert "| `queue_size` | int | `2` | read-only, [1, 100] |" in out
