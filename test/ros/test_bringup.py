@@ -136,3 +136,20 @@ def test_unknown_node_names_are_refused():
     from chorus_ros.ros.bringup import Bringup
     with pytest.raises(ValueError, match="unknown nodes"):
         Bringup(nodes=["nope"])
+
+
+def test_tf_pose_source_falls_back_to_pose_topics_without_tf2(bringup, pipeline_factory):
+    """tf2_ros is not installable here: pose_source 'tf' says so and keeps the PoseStamped input."""
+    import importlib.util
+
+    from chorus_ros.ros.chorus_node import ChorusNode
+    if importlib.util.find_spec("tf2_ros") is not None:
+        pytest.skip("tf2_ros is installed: the TF path is used instead")
+    node = ChorusNode("tf_node", namespace="tf", pipeline=pipeline_factory(), context=bringup.context,
+                      cli_args=["--ros-args", "-p", "pose_source:=tf"])
+    try:
+        assert node._tf is None and node.config.pose_source == "tf"
+        subs = {s.topic_name for s in node.subscriptions}
+        assert "/tf/camera_0/pose" in subs and "/tf/camera_0/camera_info" in subs
+    finally:
+        node.destroy_node()
