@@ -55,8 +55,8 @@ class LiveDemoConfig:
 class LiveResult:
     written: list[Path] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
-    queries: dict[str, list[tuple[int, str, float]]] = field(default_factory=dict)
-    """query -> [(instance id, label, score)] best first."""
+    queries: dict[str, list[tuple[int, str, float, tuple[float, float, float]]]] = field(default_factory=dict)
+    """query -> [(instance id, label, score, centroid xyz)] best first."""
 
 
 def _until(cond, timeout: float, what: str) -> None:
@@ -204,7 +204,8 @@ def run_live_demo(out: Path, scene, checkpoint: Path | str = DEMO_CHECKPOINT,
                 if not r.success:
                     log(f"[query] {text!r}: error: {r.message}")
                     continue
-                res.queries[text] = [(o.instance_id, o.label, s) for o, s in zip(r.objects, r.scores)]
+                res.queries[text] = [(o.instance_id, o.label, s, (o.centroid.x, o.centroid.y, o.centroid.z))
+                                     for o, s in zip(r.objects, r.scores)]
                 ranked = ", ".join(f"#{o.instance_id} {o.label} {s:+.2f} at "
                                    f"({o.centroid.x:.1f}, {o.centroid.y:.1f}, {o.centroid.z:.1f})"
                                    for o, s in zip(r.objects, r.scores))
