@@ -181,6 +181,13 @@ class ChorusNode(Node):
     def __init__(self, node_name: str = "chorus_node", *, pipeline: PerceptionPipeline | None = None,
                  **kwargs) -> None:
         super().__init__(node_name, **kwargs)
+        try:
+            self._setup(pipeline)
+        except BaseException:
+            self.destroy_node()     # release the rcl node: a half-built node must not linger
+            raise
+
+    def _setup(self, pipeline: PerceptionPipeline | None) -> None:
         self.params = ParameterBinding(self, ChorusNodeConfig(), read_only=READ_ONLY, ranges=RANGES,
                                        validate=self._validate_params, on_change=self._on_params)
         pipe_default = pipeline.config if pipeline is not None else PipelineConfig()
@@ -195,7 +202,10 @@ class ChorusNode(Node):
                 raise InvalidInputError("parameter 'checkpoint' is empty: set it to a checkpoint "
                                         "directory (launch argument checkpoint:=DIR)")
             pipeline = PerceptionPipeline.from_checkpoint(cfg.checkpoint, self.pipeline_params.config)
-        self.pipeline = pipeline
+            self.pipeline = pipeline
+        else:   # an injected pipeline keeps its config; the run-time parameters still apply
+            self.pipeline = pipeline
+            self._on_pipeline_params(self.pipeline_params.config, PIPELINE_MUTABLE)
         self.encoded_version = 0
         self.last_encode = None                 # EncodeSummary of the last encode
         self._lock = threading.RLock()          # guards the pipeline (worker vs services)
@@ -277,13 +287,17 @@ class ChorusNode(Node):
         self.errors.throttle_s = cfg.error_throttle_s
 
     def _on_pipeline_params(self, cfg: PipelineConfig, names: list[str]) -> None:
-        with self._lock:  # in place: the pipeline's decoders hold references to its sub-configs
+        with self._pipeline_lock():  # in place: the decoders hold references to the sub-configs
             for name in names:
                 *path, leaf = name.split(".")
                 src, dst = cfg, self.pipeline.config
                 for p in path:
                     src, dst = getattr(src, p), getattr(dst, p)
                 setattr(dst, leaf, getattr(src, leaf))
+
+    def _pipeline_lock(self):
+        lock = getattr(self, "_lock", None)   # not yet created while __init__ applies parameters
+        return lock if lock is not None else threading.RLock()
 
     def _setup_tf(self, cfg: ChorusNodeConfig):
         if cfg.pose_source != "tf":
@@ -568,11 +582,13 @@ class ChorusNode(Node):
             time.sleep(0.01)
 
     def destroy_node(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        self._views.close()
-        if self._worker.is_alive() and threading.current_thread() is not self._worker:
-            self._worker.join(timeout=10.0)
+        worker = getattr(self, "_worker", None)   # absent when __init__ failed
+        if worker is not None:
+            self._stop.set()
+            self._wake.set()
+            self._views.close()
+            if worker.is_alive() and threading.current_thread() is not worker:
+                worker.join(timeout=10.0)
         super().destroy_node()
 
 

@@ -334,6 +334,8 @@ class ParameterBinding:
             p = node.declare_parameter(s.name, s.default, s.descriptor())
             values[s.name] = p.value
         self.config = build_config(default, values, prefix, self.specs)
+        if validate is not None:   # the start-up values (params file, overrides) too
+            validate(self.config, [s.name for s in self.specs])
         node.add_on_set_parameters_callback(self._on_set)
         node.add_post_set_parameters_callback(self._post_set)
 

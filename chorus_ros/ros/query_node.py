@@ -141,6 +141,13 @@ class QueryNode(Node):
 
     def __init__(self, node_name: str = "query_node", *, text_encoder=None, **kwargs) -> None:
         super().__init__(node_name, **kwargs)
+        try:
+            self._setup(text_encoder)
+        except BaseException:
+            self.destroy_node()     # release the rcl node: a half-built node must not linger
+            raise
+
+    def _setup(self, text_encoder) -> None:
         self.params = ParameterBinding(self, QueryNodeConfig(), read_only=READ_ONLY, ranges=RANGES,
                                        on_change=self._on_params)
         cfg: QueryNodeConfig = self.params.config

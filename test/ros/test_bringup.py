@@ -153,3 +153,16 @@ def test_tf_pose_source_falls_back_to_pose_topics_without_tf2(bringup, pipeline_
         assert "/tf/camera_0/pose" in subs and "/tf/camera_0/camera_info" in subs
     finally:
         node.destroy_node()
+
+
+def test_invalid_start_up_parameters_stop_the_node_with_a_clear_error(bringup, pipeline_factory, tmp_path):
+    from chorus_ros.ros.chorus_node import ChorusNode
+    with pytest.raises(ValueError, match="pose_source must be 'topic' or 'tf', got 'gps'"):
+        ChorusNode("bad", pipeline=pipeline_factory(), context=bringup.context,
+                   cli_args=["--ros-args", "-p", "pose_source:=gps"])
+    with pytest.raises(ValueError, match="min_alpha must be in"):
+        ChorusNode("bad2", pipeline=pipeline_factory(), context=bringup.context,
+                   cli_args=["--ros-args", "-p", "semantic.min_alpha:=3.0"])
+    from chorus_ros.core.errors import InvalidInputError
+    with pytest.raises(InvalidInputError, match="parameter 'checkpoint' is empty"):
+        ChorusNode("bad3", context=bringup.context)
