@@ -29,7 +29,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,8 +39,8 @@ from chorus_ros.core.gaussians import GaussianArrays
 from chorus_ros.core.geometry import Camera
 from chorus_ros.core.render import RenderSettings, render
 
-__all__ = ["LiftConfig", "LiftedTargets", "lift_view", "lift_scene", "lift_cache_key", "upsample_map",
-           "LIFT_VERSION"]
+__all__ = ["LiftConfig", "LiftedTargets", "LiftedScene", "lift_view", "lift_scene", "lift_cache_key",
+           "upsample_map", "lift_synthetic_scene", "lift_synthetic_scenes", "scene_density", "LIFT_VERSION"]
 
 LIFT_VERSION = 1
 """Bumped when the lifting maths changes, so stale caches are not reused."""
@@ -107,6 +107,7 @@ class LiftedTargets:
         tensors["weight"] = self.weight.float().cpu().contiguous()
         tensors["valid"] = self.valid.to(torch.uint8).cpu().contiguous()
         md = {"n_views": str(self.n_views), "key": self.key, "version": str(LIFT_VERSION),
+              "heads": json.dumps(list(self.features)),
               "meta": json.dumps(meta or {}, default=str)}
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -121,6 +122,8 @@ class LiftedTargets:
             md = f.metadata() or {}
             t = {k: f.get_tensor(k) for k in f.keys()}
         feats = {k[5:]: v for k, v in t.items() if k.startswith("feat.")}
+        order = json.loads(md.get("heads", "[]"))  # safetensors sorts keys; keep the teachers' order
+        feats = {k: feats[k] for k in order if k in feats} | {k: v for k, v in feats.items() if k not in order}
         return cls(feats, t["weight"], t["valid"].bool(), int(md.get("n_views", 0)), md.get("key", ""))
 
 
@@ -211,6 +214,7 @@ def lift_cache_key(scene_id: str | None, gaussians: GaussianArrays, teachers: Se
 
 def lift_scene(gaussians: GaussianArrays, cameras: Sequence[Camera], teachers: Sequence, *,
                images: Sequence[torch.Tensor] | None = None, contexts: Sequence | None = None,
+               frame_fn: Callable[[int], tuple] | None = None,
                config: LiftConfig | None = None, scene_id: str | None = None,
                images_digest: str | None = None) -> LiftedTargets:
     """Lift every teacher's features over all views onto the Gaussians.
@@ -223,6 +227,9 @@ def lift_scene(gaussians: GaussianArrays, cameras: Sequence[Camera], teachers: S
             None renders the Gaussians' own RGB for each view.
         contexts: optional :class:`~chorus_ros.core.teachers.FrameContext` per view (the
             oracles' ground truth).
+        frame_fn: alternative to ``images``/``contexts``: ``frame_fn(v) -> (image | None,
+            context | None)`` called lazily per view, only when the cache misses (e.g. to
+            render ground truth on demand).
         config: lifting settings (cache dir, eps, backend).
         scene_id: stable id of the scene for the cache key (None: hash of the Gaussians).
         images_digest: identifies ``images`` in the cache key when they are given (e.g. the
@@ -238,6 +245,10 @@ def lift_scene(gaussians: GaussianArrays, cameras: Sequence[Camera], teachers: S
     kinds = [t.kind for t in teachers]
     if not teachers or len(set(kinds)) != len(kinds):
         raise InvalidInputError(f"lift_scene needs teachers with distinct kinds, got {kinds}")
+    if frame_fn is not None and (images is not None or contexts is not None):
+        raise InvalidInputError("give either frame_fn or images/contexts, not both")
+    if frame_fn is not None and images_digest is None and config.cache_dir:
+        raise InvalidInputError("caching lifted targets from frame_fn images needs images_digest")
     for name, seq in (("images", images), ("contexts", contexts)):
         if seq is not None and len(seq) != len(cameras):
             raise InvalidInputError(f"{name} has {len(seq)} entries for {len(cameras)} cameras")
@@ -266,12 +277,14 @@ def lift_scene(gaussians: GaussianArrays, cameras: Sequence[Camera], teachers: S
     t0 = time.perf_counter()
     for v in it:
         cam = cameras[v]
-        if images is not None:
-            img = images[v]
+        if frame_fn is not None:
+            img, ctx = frame_fn(v)
         else:
+            img = images[v] if images is not None else None
+            ctx = contexts[v] if contexts is not None else None
+        if img is None:
             with torch.no_grad():
                 img = render(gaussians, cam, settings).rgb.clamp(0, 1)
-        ctx = contexts[v] if contexts is not None else None
         maps = [upsample_map(t(img, ctx), cam.height, cam.width) for t in teachers]
         s, w = lift_view(gaussians, cam, torch.cat(maps, dim=-1), settings)
         sums += s.double().cpu()
@@ -283,4 +296,85 @@ def lift_scene(gaussians: GaussianArrays, cameras: Sequence[Camera], teachers: S
     if cache_path is not None:
         out.save(cache_path, meta={"scene_id": scene_id, "seconds": time.perf_counter() - t0,
                                    "teachers": [_teacher_token(t) for t in teachers]})
+    return out
+
+
+# ------------------------------------------------------------------ synthetic scenes
+@dataclass
+class LiftedScene:
+    """A scene's Gaussians with their lifted targets (one training sample)."""
+
+    scene_id: str
+    gaussians: GaussianArrays
+    """N Gaussians (world frame); synthetic ones carry ``extras['label']`` and ``extras['instance']``."""
+    targets: LiftedTargets
+
+
+def lift_synthetic_scene(seed: int, teachers: Sequence, *, scene: dict | None = None, views: dict | None = None,
+                         config: LiftConfig | None = None) -> LiftedScene:
+    """Generate synthetic scene ``seed``, render its ground-truth views and lift ``teachers``.
+
+    Args:
+        seed: scene seed (chorus_ros.core.synthetic).
+        teachers: built teachers (the oracles read each view's ground-truth labels/instances).
+        scene: overrides of :class:`~chorus_ros.core.synthetic.SceneConfig` (not ``seed``).
+        views: overrides of :class:`~chorus_ros.core.synthetic.trajectory.TrajectoryConfig`.
+        config: lifting settings (cache dir...). Ground truth is only rendered on a cache miss.
+
+    The teacher input image of each view is the rendered RGB of the scene; the per-view
+    noise seed of the oracles is ``seed * 1000 + view``.
+    """
+    from chorus_ros.core.synthetic import SceneConfig, generate_scene
+    from chorus_ros.core.synthetic.groundtruth import render_ground_truth
+    from chorus_ros.core.synthetic.trajectory import TrajectoryConfig, make_trajectory
+    from chorus_ros.core.teachers import FrameContext
+
+    scene = dict(scene or {})
+    views = dict(views or {})
+    if "seed" in scene:
+        raise InvalidInputError("scene overrides must not set 'seed' (pass it as the seed argument)")
+    sc = generate_scene(SceneConfig(seed=int(seed), **scene))
+    traj = make_trajectory(sc, TrajectoryConfig(**views))
+    config = config or LiftConfig()
+    rs = RenderSettings(backend=config.backend, near=config.near)
+
+    def frame(v: int):
+        gt = render_ground_truth(sc.gaussians, traj.cameras[v], rs)
+        return gt.rgb.clamp(0, 1), FrameContext(labels=gt.semantic, instances=gt.instance, label_set=sc.labels,
+                                                seed=int(seed) * 1000 + v)
+
+    sid = "synthetic:" + json.dumps({"seed": int(seed), "scene": scene}, sort_keys=True)
+    digest = "synthetic-gt:" + json.dumps(views, sort_keys=True)
+    targets = lift_scene(sc.gaussians, traj.cameras, teachers, frame_fn=frame, config=config, scene_id=sid,
+                         images_digest=digest)
+    return LiftedScene(sid, sc.gaussians, targets)
+
+
+def scene_density(seed: int, density_range: Sequence[int]) -> int:
+    """Target Gaussian count of scene ``seed`` drawn deterministically in ``[lo, hi]``."""
+    lo, hi = (int(v) for v in density_range)
+    if not 1000 <= lo <= hi:
+        raise InvalidInputError(f"density_range must be [lo, hi] with 1000 <= lo <= hi, got {list(density_range)}")
+    frac = int(hashlib.sha256(f"density:{int(seed)}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return int(round(lo + (hi - lo) * frac))
+
+
+def lift_synthetic_scenes(seeds: Sequence[int], teachers: Sequence, *, scene: dict | None = None,
+                          views: dict | None = None, config: LiftConfig | None = None,
+                          progress: bool = False, density_range: Sequence[int] | None = None) -> list[LiftedScene]:
+    """:func:`lift_synthetic_scene` for every seed (cached ones load from disk).
+
+    ``density_range=[lo, hi]`` sets each scene's ``target_gaussians`` with :func:`scene_density`.
+    """
+    seeds = list(seeds)
+    it = seeds
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(seeds, desc="lift scenes", unit="scene")
+    out = []
+    for s in it:
+        sc = dict(scene or {})
+        if density_range:
+            sc["target_gaussians"] = scene_density(s, density_range)
+        out.append(lift_synthetic_scene(s, teachers, scene=sc, views=views, config=config))
     return out

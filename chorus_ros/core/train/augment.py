@@ -1,0 +1,101 @@
+"""Random scene augmentation that keeps what the encoder must generalise over.
+
+A rigid turn about the up axis, a translation (which also moves the absolute voxel grid
+relative to the scene), a small global scale, colour jitter on the base colour, random Gaussian
+dropout and random horizontal crops (partial maps, as the live map grows block by block).
+Targets are per Gaussian and invariant, so they are just subset alongside the Gaussians.
+
+Rotations act on positions and orientations; view-dependent SH bands (degree > 0) would need
+rotating too, so they are dropped (the encoder reads colour from the DC term only).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from chorus_ros.core.gaussians import GaussianArrays, rgb_to_sh_dc, sh_dc_to_rgb
+from chorus_ros.core.lift import LiftedTargets
+from chorus_ros.core.train.config import AugmentConfig
+
+__all__ = ["augment_scene", "quat_multiply", "rotate_about_axis"]
+
+
+def quat_multiply(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Hamilton product of wxyz quaternions ``a [.., 4]`` and ``b [.., 4]``."""
+    aw, ax, ay, az = a.unbind(-1)
+    bw, bx, by, bz = b.unbind(-1)
+    return torch.stack([aw * bw - ax * bx - ay * by - az * bz,
+                        aw * bx + ax * bw + ay * bz - az * by,
+                        aw * by - ax * bz + ay * bw + az * bx,
+                        aw * bz + ax * by - ay * bx + az * bw], dim=-1)
+
+
+def rotate_about_axis(angle: float, axis: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(R [3, 3], q [4] wxyz)`` for a rotation by ``angle`` radians about world ``axis``."""
+    c, s = math.cos(angle), math.sin(angle)
+    i, j = [(1, 2), (2, 0), (0, 1)][axis]
+    R = torch.eye(3)
+    R[i, i], R[i, j], R[j, i], R[j, j] = c, -s, s, c
+    q = torch.zeros(4)
+    q[0], q[1 + axis] = math.cos(angle / 2), math.sin(angle / 2)
+    return R, q
+
+
+def _u(gen: torch.Generator, lo: float, hi: float) -> float:
+    return lo + (hi - lo) * float(torch.rand((), generator=gen))
+
+
+def augment_scene(g: GaussianArrays, targets: LiftedTargets, cfg: AugmentConfig,
+                  gen: torch.Generator) -> tuple[GaussianArrays, LiftedTargets]:
+    """Return an augmented copy of ``(g, targets)`` (same Gaussian order, possibly fewer).
+
+    Deterministic given the state of ``gen``.
+    """
+    if not cfg.enabled:
+        return g, targets
+    n = len(g)
+    keep = torch.ones(n, dtype=torch.bool)
+    # random crop to a horizontal box (on the two axes orthogonal to up)
+    if cfg.crop_prob > 0 and _u(gen, 0, 1) < cfg.crop_prob:
+        box = torch.ones(n, dtype=torch.bool)
+        for a in [x for x in range(3) if x != cfg.up_axis]:
+            lo, hi = float(g.means[:, a].min()), float(g.means[:, a].max())
+            ext = hi - lo
+            size = ext * _u(gen, cfg.crop_min_fraction, 1.0)
+            start = lo + _u(gen, 0, 1) * (ext - size)
+            box &= (g.means[:, a] >= start) & (g.means[:, a] <= start + size)
+        if int((box & targets.valid).sum()) >= cfg.min_gaussians:
+            keep &= box
+    if cfg.drop_max > 0:
+        p = _u(gen, 0, cfg.drop_max)
+        drop = torch.rand(n, generator=gen) < p
+        if int((keep & ~drop & targets.valid).sum()) >= cfg.min_gaussians:
+            keep &= ~drop
+    if not bool(keep.all()):
+        idx = keep.nonzero().squeeze(1)
+        g, targets = g.index(idx), targets.index(idx)
+
+    means, quats, log_scales = g.means, g.quats, g.log_scales
+    sh = g.sh[:, :1]
+    centre = means.mean(0)
+    angle = _u(gen, 0, 2 * math.pi) if cfg.rotate else 0.0
+    R, q = rotate_about_axis(angle, cfg.up_axis)
+    s = _u(gen, 1 - cfg.scale, 1 + cfg.scale) if cfg.scale > 0 else 1.0
+    t = torch.tensor([_u(gen, -cfg.translate, cfg.translate) for _ in range(3)]) if cfg.translate > 0 else torch.zeros(3)
+    means = (means - centre) @ R.T.to(means.dtype) * s + centre + t.to(means.dtype)
+    quats = quat_multiply(q.to(quats.dtype).expand_as(quats), quats)
+    log_scales = log_scales + math.log(s)
+
+    rgb = sh_dc_to_rgb(sh[:, 0])
+    if cfg.color_brightness > 0 or cfg.color_contrast > 0 or cfg.color_saturation > 0:
+        b = _u(gen, -cfg.color_brightness, cfg.color_brightness)
+        c = _u(gen, 1 - cfg.color_contrast, 1 + cfg.color_contrast)
+        sat = _u(gen, 1 - cfg.color_saturation, 1 + cfg.color_saturation)
+        mean = rgb.mean(0, keepdim=True)
+        rgb = (rgb - mean) * c + mean + b
+        grey = rgb.mean(1, keepdim=True)
+        rgb = (grey + (rgb - grey) * sat).clamp(0.0, 1.0)
+    sh = rgb_to_sh_dc(rgb)[:, None, :]
+    out = GaussianArrays(means, sh, g.opacities, log_scales, quats, g.ids, dict(g.extras))
+    return out, targets

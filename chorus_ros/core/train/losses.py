@@ -1,0 +1,118 @@
+"""Distillation losses and multi-task gradient calibration across the teacher heads.
+
+Loss of one head on one scene (valid Gaussians ``i``, lift weights ``w_i``)::
+
+    L = sum_i a_i [ cosine_weight * (1 - cos(p_i, t_i)) + l2_weight * mean_c (p_ic - t_ic)^2 ]
+    a_i = w_i^power / sum_j w_j^power
+
+Gradient calibration (the seed method, at the shared backbone's last layer): with ``g_k`` the
+gradient of head ``k``'s loss w.r.t. the shared embedding ``E [N, D]`` (flattened),
+
+1. conflict projection (PCGrad-style): for each ``k`` and each other head ``j`` in a random
+   order, if ``<g_k, g_j> < 0`` remove the conflicting component ``g_k -= <g_k, g_j>/|g_j|^2 g_j``
+   (``g_j`` the *original* gradient of ``j``);
+2. magnitude equalisation: rescale every ``g_k`` to the mean of the heads' norms;
+3. the backbone receives ``G = sum_k g_k`` at ``E``, while each head's own parameters receive
+   the gradient of their own loss only.
+
+With calibration off, the backbone simply receives ``sum_k dL_k/dE`` (the plain sum).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from chorus_ros.core.train.config import CalibrationConfig, LossConfig
+
+__all__ = ["HeadLoss", "head_loss", "calibrate_gradients", "CalibrationStats"]
+
+
+@dataclass
+class HeadLoss:
+    """One head's loss and its parts (scalars; ``loss`` keeps the graph)."""
+
+    loss: torch.Tensor
+    cosine: float
+    """Weighted mean cosine similarity between prediction and target."""
+    l2: float
+    """Weighted mean per-channel squared error."""
+
+
+def head_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, valid: torch.Tensor,
+              cfg: LossConfig) -> HeadLoss:
+    """Loss of ``pred [N, C]`` against lifted ``target [N, C]`` (see the module docstring)."""
+    if not bool(valid.any()):
+        z = pred.sum() * 0.0
+        return HeadLoss(z, 0.0, 0.0)
+    p, t = pred[valid], target[valid].to(pred.dtype)
+    w = weight[valid].to(pred.dtype).clamp_min(0)
+    a = w.pow(cfg.weight_power) if cfg.weight_power != 0 else torch.ones_like(w)
+    a = a / a.sum().clamp_min(1e-12)
+    cos = F.cosine_similarity(p, t, dim=1, eps=1e-8)
+    l2 = (p - t).pow(2).mean(dim=1)
+    loss = (a * (cfg.cosine_weight * (1 - cos) + cfg.l2_weight * l2)).sum()
+    return HeadLoss(loss, float((a * cos).sum().detach()), float((a * l2).sum().detach()))
+
+
+@dataclass
+class CalibrationStats:
+    """Diagnostics of one calibration (for logs)."""
+
+    norms: dict[str, float]
+    """Norm of each head's raw gradient at the shared embedding."""
+    conflicts: int
+    """Number of (ordered) head pairs whose gradients conflicted (negative inner product)."""
+    min_cosine: float
+    """Smallest cosine between two heads' raw gradients (1.0 with a single head)."""
+
+
+def calibrate_gradients(grads: dict[str, torch.Tensor], cfg: CalibrationConfig,
+                        gen: torch.Generator | None = None) -> tuple[torch.Tensor, CalibrationStats]:
+    """Combine per-head gradients at the shared embedding into one (see the module docstring).
+
+    Args:
+        grads: head name -> gradient ``[N, D]`` of that head's loss w.r.t. the embedding.
+        cfg: which steps to apply; ``enabled=False`` returns the plain sum.
+        gen: random generator for the projection order (PCGrad shuffles it).
+
+    Returns:
+        ``(G [N, D], stats)``.
+    """
+    names = list(grads)
+    flat = {k: grads[k].reshape(-1).double() for k in names}
+    norms = {k: float(v.norm()) for k, v in flat.items()}
+    conflicts, min_cos = 0, 1.0
+    for a in range(len(names)):
+        for b in range(a + 1, len(names)):
+            na, nb = norms[names[a]], norms[names[b]]
+            if na > 0 and nb > 0:
+                min_cos = min(min_cos, float(flat[names[a]] @ flat[names[b]]) / (na * nb))
+    if not cfg.enabled:
+        total = sum(grads[k] for k in names)
+        return total, CalibrationStats(norms, 0, min_cos)
+    out = {}
+    for k in names:
+        gk = flat[k].clone()
+        if cfg.project_conflicts:
+            others = [j for j in names if j != k]
+            if gen is not None and len(others) > 1:
+                others = [others[i] for i in torch.randperm(len(others), generator=gen).tolist()]
+            for j in others:
+                gj = flat[j]
+                dot = float(gk @ gj)
+                nj2 = float(gj @ gj)
+                if dot < 0 and nj2 > 0:
+                    gk = gk - (dot / nj2) * gj
+                    conflicts += 1
+        out[k] = gk
+    if cfg.equalize:
+        live = [k for k in names if norms[k] > 0]
+        target = sum(norms[k] for k in live) / max(1, len(live))
+        for k in live:
+            n = float(out[k].norm())
+            if n > 0:
+                out[k] = out[k] * (target / n)
+    total = sum(out[k] for k in names).to(next(iter(grads.values())).dtype)
+    return total.reshape(next(iter(grads.values())).shape), CalibrationStats(norms, conflicts, min_cos)

@@ -1,0 +1,363 @@
+"""Multi-scene "align" training: the encoder learns to predict the lifted teacher targets.
+
+One step = (per process) ``scenes_per_step`` scenes drawn at random from this process's share
+of the training scenes, each augmented (:mod:`.augment`), encoded, scored per head
+(:func:`.losses.head_loss`) and back-propagated with multi-task gradient calibration at the
+shared embedding (:func:`.losses.calibrate_gradients`), then one AdamW step under a warm-up +
+cosine schedule. Logs go to ``<log.dir>/train_log.csv`` (and TensorBoard when installed);
+checkpoints to ``checkpoint.dir`` (weights + config via
+:func:`chorus_ros.core.encoder.checkpoint.save_checkpoint`, the text encoder's weights and the
+label set beside them); the resumable optimiser/scheduler/step/RNG state to
+``<log.dir>/trainer_state.pt``.
+
+Launched by ``torchrun`` (``WORLD_SIZE > 1``), every process joins the default process group
+(gloo on the CPU, NCCL on GPUs), takes the scenes ``rank::world_size``, and the model is
+wrapped in :class:`torch.nn.parallel.DistributedDataParallel`; rank 0 alone logs and writes.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from chorus_ros.core.errors import CheckpointError, InvalidInputError
+from chorus_ros.core.lift import LiftConfig, LiftedScene, lift_synthetic_scenes
+from chorus_ros.core.train.augment import augment_scene
+from chorus_ros.core.train.config import TrainConfig
+from chorus_ros.core.train.losses import calibrate_gradients, head_loss
+
+__all__ = ["Trainer", "TrainResult", "DistInfo", "init_distributed", "lr_factor", "STATE_FILE", "LOG_FILE"]
+
+STATE_FILE = "trainer_state.pt"
+LOG_FILE = "train_log.csv"
+TEXT_WEIGHTS = "text_encoder.safetensors"
+LABELS_FILE = "labels.yaml"
+
+
+@dataclass
+class DistInfo:
+    """This process's place in a (possibly single-process) run."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str) -> DistInfo:
+    """Join the process group torchrun describes in the environment (no-op otherwise)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    import torch.distributed as dist
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        backend = "nccl" if device.startswith("cuda") and torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    return DistInfo(rank, world, local)
+
+
+def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """Learning-rate multiplier at ``step``: linear warm-up, then cosine decay to ``min_ratio``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    span = max(1, total - warmup)
+    t = min(1.0, (step - warmup) / span)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+@dataclass
+class TrainResult:
+    """What :meth:`Trainer.fit` returns."""
+
+    step: int
+    """Steps completed (including resumed ones)."""
+    seconds: float
+    """Wall time of this call."""
+    metrics: dict = field(default_factory=dict)
+    """Metrics of the last step."""
+    checkpoint_dir: str = ""
+
+
+class Trainer:
+    """Trains a :class:`~chorus_ros.core.encoder.model.ChorusEncoder` on lifted targets.
+
+    Args:
+        config: the training config.
+        scenes: optional pre-lifted scenes; None lifts ``config.data`` (cached).
+        model: optional model (tests); None builds a ChorusEncoder from ``config.encoder`` with
+            one head per trained teacher kind, dimension = the teacher's.
+    """
+
+    def __init__(self, config: TrainConfig, *, scenes: list[LiftedScene] | None = None,
+                 model: nn.Module | None = None) -> None:
+        self.cfg = config
+        self.dist = init_distributed(config.device)
+        dev = config.device
+        if dev.startswith("cuda") and self.dist.distributed:
+            dev = f"cuda:{self.dist.local_rank}"
+        self.device = torch.device(dev)
+        if config.threads > 0:
+            torch.set_num_threads(config.threads)
+        torch.manual_seed(config.seed)
+        self._text_encoder = None
+        self._label_set = None
+        self.teacher_specs = [dict(t) for t in config.teachers]
+        self.scenes = scenes if scenes is not None else self._lift_scenes()
+        if not self.scenes:
+            raise InvalidInputError("training needs at least one scene")
+        self.heads = self._heads()
+        self.model = (model if model is not None else self._build_model()).to(self.device)
+        self.ddp_model = self.model
+        if self.dist.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp_model = DDP(self.model, device_ids=ids)
+        decay = [p for n, p in self.model.named_parameters() if p.requires_grad and p.ndim > 1]
+        no_decay = [p for n, p in self.model.named_parameters() if p.requires_grad and p.ndim <= 1]
+        o = config.optim
+        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
+                                            {"params": no_decay, "weight_decay": 0.0}], lr=o.lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, o.steps, o.warmup_steps, o.min_lr_ratio))
+        self.gen = torch.Generator().manual_seed(config.seed * 1000 + self.dist.rank)
+        self.step = 0
+        self.run_dir = Path(config.log.dir)
+        self.ckpt_dir = Path(config.checkpoint.dir)
+        self._tb = None
+        if config.checkpoint.resume:
+            self._maybe_resume()
+
+    # ------------------------------------------------------------------ building
+    @property
+    def text_encoder(self):
+        """The configured text encoder (built on first use)."""
+        if self._text_encoder is None:
+            from chorus_ros.core.text import build_text_encoder
+            self._text_encoder = build_text_encoder(self.cfg.text_encoder)
+        return self._text_encoder
+
+    @property
+    def label_set(self):
+        if self._label_set is None:
+            from chorus_ros.core.labels import LabelSet
+            self._label_set = LabelSet.from_yaml(self.cfg.label_set)
+        return self._label_set
+
+    def build_teachers(self) -> list:
+        from chorus_ros.core.teachers import build_teacher
+        return [build_teacher(s, text_encoder=self.text_encoder if s.get("type") == "oracle_language" else None)
+                for s in self.teacher_specs]
+
+    def _lift_scenes(self) -> list[LiftedScene]:
+        d = self.cfg.data
+        if d.source != "synthetic":
+            raise InvalidInputError(f"data.source {d.source!r} unknown; known: ['synthetic']")
+        if not self.teacher_specs:
+            raise InvalidInputError("training config lists no teachers")
+        seeds = list(d.train_seeds)
+        if self.dist.distributed and len(seeds) >= self.dist.world_size:
+            seeds = seeds[self.dist.rank::self.dist.world_size]
+        teachers = self.build_teachers()
+        lc = LiftConfig(eps=d.lift_eps, cache_dir=d.cache_dir or None, backend=d.render_backend)
+        return lift_synthetic_scenes(seeds, teachers, scene=d.scene, views=d.views, config=lc,
+                                     progress=self.cfg.log.progress and self.dist.main,
+                                     density_range=d.density_range or None)
+
+    def _heads(self) -> list[str]:
+        avail = list(self.scenes[0].targets.features)
+        kinds = [s.get("kind") for s in self.teacher_specs]
+        avail = [k for k in kinds if k in avail] + [k for k in avail if k not in kinds]  # teachers' order
+        want = list(self.cfg.heads) if self.cfg.heads else avail
+        missing = [h for h in want if h not in avail]
+        if missing:
+            raise InvalidInputError(f"heads {missing} have no lifted targets; teachers give {avail}")
+        return want
+
+    def _build_model(self) -> nn.Module:
+        from chorus_ros.core.encoder.config import EncoderConfig, HeadSpec
+        from chorus_ros.core.encoder.model import ChorusEncoder
+        enc = dict(self.cfg.encoder)
+        dims = {k: int(v.shape[1]) for k, v in self.scenes[0].targets.features.items()}
+        enc["heads"] = [HeadSpec(h, dims[h]) for h in self.heads]
+        return ChorusEncoder(EncoderConfig.from_dict(enc))
+
+    # ------------------------------------------------------------------ one step
+    def _scene_loss(self, scene: LiftedScene) -> tuple[dict, torch.Tensor, dict]:
+        """Forward one augmented scene; returns (per-head HeadLoss, embedding, info)."""
+        g, tg = augment_scene(scene.gaussians, scene.targets, self.cfg.augment, self.gen)
+        g = g.to(self.device)
+        tg = tg.to(self.device)
+        out = self.ddp_model(g)
+        emb = out.embedding
+        e = emb.detach().requires_grad_(True)
+        hw = self.cfg.loss.head_weights
+        losses = {}
+        for k in self.heads:
+            pred = self.model.heads[k](e)
+            hl = head_loss(pred, tg.features[k], tg.weight, tg.valid, self.cfg.loss)
+            hl.loss = hl.loss * float(hw.get(k, 1.0))
+            losses[k] = hl
+        return losses, (emb, e), {"n": len(g), "valid": int(tg.valid.sum())}
+
+    def train_step(self) -> dict:
+        """One optimisation step; returns its metrics."""
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        k = max(1, self.cfg.optim.scenes_per_step)
+        metrics: dict = {}
+        for i in range(k):
+            scene = self.scenes[int(torch.randint(len(self.scenes), (1,), generator=self.gen))]
+            sync = nullcontext()
+            if self.dist.distributed and i < k - 1:
+                sync = self.ddp_model.no_sync()
+            with sync:
+                losses, (emb, e), info = self._scene_loss(scene)
+                grads = {h: torch.autograd.grad(l.loss, e, retain_graph=True)[0] for h, l in losses.items()}
+                G, stats = calibrate_gradients(grads, self.cfg.calibration, self.gen)
+                total = sum(l.loss for l in losses.values())
+                # heads get their own losses' gradients (through e, a leaf), the backbone gets G at E
+                ((total + (emb * G.detach()).sum()) / k).backward()
+            for h, l in losses.items():
+                for name, v in (("loss", float(l.loss.detach())), ("cos", l.cosine), ("l2", l.l2), ("gnorm", stats.norms[h])):
+                    metrics[f"{name}_{h}"] = metrics.get(f"{name}_{h}", 0.0) + v / k
+            metrics["loss"] = metrics.get("loss", 0.0) + float(total.detach()) / k
+            metrics["conflicts"] = metrics.get("conflicts", 0) + stats.conflicts
+            metrics["min_grad_cos"] = min(metrics.get("min_grad_cos", 1.0), stats.min_cosine)
+            metrics["gaussians"] = metrics.get("gaussians", 0) + info["n"]
+        if self.cfg.optim.grad_clip > 0:
+            metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip))
+        metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        return metrics
+
+    # ------------------------------------------------------------------ loop
+    def fit(self) -> TrainResult:
+        """Train until ``optim.steps``; log, checkpoint, return the last metrics."""
+        t0 = time.perf_counter()
+        total = self.cfg.optim.steps
+        metrics: dict = {}
+        bar = None
+        if self.cfg.log.progress and self.dist.main:
+            from tqdm import tqdm
+            bar = tqdm(total=total, initial=self.step, desc="train", unit="step")
+        every = max(1, self.cfg.checkpoint.every)
+        while self.step < total:
+            ts = time.perf_counter()
+            metrics = self.train_step()
+            metrics["step_seconds"] = time.perf_counter() - ts
+            if self.dist.main and (self.step % max(1, self.cfg.log.every) == 0 or self.step == total or self.step == 1):
+                self._log(metrics)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+            if self.step % every == 0 or self.step == total:
+                self.save()
+        if bar is not None:
+            bar.close()
+        if self._tb is not None:
+            self._tb.flush()
+        if self.step >= total and not (self.ckpt_dir / "model.safetensors").is_file():
+            self.save()  # resumed at the end, or zero steps: still leave a checkpoint
+        return TrainResult(self.step, time.perf_counter() - t0, metrics, str(self.ckpt_dir))
+
+    # ------------------------------------------------------------------ logs
+    def _log(self, metrics: dict) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        path = self.run_dir / LOG_FILE
+        row = {"step": self.step, **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()}}
+        new = not path.is_file()
+        if not new:
+            with open(path, newline="") as f:
+                header = next(csv.reader(f), [])
+            if header != list(row):
+                new = True
+                path.rename(path.with_suffix(f".{int(time.time())}.csv"))  # columns changed: keep the old log
+        with open(path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                w.writeheader()
+            w.writerow(row)
+        if self.cfg.log.tensorboard:
+            if self._tb is None:
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
+                    self._tb = SummaryWriter(str(self.run_dir / "tb"))
+                except Exception:  # tensorboard not installed: CSV only
+                    self.cfg.log.tensorboard = False
+            if self._tb is not None:
+                for k, v in metrics.items():
+                    self._tb.add_scalar(k, float(v), self.step)
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_meta(self) -> dict:
+        """Metadata stored in the checkpoint's config.yaml (label set, teachers, text encoder, training)."""
+        te = dict(self.cfg.text_encoder)
+        te["weights"] = TEXT_WEIGHTS
+        trained = [s for s in self.teacher_specs if s.get("kind") in self.heads]
+        return {
+            "label_set": self.label_set.to_dict(),
+            "teachers": trained,
+            "text_encoder": te,
+            "training": {"step": self.step, "steps": self.cfg.optim.steps, "seed": self.cfg.seed,
+                         "train_seeds": list(self.cfg.data.train_seeds), "heads": list(self.heads),
+                         "calibration": bool(self.cfg.calibration.enabled), "world_size": self.dist.world_size,
+                         "config": self.cfg.to_dict()},
+        }
+
+    def save(self) -> None:
+        """Write the checkpoint (rank 0) and the resumable trainer state."""
+        if self.dist.main:
+            from chorus_ros.core.encoder.checkpoint import save_checkpoint
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(str(self.ckpt_dir), self.model, self.checkpoint_meta())
+            self.text_encoder.save_weights(self.ckpt_dir / TEXT_WEIGHTS)
+            self.label_set.to_yaml(self.ckpt_dir / LABELS_FILE)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
+                     "scheduler": self.scheduler.state_dict(), "torch_rng": torch.random.get_rng_state(),
+                     "gen": self.gen.get_state(), "checkpoint_dir": str(self.ckpt_dir.resolve())}
+            tmp = self.run_dir / (STATE_FILE + ".tmp")
+            torch.save(state, tmp)
+            tmp.replace(self.run_dir / STATE_FILE)
+        if self.dist.distributed:
+            import torch.distributed as dist
+            dist.barrier()
+
+    def _maybe_resume(self) -> None:
+        path = self.run_dir / STATE_FILE
+        if not path.is_file():
+            return
+        from chorus_ros.core.encoder.checkpoint import load_checkpoint
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        loaded = load_checkpoint(str(self.ckpt_dir))
+        step_ckpt = int((loaded.meta.get("training") or {}).get("step", -1))
+        if step_ckpt != int(state["step"]):
+            raise CheckpointError(f"cannot resume: {path} is at step {state['step']} but the checkpoint in "
+                                  f"{self.ckpt_dir} is at step {step_ckpt}; delete one of them")
+        own = self.model.state_dict()
+        theirs = loaded.model.state_dict()
+        if set(own) != set(theirs) or any(own[k].shape != theirs[k].shape for k in own):
+            raise CheckpointError(f"cannot resume from {self.ckpt_dir}: its architecture differs from the config's")
+        self.model.load_state_dict(theirs)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.random.set_rng_state(state["torch_rng"])
+        self.gen.set_state(state["gen"])
+        self.step = int(state["step"])

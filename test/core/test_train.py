@@ -1,0 +1,341 @@
+"""Training: config/overrides, losses, gradient calibration (exact values and the backward it
+produces), augmentation, LR schedule, DDP (2 gloo processes), and the CI smoke test of the real
+config shrunk to 2 steps, followed by loading the checkpoint it wrote."""
+from __future__ import annotations
+
+import math
+import os
+import socket
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from chorus_ros.core.errors import InvalidInputError
+from chorus_ros.core.gaussians import GaussianArrays, rgb_to_sh_dc
+from chorus_ros.core.geometry import quat_wxyz_to_rotmat
+from chorus_ros.core.lift import LiftedScene, LiftedTargets
+from chorus_ros.core.train import Trainer, calibrate_gradients, head_loss, load_train_config
+from chorus_ros.core.train.augment import augment_scene
+from chorus_ros.core.train.config import AugmentConfig, CalibrationConfig, LossConfig, TrainConfig
+from chorus_ros.core.train.trainer import lr_factor
+
+DEMO = "config/train/demo.yaml"
+
+
+# ----------------------------------------------------------------------------- config
+def test_config_overrides_and_errors():
+    cfg = load_train_config(DEMO, ["optim.steps=7", "data.train_seeds=[3, 4]", "calibration.enabled=false",
+                                   "teachers.2.options.dim=8", "loss.l2_weight=2"])
+    assert cfg.optim.steps == 7 and cfg.data.train_seeds == [3, 4] and not cfg.calibration.enabled
+    assert cfg.teachers[2]["options"]["dim"] == 8 and cfg.loss.l2_weight == 2.0
+    assert [t["kind"] for t in cfg.teachers] == ["language", "generalist", "object"]
+    with pytest.raises(InvalidInputError, match=r"unknown config keys \['optim.stepz'\]"):
+        load_train_config(DEMO, ["optim.stepz=3"])
+    with pytest.raises(InvalidInputError, match="optim.steps: expected an integer"):
+        load_train_config(DEMO, ["optim.steps=many"])
+    with pytest.raises(InvalidInputError, match="not key=value"):
+        load_train_config(DEMO, ["optim.steps"])
+    with pytest.raises(InvalidInputError, match="not found"):
+        load_train_config("config/train/nope.yaml")
+
+
+def test_demo_config_holds_out_eval_seeds():
+    cfg = load_train_config(DEMO)
+    assert cfg.data.train_seeds and max(cfg.data.train_seeds) < 1000   # 1000+ are evaluation seeds
+
+
+def test_lr_schedule():
+    assert lr_factor(0, 100, 10, 0.1) == pytest.approx(0.1)
+    assert lr_factor(9, 100, 10, 0.1) == pytest.approx(1.0)
+    assert lr_factor(10, 100, 10, 0.1) == pytest.approx(1.0)
+    assert lr_factor(55, 100, 10, 0.1) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_factor(100, 100, 10, 0.1) == pytest.approx(0.1)
+
+
+# ------------------------------------------------------------------------------ losses
+def test_head_loss_exact_values():
+    cfg = LossConfig(cosine_weight=1.0, l2_weight=0.5, weight_power=1.0)
+    t = torch.tensor([[1.0, 0.0], [0.0, 2.0], [5.0, 5.0]])
+    p = torch.tensor([[1.0, 0.0], [2.0, 0.0], [9.0, 9.0]])
+    w = torch.tensor([1.0, 3.0, 100.0])
+    valid = torch.tensor([True, True, False])
+    hl = head_loss(p, t, w, valid, cfg)
+    # row 0: cos 1, mse 0; row 1: cos 0, mse (4 + 4) / 2 = 4; weights 1/4, 3/4; row 2 ignored
+    assert float(hl.loss) == pytest.approx(0.75 * (1.0 + 0.5 * 4.0))
+    assert hl.cosine == pytest.approx(0.25) and hl.l2 == pytest.approx(3.0)
+    uni = head_loss(p, t, w, valid, LossConfig(weight_power=0.0, l2_weight=0.0))
+    assert float(uni.loss) == pytest.approx(0.5)
+    none = head_loss(p, t, w, torch.zeros(3, dtype=torch.bool), cfg)
+    assert float(none.loss) == 0.0
+
+
+# ---------------------------------------------------------------------- calibration
+def test_calibration_projects_conflicts_and_equalises_exactly():
+    g = {"a": torch.tensor([[1.0, 0.0]]), "b": torch.tensor([[-1.0, 1.0]])}
+    G, st = calibrate_gradients(g, CalibrationConfig(True, True, True))
+    # PCGrad: a' = a - (a.b/|b|^2) b = (0.5, 0.5); b' = b - (b.a/|a|^2) a = (0, 1)
+    # equalise to the mean raw norm m = (1 + sqrt 2) / 2
+    m = (1 + math.sqrt(2)) / 2
+    expect = torch.tensor([[m / math.sqrt(2), m / math.sqrt(2) + m]])
+    torch.testing.assert_close(G, expect)
+    assert st.conflicts == 2 and st.min_cosine == pytest.approx(-1 / math.sqrt(2))
+    # projection only
+    G, _ = calibrate_gradients(g, CalibrationConfig(True, True, False))
+    torch.testing.assert_close(G, torch.tensor([[0.5, 1.5]]))
+    # equalisation only
+    G, _ = calibrate_gradients(g, CalibrationConfig(True, False, True))
+    torch.testing.assert_close(G, torch.tensor([[m - m / math.sqrt(2), m / math.sqrt(2)]]))
+    # off: the plain sum
+    G, st = calibrate_gradients(g, CalibrationConfig(False))
+    torch.testing.assert_close(G, torch.tensor([[0.0, 1.0]]))
+    assert st.conflicts == 0
+
+
+def test_calibration_leaves_agreeing_gradients_directions():
+    g = {"a": torch.tensor([[2.0, 0.0]]), "b": torch.tensor([[0.0, 4.0]]), "c": torch.tensor([[1.0, 1.0]])}
+    G, st = calibrate_gradients(g, CalibrationConfig(True, True, True), torch.Generator().manual_seed(0))
+    assert st.conflicts == 0
+    m = (2 + 4 + math.sqrt(2)) / 3
+    torch.testing.assert_close(G, torch.tensor([[m + m / math.sqrt(2), m + m / math.sqrt(2)]]))
+
+
+# ------------------------------------------------------------- trainer with a fake model
+class _Out:
+    def __init__(self, embedding, heads):
+        self.embedding, self.heads = embedding, heads
+
+
+class FakeEncoder(nn.Module):
+    """Per-Gaussian MLP backbone + linear heads (same interface as ChorusEncoder)."""
+
+    def __init__(self, dims: dict[str, int], d: int = 8):
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Linear(7, 16), nn.GELU(), nn.Linear(16, d))
+        self.heads = nn.ModuleDict({k: nn.Linear(d, v) for k, v in dims.items()})
+
+    def forward(self, g):
+        x = torch.cat([g.means, g.base_rgb, g.opacity[:, None]], 1)
+        e = self.backbone(x)
+        return _Out(e, {k: h(e) for k, h in self.heads.items()})
+
+
+def _toy_scene(n=300, seed=0, dims=(("language", 4), ("object", 3))):
+    gen = torch.Generator().manual_seed(seed)
+    g = GaussianArrays(torch.rand(n, 3, generator=gen) * 4, rgb_to_sh_dc(torch.rand(n, 3, generator=gen))[:, None],
+                       torch.randn(n, generator=gen), torch.full((n, 3), -3.0),
+                       F.normalize(torch.randn(n, 4, generator=gen), dim=1), torch.arange(n))
+    feats = {k: torch.randn(n, d, generator=gen) for k, d in dims}
+    w = torch.rand(n, generator=gen) * 10
+    return LiftedScene(f"toy{seed}", g, LiftedTargets(feats, w, w > 1.0, 3))
+
+
+def _toy_cfg(tmp_path, **kw):
+    cfg = TrainConfig()
+    cfg.augment.enabled = False
+    cfg.log.dir = str(tmp_path / "run")
+    cfg.log.progress = False
+    cfg.checkpoint.dir = str(tmp_path / "ckpt")
+    cfg.checkpoint.resume = False
+    cfg.optim.steps = 2
+    cfg.optim.grad_clip = 0.0
+    for k, v in kw.items():
+        sec, key = k.split("__")
+        setattr(getattr(cfg, sec), key, v)
+    return cfg
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_train_step_backward_is_the_calibrated_gradient(tmp_path, enabled):
+    torch.manual_seed(0)
+    scene = _toy_scene()
+    model = FakeEncoder({"language": 4, "object": 3})
+    cfg = _toy_cfg(tmp_path, calibration__enabled=enabled)
+    tr = Trainer(cfg, scenes=[scene], model=model)
+    ref = FakeEncoder({"language": 4, "object": 3})
+    ref.load_state_dict(model.state_dict())
+    tr.optimizer.step = lambda: None                    # keep the gradients, skip the update
+    tr.train_step()
+    # reference: per-head gradients at the embedding, calibrated by hand, J^T G for the backbone
+    out = ref(scene.gaussians)
+    tg = scene.targets
+    losses = {k: head_loss(out.heads[k], tg.features[k], tg.weight, tg.valid, cfg.loss).loss for k in ("language", "object")}
+    grads = {k: torch.autograd.grad(l, out.embedding, retain_graph=True)[0] for k, l in losses.items()}
+    G, _ = calibrate_gradients(grads, cfg.calibration)
+    bb = torch.autograd.grad(out.embedding, list(ref.backbone.parameters()), G, retain_graph=True)
+    for p, r in zip(model.backbone.parameters(), bb):
+        torch.testing.assert_close(p.grad, r, rtol=1e-5, atol=1e-6)
+    for k in ("language", "object"):                    # each head: its own loss only
+        hg = torch.autograd.grad(losses[k], list(ref.heads[k].parameters()), retain_graph=True)
+        for p, r in zip(model.heads[k].parameters(), hg):
+            torch.testing.assert_close(p.grad, r, rtol=1e-5, atol=1e-6)
+    if not enabled:  # calibration off == the plain sum of the losses
+        plain = torch.autograd.grad(sum(losses.values()), list(ref.backbone.parameters()))
+        for p, r in zip(model.backbone.parameters(), plain):
+            torch.testing.assert_close(p.grad, r, rtol=1e-5, atol=1e-6)
+
+
+def test_training_reduces_the_loss(tmp_path):
+    torch.manual_seed(0)
+    scene = _toy_scene(n=200, dims=(("language", 4),))
+    # learnable targets: a fixed linear map of the inputs
+    g = scene.gaussians
+    x = torch.cat([g.means, g.base_rgb, g.opacity[:, None]], 1)
+    scene.targets.features["language"] = x @ torch.randn(7, 4, generator=torch.Generator().manual_seed(1))
+    cfg = _toy_cfg(tmp_path, optim__steps=150, optim__lr=1e-2, optim__warmup_steps=0)
+    tr = Trainer(cfg, scenes=[scene], model=FakeEncoder({"language": 4}))
+    first = tr.train_step()["loss"]
+    for _ in range(149):
+        last = tr.train_step()
+    assert last["loss"] < 0.3 * first and last["cos_language"] > 0.9
+
+
+def test_heads_subset_and_missing_heads(tmp_path):
+    scene = _toy_scene()
+    tr = Trainer(TrainConfig(**{**_toy_cfg(tmp_path).__dict__, "heads": ["object"]}), scenes=[scene],
+                 model=FakeEncoder({"object": 3}))
+    m = tr.train_step()
+    assert "loss_object" in m and "loss_language" not in m
+    with pytest.raises(InvalidInputError, match=r"heads \['generalist'\] have no lifted targets"):
+        Trainer(TrainConfig(**{**_toy_cfg(tmp_path).__dict__, "heads": ["generalist"]}), scenes=[scene],
+                model=FakeEncoder({"object": 3}))
+
+
+# ------------------------------------------------------------------------ augmentation
+def test_augmentation_is_rigid_scaled_and_keeps_targets_attached():
+    scene = _toy_scene(n=400)
+    cfg = AugmentConfig(drop_max=0.3, crop_prob=1.0, crop_min_fraction=0.6, min_gaussians=50)
+    g2, t2 = augment_scene(scene.gaussians, scene.targets, cfg, torch.Generator().manual_seed(3))
+    assert 50 <= len(g2) < 400
+    idx = g2.ids                                   # the surviving Gaussians' original rows
+    torch.testing.assert_close(t2.features["language"], scene.targets.features["language"][idx])
+    torch.testing.assert_close(t2.weight, scene.targets.weight[idx])
+    # pairwise distances scale by one factor; the vertical axis stays vertical
+    a, b = scene.gaussians.means[idx], g2.means
+    d0, d1 = torch.pdist(a[:50]), torch.pdist(b[:50])
+    s = float((d1 / d0).mean())
+    assert 0.9 - 1e-4 <= s <= 1.1 + 1e-4
+    torch.testing.assert_close(d1 / d0, torch.full_like(d0, s), rtol=1e-4, atol=1e-4)
+    dz0, dz1 = a[:, 2] - a[0, 2], b[:, 2] - b[0, 2]
+    torch.testing.assert_close(dz1, dz0 * s, rtol=1e-4, atol=1e-4)
+    # sizes scale by the same factor and orientations turn with the scene
+    torch.testing.assert_close(g2.log_scales - scene.gaussians.log_scales[idx],
+                               torch.full_like(g2.log_scales, math.log(s)), rtol=1e-4, atol=1e-4)
+    R0 = torch.from_numpy(quat_wxyz_to_rotmat(scene.gaussians.quats[idx].double().numpy()))
+    R1 = torch.from_numpy(quat_wxyz_to_rotmat(g2.quats.double().numpy()))
+    rel = R1 @ R0.transpose(1, 2)                 # the same rotation about z for every Gaussian
+    torch.testing.assert_close(rel, rel[:1].expand_as(rel), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(rel[0, 2], torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64), rtol=0, atol=1e-6)
+    assert bool(((g2.base_rgb >= 0) & (g2.base_rgb <= 1)).all())
+    # deterministic in the generator; disabled = identity
+    g3, _ = augment_scene(scene.gaussians, scene.targets, cfg, torch.Generator().manual_seed(3))
+    assert torch.equal(g3.means, g2.means)
+    g4, t4 = augment_scene(scene.gaussians, scene.targets, AugmentConfig(enabled=False), torch.Generator())
+    assert g4 is scene.gaussians and t4 is scene.targets
+
+
+# ------------------------------------------------------------------------------- DDP
+_DDP_SCRIPT = r'''
+import sys, torch
+sys.path.insert(0, {testdir!r})
+sys.path.insert(0, {root!r})
+import importlib.util
+spec = importlib.util.spec_from_file_location("tt", {testfile!r})
+tt = importlib.util.module_from_spec(spec); spec.loader.exec_module(tt)
+from chorus_ros.core.train import Trainer
+import torch.distributed as dist
+import pathlib
+tmp = pathlib.Path({tmp!r})
+cfg = tt._toy_cfg(tmp)
+cfg.calibration.enabled = {calib}
+torch.manual_seed(0)
+model = tt.FakeEncoder({{"language": 4, "object": 3}})
+tr = Trainer(cfg, scenes=[tt._toy_scene(seed=10 + int(__import__("os").environ["RANK"]))], model=model)
+assert tr.dist.world_size == 2 and dist.get_backend() == "gloo"
+tr.optimizer.step = lambda: None
+tr.train_step()
+torch.save({{n: p.grad.clone() for n, p in model.named_parameters()}}, tmp / f"grads{{tr.dist.rank}}.pt")
+dist.destroy_process_group()
+'''
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_processes_average_the_calibrated_gradients(tmp_path):
+    import subprocess
+    import sys
+    root = os.path.abspath(".")
+    script = tmp_path / "ddp_step.py"
+    script.write_text(_DDP_SCRIPT.format(testdir=os.path.dirname(__file__), root=root, testfile=__file__,
+                                         tmp=str(tmp_path), calib=True))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=root)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                        "--master_port", str(_free_port()), str(script)], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    g0, g1 = torch.load(tmp_path / "grads0.pt"), torch.load(tmp_path / "grads1.pt")
+    # reference: each rank's scene alone in one process, gradients averaged
+    refs = []
+    for rank in range(2):
+        torch.manual_seed(0)
+        model = FakeEncoder({"language": 4, "object": 3})
+        tr = Trainer(_toy_cfg(tmp_path / f"ref{rank}"), scenes=[_toy_scene(seed=10 + rank)], model=model)
+        tr.optimizer.step = lambda: None
+        tr.train_step()
+        refs.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for n in g0:
+        torch.testing.assert_close(g0[n], g1[n])                           # all-reduced: same on both ranks
+        torch.testing.assert_close(g0[n], (refs[0][n] + refs[1][n]) / 2, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(refs[0]["backbone.0.weight"], refs[1]["backbone.0.weight"])
+
+
+# ------------------------------------------------------------------ CI smoke test
+def _smoke_overrides(tmp_path, steps=2):
+    return ["data.train_seeds=[0]", "data.density_range=[]", "data.scene={target_gaussians: 3000}",
+            "data.views={loop_views: 2, random_views: 1, width: 48, height: 36}", f"optim.steps={steps}",
+            "optim.warmup_steps=1", "log.progress=false", "log.every=1", f"log.dir={tmp_path / 'run'}",
+            f"checkpoint.dir={tmp_path / 'ckpt'}", f"data.cache_dir={tmp_path / 'cache'}", "threads=2"]
+
+
+def test_smoke_real_config_two_steps_then_load_checkpoint_and_resume(tmp_path):
+    """The real demo config, shrunk to 2 steps on a tiny scene; load what it wrote; resume."""
+    from chorus_ros.core.encoder.checkpoint import load_checkpoint
+    from chorus_ros.core.pipeline import PerceptionPipeline
+    from chorus_ros.core.synthetic import SceneConfig, generate_scene
+
+    cfg = load_train_config(DEMO, _smoke_overrides(tmp_path))
+    tr = Trainer(cfg)
+    res = tr.fit()
+    assert res.step == 2 and math.isfinite(res.metrics["loss"])
+    ck = load_checkpoint(str(tmp_path / "ckpt"))
+    assert ck.meta["training"]["step"] == 2
+    assert [t["kind"] for t in ck.meta["teachers"]] == ["language", "generalist", "object"]
+    assert ck.meta["label_set"]["classes"][0]["name"] == "floor"
+    for k, v in tr.model.state_dict().items():
+        assert torch.equal(ck.model.state_dict()[k], v)
+    g = generate_scene(SceneConfig(seed=0, target_gaussians=3000)).gaussians
+    with torch.no_grad():
+        out = ck.model.eval()(g)
+    assert {k: tuple(v.shape) for k, v in out.heads.items()} == {
+        "language": (len(g), 64), "generalist": (len(g), 32), "object": (len(g), 16)}
+    assert all(bool(torch.isfinite(v).all()) for v in out.heads.values())
+    # the pipeline (chorus-eval, the nodes) loads it with the text encoder saved beside it
+    pipe = PerceptionPipeline.from_checkpoint(str(tmp_path / "ckpt"))
+    assert pipe.labels.names[:3] == ["floor", "wall", "ceiling"]
+    torch.testing.assert_close(pipe.text_encoder.encode(["chair"]), tr.text_encoder.encode(["chair"]))
+    log = (tmp_path / "run" / "train_log.csv").read_text().splitlines()
+    assert log[0].startswith("step,") and [r.split(",")[0] for r in log[1:]] == ["1", "2"]
+    # resume: a longer schedule continues from step 2 (lifted targets come from the cache)
+    cfg3 = load_train_config(DEMO, _smoke_overrides(tmp_path, steps=3))
+    tr3 = Trainer(cfg3)
+    assert tr3.step == 2
+    for k, v in tr.model.state_dict().items():
+        assert torch.equal(tr3.model.state_dict()[k], v)
+    assert tr3.fit().step == 3
+    assert load_checkpoint(str(tmp_path / "ckpt")).meta["training"]["step"] == 3
+    assert [r.split(",")[0] for r in (tmp_path / "run" / "train_log.csv").read_text().splitlines()[1:]] == ["1", "2", "3"]
