@@ -223,6 +223,9 @@ def test_relevance_image_of_the_last_query_for_each_view(harness, node, query, v
     emb = query.embed(["table"])[0]
     np.testing.assert_array_equal(rel, node.pipeline.relevance_view(emb, cv.camera_from_msgs(pose, info)))
     assert np.isfinite(rel).mean() > 0.5 and np.nanmax(rel) <= 1.0 + 1e-6
+    from rclpy.parameter import Parameter
+    query.set_parameters([Parameter("relevance_enabled", value=False)])
+    wait_until(lambda: not query._in_flight, 30, "the last relevance call")
 
 
 def test_keep_newest_queue_drops_the_oldest_views_while_busy(harness, node, views, wait_until):
@@ -299,3 +302,36 @@ def test_pose_and_camera_info_pair_within_the_tolerance_only(harness, node, view
         wait_until(lambda: out.images(98_000_000_000, ["semantic"]) is not None, 30, "the paired view")
     finally:
         node.set_parameters([Parameter("pair_tolerance_s", value=0.0)])
+
+
+def test_set_labels_changes_the_label_table_and_images_without_re_encoding(harness, node, views, wait_until):
+    """(Last in this module: it changes the node's label set.)"""
+    from chorus_ros.msg import LabelInfo, ObjectMap
+    from chorus_ros.ros import conversions as cv
+    from chorus_ros.ros import qos
+    from chorus_ros.srv import SetLabels
+    from std_msgs.msg import ColorRGBA
+    infos = harness.collect(LabelInfo, "semantic/label_info", qos.latched())
+    objects = harness.collect(ObjectMap, "objects", qos.latched())
+    wait_until(lambda: infos and objects, 10, "the current label table and object map")
+    n_info, n_obj = len(infos), len(objects)
+    encode, version = node.last_encode, node.encoded_version
+    names = ["floor", "wall", "table", "chair"]
+    colors = [ColorRGBA(r=1.0, g=0.0, b=0.0, a=1.0), ColorRGBA(r=0.0, g=1.0, b=0.0, a=1.0),
+              ColorRGBA(r=0.0, g=0.0, b=1.0, a=1.0), ColorRGBA(r=1.0, g=1.0, b=0.0, a=1.0)]
+    res = harness.call(SetLabels, "chorus_node/set_labels", SetLabels.Request(names=names, colors=colors))
+    assert res.success, res.message
+    assert [e.name for e in res.label_info.labels] == names
+    wait_until(lambda: len(infos) > n_info and len(objects) > n_obj, 20, "the new label table and object map")
+    assert [e.name for e in infos[-1].labels] == names
+    assert {o.label for o in objects[-1].objects} <= set(names) | {"unknown", ""}
+    assert node.last_encode is encode and node.encoded_version == version      # nothing re-encoded
+    out = Outputs(harness, "camera_0")
+    stamp = 99_000_000_000
+    _request(harness, "camera_0", views[2], stamp)
+    wait_until(lambda: out.images(stamp, ["semantic", "semantic_color"]) is not None, 60, "a view")
+    got = out.images(stamp, ["semantic", "semantic_color"])
+    sem = cv.image_to_numpy(got["semantic"])
+    assert set(np.unique(sem).tolist()) <= {0, 1, 2, 3, 65535} and len(np.unique(sem)) > 2
+    col = cv.image_to_numpy(got["semantic_color"])
+    np.testing.assert_array_equal(col[sem == 2], np.tile([0, 0, 255], ((sem == 2).sum(), 1)))
