@@ -71,9 +71,9 @@ def _decode_section(sizes: list[int], reps: int) -> str:
         inst = InstanceDecoder(InstanceConfig())
 
         def full(prev=None):
-            return inst.regroup(g.means, obj, lab.label, torch.zeros(len(g), dtype=torch.long) if prev is None else prev,
-                                stuff_label_ids=stuff, lang_feats=lang, confidence=lab.confidence,
-                                gaussian_ids=g.ids, scales=g.scales)
+            start = torch.zeros(len(g), dtype=torch.long) if prev is None else prev
+            return inst.regroup(g.means, obj, lab.label, start, stuff_label_ids=stuff, lang_feats=lang,
+                                confidence=lab.confidence, gaussian_ids=g.ids, scales=g.scales)
         t_full = _median(full, reps)
         base = full().instance_ids
         # a 1% change: the Gaussians nearest to one thing's centre
@@ -114,7 +114,7 @@ def _decode_section(sizes: list[int], reps: int) -> str:
 def _encode_section(n: int, reps: int) -> str:
     try:
         from chorus_ros.core.encoder import ChorusEncoder, EncoderConfig
-        from chorus_ros.core.encoder.incremental import IncrementalEncoder  # noqa: F401
+        import chorus_ros.core.encoder.incremental  # noqa: F401  (skip the section without it)
     except ImportError as e:
         return f"### Pipeline encode after a 1% change\n\nSkipped: {e}\n"
     from chorus_ros.core.gaussians import GaussianArrays
@@ -162,7 +162,6 @@ def _encode_section(n: int, reps: int) -> str:
 
 
 def _render_section(n: int, reps: int, size: tuple[int, int]) -> str:
-    from chorus_ros.core.decode.semantic import SemanticDecoder  # noqa: F401
     from chorus_ros.core.map import MapConfig
     from chorus_ros.core.pipeline import PerceptionPipeline, PipelineConfig
     from chorus_ros.core.render import RenderSettings, render
@@ -187,13 +186,16 @@ def _render_section(n: int, reps: int, size: tuple[int, int]) -> str:
     pipe = PerceptionPipeline(cfg, None, text, scene.labels, incremental_factory=Oracle)
     pipe.apply_update(scene.gaussians, None, full=True)
     pipe.encode()
-    cam = make_trajectory(scene, TrajectoryConfig(loop_views=1, random_views=0, width=size[0], height=size[1])).cameras[0]
+    traj = make_trajectory(scene, TrajectoryConfig(loop_views=1, random_views=0, width=size[0], height=size[1]))
+    cam = traj.cameras[0]
     t_rgb = _median(lambda: render(scene.gaussians, cam, RenderSettings(backend="reference")), reps)
     t_view = _median(lambda: pipe.render_view(cam), reps)
     return ("### One output view (reference renderer, CPU)\n\n"
-            "| Gaussians | size | RGB render (s) | render_view: 18 score channels + top index + decode (s) | ratio |\n"
+            "| Gaussians | size | RGB render (s) "
+            "| render_view: 18 score channels + top index + decode (s) | ratio |\n"
             "|---|---|---|---|---|\n"
-            f"| {len(scene.gaussians):,} | {size[0]}x{size[1]} | {t_rgb:.2f} | {t_view:.2f} | {t_view / t_rgb:.2f}x |\n")
+            f"| {len(scene.gaussians):,} | {size[0]}x{size[1]} | {t_rgb:.2f} | {t_view:.2f} "
+            f"| {t_view / t_rgb:.2f}x |\n")
 
 
 def main(quick: bool = False) -> str:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable
 

@@ -22,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", help="checkpoint folder (model.safetensors + config.yaml)")
     ap.add_argument("--ablation", nargs="+", metavar="NAME=DIR", help="evaluate several checkpoints into one table")
     ap.add_argument("--seeds", type=int, nargs="+", default=d.seeds, help="held-out scene seeds")
-    ap.add_argument("--views", type=int, default=d.loop_views + d.random_views, help="views per scene (2/3 loop, 1/3 random)")
+    ap.add_argument("--views", type=int, default=d.loop_views + d.random_views,
+                    help="views per scene (2/3 loop, 1/3 random)")
     ap.add_argument("--gaussians", type=int, default=d.target_gaussians, help="Gaussians per scene")
     ap.add_argument("--size", type=int, nargs=2, default=[d.width, d.height], metavar=("W", "H"))
     ap.add_argument("--chunks", type=int, default=d.chunks, help="add each scene in N slabs (incremental)")

@@ -63,7 +63,8 @@ class OracleEncoder:
     def __init__(self, gmap, text):
         self.map, self.text = gmap, text
         self.calls = {"update": 0, "encode_full": 0}
-        self.protos = torch.nn.functional.normalize(torch.randn(64, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
+        gen = torch.Generator().manual_seed(0)
+        self.protos = torch.nn.functional.normalize(torch.randn(64, 8, generator=gen), dim=-1)
 
     def _write(self, slots):
         g = self.map.arrays()

@@ -29,6 +29,10 @@ DEFAULT_BACKGROUND = ("wall", "floor", "ceiling")
 """Class names excluded by the foreground metrics."""
 
 
+def _flat(x) -> torch.Tensor:
+    return (x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))).long().reshape(-1).cpu()
+
+
 def _nanmean(x: np.ndarray) -> float:
     x = x[np.isfinite(x)]
     return float(x.mean()) if x.size else float("nan")
@@ -64,8 +68,7 @@ class ConfusionMatrix:
 
     def update(self, pred, gt) -> None:
         """Add one image / point set. ``pred`` and ``gt``: same-shape integer class ids."""
-        pred = torch.as_tensor(np.asarray(pred) if not isinstance(pred, torch.Tensor) else pred).long().reshape(-1).cpu()
-        gt = torch.as_tensor(np.asarray(gt) if not isinstance(gt, torch.Tensor) else gt).long().reshape(-1).cpu()
+        pred, gt = _flat(pred), _flat(gt)
         if pred.shape != gt.shape:
             raise InvalidInputError(f"prediction has {pred.numel()} elements, ground truth {gt.numel()}")
         keep = gt != self.ignore_index
