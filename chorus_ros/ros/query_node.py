@@ -5,11 +5,14 @@ by chorus_node, so it answers while the perception node is busy encoding or rend
 
 Subscriptions:
     objects                          chorus_ros/ObjectMap   reliable, transient-local, depth 1
+    semantic/label_info              chorus_ros/LabelInfo   reliable, transient-local, depth 1
     <relevance_camera>/pose          geometry_msgs/PoseStamped   best effort (``relevance_enabled``)
     <relevance_camera>/camera_info   sensor_msgs/CameraInfo      best effort, paired by stamp
 Services (own callback group):
-    ~/query   chorus_ros/QueryObjects  objects ranked by cosine(object embedding, text embedding),
-              ``top_k`` (0 = ``default_top_k``), ``min_score``; reports the map sequence used
+    ~/query   chorus_ros/QueryObjects  objects ranked by cosine(object embedding, text embedding)
+              (or, ``ranking: relative``, by the query's probability against the label table's
+              class names), ``top_k`` (0 = ``default_top_k``), ``min_score``; reports the map
+              sequence used
     ~/embed   chorus_ros/EmbedText     unit text embeddings (cached per string)
 Clients:
     <perception_node>/render_relevance  chorus_ros/RenderRelevance, called asynchronously for
@@ -56,6 +59,10 @@ class QueryNodeConfig:
     """Longest accepted query or text, characters."""
     max_texts: int = 256
     """Most texts accepted by one ~/embed request."""
+    ranking: str = "cosine"
+    """'cosine': rank by cosine(object embedding, query embedding); 'relative': by the query's softmax probability against the label table's class names as negatives (LERF-style; scores in [0, 1])."""
+    relative_temperature: float = 0.05
+    """Softmax temperature of the 'relative' ranking (on cosines)."""
     perception_node: str = "chorus_node"
     """Name of the perception node whose ~/render_relevance service is called."""
     relevance_enabled: bool = False
@@ -71,7 +78,7 @@ class QueryNodeConfig:
 
 
 READ_ONLY = ["checkpoint", "device", "perception_node", "relevance_camera"]
-RANGES = {"default_top_k": (1, 10000), "max_text_length": (1, 1_000_000), "max_texts": (1, 100000),
+RANGES = {"relative_temperature": (1e-4, 10.0), "default_top_k": (1, 10000), "max_text_length": (1, 1_000_000), "max_texts": (1, 100000),
           "relevance_max_rate_hz": (0.0, 1000.0), "pair_tolerance_s": (0.0, 10.0),
           "error_throttle_s": (0.0, 3600.0)}
 
@@ -97,15 +104,20 @@ def check_text(text: str, max_length: int) -> str:
     return text.strip()
 
 
-def rank_objects(table: cv.ObjectTable, embedding: np.ndarray, top_k: int,
-                 min_score: float) -> tuple[np.ndarray, np.ndarray]:
-    """Indices and cosine scores of the best objects, best first (stable for ties).
+def rank_objects(table: cv.ObjectTable, embedding: np.ndarray, top_k: int, min_score: float,
+                 negatives: np.ndarray | None = None, temperature: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and scores of the best objects, best first (stable for ties).
 
     Args:
         table: the object map as arrays (unit embeddings).
         embedding: ``[D]`` query embedding (normalised here).
         top_k: most results.
         min_score: objects scoring below are dropped.
+        negatives: ``[K, D]`` unit embeddings of competing phrases (e.g. the other class names):
+            the score becomes ``softmax([cos(o, q), cos(o, n_1..K)] / temperature)[0]``, the
+            probability that the object is the query rather than any negative. None: the score is
+            ``cos(o, q)``.
+        temperature: softmax temperature of the relative score.
     """
     e = np.asarray(embedding, dtype=np.float32).reshape(-1)
     if e.shape[0] != table.dim:
@@ -115,6 +127,12 @@ def rank_objects(table: cv.ObjectTable, embedding: np.ndarray, top_k: int,
     if not np.isfinite(n) or n == 0:
         raise InvalidInputError("query embedding is zero or not finite")
     scores = table.embeddings @ (e / n)
+    if negatives is not None and len(negatives):
+        neg = np.asarray(negatives, dtype=np.float32).reshape(-1, table.dim)
+        logits = np.concatenate([scores[:, None], table.embeddings @ neg.T], axis=1) / float(temperature)
+        logits -= logits.max(axis=1, keepdims=True)
+        w = np.exp(logits)
+        scores = (w[:, 0] / w.sum(axis=1)).astype(np.float32)
     valid = table.has_embedding & (scores >= min_score)
     idx = np.nonzero(valid)[0]
     idx = idx[np.argsort(-scores[idx], kind="stable")][: max(0, int(top_k))]
@@ -149,23 +167,26 @@ class QueryNode(Node):
 
     def _setup(self, text_encoder) -> None:
         self.params = ParameterBinding(self, QueryNodeConfig(), read_only=READ_ONLY, ranges=RANGES,
-                                       on_change=self._on_params)
+                                       validate=self._validate_params, on_change=self._on_params)
         cfg: QueryNodeConfig = self.params.config
         self.errors = ErrorReporter(self.get_logger().error, cfg.error_throttle_s)
         self.text_encoder = text_encoder or load_text_encoder(cfg.checkpoint, cfg.device)
         self._encoder_lock = threading.Lock()
         self._table: cv.ObjectTable | None = None
+        self._label_names: list[str] | None = None
         self._last_query: np.ndarray | None = None
         self._pairer = StampPairer(int(cfg.pair_tolerance_s * 1e9))
         self._in_flight = False
         self._last_relevance_ns: int | None = None
         self.relevance_images = 0
 
-        from chorus_ros.msg import ObjectMap
+        from chorus_ros.msg import LabelInfo, ObjectMap
         from chorus_ros.srv import EmbedText, QueryObjects, RenderRelevance
         inputs = MutuallyExclusiveCallbackGroup()
         services = MutuallyExclusiveCallbackGroup()
         self.create_subscription(ObjectMap, "objects", self._on_objects, qos.latched(),
+                                 callback_group=inputs, qos_overriding_options=qos.overrides(durability=True))
+        self.create_subscription(LabelInfo, "semantic/label_info", self._on_labels, qos.latched(),
                                  callback_group=inputs, qos_overriding_options=qos.overrides(durability=True))
         self.create_service(QueryObjects, "~/query", self._srv_query, callback_group=services)
         self.create_service(EmbedText, "~/embed", self._srv_embed, callback_group=services)
@@ -184,6 +205,11 @@ class QueryNode(Node):
     def config(self) -> QueryNodeConfig:
         return self.params.config
 
+    @staticmethod
+    def _validate_params(cfg: QueryNodeConfig, names: list[str]) -> None:
+        if cfg.ranking not in ("cosine", "relative"):
+            raise ValueError(f"ranking must be 'cosine' or 'relative', got {cfg.ranking!r}")
+
     def _on_params(self, cfg: QueryNodeConfig, names: list[str]) -> None:
         self._pairer.tolerance_ns = int(cfg.pair_tolerance_s * 1e9)
         self.errors.throttle_s = cfg.error_throttle_s
@@ -194,6 +220,9 @@ class QueryNode(Node):
             self._table = cv.objectmap_to_table(msg)      # one reference swap: readers never lock
         except (ChorusError, ValueError) as e:
             self.errors.report("object map rejected", e)
+
+    def _on_labels(self, msg) -> None:
+        self._label_names = [e.name for e in sorted(msg.labels, key=lambda e: e.id)]
 
     @property
     def table(self) -> cv.ObjectTable | None:
@@ -219,7 +248,16 @@ class QueryNode(Node):
             if not np.isfinite(req.min_score):
                 raise InvalidInputError(f"min_score must be finite, got {req.min_score}")
             emb = self.embed([text])[0]
-            idx, scores = rank_objects(table, emb, req.top_k or cfg.default_top_k, req.min_score)
+            negatives = None
+            if cfg.ranking == "relative":
+                names = self._label_names
+                if not names:
+                    raise InvalidInputError("ranking 'relative' needs the label table (topic "
+                                            "'semantic/label_info'); none received yet")
+                others = [n for n in names if n.strip().lower() != text.lower()]
+                negatives = self.embed(others) if others else None
+            idx, scores = rank_objects(table, emb, req.top_k or cfg.default_top_k, req.min_score,
+                                       negatives, cfg.relative_temperature)
             self._last_query = emb
             objs = []
             for i, s in zip(idx.tolist(), scores.tolist()):

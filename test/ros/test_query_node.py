@@ -100,3 +100,39 @@ def test_embed_service_returns_the_text_encoders_unit_embeddings(harness, query,
     bad = harness.call(EmbedText, "query_node/embed", EmbedText.Request(texts=["ok", ""]))
     assert not bad.success and "empty" in bad.message and len(bad.embeddings) == 0
     assert not harness.call(EmbedText, "query_node/embed", EmbedText.Request(texts=[])).success
+
+
+def test_relative_ranking_uses_the_label_table_as_negatives(harness, query, text_encoder, wait_until):
+    """An object whose embedding is close to 'wall' but happens to have a high raw cosine with
+    'sofa' loses to the sofa under 'relative' ranking (the query's softmax probability against
+    the other class names)."""
+    from rclpy.parameter import Parameter
+
+    from chorus_ros.core.labels import LabelSet
+    from chorus_ros.msg import LabelInfo
+    from chorus_ros.ros import conversions as cv
+    from chorus_ros.ros import qos
+    from chorus_ros.ros.query_node import rank_objects
+    names = ["wall", "sofa", "floor"]
+    t = text_encoder.encode(names).numpy()
+    wallish = t[0] + 0.9 * t[1]                 # mostly wall, but a large raw cosine with 'sofa'
+    sofaish = t[1] + 0.25 * t[2]
+    emb = np.stack([wallish / np.linalg.norm(wallish), sofaish / np.linalg.norm(sofaish)]).astype(np.float32)
+    table = cv.ObjectTable(None, emb, np.ones(2, bool))
+    cos_idx, _ = rank_objects(table, t[1], 2, -1.0)
+    rel_idx, rel = rank_objects(table, t[1], 2, -1.0, negatives=t[[0, 2]], temperature=0.05)
+    assert rel_idx[0] == 1 and 0 <= rel[1] < rel[0] <= 1
+    if cos_idx[0] == 0:                          # the case relative ranking exists for
+        assert rel_idx[0] != cos_idx[0]
+    # over DDS: 'relative' needs the label table; a bad ranking value is refused
+    assert not query.set_parameters([Parameter("ranking", value="magic")])[0].successful
+    assert query.set_parameters([Parameter("ranking", value="relative")])[0].successful
+    try:
+        pub = harness.publisher(LabelInfo, "semantic/label_info", qos.latched())
+        pub.publish(cv.labelset_to_msg(LabelSet(CLASSES, np.zeros((len(CLASSES), 3), int)), 0))
+        wait_until(lambda: query._label_names == CLASSES, 10, "the label table")
+        res = _ask(harness, "lamp", top_k=5)
+        assert res.success and res.objects[0].label == "lamp"
+        assert all(0.0 <= s <= 1.0 for s in res.scores) and list(res.scores) == sorted(res.scores, reverse=True)
+    finally:
+        query.set_parameters([Parameter("ranking", value="cosine")])
