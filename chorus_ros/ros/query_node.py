@@ -60,7 +60,8 @@ class QueryNodeConfig:
     max_texts: int = 256
     """Most texts accepted by one ~/embed request."""
     ranking: str = "cosine"
-    """'cosine': rank by cosine(object embedding, query embedding); 'relative': by the query's softmax probability against the label table's class names as negatives (LERF-style; scores in [0, 1])."""
+    """'cosine': rank by cosine(object embedding, query embedding); 'relative': by the query's
+    softmax probability against the label table's class names as negatives (scores in [0, 1])."""
     relative_temperature: float = 0.05
     """Softmax temperature of the 'relative' ranking (on cosines)."""
     perception_node: str = "chorus_node"
@@ -78,7 +79,8 @@ class QueryNodeConfig:
 
 
 READ_ONLY = ["checkpoint", "device", "perception_node", "relevance_camera"]
-RANGES = {"relative_temperature": (1e-4, 10.0), "default_top_k": (1, 10000), "max_text_length": (1, 1_000_000), "max_texts": (1, 100000),
+RANGES = {"relative_temperature": (1e-4, 10.0), "default_top_k": (1, 10000),
+          "max_text_length": (1, 1_000_000), "max_texts": (1, 100000),
           "relevance_max_rate_hz": (0.0, 1000.0), "pair_tolerance_s": (0.0, 10.0),
           "error_throttle_s": (0.0, 3600.0)}
 

@@ -1,7 +1,5 @@
 """The demo bag: written with rosbags into tmp_path, read back and checked message by message."""
-import numpy as np
 import pytest
-import torch
 
 from chorus_ros.core.synthetic import SceneConfig, generate_scene
 from chorus_ros.ros.bag import DemoBagConfig, chorus_typestore, make_demo_bag, read_bag

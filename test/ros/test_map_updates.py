@@ -1,7 +1,6 @@
 """GaussianMapUpdate envelope <-> MapUpdate (pure, no rclpy.init)."""
 import array
 
-import numpy as np
 import pytest
 import torch
 
