@@ -80,6 +80,9 @@ class LiftedTargets:
     valid: torch.Tensor
     n_views: int = 0
     key: str = ""
+    aux: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Optional per-Gaussian tensors ``[N, ...]`` attached by consumers (e.g. loss balancing
+    weights); subset with the targets, not saved."""
 
     def __len__(self) -> int:
         return int(self.weight.shape[0])
@@ -87,7 +90,7 @@ class LiftedTargets:
     def index(self, idx: torch.Tensor | slice) -> "LiftedTargets":
         """Subset by an index tensor, boolean mask or slice (matches ``GaussianArrays.index``)."""
         return LiftedTargets({k: v[idx] for k, v in self.features.items()}, self.weight[idx], self.valid[idx],
-                             self.n_views, self.key)
+                             self.n_views, self.key, {k: v[idx] for k, v in self.aux.items()})
 
     def select_heads(self, heads: Sequence[str]) -> "LiftedTargets":
         """Keep only ``heads``; a missing head raises naming the available ones."""
@@ -98,7 +101,7 @@ class LiftedTargets:
 
     def to(self, device) -> "LiftedTargets":
         return LiftedTargets({k: v.to(device) for k, v in self.features.items()}, self.weight.to(device),
-                             self.valid.to(device), self.n_views, self.key)
+                             self.valid.to(device), self.n_views, self.key, {k: v.to(device) for k, v in self.aux.items()})
 
     def save(self, path: str | Path, meta: dict | None = None) -> None:
         """Write as safetensors (``feat.<head>``, ``weight``, ``valid``) with JSON metadata."""

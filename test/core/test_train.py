@@ -71,6 +71,27 @@ def test_head_loss_exact_values():
     assert float(none.loss) == 0.0
 
 
+def test_rarity_balance_equalises_group_loss_mass():
+    from chorus_ros.core.train.losses import cosine_kmeans, rarity_balance
+    gen = torch.Generator().manual_seed(0)
+    dirs = torch.eye(4)[:3]
+    labels = torch.cat([torch.zeros(90), torch.ones(10), torch.full((5,), 2)]).long()
+    x = dirs[labels] + 0.05 * torch.randn(105, 4, generator=gen)
+    assign = cosine_kmeans(x, 3, seed=1)
+    for c in range(3):                                  # the three directions are recovered exactly
+        assert len(assign[labels == c].unique()) == 1
+    assert len(assign.unique()) == 3
+    valid = labels != 2                                 # the third group is not valid
+    cfg = LossConfig(weight_power=0.0, balance_clusters=2, balance_power=1.0)
+    b = rarity_balance(x, torch.ones(105), valid, cfg)
+    torch.testing.assert_close(b[:90], torch.full((90,), 1 / 0.9 / 2))
+    torch.testing.assert_close(b[90:100], torch.full((10,), 1 / 0.1 / 2))
+    assert torch.equal(b[100:], torch.zeros(5))
+    assert float(b[:90].sum()) == pytest.approx(float(b[90:100].sum()))  # equal loss mass per group
+    off = rarity_balance(x, torch.ones(105), valid, LossConfig(balance_clusters=0))
+    assert torch.equal(off, valid.float())
+
+
 # ---------------------------------------------------------------------- calibration
 def test_calibration_projects_conflicts_and_equalises_exactly():
     g = {"a": torch.tensor([[1.0, 0.0]]), "b": torch.tensor([[-1.0, 1.0]])}

@@ -82,6 +82,10 @@ class LossConfig:
     """Weight (lambda) of the per-channel mean squared error term."""
     weight_power: float = 0.5
     """Gaussians are weighted by (lift weight) ** power, normalised over valid Gaussians (0: uniform)."""
+    balance_clusters: int = 0
+    """Rarity balancing: cluster each head's targets per scene into this many groups (cosine k-means; 0 = off) and up-weight Gaussians of rare groups, so small objects are not drowned by walls and floors. Uses the targets only (teacher-agnostic)."""
+    balance_power: float = 0.5
+    """Balancing weight = (loss-mass share of the Gaussian's group) ** -power."""
     head_weights: dict = field(default_factory=dict)
     """Optional per-head loss multipliers, e.g. {object: 0.5}; missing heads use 1."""
 

@@ -16,6 +16,11 @@ gradient of head ``k``'s loss w.r.t. the shared embedding ``E [N, D]`` (flattene
    the gradient of their own loss only.
 
 With calibration off, the backbone simply receives ``sum_k dL_k/dE`` (the plain sum).
+
+Rarity balancing (optional, ``balance_clusters > 0``): per scene and head, the valid targets are
+grouped by cosine k-means; a Gaussian's factor is ``share(group) ** -balance_power`` where the
+share is the group's part of the loss mass ``sum w^power``. It needs nothing but the targets, so
+it applies to real teachers as well as to the oracles.
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ import torch.nn.functional as F
 
 from chorus_ros.core.train.config import CalibrationConfig, LossConfig
 
-__all__ = ["HeadLoss", "head_loss", "calibrate_gradients", "CalibrationStats"]
+__all__ = ["HeadLoss", "head_loss", "calibrate_gradients", "CalibrationStats", "cosine_kmeans", "rarity_balance"]
 
 
 @dataclass
@@ -41,14 +46,19 @@ class HeadLoss:
 
 
 def head_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, valid: torch.Tensor,
-              cfg: LossConfig) -> HeadLoss:
-    """Loss of ``pred [N, C]`` against lifted ``target [N, C]`` (see the module docstring)."""
+              cfg: LossConfig, balance: torch.Tensor | None = None) -> HeadLoss:
+    """Loss of ``pred [N, C]`` against lifted ``target [N, C]`` (see the module docstring).
+
+    ``balance [N]``: optional extra per-Gaussian factors (:func:`rarity_balance`).
+    """
     if not bool(valid.any()):
         z = pred.sum() * 0.0
         return HeadLoss(z, 0.0, 0.0)
     p, t = pred[valid], target[valid].to(pred.dtype)
     w = weight[valid].to(pred.dtype).clamp_min(0)
     a = w.pow(cfg.weight_power) if cfg.weight_power != 0 else torch.ones_like(w)
+    if balance is not None:
+        a = a * balance[valid].to(a.dtype)
     a = a / a.sum().clamp_min(1e-12)
     cos = F.cosine_similarity(p, t, dim=1, eps=1e-8)
     l2 = (p - t).pow(2).mean(dim=1)
@@ -116,3 +126,52 @@ def calibrate_gradients(grads: dict[str, torch.Tensor], cfg: CalibrationConfig,
                 out[k] = out[k] * (target / n)
     total = sum(out[k] for k in names).to(next(iter(grads.values())).dtype)
     return total.reshape(next(iter(grads.values())).shape), CalibrationStats(norms, conflicts, min_cos)
+
+
+def cosine_kmeans(x: torch.Tensor, k: int, iters: int = 15, seed: int = 0) -> torch.Tensor:
+    """``[M]`` cluster index of each row of ``x [M, C]`` (spherical k-means, k-means++ seeding).
+
+    Deterministic in ``seed``; zero rows join the cluster of their first best match.
+    """
+    m = x.shape[0]
+    if m == 0:
+        return torch.zeros(0, dtype=torch.long)
+    k = max(1, min(int(k), m))
+    xn = F.normalize(x.float(), dim=1)
+    gen = torch.Generator().manual_seed(int(seed))
+    centres = [int(torch.randint(m, (1,), generator=gen))]
+    best = torch.full((m,), -2.0)
+    for _ in range(1, k):
+        best = torch.maximum(best, xn @ xn[centres[-1]])
+        d = (1 - best).clamp_min(0) ** 2
+        if float(d.sum()) <= 0:
+            break
+        centres.append(int(torch.multinomial(d, 1, generator=gen)))
+    c = xn[centres].clone()
+    assign = (xn @ c.T).argmax(1)
+    for _ in range(iters):
+        sums = torch.zeros_like(c).index_add_(0, assign, xn)
+        c = torch.where(sums.norm(dim=1, keepdim=True) > 0, F.normalize(sums, dim=1), c)
+        new = (xn @ c.T).argmax(1)
+        if torch.equal(new, assign):
+            break
+        assign = new
+    return assign
+
+
+def rarity_balance(target: torch.Tensor, weight: torch.Tensor, valid: torch.Tensor, cfg: LossConfig,
+                   seed: int = 0) -> torch.Tensor:
+    """``[N]`` balancing factors (0 where not valid; mean 1 over the loss mass of valid rows)."""
+    out = torch.zeros(target.shape[0])
+    if cfg.balance_clusters <= 0 or not bool(valid.any()):
+        out[valid] = 1.0
+        return out
+    w = weight[valid].float().clamp_min(0)
+    a = w.pow(cfg.weight_power) if cfg.weight_power != 0 else torch.ones_like(w)
+    assign = cosine_kmeans(target[valid], cfg.balance_clusters, seed=seed)
+    mass = torch.zeros(int(assign.max()) + 1).index_add_(0, assign, a)
+    share = (mass / mass.sum().clamp_min(1e-12)).clamp_min(1e-6)
+    b = share[assign].pow(-cfg.balance_power)
+    b = b * a.sum() / (a * b).sum().clamp_min(1e-12)
+    out[valid] = b
+    return out

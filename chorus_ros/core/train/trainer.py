@@ -31,7 +31,7 @@ from chorus_ros.core.errors import CheckpointError, InvalidInputError
 from chorus_ros.core.lift import LiftConfig, LiftedScene, lift_synthetic_scenes
 from chorus_ros.core.train.augment import augment_scene
 from chorus_ros.core.train.config import TrainConfig
-from chorus_ros.core.train.losses import calibrate_gradients, head_loss
+from chorus_ros.core.train.losses import calibrate_gradients, head_loss, rarity_balance
 
 __all__ = ["Trainer", "TrainResult", "DistInfo", "init_distributed", "lr_factor", "STATE_FILE", "LOG_FILE"]
 
@@ -121,6 +121,13 @@ class Trainer:
         if not self.scenes:
             raise InvalidInputError("training needs at least one scene")
         self.heads = self._heads()
+        if config.loss.balance_clusters > 0:
+            for i, sc in enumerate(self.scenes):
+                for h in self.heads:
+                    key = f"balance.{h}"
+                    if key not in sc.targets.aux:
+                        sc.targets.aux[key] = rarity_balance(sc.targets.features[h], sc.targets.weight,
+                                                             sc.targets.valid, config.loss, seed=config.seed + i)
         self.model = (model if model is not None else self._build_model()).to(self.device)
         self.ddp_model = self.model
         if self.dist.distributed:
@@ -209,7 +216,7 @@ class Trainer:
         losses = {}
         for k in self.heads:
             pred = self.model.heads[k](e)
-            hl = head_loss(pred, tg.features[k], tg.weight, tg.valid, self.cfg.loss)
+            hl = head_loss(pred, tg.features[k], tg.weight, tg.valid, self.cfg.loss, tg.aux.get(f"balance.{k}"))
             hl.loss = hl.loss * float(hw.get(k, 1.0))
             losses[k] = hl
         return losses, (emb, e), {"n": len(g), "valid": int(tg.valid.sum())}
