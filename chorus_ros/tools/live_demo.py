@@ -39,9 +39,9 @@ class LiveDemoConfig:
     """Views recorded after each map update."""
     final_views: int = 3
     """Views of the finished map."""
-    width: int = 160
+    width: int = 320
     """Image width, pixels."""
-    height: int = 120
+    height: int = 240
     """Image height, pixels."""
     queries: int = 4
     """Class-name queries sent to query_node."""
@@ -177,7 +177,8 @@ def run_live_demo(out: Path, scene, checkpoint: Path | str = DEMO_CHECKPOINT,
             rows, titles = [], []
             for i, s in enumerate(stamps):
                 imgs = {k: cv.image_to_numpy(got[k][s]) for k in got}
-                imgs["instance"] = colorize_instances(imgs["instance"])
+                ids = imgs["instance"]
+                imgs["instance"] = colorize_instances(np.where(ids == 0, 65535, ids))   # 0 (none): black
                 labels = imgs.pop("semantic")
                 for name in ("semantic_color", "instance", "overlay"):
                     res.written.append(_save_png(live / f"view{i:02d}_{name.replace('_color', '')}.png",
