@@ -148,6 +148,9 @@ class Trainer:
         self._tb = None
         if config.checkpoint.resume:
             self._maybe_resume()
+        log = self.run_dir / LOG_FILE
+        if self.step == 0 and self.dist.main and log.is_file():  # a fresh start: keep, do not append to, an old log
+            log.rename(log.with_suffix(f".{int(time.time())}.csv"))
 
     # ------------------------------------------------------------------ building
     @property
