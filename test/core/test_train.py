@@ -351,7 +351,10 @@ def test_smoke_real_config_two_steps_then_load_checkpoint_and_resume(tmp_path):
     torch.testing.assert_close(pipe.text_encoder.encode(["chair"]), tr.text_encoder.encode(["chair"]))
     log = (tmp_path / "run" / "train_log.csv").read_text().splitlines()
     assert log[0].startswith("step,") and [r.split(",")[0] for r in log[1:]] == ["1", "2"]
-    # resume: a longer schedule continues from step 2 (lifted targets come from the cache)
+    # resume: a longer schedule continues from step 2 (lifted targets come from the cache); rows an
+    # interrupted run logged after its last saved state are dropped
+    with open(tmp_path / "run" / "train_log.csv", "a") as f:
+        f.write("7" + ",0" * (len(log[0].split(",")) - 1) + "\n")
     cfg3 = load_train_config(DEMO, _smoke_overrides(tmp_path, steps=3))
     tr3 = Trainer(cfg3)
     assert tr3.step == 2

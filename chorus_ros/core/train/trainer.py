@@ -149,8 +149,14 @@ class Trainer:
         if config.checkpoint.resume:
             self._maybe_resume()
         log = self.run_dir / LOG_FILE
-        if self.step == 0 and self.dist.main and log.is_file():  # a fresh start: keep, do not append to, an old log
-            log.rename(log.with_suffix(f".{int(time.time())}.csv"))
+        if self.dist.main and log.is_file():
+            if self.step == 0:  # a fresh start: keep, do not append to, an old log
+                log.rename(log.with_suffix(f".{int(time.time())}.csv"))
+            else:  # resumed: drop rows logged after the saved state (an interrupted run's tail)
+                lines = log.read_text().splitlines()
+                keep = lines[:1] + [r for r in lines[1:] if r.split(",", 1)[0].isdigit() and int(r.split(",", 1)[0]) <= self.step]
+                if len(keep) != len(lines):
+                    log.write_text("\n".join(keep) + "\n")
 
     # ------------------------------------------------------------------ building
     @property
