@@ -38,7 +38,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import replace, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -260,6 +260,13 @@ class PerceptionPipeline:
         dims = ck.model.head_dims if isinstance(ck.model.head_dims, dict) else ck.model.config.head_dims()
         if "language" in dims and dims["language"] != text.dim:
             raise CheckpointError(f"language head dim {dims['language']} != text encoder dim {text.dim}")
+        if not config.instances.voxel_size > 0 and not config.instances.voxel_quantum > 0:
+            # The automatic grouping voxel is measured on the Gaussians seen first, so a map grown
+            # by deltas grouped differently from the same map received whole (demo scene: 37 vs 43
+            # objects). Snapping it to power-of-two multiples of a quantum fixed by the checkpoint
+            # (the encoder's voxel) removes that history while still adapting to map density.
+            q = config.instances.auto_voxel_factor * float(ck.config.voxel_size)
+            config = replace(config, instances=replace(config.instances, voxel_quantum=q))
         return cls(config, ck.model.to(config.device), text, labels)
 
     # ------------------------------------------------------------------ helpers

@@ -28,6 +28,7 @@ every other Gaussian keeps its id and every other entry its record.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -61,6 +62,11 @@ class InstanceConfig:
     """Automatic voxel size as a multiple of the median largest Gaussian std (~ the sample spacing)."""
     auto_voxel_range: tuple[float, float] = (0.01, 0.5)
     """Clamp of the automatic voxel size, metres."""
+    voxel_quantum: float = 0.0
+    """When > 0, the automatic voxel size snaps to this x the nearest power of two. The automatic
+    size is measured on the Gaussians of the first regrouping; snapping makes a map grown by deltas
+    group exactly like the same map received whole (same density, same bin). The pipeline sets it
+    from the checkpoint's encoder voxel."""
     feature_threshold: float = 0.7
     """Neighbouring thing nodes join when the cosine of their object features exceeds this."""
     feature_buckets: int = 3
@@ -515,7 +521,11 @@ class InstanceDecoder:
                 return 0.05  # nothing to measure yet; not frozen
             med = float(scales.detach().float().max(dim=-1).values.median())
             lo, hi = self.config.auto_voxel_range
-            self.voxel_size = float(min(max(self.config.auto_voxel_factor * med, lo), hi))
+            vs = self.config.auto_voxel_factor * med
+            q = self.config.voxel_quantum
+            if q > 0 and vs > 0:
+                vs = q * 2.0 ** round(math.log2(vs / q))
+            self.voxel_size = float(min(max(vs, lo), hi))
         return self.voxel_size
 
     def _cfg(self) -> InstanceConfig:
