@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from chorus_ros.core.errors import CheckpointError, InvalidInputError, RegistryError
+from chorus_ros.core.state_dict import load_state_dict_strict
 
 __all__ = ["TextEncoderSpec", "TextEncoder", "build_text_encoder", "register_text_encoder",
            "TEXT_ENCODERS", "TINY_TEXT_CFG"]
@@ -171,16 +172,7 @@ class TextEncoder:
         if not Path(path).is_file():
             raise CheckpointError(f"text encoder weights file not found: {path}")
         sd = load_file(str(path), device=str(self.device))
-        own = self.module.state_dict()
-        missing = sorted(set(own) - set(sd))
-        unexpected = sorted(set(sd) - set(own))
-        if missing or unexpected:
-            raise CheckpointError(f"text encoder weights {path} do not match the architecture: "
-                                  f"missing keys {missing[:20]}, unexpected keys {unexpected[:20]}")
-        bad = [k for k in own if tuple(own[k].shape) != tuple(sd[k].shape)]
-        if bad:
-            raise CheckpointError(f"text encoder weights {path}: shape mismatch for {bad[:20]}")
-        self.module.load_state_dict(sd, strict=True)
+        load_state_dict_strict(self.module, sd, f"text encoder weights {path} do not match the architecture")
         self.clear_cache()
 
 

@@ -22,6 +22,7 @@ import yaml
 from chorus_ros.core.encoder.config import EncoderConfig
 from chorus_ros.core.encoder.model import ChorusEncoder
 from chorus_ros.core.errors import CheckpointError, InvalidInputError
+from chorus_ros.core.state_dict import load_state_dict_strict
 
 __all__ = ["save_checkpoint", "load_checkpoint", "load_checkpoint_config", "LoadedCheckpoint",
            "WEIGHTS_FILE", "CONFIG_FILE", "FORMAT"]
@@ -30,7 +31,6 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
 FORMAT = "chorus_encoder/1"
 _TOP_KEYS = ("format", "encoder", "meta")
-_LIST_LIMIT = 10
 
 
 @dataclass
@@ -43,11 +43,6 @@ class LoadedCheckpoint:
     """Its architecture."""
     meta: dict[str, Any] = field(default_factory=dict)
     """The caller's metadata stored with it (label set, teacher specs, text encoder, training)."""
-
-
-def _short(keys: list[str]) -> str:
-    more = f" (+{len(keys) - _LIST_LIMIT} more)" if len(keys) > _LIST_LIMIT else ""
-    return f"{keys[:_LIST_LIMIT]}{more}"
 
 
 def save_checkpoint(path_dir: str | os.PathLike, model: ChorusEncoder, meta: dict[str, Any] | None = None) -> None:
@@ -125,19 +120,5 @@ def load_checkpoint(path_dir: str | os.PathLike, device: str | torch.device = "c
     except Exception as e:  # safetensors raises its own error types for corrupt files
         raise CheckpointError(f"cannot read {wpath}: {e}") from e
     model = ChorusEncoder(cfg)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-                        for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape))
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {_short(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys {_short(unexpected)}")
-        if mismatched:
-            parts.append(f"shape mismatches {_short(mismatched)}")
-        raise CheckpointError(f"checkpoint {wpath} does not match its config: " + "; ".join(parts))
-    model.load_state_dict(state, strict=True)
+    load_state_dict_strict(model, state, f"checkpoint {wpath} does not match its config")
     return LoadedCheckpoint(model.to(device).eval(), cfg, meta)

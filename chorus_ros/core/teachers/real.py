@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from chorus_ros.core.errors import CheckpointError, InvalidInputError
+from chorus_ros.core.state_dict import load_state_dict_strict
 from chorus_ros.core.teachers.base import FrameContext, Teacher, TeacherSpec, option
 from chorus_ros.core.teachers.registry import register_teacher
 
@@ -257,16 +258,8 @@ def build_timm_model(opts: dict, who: str):
         own = model.state_dict()
         # classifier weights are not needed for dense features
         sd = {k: v for k, v in sd.items() if not (k.startswith("head.") and k not in own)}
-        missing = sorted(set(own) - set(sd))
-        unexpected = sorted(set(sd) - set(own))
-        if missing or unexpected:
-            raise CheckpointError(f"teacher {who!r}: checkpoint {opts['checkpoint']} does not match "
-                                  f"{opts['model']!r}: missing keys {missing[:20]}, unexpected keys {unexpected[:20]}")
-        bad = [k for k in own if tuple(own[k].shape) != tuple(sd[k].shape)]
-        if bad:
-            raise CheckpointError(f"teacher {who!r}: checkpoint {opts['checkpoint']} has wrong shapes for "
-                                  f"{[(k, tuple(sd[k].shape), tuple(own[k].shape)) for k in bad[:10]]}")
-        model.load_state_dict(sd, strict=True)
+        load_state_dict_strict(model, sd, f"teacher {who!r}: checkpoint {opts['checkpoint']} "
+                                          f"does not match {opts['model']!r}")
     return model.eval().to(opts["device"])
 
 
