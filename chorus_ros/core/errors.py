@@ -10,6 +10,11 @@ class InvalidInputError(ChorusError, ValueError):
     """Input data is malformed (wrong shape, non-finite, missing field, bad size...)."""
 
 
+class DatasetError(InvalidInputError):
+    """An outside dataset folder (scene folder, labels map, PLY map with ground truth) is
+    malformed; the message names the offending file."""
+
+
 class MapCapacityError(ChorusError):
     """A GaussianMap would exceed its configured capacity."""
 
@@ -34,3 +39,12 @@ class RegistryError(ChorusError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "unknown registry key"
+
+
+class EncodeError(ChorusError):
+    """Encoding the map failed; ``ids`` holds the Gaussian ids that caused it when known (``[]``
+    otherwise), so a node can name them and keep serving the last good encoding."""
+
+    def __init__(self, message: str, ids=()) -> None:
+        super().__init__(message)
+        self.ids = [int(i) for i in ids]

@@ -68,6 +68,12 @@ class MapConfig:
     """Slots allocated up front; storage doubles as needed up to ``capacity``."""
     device: str = "cpu"
     """Torch device holding the map ('cpu', 'cuda', 'cuda:0')."""
+    max_abs_coordinate: float = 5000.0
+    """Largest accepted |x|, |y| or |z| of a Gaussian mean, metres; a Gaussian beyond it is refused (the whole update with it). The perception pipeline refuses a value its encoder's voxel keys cannot cover (chorus_ros.core.encoder.incremental.max_supported_coordinate: about 13 km at 5 cm voxels)."""
+    min_scale: float = 0.0
+    """Smallest accepted Gaussian scale exp(log_scale) on any axis, metres (0: no lower limit; tiny Gaussians are harmless, they just vanish)."""
+    max_scale: float = 1e4
+    """Largest accepted Gaussian scale exp(log_scale) on any axis, metres."""
 
 
 @dataclass
@@ -288,6 +294,14 @@ def _validate_config(cfg: MapConfig) -> None:
         raise InvalidInputError(f"MapConfig.sh_degree must be 0..3, got {cfg.sh_degree!r}")
     if not (isinstance(cfg.block_size, (int, float)) and np.isfinite(cfg.block_size) and cfg.block_size > 0):
         raise InvalidInputError(f"MapConfig.block_size must be a finite number > 0, got {cfg.block_size!r}")
+    lim = cfg.max_abs_coordinate
+    if not (isinstance(lim, (int, float)) and np.isfinite(lim) and lim > 0):
+        raise InvalidInputError(f"MapConfig.max_abs_coordinate must be a finite number > 0, got {lim!r}")
+    lo, hi = cfg.min_scale, cfg.max_scale
+    if not (isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and np.isfinite(lo)
+            and np.isfinite(hi) and 0 <= lo < hi):
+        raise InvalidInputError(f"MapConfig scale range must satisfy 0 <= min_scale < max_scale (finite), "
+                                f"got [{lo!r}, {hi!r}]")
     if not isinstance(cfg.initial_capacity, int) or cfg.initial_capacity < 0:
         raise InvalidInputError(f"MapConfig.initial_capacity must be an int >= 0, got {cfg.initial_capacity!r}")
     try:
@@ -468,6 +482,7 @@ class GaussianMap:
             raise InvalidInputError(
                 f"{what}: non-finite values in incoming Gaussians (count per field: {bad}); sanitise first, "
                 "e.g. chorus_ros.core.ply.sanitize_gaussians")
+        self._check_limits(params, ids, what)
         sh = params["sh"]
         if sh.shape[1] != self._k:
             kk = min(sh.shape[1], self._k)
@@ -493,6 +508,26 @@ class GaussianMap:
                 v = v.detach().to(self._device)
             extras[name] = v
         return _Incoming(params, ids.to(self._device, torch.int64), ids_np, extras)
+
+    def _check_limits(self, params: dict[str, torch.Tensor], ids: torch.Tensor, what: str) -> None:
+        """Refuse means outside ``max_abs_coordinate`` and scales outside [min_scale, max_scale]
+        (InvalidInputError naming the first offending ids and values)."""
+        cfg = self.config
+        lim = float(cfg.max_abs_coordinate)
+        far = params["means"].abs().amax(1) > lim if len(ids) else torch.zeros(0, dtype=torch.bool)
+        ls = params["log_scales"]
+        lo = float(np.log(cfg.min_scale)) if cfg.min_scale > 0 else -float("inf")
+        hi = float(np.log(cfg.max_scale))
+        off = ((ls < lo) | (ls > hi)).any(1) if len(ids) else far
+        for mask, text in ((far, f"means outside +-{lim:g} m (MapConfig.max_abs_coordinate)"),
+                           (off, f"scales outside [{cfg.min_scale:g}, {cfg.max_scale:g}] m "
+                                 f"(MapConfig.min_scale/max_scale)")):
+            if bool(mask.any()):
+                rows = mask.nonzero().squeeze(1)[:5].cpu()
+                ex = {int(ids[r]): ([round(float(v), 3) for v in params["means"][r]] if mask is far
+                                    else [float(f"{np.exp(float(v)):.3g}") for v in ls[r]]) for r in rows}
+                raise InvalidInputError(f"{what}: {int(mask.sum())} Gaussians with {text}; first ids and "
+                                        f"values: {ex}; nothing was changed")
 
     def _check_capacity(self, n_after: int, what: str) -> None:
         if n_after > self.config.capacity:

@@ -232,6 +232,13 @@ class PerceptionPipeline:
             config.map.device = config.device
             gmap = GaussianMap(config.map)
         self.map = gmap
+        if hasattr(model, "receptive_field_m") and hasattr(model, "config"):
+            from chorus_ros.core.encoder.incremental import max_supported_coordinate
+            lim = max_supported_coordinate(model, gmap.config.block_size)
+            if float(gmap.config.max_abs_coordinate) > lim:
+                raise InvalidInputError(f"map.max_abs_coordinate {gmap.config.max_abs_coordinate} m is beyond what "
+                                        f"the encoder's voxel keys cover ({lim:.0f} m at voxel_size "
+                                        f"{model.config.voxel_size} m); lower it")
         self._incremental_factory = incremental_factory or self._default_incremental
         self._incremental = self._incremental_factory(self.map)
         self.semantic = SemanticDecoder(text_encoder, labels, config.semantic)

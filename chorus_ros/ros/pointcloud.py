@@ -16,7 +16,11 @@ and 240 for degree 3.
 :class:`~chorus_ros.core.errors.InvalidInputError` naming the problem: missing fields (listed),
 duplicated fields, unsupported datatypes or ``count != 1``, fields past ``point_step``,
 ``row_step``/data size mismatches, missing or duplicated ids, non-finite values (count per
-field; optionally dropped instead).
+field; optionally dropped instead), and values no float writer produces for a Gaussian
+(subnormal or beyond 1e15 in positions, opacities, scales or rotations, see
+:func:`implausible_values`): the sign of data written in the other byte order than
+``is_bigendian`` says, which the error then names. Map limits (coordinate and scale ranges)
+are checked by the map (:class:`~chorus_ros.core.map.MapConfig`).
 """
 from __future__ import annotations
 
@@ -43,6 +47,7 @@ __all__ = [
     "pointcloud2_to_gaussians",
     "decode_pointcloud2",
     "CloudDecodeResult",
+    "implausible_values",
 ]
 
 POINTFIELD_TYPES: dict[int, str] = {
@@ -199,6 +204,46 @@ def _nonfinite_by_field(g: GaussianArrays) -> dict[str, int]:
     return out
 
 
+_PLAUSIBLE_FIELDS = ("x", "y", "z", "opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3")
+_TINY, _HUGE = 1e-30, 1e15
+
+
+def implausible_values(table: np.ndarray) -> dict[str, int]:
+    """Field name -> count of values no Gaussian writer produces: finite but subnormal-small
+    (``0 < |v| < 1e-30``) or beyond ``1e15``, in the position, opacity, scale and rotation
+    fields of a structured ``table`` (SH coefficients are not checked). Float32 data read in the
+    wrong byte order almost always shows such values (1.0 byte-swapped is 4.6e-41)."""
+    out: dict[str, int] = {}
+    names = table.dtype.names or ()
+    for nm in _PLAUSIBLE_FIELDS:
+        if nm not in names or table.dtype.fields[nm][0].kind != "f":
+            continue
+        a = np.abs(table[nm].astype(np.float64))
+        with np.errstate(invalid="ignore"):
+            bad = int(np.count_nonzero(((a > 0) & (a < _TINY)) | ((a > _HUGE) & np.isfinite(a))))
+        if bad:
+            out[nm] = bad
+    return out
+
+
+def _check_byte_order(msg: PointCloud2, table: np.ndarray, dt: np.dtype) -> None:
+    """Refuse data that decode to implausible values, naming the byte order when the other one
+    would decode cleanly."""
+    bad = implausible_values(table)
+    if not bad:
+        return
+    other = dt.newbyteorder()  # swaps every field's byte order
+    swapped = np.frombuffer(table.tobytes(), dtype=other, count=len(table))
+    flag = "big" if msg.is_bigendian else "little"
+    hint = ""
+    if not implausible_values(swapped):
+        hint = (f"; read as {'little' if msg.is_bigendian else 'big'}-endian they are plausible, so the data "
+                f"are probably in the other byte order than is_bigendian={bool(msg.is_bigendian)} says")
+    raise InvalidInputError(f"PointCloud2 ({flag}-endian per is_bigendian) decodes to implausible values "
+                            f"(subnormal or > {_HUGE:g}; count per field: {bad}){hint}; the cloud cannot be "
+                            f"decoded exactly and is refused")
+
+
 def decode_pointcloud2(msg: PointCloud2, *, drop_nonfinite: bool = False) -> CloudDecodeResult:
     """Like :func:`pointcloud2_to_gaussians`, also returning the non-finite counts per field."""
     if not isinstance(msg, PointCloud2):
@@ -226,6 +271,7 @@ def decode_pointcloud2(msg: PointCloud2, *, drop_nonfinite: bool = False) -> Clo
         if dt.fields[nm][0].kind != "f":
             raise InvalidInputError(f"PointCloud2 field {nm!r} must be FLOAT32 or FLOAT64, got "
                                     f"{_PF_NAMES[_CODE_TO_PF[dt.fields[nm][0].str[1:]]]}")
+    _check_byte_order(msg, table, dt)
     g = structured_to_gaussians(table, source="PointCloud2", noun="fields", require_id=True)
     nonfinite = _nonfinite_by_field(g)
     dropped = 0

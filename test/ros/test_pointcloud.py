@@ -203,3 +203,49 @@ def test_writer_rejects_missing_ids_and_empty_cloud_round_trips():
     assert (e.width, len(e.data), e.point_step) == (0, 0, 4 * 39)
     out = pointcloud2_to_gaussians(e)
     assert len(out) == 0 and out.sh.shape == (0, 9, 3)
+
+
+def _flip_flag(msg):
+    msg.is_bigendian = not msg.is_bigendian
+    return msg
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_little_endian_bytes_flagged_big_endian_are_refused(seed):
+    """Issue 12, finding 2: a cloud flagged big-endian whose bytes are little-endian decodes to
+    garbage that used to be accepted; now it is refused and the error names the byte order."""
+    g = rand_g(20, 0, seed=seed)
+    g.quats[:, 0] = 1.0                         # realistic: unit-ish rotations, metres, log-scales
+    g.means *= 3.0
+    msg = _flip_flag(gaussians_to_pointcloud2(g, Header()))
+    with pytest.raises(InvalidInputError, match="implausible values.*other byte order than is_bigendian=True"):
+        pointcloud2_to_gaussians(msg)
+
+
+def test_big_endian_bytes_flagged_little_endian_are_refused():
+    msg = _foreign(True)
+    msg.is_bigendian = False
+    with pytest.raises(InvalidInputError, match="is_bigendian=False"):
+        pointcloud2_to_gaussians(msg)
+
+
+def test_correctly_flagged_clouds_of_both_orders_decode_exactly():
+    for big in (False, True):
+        assert pointcloud2_to_gaussians(_foreign(big)).ids.tolist() == [0, 100, 200, 300]
+    g = rand_g(50, 1)
+    same(pointcloud2_to_gaussians(gaussians_to_pointcloud2(g, Header())), g)
+
+
+def test_subnormal_and_huge_values_are_refused_whatever_the_byte_order():
+    from chorus_ros.ros.pointcloud import implausible_values
+    g = rand_g(4, 0)
+    g.means[1, 2] = 1e-40                       # a subnormal float32 coordinate
+    g.log_scales[2, 0] = 1e20
+    msg = gaussians_to_pointcloud2(g, Header())
+    with pytest.raises(InvalidInputError, match=r"'z': 1.*'scale_0': 1"):
+        pointcloud2_to_gaussians(msg)
+    table = np.zeros(3, dtype=[("x", "<f4"), ("f_dc_0", "<f4")])
+    table["f_dc_0"] = 1e-40                     # SH coefficients are not checked
+    assert implausible_values(table) == {}
+    table["x"][0] = -1e16
+    assert implausible_values(table) == {"x": 1}

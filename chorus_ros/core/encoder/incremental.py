@@ -40,7 +40,8 @@ from chorus_ros.core.encoder.model import ChorusEncoder, EncoderOutput
 from chorus_ros.core.errors import InvalidInputError
 from chorus_ros.core.gaussians import GaussianArrays
 
-__all__ = ["IncrementalConfig", "IncrementalEncoder", "EncodeResult", "BlockIndex", "near_blocks", "plan_chunks"]
+__all__ = ["IncrementalConfig", "IncrementalEncoder", "EncodeResult", "BlockIndex", "near_blocks", "plan_chunks",
+           "max_supported_coordinate"]
 
 _log = logging.getLogger(__name__)
 MODES = ("cached", "halo")
@@ -100,6 +101,37 @@ class EncodeResult:
     """Dirty blocks that triggered the update."""
     stats: dict[str, float] = field(default_factory=dict)
     """Timing breakdown (seconds): 'plan', 'forward', 'write'."""
+
+
+def max_supported_coordinate(model: ChorusEncoder, block_size: float) -> float:
+    """Largest |x|, |y|, |z| (metres) of a Gaussian mean that the encoder can handle exactly.
+
+    Voxel indices ``floor(mean / voxel_size)`` are packed into int64 keys with
+    :data:`~chorus_ros.core.encoder.features.COORD_LIMIT` per axis; the incremental engines also
+    form keys for the cells around a change (up to twice the receptive field plus one dirty
+    block and a few voxels of rounding away from any Gaussian), so that margin is subtracted.
+    Beyond this bound keys would wrap around and the caches would be corrupted."""
+    from chorus_ros.core.encoder.features import COORD_LIMIT
+
+    vs = float(model.config.voxel_size)
+    margin = 2.0 * model.receptive_field_m + 2.0 * float(block_size) + 8.0 * vs
+    return COORD_LIMIT * vs - margin
+
+
+def _check_extent(model: ChorusEncoder, gmap, block_size: float) -> None:
+    """Raise :class:`EncodeError` naming the Gaussians beyond :func:`max_supported_coordinate`."""
+    from chorus_ros.core.errors import EncodeError
+
+    lim = max_supported_coordinate(model, block_size)
+    cfg_lim = getattr(getattr(gmap, "config", None), "max_abs_coordinate", None)
+    if len(gmap) == 0 or (cfg_lim is not None and float(cfg_lim) <= lim):
+        return      # the map itself refuses anything beyond its (smaller) limit: nothing to scan
+    g = gmap.arrays()
+    far = g.means.abs().amax(1) > lim
+    if bool(far.any()):
+        ids = g.ids[far][:20].tolist()
+        raise EncodeError(f"{int(far.sum())} Gaussians lie beyond +-{lim:.0f} m, outside the encoder's voxel "
+                          f"key range (voxel_size {model.config.voxel_size} m); ids {ids}", ids)
 
 
 # -------------------------------------------------------------------------- region queries
@@ -282,6 +314,7 @@ class IncrementalEncoder:
         """Re-encode the whole map (chunked when larger than ``max_gaussians_per_pass``)."""
         t0 = time.perf_counter()
         with self.map.lock:
+            _check_extent(self.model, self.map, self.map.config.block_size)
             d = self.map.take_dirty()
             return self._encode_all(d.from_version, d.to_version, t0, int(d.blocks.shape[0]))
 
@@ -291,6 +324,7 @@ class IncrementalEncoder:
         rewritten."""
         t0 = time.perf_counter()
         with self.map.lock:
+            _check_extent(self.model, self.map, self.map.config.block_size)
             d = self.map.take_dirty()
             names = self.attribute_names()
             have = set(self.map.attribute_names())
