@@ -1,6 +1,9 @@
-"""``chorus-train``: lift-then-align training of the Chorus encoder from a YAML config.
+"""``chorus-train``: train the Chorus encoder (or a stage's module) from a YAML config.
 
-    chorus-train --config config/train/demo.yaml                 # the demo checkpoint
+    chorus-train --config config/train/demo.yaml                 # the demo checkpoint (stage align)
+    chorus-train --config config/train/contrastive.yaml          # self-supervised pre-training
+    chorus-train --config config/train/demo.yaml --stage contrastive
+    chorus-train --list-stages
     chorus-train --config config/train/demo.yaml optim.steps=200 checkpoint.dir=/tmp/ck
     torchrun --nproc_per_node 2 -m chorus_ros.tools.train --config config/train/demo.yaml
 
@@ -21,12 +24,20 @@ def main(argv: list[str] | None = None) -> int:
     from chorus_ros.core.train import Trainer, load_train_config
 
     ap = argparse.ArgumentParser(prog="chorus-train", description=__doc__.splitlines()[0])
-    ap.add_argument("--config", required=True, help="training config YAML (e.g. config/train/demo.yaml)")
+    ap.add_argument("--config", help="training config YAML (e.g. config/train/demo.yaml)")
+    ap.add_argument("--stage", help="training stage (overrides the config's 'stage'); see --list-stages")
+    ap.add_argument("--list-stages", action="store_true", help="print the registered training stages and exit")
     ap.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. optim.steps=2")
     a = ap.parse_args(argv)
+    if a.list_stages:
+        from chorus_ros.core.train.stages import list_stages
+        print("\n".join(list_stages()))
+        return 0
+    if not a.config:
+        ap.error("--config is required")
     try:
-        cfg = load_train_config(a.config, a.overrides)
+        cfg = load_train_config(a.config, list(a.overrides) + ([f"stage={a.stage}"] if a.stage else []))
         if a.print_config:
             print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
             return 0

@@ -1,9 +1,10 @@
-"""Lift-then-align training of the Chorus encoder (``chorus-train``).
+"""Training of the Chorus encoder (``chorus-train``): named stages behind one trainer.
 
 * :mod:`.config`: :class:`TrainConfig` (YAML + dotted overrides).
 * :mod:`.augment`: random scene augmentation.
 * :mod:`.losses`: per-head cosine + L2 loss, multi-task gradient calibration.
 * :mod:`.trainer`: :class:`Trainer` (multi-scene, logs, checkpoints + resume, DDP).
+* :mod:`.stages`: the stage registry (``align`` lift-then-align, ``contrastive``, ``fusion``, ...).
 
 Example::
 

@@ -100,6 +100,8 @@ class CalibrationConfig:
     """Remove the component of each head's gradient that conflicts with another head's (PCGrad-style)."""
     equalize: bool = True
     """Rescale every head's (projected) gradient to the mean norm of the heads' gradients."""
+    branches: bool = False
+    """Level two: rescale the calibrated task gradient, where it reaches the encoder's input branches (encoder.branches), to the same norm in every branch (their mean), so no input modality dominates. No effect on a single-stem encoder."""
 
 
 @dataclass
@@ -152,6 +154,12 @@ class CheckpointConfig:
 class TrainConfig:
     """Everything ``chorus-train`` needs."""
 
+    stage: str = "align"
+    """Training stage (chorus_ros.core.train.stages registry): 'align' (lift-then-align distillation), 'contrastive' (self-supervised PointContrast), 'fusion' (2D fusion decoder), ..."""
+    stage_options: dict = field(default_factory=dict)
+    """Per-stage options, keyed by stage name (e.g. {contrastive: {pairs: 4096}}); each stage validates its own section."""
+    init_from: str = ""
+    """Optional checkpoint directory to initialise the encoder from (e.g. a contrastive pre-training run); its backbone must match."""
     seed: int = 0
     """Seed of model initialisation, scene sampling and augmentation."""
     device: str = "cpu"

@@ -1,10 +1,13 @@
-"""Multi-scene "align" training: the encoder learns to predict the lifted teacher targets.
+"""One trainer for every training stage (``config.stage``, :mod:`.stages`).
 
 One step = (per process) ``scenes_per_step`` scenes drawn at random from this process's share
-of the training scenes, each augmented (:mod:`.augment`), encoded, scored per head
-(:func:`.losses.head_loss`) and back-propagated with multi-task gradient calibration at the
-shared embedding (:func:`.losses.calibrate_gradients`), then one AdamW step under a warm-up +
-cosine schedule. Logs go to ``<log.dir>/train_log.csv`` (and TensorBoard when installed);
+of the training scenes; the stage turns each into a :class:`~.stages.StageLoss` (for the
+default stage ``align``: augmented (:mod:`.augment`), encoded, scored per head
+(:func:`.losses.head_loss`)); the trainer back-propagates it with multi-task gradient
+calibration at the shared tensor the stage names (:func:`.losses.calibrate_gradients`; level
+two, per encoder input branch, when ``calibration.branches`` and the model has branches), then
+takes one AdamW step under a warm-up + cosine schedule. The trainer never branches on the
+stage's name. Logs go to ``<log.dir>/train_log.csv`` (and TensorBoard when installed);
 checkpoints to ``checkpoint.dir`` (weights + config via
 :func:`chorus_ros.core.encoder.checkpoint.save_checkpoint`, the text encoder's weights and the
 label set beside them); the resumable optimiser/scheduler/step/RNG state to
@@ -31,7 +34,8 @@ from chorus_ros.core.errors import CheckpointError, InvalidInputError
 from chorus_ros.core.lift import LiftConfig, LiftedScene, lift_synthetic_scenes
 from chorus_ros.core.train.augment import augment_scene
 from chorus_ros.core.train.config import TrainConfig
-from chorus_ros.core.train.losses import calibrate_gradients, head_loss, rarity_balance
+from chorus_ros.core.train.losses import calibrate_gradients
+from chorus_ros.core.train.stages import Stage, StageLoss, build_stage
 
 __all__ = ["Trainer", "TrainResult", "DistInfo", "init_distributed", "lr_factor", "STATE_FILE", "LOG_FILE"]
 
@@ -94,18 +98,22 @@ class TrainResult:
 
 
 class Trainer:
-    """Trains a :class:`~chorus_ros.core.encoder.model.ChorusEncoder` on lifted targets.
+    """Trains a :class:`~chorus_ros.core.encoder.model.ChorusEncoder` with the stage ``config.stage``.
 
     Args:
         config: the training config.
-        scenes: optional pre-lifted scenes; None lifts ``config.data`` (cached).
-        model: optional model (tests); None builds a ChorusEncoder from ``config.encoder`` with
-            one head per trained teacher kind, dimension = the teacher's.
+        scenes: optional pre-built scenes (the stage's kind: :class:`LiftedScene` for ``align``);
+            None lets the stage load them (``align`` lifts ``config.data``, cached).
+        model: optional model (tests); None lets the stage build it (by default a ChorusEncoder
+            from ``config.encoder`` with one head per trained teacher kind, dimension = the
+            teacher's).
+        stage: optional stage instance (tests); None builds ``config.stage`` from the registry.
     """
 
-    def __init__(self, config: TrainConfig, *, scenes: list[LiftedScene] | None = None,
-                 model: nn.Module | None = None) -> None:
+    def __init__(self, config: TrainConfig, *, scenes: list | None = None,
+                 model: nn.Module | None = None, stage: Stage | None = None) -> None:
         self.cfg = config
+        self.stage = stage if stage is not None else build_stage(config.stage, config.stage_options)
         self.dist = init_distributed(config.device)
         dev = config.device
         if dev.startswith("cuda") and self.dist.distributed:
@@ -117,31 +125,31 @@ class Trainer:
         self._text_encoder = None
         self._label_set = None
         self.teacher_specs = [dict(t) for t in config.teachers]
-        self.scenes = scenes if scenes is not None else self._lift_scenes()
+        self.gen = torch.Generator().manual_seed(config.seed * 1000 + self.dist.rank)
+        self.scenes = scenes if scenes is not None else self.stage.load_scenes(self)
         if not self.scenes:
             raise InvalidInputError("training needs at least one scene")
-        self.heads = self._heads()
-        if config.loss.balance_clusters > 0:
-            for i, sc in enumerate(self.scenes):
-                for h in self.heads:
-                    key = f"balance.{h}"
-                    if key not in sc.targets.aux:
-                        sc.targets.aux[key] = rarity_balance(sc.targets.features[h], sc.targets.weight,
-                                                             sc.targets.valid, config.loss, seed=config.seed + i)
-        self.model = (model if model is not None else self._build_model()).to(self.device)
+        self.heads = self.stage.resolve_heads(self)
+        self.stage.prepare(self)
+        self.model = (model if model is not None else self.stage.build_model(self)).to(self.device)
+        if config.init_from:
+            self.init_from_checkpoint(config.init_from)
         self.ddp_model = self.model
         if self.dist.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp_model = DDP(self.model, device_ids=ids)
-        decay = [p for n, p in self.model.named_parameters() if p.requires_grad and p.ndim > 1]
-        no_decay = [p for n, p in self.model.named_parameters() if p.requires_grad and p.ndim <= 1]
+        self.stage.setup(self)
+        self.stage.modules.to(self.device)
+        params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        params += [(n, p) for n, p in self.stage.modules.named_parameters() if p.requires_grad]
+        decay = [p for n, p in params if p.ndim > 1]
+        no_decay = [p for n, p in params if p.ndim <= 1]
         o = config.optim
         self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
                                             {"params": no_decay, "weight_decay": 0.0}], lr=o.lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, o.steps, o.warmup_steps, o.min_lr_ratio))
-        self.gen = torch.Generator().manual_seed(config.seed * 1000 + self.dist.rank)
         self.step = 0
         self.run_dir = Path(config.log.dir)
         self.ckpt_dir = Path(config.checkpoint.dir)
@@ -179,7 +187,8 @@ class Trainer:
         return [build_teacher(s, text_encoder=self.text_encoder if s.get("type") == "oracle_language" else None)
                 for s in self.teacher_specs]
 
-    def _lift_scenes(self) -> list[LiftedScene]:
+    def lift_scenes(self) -> list[LiftedScene]:
+        """``config.data``'s synthetic scenes with lifted teacher targets (this process's share)."""
         d = self.cfg.data
         if d.source != "synthetic":
             raise InvalidInputError(f"data.source {d.source!r} unknown; known: ['synthetic']")
@@ -194,7 +203,8 @@ class Trainer:
                                      progress=self.cfg.log.progress and self.dist.main,
                                      density_range=d.density_range or None)
 
-    def _heads(self) -> list[str]:
+    def default_heads(self) -> list[str]:
+        """``config.heads`` (or every teacher kind) checked against the scenes' lifted targets."""
         avail = list(self.scenes[0].targets.features)
         kinds = [s.get("kind") for s in self.teacher_specs]
         avail = [k for k in kinds if k in avail] + [k for k in avail if k not in kinds]  # teachers' order
@@ -204,35 +214,81 @@ class Trainer:
             raise InvalidInputError(f"heads {missing} have no lifted targets; teachers give {avail}")
         return want
 
-    def _build_model(self) -> nn.Module:
+    def build_encoder(self, head_dims: dict[str, int] | None = None) -> nn.Module:
+        """A ChorusEncoder from ``config.encoder`` with one head per trained head; head dims from
+        ``head_dims`` or the first scene's lifted targets (with no heads at all, the encoder
+        config's own heads are kept)."""
         from chorus_ros.core.encoder.config import EncoderConfig, HeadSpec
         from chorus_ros.core.encoder.model import ChorusEncoder
         enc = dict(self.cfg.encoder)
-        dims = {k: int(v.shape[1]) for k, v in self.scenes[0].targets.features.items()}
-        enc["heads"] = [HeadSpec(h, dims[h]) for h in self.heads]
+        if head_dims is None and self.heads:
+            head_dims = {k: int(v.shape[1]) for k, v in self.scenes[0].targets.features.items()}
+        if self.heads:
+            enc["heads"] = [HeadSpec(h, head_dims[h]) for h in self.heads]
         return ChorusEncoder(EncoderConfig.from_dict(enc))
 
+    def init_from_checkpoint(self, path: str) -> None:
+        """Initialise the model from a checkpoint directory (e.g. a ``contrastive`` run): every
+        backbone tensor must exist with the same shape (else :class:`CheckpointError` listing
+        them); heads are copied where name and shape match and kept fresh otherwise."""
+        from chorus_ros.core.encoder.checkpoint import load_checkpoint
+        theirs = load_checkpoint(str(path)).model.state_dict()
+        own = self.model.state_dict()
+        bad = [k for k in own if not k.startswith("heads.") and (k not in theirs or theirs[k].shape != own[k].shape)]
+        if bad:
+            raise CheckpointError(f"init_from {path}: backbone tensors missing or of another shape: {bad[:8]}"
+                                  f"{' ...' if len(bad) > 8 else ''}")
+        take = {k: v for k, v in theirs.items() if k in own and v.shape == own[k].shape}
+        own.update(take)
+        self.model.load_state_dict(own)
+
     # ------------------------------------------------------------------ one step
-    def _scene_loss(self, scene: LiftedScene) -> tuple[dict, torch.Tensor, dict]:
-        """Forward one augmented scene; returns (per-head HeadLoss, embedding, info)."""
-        g, tg = augment_scene(scene.gaussians, scene.targets, self.cfg.augment, self.gen)
-        g = g.to(self.device)
-        tg = tg.to(self.device)
-        out = self.ddp_model(g)
-        emb = out.embedding
-        e = emb.detach().requires_grad_(True)
-        hw = self.cfg.loss.head_weights
-        losses = {}
-        for k in self.heads:
-            pred = self.model.heads[k](e)
-            hl = head_loss(pred, tg.features[k], tg.weight, tg.valid, self.cfg.loss, tg.aux.get(f"balance.{k}"))
-            hl.loss = hl.loss * float(hw.get(k, 1.0))
-            losses[k] = hl
-        return losses, (emb, e), {"n": len(g), "valid": int(tg.valid.sum())}
+    def _backward(self, out: StageLoss, k: int, metrics: dict) -> float:
+        """Back-propagate one scene's :class:`StageLoss` (divided by ``k``); returns its total loss."""
+        tasks = out.tasks
+        total = sum(tasks.values()) if tasks else None
+        branch = getattr(self.model, "branch_calibration", None)
+        if tasks and out.shared is not None:
+            if out.shared_leaf is None:
+                raise InvalidInputError(f"stage {self.cfg.stage!r} gave 'shared' without 'shared_leaf'")
+            grads = {h: torch.autograd.grad(l, out.shared_leaf, retain_graph=True, allow_unused=True)[0]
+                     for h, l in tasks.items()}
+            grads = {h: (g if g is not None else torch.zeros_like(out.shared_leaf)) for h, g in grads.items()}
+            G, stats = calibrate_gradients(grads, self.cfg.calibration, self.gen)
+            for h in tasks:
+                metrics[f"gnorm_{h}"] = metrics.get(f"gnorm_{h}", 0.0) + stats.norms[h] / k
+            metrics["conflicts"] = metrics.get("conflicts", 0) + stats.conflicts
+            metrics["min_grad_cos"] = min(metrics.get("min_grad_cos", 1.0), stats.min_cosine)
+            # heads get their own losses' gradients (through the leaf), the backbone gets G at
+            # the shared tensor -- through the level-two branch calibration when it is on
+            cal = (total + (out.shared * G.detach()).sum()) / k
+            level2 = branch is not None and self.cfg.calibration.enabled and self.cfg.calibration.branches
+            if out.extra is None or self.dist.distributed:  # DDP allows one backward per forward
+                with (branch.active() if level2 else nullcontext()):
+                    (cal + out.extra / k if out.extra is not None else cal).backward()
+            else:
+                with (branch.active() if level2 else nullcontext()):
+                    cal.backward(retain_graph=True)
+                (out.extra / k).backward()
+            if level2 and branch.last_norms:
+                for name, v in branch.last_norms.items():
+                    metrics[f"branch_gnorm_{name}"] = metrics.get(f"branch_gnorm_{name}", 0.0) + v / k
+        else:
+            parts = ([total] if total is not None else []) + ([out.extra] if out.extra is not None else [])
+            if not parts:
+                raise InvalidInputError(f"stage {self.cfg.stage!r} returned no loss")
+            (sum(parts) / k).backward()
+        value = float(total.detach()) if total is not None else 0.0
+        if out.extra is not None:
+            value += float(out.extra.detach())
+        for h, l in tasks.items():
+            metrics[f"loss_{h}"] = metrics.get(f"loss_{h}", 0.0) + float(l.detach()) / k
+        return value
 
     def train_step(self) -> dict:
         """One optimisation step; returns its metrics."""
         self.model.train()
+        self.stage.modules.train()
         self.optimizer.zero_grad(set_to_none=True)
         k = max(1, self.cfg.optim.scenes_per_step)
         metrics: dict = {}
@@ -242,21 +298,17 @@ class Trainer:
             if self.dist.distributed and i < k - 1:
                 sync = self.ddp_model.no_sync()
             with sync:
-                losses, (emb, e), info = self._scene_loss(scene)
-                grads = {h: torch.autograd.grad(l.loss, e, retain_graph=True)[0] for h, l in losses.items()}
-                G, stats = calibrate_gradients(grads, self.cfg.calibration, self.gen)
-                total = sum(l.loss for l in losses.values())
-                # heads get their own losses' gradients (through e, a leaf), the backbone gets G at E
-                ((total + (emb * G.detach()).sum()) / k).backward()
-            for h, l in losses.items():
-                for name, v in (("loss", float(l.loss.detach())), ("cos", l.cosine), ("l2", l.l2), ("gnorm", stats.norms[h])):
-                    metrics[f"{name}_{h}"] = metrics.get(f"{name}_{h}", 0.0) + v / k
-            metrics["loss"] = metrics.get("loss", 0.0) + float(total.detach()) / k
-            metrics["conflicts"] = metrics.get("conflicts", 0) + stats.conflicts
-            metrics["min_grad_cos"] = min(metrics.get("min_grad_cos", 1.0), stats.min_cosine)
-            metrics["gaussians"] = metrics.get("gaussians", 0) + info["n"]
+                out = self.stage.scene_loss(self, scene)
+                value = self._backward(out, k, metrics)
+            metrics["loss"] = metrics.get("loss", 0.0) + value / k
+            for name, v in out.metrics.items():
+                if isinstance(v, int) and not isinstance(v, bool):
+                    metrics[name] = metrics.get(name, 0) + v  # counts add up
+                else:
+                    metrics[name] = metrics.get(name, 0.0) + float(v) / k
         if self.cfg.optim.grad_clip > 0:
-            metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip))
+            params = list(self.model.parameters()) + list(self.stage.modules.parameters())
+            metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip))
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.scheduler.step()
@@ -331,7 +383,8 @@ class Trainer:
             "label_set": self.label_set.to_dict(),
             "teachers": trained,
             "text_encoder": te,
-            "training": {"step": self.step, "steps": self.cfg.optim.steps, "seed": self.cfg.seed,
+            "training": {"stage": self.cfg.stage, **self.stage.checkpoint_meta(self),
+                         "step": self.step, "steps": self.cfg.optim.steps, "seed": self.cfg.seed,
                          "train_seeds": list(self.cfg.data.train_seeds), "heads": list(self.heads),
                          "calibration": bool(self.cfg.calibration.enabled), "world_size": self.dist.world_size,
                          "config": self.cfg.to_dict()},
@@ -345,10 +398,12 @@ class Trainer:
             save_checkpoint(str(self.ckpt_dir), self.model, self.checkpoint_meta())
             self.text_encoder.save_weights(self.ckpt_dir / TEXT_WEIGHTS)
             self.label_set.to_yaml(self.ckpt_dir / LABELS_FILE)
+            self.stage.save(self, self.ckpt_dir)
             self.run_dir.mkdir(parents=True, exist_ok=True)
             state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
                      "scheduler": self.scheduler.state_dict(), "torch_rng": torch.random.get_rng_state(),
-                     "gen": self.gen.get_state(), "checkpoint_dir": str(self.ckpt_dir.resolve())}
+                     "gen": self.gen.get_state(), "checkpoint_dir": str(self.ckpt_dir.resolve()),
+                     "stage_modules": self.stage.modules.state_dict()}
             tmp = self.run_dir / (STATE_FILE + ".tmp")
             torch.save(state, tmp)
             tmp.replace(self.run_dir / STATE_FILE)
@@ -372,6 +427,8 @@ class Trainer:
         if set(own) != set(theirs) or any(own[k].shape != theirs[k].shape for k in own):
             raise CheckpointError(f"cannot resume from {self.ckpt_dir}: its architecture differs from the config's")
         self.model.load_state_dict(theirs)
+        if "stage_modules" in state:
+            self.stage.modules.load_state_dict(state["stage_modules"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.random.set_rng_state(state["torch_rng"])

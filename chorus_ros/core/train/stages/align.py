@@ -1,0 +1,77 @@
+"""Stage ``align`` (the default): the encoder's heads learn the lifted teacher targets.
+
+Per scene: augment (:func:`~chorus_ros.core.train.augment.augment_scene`), encode, score every
+trained head with :func:`~chorus_ros.core.train.losses.head_loss` on the detached embedding; the
+trainer calibrates the heads' gradients at the shared embedding. With
+``stage_options.align.contrastive_weight > 0`` a PointContrast term on the same scene
+(:func:`chorus_ros.core.train.stages.contrastive.contrastive_map_loss`) is added uncalibrated.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from chorus_ros.core.train.augment import augment_scene
+from chorus_ros.core.train.losses import head_loss, rarity_balance
+from chorus_ros.core.train.stages import Stage, StageLoss, register_stage
+
+__all__ = ["AlignOptions", "AlignStage"]
+
+
+@dataclass
+class AlignOptions:
+    """Options of stage ``align``."""
+
+    contrastive_weight: float = 0.0
+    """Weight of an extra PointContrast loss next to the teacher heads (0 = off)."""
+    contrastive: dict = field(default_factory=dict)
+    """Options of that extra term (fields of stage ``contrastive``'s ContrastiveOptions)."""
+
+
+@register_stage("align")
+class AlignStage(Stage):
+    """Lift-then-align distillation (see the module docstring)."""
+
+    options_cls = AlignOptions
+
+    def prepare(self, trainer) -> None:
+        cfg = trainer.cfg
+        if cfg.loss.balance_clusters > 0:
+            for i, sc in enumerate(trainer.scenes):
+                for h in trainer.heads:
+                    key = f"balance.{h}"
+                    if key not in sc.targets.aux:
+                        sc.targets.aux[key] = rarity_balance(sc.targets.features[h], sc.targets.weight,
+                                                             sc.targets.valid, cfg.loss, seed=cfg.seed + i)
+        self._contrast = None
+        if self.options.contrastive_weight > 0:
+            from chorus_ros.core.train.config import config_from_dict
+            from chorus_ros.core.train.stages.contrastive import ContrastiveOptions, SceneViews
+            copts = config_from_dict(ContrastiveOptions, self.options.contrastive, "stage_options.align.contrastive")
+            self._contrast = (copts, SceneViews(copts, trainer.cfg.data.views))
+
+    def scene_loss(self, trainer, scene) -> StageLoss:
+        cfg = trainer.cfg
+        g, tg = augment_scene(scene.gaussians, scene.targets, cfg.augment, trainer.gen)
+        g = g.to(trainer.device)
+        tg = tg.to(trainer.device)
+        out = trainer.ddp_model(g)
+        emb = out.embedding
+        e = emb.detach().requires_grad_(True)
+        hw = cfg.loss.head_weights
+        tasks, metrics = {}, {"gaussians": len(g)}
+        for k in trainer.heads:
+            pred = trainer.model.heads[k](e)
+            hl = head_loss(pred, tg.features[k], tg.weight, tg.valid, cfg.loss, tg.aux.get(f"balance.{k}"))
+            tasks[k] = hl.loss * float(hw.get(k, 1.0))
+            metrics[f"cos_{k}"] = hl.cosine
+            metrics[f"l2_{k}"] = hl.l2
+        extra = None
+        if self._contrast is not None:
+            from chorus_ros.core.train.stages.contrastive import contrastive_map_loss
+            copts, views = self._contrast
+            cams = views.cameras(scene)
+            cl = contrastive_map_loss(trainer.ddp_model, scene.gaussians, cams, copts, trainer.gen, trainer.device)
+            if cl is not None:
+                extra = self.options.contrastive_weight * cl.loss
+                metrics.update({f"contrast_{k}": v for k, v in cl.metrics.items()})
+        return StageLoss(tasks=tasks, shared=emb, shared_leaf=e, extra=extra, metrics=metrics)
