@@ -1,0 +1,64 @@
+"""Query scores that account for an object's support (how many Gaussians hold it up).
+
+A language query compares the text embedding with each object's mean language embedding. A
+fragment of a few Gaussians has a noisy mean that can match any text almost perfectly, so the
+raw cosine lets a 15-Gaussian splinter outrank a whole chair. The ranked score is therefore
+
+    score = cos * w(n)            (cos > 0; negative cosines are kept as they are)
+    w(n)  = n / (n + half * ref)
+
+with ``n`` the object's Gaussian count and ``ref`` the median count of the objects being ranked
+(so the weight does not depend on the map's density: a map ten times denser has ten times the
+counts everywhere). An object of median support gets ``w = 1 / (1 + half)``; a fragment with a
+hundredth of the median gets about ``0.04 / half``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from chorus_ros.core.errors import InvalidInputError
+
+__all__ = ["SupportConfig", "support_weight", "support_scores"]
+
+
+@dataclass
+class SupportConfig:
+    """How object support weighs into query scores."""
+
+    half: float = 0.25
+    """Support weight reaches 1/2 at ``half`` x the median object Gaussian count; 0 disables it."""
+    min_reference: float = 8.0
+    """Lower bound of the reference count (median), so a map of only fragments is not rescued."""
+
+    def validate(self) -> None:
+        if not self.half >= 0 or not self.min_reference > 0:
+            raise InvalidInputError(f"support half must be >= 0 and min_reference > 0, got {self}")
+
+
+def support_weight(counts, config: SupportConfig | None = None, reference: float | None = None) -> np.ndarray:
+    """``[M]`` float32 weights in (0, 1) of objects with ``counts`` Gaussians (``[M]`` ints).
+
+    ``reference`` defaults to the median of ``counts`` (bounded below by ``config.min_reference``).
+    """
+    c = config or SupportConfig()
+    c.validate()
+    n = np.asarray(counts, dtype=np.float64).reshape(-1)
+    if n.size and (not np.isfinite(n).all() or (n < 0).any()):
+        raise InvalidInputError("object Gaussian counts must be finite and >= 0")
+    if c.half == 0 or n.size == 0:
+        return np.ones(n.shape, np.float32)
+    ref = float(np.median(n)) if reference is None else float(reference)
+    ref = max(ref, c.min_reference)
+    return (n / (n + c.half * ref)).astype(np.float32)
+
+
+def support_scores(cosine, counts, config: SupportConfig | None = None,
+                   reference: float | None = None) -> np.ndarray:
+    """``[M]`` support-aware query scores from ``cosine`` ([M], in [-1, 1]) and ``counts`` ([M])."""
+    cos = np.asarray(cosine, dtype=np.float32).reshape(-1)
+    w = support_weight(counts, config, reference)
+    if w.shape != cos.shape:
+        raise InvalidInputError(f"cosine {cos.shape} and counts {w.shape} must have the same length")
+    return np.where(cos > 0, cos * w, cos).astype(np.float32)
