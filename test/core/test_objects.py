@@ -155,3 +155,33 @@ def test_fragment_cannot_outrank_whole_object_score():
     assert np.all(np.diff(w[np.argsort(counts)]) > 0) and np.all((w > 0) & (w < 1))
     with pytest.raises(InvalidInputError):
         support_scores(cos, counts[:3])
+
+
+def test_gocl_stage_trains_in_the_trainer_and_saves(tmp_path):
+    from chorus_ros.core.train import Trainer
+    from chorus_ros.core.train.config import TrainConfig
+    from chorus_ros.core.objects import GOCL
+    cfg = TrainConfig()
+    cfg.stage = "gocl"
+    cfg.stage_options = {"gocl": {"num_slots": 4, "slot_dim": 16, "num_codes": 6, "code_dim": 8,
+                                  "views_per_step": 2, "revive_every": 1,
+                                  "teacher": {"kind": "generalist", "type": "oracle_generalist",
+                                              "options": {"dim": 8, "patch_size": 8, "seed": 1}}}}
+    cfg.data.train_seeds = [3]
+    cfg.data.scene = {"target_gaussians": 3000}
+    cfg.data.views = {"loop_views": 2, "random_views": 0, "width": 48, "height": 32}
+    cfg.encoder = {"channels": [8, 8], "encoder_blocks": [1, 1], "decoder_blocks": [1], "embed_dim": 8}
+    cfg.augment.enabled = False
+    cfg.log.dir, cfg.log.progress, cfg.log.tensorboard = str(tmp_path / "run"), False, False
+    cfg.checkpoint.dir, cfg.checkpoint.resume = str(tmp_path / "ckpt"), False
+    cfg.optim.steps = 2
+    tr = Trainer(cfg)
+    assert tr.scenes[0].feats.shape == (2, 4, 6, 8)
+    before = {k: v.clone() for k, v in tr.stage.modules.state_dict().items()}
+    tr.fit()
+    after = tr.stage.modules.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    g = GOCL.load(tmp_path / "ckpt" / "gocl")
+    assert g.config.codebook.num_codes == 6
+    ident, _ = g.identity_map(tr.scenes[0].feats[0])
+    assert ident.shape == (4, 6, 8)
