@@ -310,6 +310,36 @@ def _validate_config(cfg: MapConfig) -> None:
         raise InvalidInputError(f"MapConfig.device {cfg.device!r} is not usable: {e}") from e
 
 
+_MAX_VERSION = (1 << 63) - 1
+"""Largest map version a save may carry (ROS messages carry it as uint64; Python ints do not wrap)."""
+
+
+def _check_saved_meta(raw: str, path: str) -> dict:
+    """Parse and type-check the ``chorus_map`` metadata of a saved map (CheckpointError naming
+    the bad field: a crafted or damaged file must not raise anything else)."""
+    try:
+        meta = json.loads(raw)
+    except ValueError as e:
+        raise CheckpointError(f"{path!r}: 'chorus_map' metadata is not valid JSON: {e}") from e
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path!r}: 'chorus_map' metadata must be a JSON object, got {type(meta).__name__}")
+    if meta.get("format") != _FORMAT or meta.get("format_version") != _FORMAT_VERSION:
+        raise CheckpointError(f"{path!r}: unsupported map format {meta.get('format')!r} "
+                              f"v{meta.get('format_version')!r} (expected {_FORMAT} v{_FORMAT_VERSION})")
+    missing = [k for k in ("version", "n", "config", "attributes") if k not in meta]
+    if missing:
+        raise CheckpointError(f"{path!r}: map metadata lacks {missing}")
+    for k, hi in (("version", _MAX_VERSION), ("n", _MAX_VERSION)):
+        v = meta[k]
+        if not (isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= hi):
+            raise CheckpointError(f"{path!r}: map metadata {k!r} must be an integer in [0, {hi}], got {v!r}")
+    attrs = meta["attributes"]
+    if not (isinstance(attrs, list) and all(isinstance(a, str) and a for a in attrs)
+            and len(set(attrs)) == len(attrs)):
+        raise CheckpointError(f"{path!r}: map metadata 'attributes' must be a list of distinct names, got {attrs!r}")
+    return meta
+
+
 class GaussianMap:
     """A growing/shrinking set of Gaussians with stable ids. See the module docstring."""
 
@@ -825,6 +855,14 @@ class GaussianMap:
             del self._attrs[name]
 
     # --------------------------------------------------------------- persistence
+    def saved_nbytes(self) -> int:
+        """Bytes of tensor data :meth:`save` writes for the current Gaussians and attributes
+        (the file adds a small header; used to check disk space before saving)."""
+        with self._lock:
+            n = self._n
+            return int(sum(v[:n].numel() * v.element_size()
+                           for v in list(self._store.values()) + list(self._attrs.values())))
+
     def save(self, path: str) -> None:
         """Write ids, params, attributes (safetensors) and version + config (JSON metadata)."""
         from safetensors.torch import save_file
@@ -860,10 +898,7 @@ class GaussianMap:
             raise CheckpointError(f"{str(path)!r} is not a readable safetensors file: {e}") from e
         if raw_meta is None:
             raise CheckpointError(f"{str(path)!r} has no 'chorus_map' metadata: not a GaussianMap file")
-        meta = json.loads(raw_meta)
-        if meta.get("format") != _FORMAT or meta.get("format_version") != _FORMAT_VERSION:
-            raise CheckpointError(f"{str(path)!r}: unsupported map format {meta.get('format')!r} "
-                                  f"v{meta.get('format_version')!r} (expected {_FORMAT} v{_FORMAT_VERSION})")
+        meta = _check_saved_meta(raw_meta, str(path))
         expected = set(_PARAMS) | {"ids"} | {_ATTR_PREFIX + a for a in meta["attributes"]}
         missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
         if missing or unexpected:
@@ -871,6 +906,8 @@ class GaussianMap:
         if config is None:
             known = {f.name for f in fields(MapConfig)}
             saved = meta["config"]
+            if not isinstance(saved, dict):
+                raise CheckpointError(f"{str(path)!r}: saved config must be a mapping, got {type(saved).__name__}")
             if set(saved) - known:
                 raise CheckpointError(f"{str(path)!r}: saved config has unknown keys {sorted(set(saved) - known)}")
             config = MapConfig(**saved)

@@ -47,16 +47,17 @@ import torch
 from chorus_ros.core.decode.instances import InstanceConfig, InstanceDecoder, ObjectRecord
 from chorus_ros.core.decode.semantic import SemanticConfig, SemanticDecoder
 from chorus_ros.core.encoder.incremental import IncrementalConfig
-from chorus_ros.core.errors import CheckpointError, InvalidInputError
+from chorus_ros.core.errors import CheckpointError, EncodeError, InvalidInputError
 from chorus_ros.core.gaussians import GaussianArrays
 from chorus_ros.core.geometry import Camera
 from chorus_ros.core.labels import UNLABELED, LabelSet
 from chorus_ros.core.map import GaussianMap, MapConfig
+from chorus_ros.core.persist import Manifest, verify_save, write_save
 from chorus_ros.core.render import RenderSettings, render
 
 __all__ = ["PipelineConfig", "PerceptionPipeline", "ViewResult", "EncodeSummary", "QueryHit",
            "ATTR_PROBS", "ATTR_LABEL", "ATTR_CONF", "ATTR_INSTANCE", "feature_attr",
-           "labels_from_meta", "text_spec_from_meta"]
+           "labels_from_meta", "text_spec_from_meta", "SavedState", "SAVE_KIND", "SAVE_FILES"]
 
 ATTR_PROBS, ATTR_LABEL, ATTR_CONF, ATTR_INSTANCE = "sem.probs", "sem.label", "sem.conf", "inst.id"
 
@@ -87,6 +88,11 @@ class PipelineConfig:
     """Optional label-set YAML replacing the checkpoint's label set at start-up."""
     overlay_alpha: float = 0.5
     """Weight of the class colour in the overlay image (0: rgb only, 1: colours only)."""
+
+    def validate(self) -> None:
+        """Raise InvalidInputError for values no view can use (nested configs validate themselves)."""
+        if not 0.0 <= float(self.overlay_alpha) <= 1.0:
+            raise InvalidInputError(f"overlay_alpha must be in [0, 1], got {self.overlay_alpha}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "PipelineConfig":
@@ -205,6 +211,85 @@ def text_spec_from_meta(meta: dict, ckpt_dir: str | Path):
     return spec
 
 
+SAVE_KIND = "chorus_ros.PerceptionPipeline"
+"""``kind`` of a pipeline save in its manifest (and ``format`` of its pipeline.json)."""
+SAVE_FILES = ("map.safetensors", "codebook.safetensors", "pipeline.json")
+"""The data files of a pipeline save."""
+_CODEBOOK_KEYS = {"ids": 1, "label": 1, "prototype": 2, "centroid": 2, "bbox_min": 2, "bbox_max": 2,
+                  "count": 1, "score": 1, "active": 1, "embedding": 2}
+"""Codebook tensor name -> number of dimensions (all share the first: one row per entry)."""
+
+
+@dataclass
+class SavedState:
+    """A save read and checked by :meth:`PerceptionPipeline.read_saved`, not yet in use."""
+
+    map: GaussianMap
+    codebook: "ObjectCodebook"
+    labels: LabelSet
+    """The label set the save was written with (codebook label ids refer to it)."""
+    instance_voxel_size: float | None
+    manifest: Manifest
+
+
+def _check_pipeline_json(path: Path) -> dict:
+    """Parse ``pipeline.json`` and check its schema (CheckpointError naming the bad field)."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(meta).__name__}")
+    if meta.get("format") != SAVE_KIND or meta.get("version") != 1:
+        raise CheckpointError(f"{path}: format {meta.get('format')!r} v{meta.get('version')!r}, expected "
+                              f"{SAVE_KIND!r} v1")
+    if not isinstance(meta.get("labels"), dict):
+        raise CheckpointError(f"{path}: 'labels' must be a label set mapping")
+    cb = meta.get("codebook")
+    nid = cb.get("next_id", 1) if isinstance(cb, dict) else None
+    if not (isinstance(nid, int) and not isinstance(nid, bool) and 1 <= nid < (1 << 62)):
+        raise CheckpointError(f"{path}: 'codebook' must be a mapping with an integer 'next_id' >= 1, got {cb!r}")
+    v = meta.get("instance_voxel_size")
+    if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) and v >= 0):
+        raise CheckpointError(f"{path}: 'instance_voxel_size' must be a finite number >= 0 or null, got {v!r}")
+    return meta
+
+
+def _load_codebook(path: Path, meta: dict):
+    """Read and check ``codebook.safetensors``; returns a filled ObjectCodebook."""
+    from safetensors.torch import load_file
+
+    from chorus_ros.core.decode.instances import ObjectCodebook
+    try:
+        t = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from e
+    t.pop("empty", None)
+    unknown = sorted(set(t) - set(_CODEBOOK_KEYS))
+    missing = sorted(set(_CODEBOOK_KEYS) - {"embedding"} - set(t)) if t else []
+    if unknown or missing:
+        raise CheckpointError(f"{path}: missing tensors {missing}, unexpected tensors {unknown}")
+    if t:
+        k = t["ids"].shape[0] if t["ids"].dim() == 1 else -1
+        bad = [n for n, v in t.items() if v.dim() != _CODEBOOK_KEYS[n] or v.shape[0] != k]
+        bad += [n for n in ("centroid", "bbox_min", "bbox_max") if t[n].dim() == 2 and t[n].shape[1] != 3]
+        if bad:
+            raise CheckpointError(f"{path}: tensors {sorted(set(bad))} have wrong shapes "
+                                  f"({ {n: list(t[n].shape) for n in sorted(set(bad))} }) for {k} entries")
+        if not all(t[n].dtype == torch.int64 for n in ("ids", "label", "count")):
+            raise CheckpointError(f"{path}: 'ids', 'label' and 'count' must be int64")
+        ids = t["ids"]
+        if k and (int(ids.min()) < 1 or torch.unique(ids).numel() != k):
+            raise CheckpointError(f"{path}: codebook ids must be distinct and >= 1")
+        floats = [n for n in ("prototype", "centroid", "bbox_min", "bbox_max", "score", "embedding")
+                  if n in t and not (t[n].is_floating_point() and bool(torch.isfinite(t[n]).all()))]
+        if floats:
+            raise CheckpointError(f"{path}: tensors {floats} must hold finite floats")
+    cb = ObjectCodebook()
+    cb.load_state_dict(t, meta)
+    return cb
+
+
 class PerceptionPipeline:
     """Map + incremental encoder + decoders (see the module docstring).
 
@@ -245,6 +330,7 @@ class PerceptionPipeline:
         self.instances = InstanceDecoder(config.instances)
         self._touched: set[int] = set()
         self._pending_full = False
+        self._suspects: list[int] = []     # ids upserted since the last good encode (first 100)
 
     # ------------------------------------------------------------------ building
     def _default_incremental(self, gmap: GaussianMap):
@@ -334,6 +420,8 @@ class PerceptionPipeline:
                             slots = self.map.slots_of(upserts.ids.long()[present])
                             self._touched |= {int(i) for i in inst[slots].unique().tolist() if i > 0}
                 self.map.apply_delta(upserts, removed_ids, missing="ignore")
+            if upserts is not None and upserts.ids is not None and len(self._suspects) < 100:
+                self._suspects += upserts.ids[:100 - len(self._suspects)].tolist()
             return self.map.version
 
     def _restore_instances(self, old_ids: torch.Tensor, old_inst: torch.Tensor) -> None:
@@ -351,7 +439,16 @@ class PerceptionPipeline:
         with self.lock:
             t0 = time.perf_counter()
             full = full or self._pending_full
-            res = self._incremental.encode_full() if full else self._incremental.update()
+            try:
+                res = self._incremental.encode_full() if full else self._incremental.update()
+            except Exception as e:  # noqa: BLE001 - named, and the next encode starts over
+                self._pending_full = True   # the failed call may have consumed the dirty region
+                if isinstance(e, EncodeError):
+                    raise
+                raise EncodeError(f"the encoder failed ({type(e).__name__}: {e}); Gaussians changed since the "
+                                  f"last good encode (first {len(self._suspects)}): {self._suspects[:20]}",
+                                  self._suspects) from e
+            self._suspects = []
             full = full or bool(getattr(res, "full", False))
             t1 = time.perf_counter()
             n = len(self.map)
@@ -501,6 +598,11 @@ class PerceptionPipeline:
             e = torch.as_tensor(np.asarray(embedding, dtype=np.float32)).reshape(-1).to(lang.device)
             if e.numel() != lang.shape[1]:
                 raise InvalidInputError(f"embedding has {e.numel()} values, language features have {lang.shape[1]}")
+            bad = int((~torch.isfinite(e)).sum())
+            if bad:
+                raise InvalidInputError(f"embedding has {bad} non-finite values (NaN/Inf): no relevance can be computed")
+            if not float(e.norm()) > 1e-12:
+                raise InvalidInputError("embedding is zero (norm 0): its direction, hence the relevance, is undefined")
             rel = torch.nn.functional.normalize(lang.float(), dim=-1) @ torch.nn.functional.normalize(e, dim=0)
             out = self._render(camera, rel[:, None], False)
             alpha = out.alpha.detach().cpu()
@@ -537,49 +639,94 @@ class PerceptionPipeline:
         return self.text_encoder.encode(texts)
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | Path) -> None:
-        """Write ``<path>/map.safetensors`` (Gaussians + features + scores + instance ids),
-        ``<path>/codebook.safetensors`` and ``<path>/pipeline.json`` (label set, codebook counter)."""
-        from safetensors.torch import save_file
+    def saved_nbytes(self) -> int:
+        """About how many bytes :meth:`save` writes now (map tensors + codebook + headers)."""
         with self.lock:
-            p = Path(path)
-            p.mkdir(parents=True, exist_ok=True)
-            self.map.save(str(p / "map.safetensors"))
-            t, meta = self.instances.codebook.state_dict()
-            save_file(t or {"empty": torch.zeros(0)}, str(p / "codebook.safetensors"))
-            (p / "pipeline.json").write_text(json.dumps(
-                {"format": "chorus_ros.PerceptionPipeline", "version": 1, "labels": self.labels.to_dict(),
-                 "codebook": meta, "instance_voxel_size": self.instances.voxel_size}, indent=1), encoding="utf-8")
+            t, _ = self.instances.codebook.state_dict()
+            return self.map.saved_nbytes() + sum(v.numel() * v.element_size() for v in t.values()) + (1 << 16)
 
-    def load(self, path: str | Path) -> None:
-        """Replace the map and codebook by a saved state; features are kept (no re-encoding)
-        and scores are recomputed for the current label set."""
-        from safetensors.torch import load_file
+    def save(self, path: str | Path, meta: dict | None = None) -> None:
+        """Write the state as one save folder (:mod:`chorus_ros.core.persist`: written aside,
+        fsync'ed, manifest last, renamed into place): ``map.safetensors`` (Gaussians + features +
+        scores + instance ids), ``codebook.safetensors`` and ``pipeline.json`` (label set, codebook
+        counter). ``meta`` (JSON-able) is stored in the manifest. An existing save at ``path`` is
+        replaced as a whole; anything else there is refused (SaveRefusedError)."""
+        from safetensors.torch import save_file
+
+        def write(tmp: Path) -> None:
+            self.map.save(str(tmp / "map.safetensors"))
+            t, cb_meta = self.instances.codebook.state_dict()
+            save_file(t or {"empty": torch.zeros(0)}, str(tmp / "codebook.safetensors"))
+            (tmp / "pipeline.json").write_text(json.dumps(
+                {"format": SAVE_KIND, "version": 1, "labels": self.labels.to_dict(),
+                 "codebook": cb_meta, "instance_voxel_size": self.instances.voxel_size}, indent=1), encoding="utf-8")
+
         with self.lock:
-            p = Path(path)
-            for f in ("map.safetensors", "codebook.safetensors", "pipeline.json"):
-                if not (p / f).is_file():
-                    raise CheckpointError(f"saved pipeline state {p} lacks {f}")
-            meta = json.loads((p / "pipeline.json").read_text(encoding="utf-8"))
-            cfg = MapConfig(**{**self.map.config.__dict__})
-            gmap = GaussianMap.load(str(p / "map.safetensors"), cfg)
-            t = load_file(str(p / "codebook.safetensors"))
-            t.pop("empty", None)
-            self.map = gmap
-            self.map.take_dirty()
-            self._incremental = self._incremental_factory(self.map)
-            self.instances = InstanceDecoder(self.config.instances)
-            self.instances.codebook.load_state_dict(t, meta.get("codebook", {}))
-            if meta.get("instance_voxel_size") and self.config.instances.voxel_size <= 0:
-                self.instances.voxel_size = float(meta["instance_voxel_size"])
+            write_save(Path(path), write, kind=SAVE_KIND, meta=meta)
+
+    def read_saved(self, path: str | Path) -> "SavedState":
+        """Read and check a whole save without touching this pipeline: manifest (sizes, hashes,
+        no missing or extra files), ``pipeline.json`` schema, map metadata and tensors, codebook
+        tensors, feature sizes against this pipeline's heads. Any problem raises
+        CheckpointError naming the file; :meth:`install` then swaps it in."""
+        p = Path(path)
+        manifest = verify_save(p, kind=SAVE_KIND, required=SAVE_FILES)
+        try:
+            meta = _check_pipeline_json(p / "pipeline.json")
+            gmap = GaussianMap.load(str(p / "map.safetensors"), MapConfig(**{**self.map.config.__dict__}))
+            cb = _load_codebook(p / "codebook.safetensors", meta["codebook"])
             saved = LabelSet.from_dict(meta["labels"], source=str(p / "pipeline.json"))
-            remap = {i: (self.labels.names.index(n) if n in self.labels.names else -1)
-                     for i, n in enumerate(saved.names)}
-            for e in self.instances.codebook.entries.values():
-                e.label_id = remap.get(e.label_id, -1)
-            self._touched = set()
-            self._pending_full = False
-            if len(self.map) and feature_attr("language") in self.map.attribute_names():
-                self._rescore(None)
-                if saved.names != self.labels.names:
-                    self._regroup(None)
+            lang = feature_attr("language")
+            dim = getattr(self.text_encoder, "dim", None)
+            if len(gmap) and lang in gmap.attribute_names() and dim is not None \
+                    and gmap.attribute(lang).reshape(len(gmap), -1).shape[1] != dim:
+                raise CheckpointError(f"{p / 'map.safetensors'}: language features of size "
+                                      f"{gmap.attribute(lang).reshape(len(gmap), -1).shape[1]}, this pipeline's "
+                                      f"text encoder has {dim}: saved by another model")
+            emb = [e.embedding for e in cb.entries.values() if e.embedding is not None]
+            if emb and dim is not None and emb[0].numel() != dim:
+                raise CheckpointError(f"{p / 'codebook.safetensors'}: object embeddings of size {emb[0].numel()}, "
+                                      f"the text encoder has {dim}")
+        except (CheckpointError, InvalidInputError):
+            raise
+        except Exception as e:  # a crafted or damaged file must not raise anything unexpected
+            raise CheckpointError(f"saved state {p} cannot be read: {type(e).__name__}: {e}") from e
+        return SavedState(gmap, cb, saved, meta.get("instance_voxel_size"), manifest)
+
+    def install(self, state: "SavedState") -> None:
+        """Swap a checked saved state in: map, codebook and label mapping change together;
+        features are kept (no re-encoding) and scores are recomputed for the current label set.
+        If re-scoring fails the previous state is restored and CheckpointError raised."""
+        with self.lock:
+            old = (self.map, self._incremental, self.instances, self._touched, self._pending_full)
+            try:
+                incremental = self._incremental_factory(state.map)
+                instances = InstanceDecoder(self.config.instances)
+                instances.codebook.entries = state.codebook.entries
+                instances.codebook.next_id = state.codebook.next_id
+                if state.instance_voxel_size and self.config.instances.voxel_size <= 0:
+                    instances.voxel_size = float(state.instance_voxel_size)
+                remap = {i: (self.labels.names.index(n) if n in self.labels.names else -1)
+                         for i, n in enumerate(state.labels.names)}
+                for e in instances.codebook.entries.values():
+                    e.label_id = remap.get(e.label_id, -1)
+                state.map.take_dirty()
+                self.map, self._incremental, self.instances = state.map, incremental, instances
+                self._touched = set()
+                self._pending_full = False
+                if len(self.map) and feature_attr("language") in self.map.attribute_names():
+                    self._rescore(None)
+                    if state.labels.names != self.labels.names:
+                        self._regroup(None)
+            except Exception as e:
+                self.map, self._incremental, self.instances, self._touched, self._pending_full = old
+                if isinstance(e, (CheckpointError, InvalidInputError)):
+                    raise
+                raise CheckpointError(f"saved state cannot be used: {type(e).__name__}: {e}") from e
+
+    def load(self, path: str | Path) -> "SavedState":
+        """:meth:`read_saved` then :meth:`install`: the pipeline is unchanged unless the whole
+        save is valid. Returns the state read (``manifest.meta`` holds the writer's metadata)."""
+        state = self.read_saved(path)
+        self.install(state)
+        return state
