@@ -257,12 +257,14 @@ def test_model_translation_by_aligned_voxels_and_batching():
 def test_receptive_field_derived_from_modules():
     # default: enc 2 convs (+-2) | down [0,+1] | enc1 +-4 | down [0,+2] | bottleneck +-8 |
     # up [-2,0] | dec1 +-4 | up [-1,0] | dec0 +-2  ->  [-23, 23]
-    rf = ChorusEncoder(EncoderConfig(**TINY)).receptive_field
+    rf = ChorusEncoder(EncoderConfig(**TINY, feature_version=1)).receptive_field
     assert rf.network_lo == (-23, -23, -23) and rf.network_hi == (23, 23, 23)
     assert rf.voxels == 24 and rf.metres == pytest.approx(25 * 0.05)
+    # feature version 2 reads the 3x3x3 neighbourhood (relative scales): one voxel more
+    assert ChorusEncoder(EncoderConfig(**TINY, feature_version=2)).receptive_field.voxels == 25
     # one level, one block: two 3x3x3 convolutions
     one = ChorusEncoder(EncoderConfig(channels=(4,), encoder_blocks=(1,), decoder_blocks=(), point_hidden=4,
-                                      head_hidden=4, embed_dim=4, voxel_size=0.1))
+                                      head_hidden=4, embed_dim=4, voxel_size=0.1, feature_version=1))
     assert one.receptive_field.network_voxels == 2 and one.receptive_field_m == pytest.approx(0.4)
     # two levels, 5x5x5 kernels, point-cloud input (+1 for the normal neighbourhood)
     two = ChorusEncoder(EncoderConfig(variant="pointcloud", channels=(4, 4), encoder_blocks=(1, 2),
@@ -291,8 +293,10 @@ def test_receptive_field_is_exact_on_a_dense_line():
     for c in range(50, 58):  # every alignment modulo 4 (and then some)
         sh = g.sh.clone()
         sh[c, 0] += 1.0
+        ls = g.log_scales.clone()
+        ls[c] += 0.5  # (feature v2: sizes enter relative to the neighbours', so they reach one voxel further)
         with torch.no_grad():
-            e = model(GaussianArrays(g.means, sh, g.opacities, g.log_scales, g.quats)).embedding
+            e = model(GaussianArrays(g.means, sh, g.opacities, ls, g.quats)).embedding
         changed = (e != base).any(1).nonzero().squeeze(1)
         dist = (changed - c).abs()
         assert int(dist.max()) <= rf.voxels  # bit-exact beyond the radius
@@ -408,3 +412,96 @@ def test_unknown_variant_lists_known():
     from chorus_ros.core.encoder.features import get_feature_variant
     with pytest.raises(RegistryError, match="gaussian"):
         get_feature_variant("mesh")
+
+
+# ------------------------------------------------------------------ feature version 2 (issue 8)
+def _slow_neighbourhood_sums(means: np.ndarray, values: np.ndarray, vs: float) -> dict:
+    coords = np.floor(means / vs).astype(np.int64)
+    return {tuple(c): values[np.all(np.abs(coords - c) <= 1, axis=1)].sum(0) for c in {tuple(c) for c in coords}}
+
+
+def test_neighbourhood_sums_match_slow_reference():
+    from chorus_ros.core.encoder.features import neighbourhood_sums
+    g = _surface_scene(400, seed=5, size=0.6)
+    vox = voxelize(g.means, 0.05)
+    vals = torch.randn(len(g), 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    got = neighbourhood_sums(vals, vox)
+    ref = _slow_neighbourhood_sums(g.means.double().numpy(), vals.numpy(), 0.05)
+    for row, c in enumerate(vox.coords.tolist()):
+        np.testing.assert_allclose(got[row].numpy(), ref[tuple(c)], atol=1e-9)
+
+
+def test_gaussian_features_v2_hand_built():
+    from chorus_ros.core.encoder.features import gaussian_features_v2
+    vs = 0.05
+    # two Gaussians in one voxel, opacity 0.5 each: the reference largest log-scale is their mean
+    means = torch.tensor([[0.12, -0.03, 1.01], [0.13, -0.02, 1.02]])
+    rgb = torch.tensor([[0.2, 0.5, 0.9], [0.1, 0.1, 0.1]])
+    sh = rgb_to_sh_dc(rgb)[:, None, :]
+    scales = torch.tensor([[0.02, 0.1, 0.001], [0.4, 0.4, 0.4]])
+    q = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
+    g = GaussianArrays(means, sh, torch.zeros(2), scales.log(), q)
+    f = gaussian_features_v2(g, voxelize(g.means, vs))
+    assert f.shape == (2, 16)
+    torch.testing.assert_close(f[0, 0:3], rgb[0])
+    assert f[0, 3] == pytest.approx(0.5)
+    ref = 0.5 * (math.log(0.1) + math.log(0.4))
+    ls = torch.tensor([0.1, 0.02, 0.001]).log() - ref
+    torch.testing.assert_close(f[0, 4:7], ls.clamp(-4, 4) / 2)
+    torch.testing.assert_close(f[0, 7:9], torch.tensor([0.2, 0.05]))
+    # normal = z (vertical), weight 0.95; major = y (horizontal), weight 0.8
+    torch.testing.assert_close(f[0, 9:11], torch.tensor([0.95, 0.0]))
+    torch.testing.assert_close(f[0, 11:13], torch.tensor([0.0, 0.8]))
+    torch.testing.assert_close(f[0, 13:16], torch.tensor([-0.1, -0.1, -0.3]), atol=1e-5, rtol=0)
+    # the isotropic Gaussian has no distinct axes: no orientation signal
+    torch.testing.assert_close(f[1, 9:13], torch.zeros(4))
+
+
+def test_feature_v2_ignores_density_scale_and_yaw():
+    """v2 encodings do not change when every Gaussian is scaled by a common factor (a denser or
+    sparser fit of the same surfaces) and, but for the in-voxel offset, when the scene turns
+    about the vertical axis by 90 degrees (which maps the voxel grid onto itself)."""
+    from chorus_ros.core.encoder.features import gaussian_features_v2, pointcloud_features_v2
+    g = _surface_scene(300, seed=2)
+    f0 = gaussian_features_v2(g, voxelize(g.means, 0.05))
+    big = GaussianArrays(g.means, g.sh, g.opacities, g.log_scales + math.log(2.5), g.quats)
+    torch.testing.assert_close(gaussian_features_v2(big, voxelize(big.means, 0.05)), f0, atol=1e-5, rtol=0)
+    from chorus_ros.core.train.augment import quat_multiply, rotate_about_axis
+    R, q = rotate_about_axis(math.pi / 2, 2)
+    rot = GaussianArrays(g.means @ R.T, g.sh, g.opacities, g.log_scales, quat_multiply(q.expand_as(g.quats), g.quats))
+    f1 = gaussian_features_v2(rot, voxelize(rot.means, 0.05))
+    torch.testing.assert_close(f1[:, :13], f0[:, :13], atol=1e-4, rtol=0)
+    p0 = pointcloud_features_v2(g, voxelize(g.means, 0.05))
+    p1 = pointcloud_features_v2(rot, voxelize(rot.means, 0.05))
+    torch.testing.assert_close(p1[:, [0, 1, 2, 6, 7, 8]], p0[:, [0, 1, 2, 6, 7, 8]], atol=1e-4, rtol=0)
+    # the v1 encoding reads world-frame normals: the same turn changes it
+    v1 = gaussian_features(g, voxelize(g.means, 0.05))[:, 9:15]
+    assert (gaussian_features(rot, voxelize(rot.means, 0.05))[:, 9:15] - v1).abs().max() > 0.3
+
+
+def test_feature_variant_groups_cover_every_channel_once():
+    from chorus_ros.core.encoder.features import FEATURE_VERSIONS
+    for version, variants in FEATURE_VERSIONS.items():
+        for v in variants.values():
+            g = _surface_scene(50, seed=1)
+            assert v.fn(g, voxelize(g.means, 0.05)).shape[1] == v.dim
+            idx = sorted(i for ch in v.groups.values() for i in ch)
+            assert idx == list(range(v.dim)), (version, v.name)
+            assert set(v.groups) == {"appearance", "geometry"}
+            if version >= 2:
+                a, b = v.group_range("appearance")
+                assert (a, b) == (0, len(v.groups["appearance"]))
+
+
+def test_feature_version_in_config_and_old_checkpoints():
+    from chorus_ros.core.encoder.features import get_feature_variant
+    assert EncoderConfig().feature_version == 2
+    d = EncoderConfig(**TINY).to_dict()
+    d.pop("feature_version")  # a config written before feature versions existed
+    old = EncoderConfig.from_dict(d)
+    assert old.feature_version == 1 and ChorusEncoder(old).variant.dim == 24
+    assert ChorusEncoder(EncoderConfig(**TINY)).variant.dim == 16
+    with pytest.raises(InvalidInputError, match="feature_version 7 unknown"):
+        EncoderConfig(feature_version=7)
+    with pytest.raises(RegistryError, match="feature version"):
+        get_feature_variant("gaussian", 9)

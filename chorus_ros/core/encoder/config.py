@@ -43,6 +43,8 @@ class EncoderConfig:
 
     variant: str = "gaussian"
     """Input variant: 'gaussian' (colour, opacity, scales, orientation, position in voxel) or 'pointcloud' (centres, colours, estimated normals only)."""
+    feature_version: int = 2
+    """Input encoding version (chorus_ros.core.encoder.features): 1 = absolute Gaussian sizes and world-frame normals (checkpoints before issue 8; a config without this field loads as 1), 2 = sizes relative to the neighbourhood and gravity-aligned normals."""
     voxel_size: float = 0.05
     """Edge of the finest voxels, metres. Voxel indices are floor(mean / voxel_size) in the absolute world grid."""
     channels: tuple[int, ...] = (32, 64, 96)
@@ -77,6 +79,11 @@ class EncoderConfig:
             raise InvalidInputError(f"EncoderConfig.variant {self.variant!r} unknown; known: {list(VARIANTS)}")
         if self.norm not in NORMS:
             raise InvalidInputError(f"EncoderConfig.norm {self.norm!r} unknown; known: {list(NORMS)}")
+        from chorus_ros.core.encoder.features import FEATURE_VERSIONS
+        if self.feature_version not in FEATURE_VERSIONS:
+            raise InvalidInputError(
+                f"EncoderConfig.feature_version {self.feature_version!r} unknown; known: {sorted(FEATURE_VERSIONS)} "
+                "(was this checkpoint written by a newer chorus_ros?)")
         if not self.voxel_size > 0:
             raise InvalidInputError(f"EncoderConfig.voxel_size must be > 0, got {self.voxel_size}")
         if not self.channels or min(self.channels) <= 0:
@@ -133,6 +140,7 @@ class EncoderConfig:
             raise InvalidInputError(f"encoder config has unknown fields {unknown}; known fields: {known}")
         heads = d.get("heads")
         kw = dict(d)
+        kw.setdefault("feature_version", 1)  # configs written before feature versions existed
         if heads is not None:
             if not isinstance(heads, list):
                 raise InvalidInputError(f"encoder config 'heads' must be a list, got {type(heads).__name__}")

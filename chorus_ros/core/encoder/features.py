@@ -32,11 +32,36 @@ Encodings (per Gaussian, float32):
 
 ``sym(v v^T)`` = ``[x^2, y^2, z^2, sqrt2 xy, sqrt2 xz, sqrt2 yz]`` (an isometry of symmetric
 matrices, so the encoding keeps the Frobenius geometry of the outer product).
+
+Feature versions. The encodings above are **version 1** (the checkpoints trained before issue 8).
+They read absolute Gaussian sizes and world-frame normals, so an encoder trained on one map
+source learns its sampling (e.g. floor Gaussians 1.7x larger than object Gaussians) and the
+room's yaw. **Version 2** (the default of new configs, ``EncoderConfig.feature_version``)
+keeps only inputs that do not depend on how the map was sampled or which way it faces:
+
+'gaussian' v2 (16 channels; neighbourhood 1 voxel)
+    appearance: ``rgb`` (3), ``opacity`` (1)
+    geometry:   ``rel_log_scale`` (3) sorted log scales minus the opacity-weighted mean of the
+                largest log scale over the Gaussians of the 3x3x3 voxel neighbourhood (so a
+                Gaussian is "large" only relative to its neighbours: global density and per-
+                surface sampling cancel), clamped to [-4, 4], / 2; ``ratios`` (2);
+                ``normal_v`` (2) ``c_n * [n_z^2, 1 - n_z^2]`` (gravity-aligned: only the vertical
+                component of the normal enters, so a turn about the vertical axis leaves it
+                unchanged); ``major_v`` (2) the same for the major axis; ``offset`` (3)
+
+'pointcloud' v2 (9 channels; neighbourhood 1 voxel)
+    appearance: ``rgb`` (3)
+    geometry:   ``offset`` (3), ``normal_v`` (2) ``c * [n_z^2, 1 - n_z^2]`` of the PCA normal,
+                ``c`` (1)
+
+Each :class:`FeatureVariant` describes its channel groups (``groups``: half-open channel
+ranges of 'appearance' and 'geometry') so that models can route them to separate branches.
+Both v2 encodings stay local (3x3x3 voxels), which incremental encoding relies on.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -47,7 +72,8 @@ from chorus_ros.core.gaussians import GaussianArrays
 __all__ = [
     "Voxelization", "voxelize", "encode_keys", "lookup_keys", "quats_wxyz_to_rotmats", "sym_outer",
     "gaussian_features", "pointcloud_features", "FeatureVariant", "FEATURE_VARIANTS",
-    "get_feature_variant", "COORD_LIMIT", "MAX_BATCH",
+    "get_feature_variant", "COORD_LIMIT", "MAX_BATCH", "FEATURE_VERSIONS", "LATEST_FEATURE_VERSION",
+    "gaussian_features_v2", "pointcloud_features_v2", "neighbourhood_sums",
 ]
 
 _AXIS_BITS = 19
@@ -227,6 +253,65 @@ def pointcloud_features(g: GaussianArrays, vox: Voxelization) -> torch.Tensor:
                       c[:, None] * sym_outer(n), c[:, None]], 1)
 
 
+def neighbourhood_sums(values: torch.Tensor, vox: Voxelization) -> torch.Tensor:
+    """Sum of per-Gaussian ``values: [N, C]`` over each voxel's 3x3x3 neighbourhood -> ``[V, C]``.
+
+    Depends only on the Gaussians in those 27 voxels (not on which other voxels are encoded)."""
+    v = len(vox)
+    per_voxel = values.new_zeros(v, values.shape[1]).index_add_(0, vox.inverse, values)
+    out = torch.zeros_like(per_voxel)
+    rng = (-1, 0, 1)
+    for dx in rng:
+        for dy in rng:
+            for dz in rng:
+                d = torch.tensor([dx, dy, dz], dtype=torch.int64, device=values.device)
+                j = vox.lookup(vox.coords + d, vox.batch)
+                ok = j >= 0
+                out.index_add_(0, ok.nonzero().squeeze(1), per_voxel[j[ok]])
+    return out
+
+
+def _vertical(c: torch.Tensor, axis: torch.Tensor) -> torch.Tensor:
+    """``[N, 2]`` gravity-aligned axis encoding ``c * [a_z^2, 1 - a_z^2]`` (sign- and yaw-free)."""
+    z2 = axis[:, 2] ** 2
+    return c[:, None] * torch.stack([z2, 1.0 - z2], 1)
+
+
+def gaussian_features_v2(g: GaussianArrays, vox: Voxelization) -> torch.Tensor:
+    """``[N, 16]`` sampling- and yaw-independent encoding of full Gaussians (module docstring, v2)."""
+    log_s = g.log_scales.float()
+    order = torch.argsort(log_s, dim=1, descending=True)
+    ls = torch.gather(log_s, 1, order)
+    rot = quats_wxyz_to_rotmats(g.unit_quats.float())
+    major = torch.gather(rot, 2, order[:, None, 0:1].expand(-1, 3, 1)).squeeze(-1)
+    normal = torch.gather(rot, 2, order[:, None, 2:3].expand(-1, 3, 1)).squeeze(-1)
+    r21 = torch.exp(ls[:, 1] - ls[:, 0])
+    r32 = torch.exp(ls[:, 2] - ls[:, 1])
+    op = g.opacity.float()
+    # opacity-weighted (plus a floor so all-transparent neighbourhoods stay defined) mean of the
+    # largest log scale around each voxel
+    w = op + 1e-3
+    sums = neighbourhood_sums(torch.stack([w, w * ls[:, 0]], 1), vox)
+    ref = (sums[:, 1] / sums[:, 0])[vox.inverse]
+    feats = [
+        g.base_rgb.float(),
+        op[:, None],
+        ((ls - ref[:, None]).clamp(-4.0, 4.0) / 2.0),
+        torch.stack([r21, r32], 1),
+        _vertical(1.0 - r32, normal),
+        _vertical(1.0 - r21, major),
+        _voxel_offsets(g.means.float(), vox),
+    ]
+    return torch.cat(feats, 1)
+
+
+def pointcloud_features_v2(g: GaussianArrays, vox: Voxelization) -> torch.Tensor:
+    """``[N, 9]`` encoding from centres and colours only, gravity-aligned (module docstring, v2)."""
+    normals, planarity = estimate_voxel_normals(g.means, vox)
+    n, c = normals[vox.inverse], planarity[vox.inverse]
+    return torch.cat([g.base_rgb.float(), _voxel_offsets(g.means.float(), vox), _vertical(c, n), c[:, None]], 1)
+
+
 @dataclass(frozen=True)
 class FeatureVariant:
     """An input encoding: its function, width, and how far (voxels) it looks beyond its own voxel."""
@@ -237,17 +322,56 @@ class FeatureVariant:
     neighbourhood_voxels: int
     """Chebyshev radius, in voxels, of the voxels whose Gaussians enter one Gaussian's encoding
     (0: the Gaussian alone). Added to the receptive field."""
+    groups: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    """Channel groups: name ('appearance', 'geometry') -> channel indices (ascending). Together
+    they cover every channel exactly once. In version 2 every group is one contiguous range
+    (see :meth:`group_range`)."""
+    version: int = 1
+    """Feature version (``EncoderConfig.feature_version``)."""
+
+    def group_range(self, name: str) -> tuple[int, int]:
+        """Half-open ``(start, end)`` channel range of group ``name``; raises when the group is
+        not contiguous (only the v1 'pointcloud' geometry group is not)."""
+        idx = self.groups[name]
+        if list(idx) != list(range(idx[0], idx[-1] + 1)):
+            raise InvalidInputError(f"feature group {name!r} of {self.name} v{self.version} is not contiguous: {idx}")
+        return idx[0], idx[-1] + 1
 
 
-FEATURE_VARIANTS: dict[str, FeatureVariant] = {
-    "gaussian": FeatureVariant("gaussian", gaussian_features, 24, 0),
-    "pointcloud": FeatureVariant("pointcloud", pointcloud_features, 13, 1),
+def _g(**ranges: tuple) -> dict[str, tuple[int, ...]]:
+    """Groups from lists of half-open ranges."""
+    return {k: tuple(i for a, b in (v if isinstance(v[0], tuple) else (v,)) for i in range(a, b))
+            for k, v in ranges.items()}
+
+
+FEATURE_VERSIONS: dict[int, dict[str, FeatureVariant]] = {
+    1: {
+        "gaussian": FeatureVariant("gaussian", gaussian_features, 24, 0,
+                                   _g(appearance=(0, 4), geometry=(4, 24)), 1),
+        "pointcloud": FeatureVariant("pointcloud", pointcloud_features, 13, 1,
+                                     _g(appearance=(3, 6), geometry=((0, 3), (6, 13))), 1),
+    },
+    2: {
+        "gaussian": FeatureVariant("gaussian", gaussian_features_v2, 16, 1,
+                                   _g(appearance=(0, 4), geometry=(4, 16)), 2),
+        "pointcloud": FeatureVariant("pointcloud", pointcloud_features_v2, 9, 1,
+                                     _g(appearance=(0, 3), geometry=(3, 9)), 2),
+    },
 }
+"""Encodings by feature version and variant name."""
+LATEST_FEATURE_VERSION = max(FEATURE_VERSIONS)
+"""Version new encoder configs use."""
+
+FEATURE_VARIANTS: dict[str, FeatureVariant] = FEATURE_VERSIONS[1]
+"""Version-1 encodings (kept for the checkpoints trained before feature versions existed)."""
 
 
-def get_feature_variant(name: str) -> FeatureVariant:
-    """Registry lookup; an unknown name lists the known ones."""
+def get_feature_variant(name: str, version: int = 1) -> FeatureVariant:
+    """Registry lookup; an unknown name or version lists the known ones."""
+    if version not in FEATURE_VERSIONS:
+        raise RegistryError(f"unknown encoder feature version {version!r}; known: {sorted(FEATURE_VERSIONS)} "
+                            "(a checkpoint from a newer chorus_ros?)")
     try:
-        return FEATURE_VARIANTS[name]
+        return FEATURE_VERSIONS[version][name]
     except KeyError:
-        raise RegistryError(f"unknown encoder input variant {name!r}; known: {sorted(FEATURE_VARIANTS)}") from None
+        raise RegistryError(f"unknown encoder input variant {name!r}; known: {sorted(FEATURE_VERSIONS[version])}") from None

@@ -83,6 +83,8 @@ class SceneConfig:
     (accumulated alpha > 0.99 between samples) as in optimised 3DGS scenes."""
     semi_transparent_fraction: float = 0.03
     """Fraction of (non-glass) Gaussians given a low opacity in [0.2, 0.6], as in real captures."""
+    stuff_density_range: tuple[float, ...] = ()
+    """Optional (lo, hi): draw ``stuff_density`` per seed uniformly in this range (training randomisation of the floor/wall Gaussian sizes relative to objects; 1.0 = same sizes on every surface). Empty uses ``stuff_density``."""
 
     def validate(self) -> None:
         """Raise :class:`InvalidInputError` naming the bad field."""
@@ -97,6 +99,9 @@ class SceneConfig:
                                     f"room_x={self.room_x}, room_y={self.room_y}, room_height={self.room_height}")
         if not 0 < self.stuff_density <= 4:
             raise InvalidInputError(f"stuff_density must be in (0, 4], got {self.stuff_density}")
+        r = tuple(self.stuff_density_range)
+        if r and (len(r) != 2 or not 0 < r[0] <= r[1] <= 4):
+            raise InvalidInputError(f"stuff_density_range must be (lo, hi) with 0 < lo <= hi <= 4, got {r}")
         if not 0 <= self.furniture_probability <= 1 or not 0 <= self.semi_transparent_fraction <= 1:
             raise InvalidInputError("furniture_probability and semi_transparent_fraction must be in [0, 1]")
         if self.sh_degree not in (0, 1, 2, 3):
@@ -673,6 +678,11 @@ def generate_scene(config: SceneConfig | None = None) -> SyntheticScene:
     """Generate one room (see the module docstring). Deterministic in ``config``."""
     cfg = config or SceneConfig()
     cfg.validate()
+    if cfg.stuff_density_range:
+        from dataclasses import replace
+        lo, hi = (float(v) for v in cfg.stuff_density_range)
+        cfg = replace(cfg, stuff_density=float(np.random.default_rng([int(cfg.seed), 5]).uniform(lo, hi)),
+                      stuff_density_range=())
     lay = _Layout(cfg, np.random.default_rng([int(cfg.seed), 1]))
     _furnish(lay)
     objs = sorted(lay.stuff_objects() + lay.objects, key=lambda o: o.instance_id)

@@ -2,7 +2,10 @@
 
 A rigid turn about the up axis, a translation (which also moves the absolute voxel grid
 relative to the scene), a small global scale, colour jitter on the base colour, random Gaussian
-dropout and random horizontal crops (partial maps, as the live map grows block by block).
+dropout and random horizontal crops (partial maps, as the live map grows block by block), and
+optionally the per-Gaussian shifts of :mod:`chorus_ros.core.synthetic.shifts` (``AugmentConfig.shift``:
+sizes, shapes, tilt, colour and lighting, position noise, opacities, floaters), each at a random
+strength in [0, the configured value] per step.
 Targets are per Gaussian and invariant, so they are just subset alongside the Gaussians.
 
 Rotations act on positions and orientations; view-dependent SH bands (degree > 0) would need
@@ -42,6 +45,10 @@ def rotate_about_axis(angle: float, axis: int) -> tuple[torch.Tensor, torch.Tens
     return R, q
 
 
+_SCALED_SHIFT_OPTIONS = ("size_jitter", "isotropic_fraction", "tilt_deg", "white_balance", "exposure", "shading",
+                         "palette_deg", "position_noise", "low_opacity_fraction", "floater_fraction", "dead_fraction")
+
+
 def _u(gen: torch.Generator, lo: float, hi: float) -> float:
     return lo + (hi - lo) * float(torch.rand((), generator=gen))
 
@@ -75,6 +82,15 @@ def augment_scene(g: GaussianArrays, targets: LiftedTargets, cfg: AugmentConfig,
     if not bool(keep.all()):
         idx = keep.nonzero().squeeze(1)
         g, targets = g.index(idx), targets.index(idx)
+
+    if cfg.shift:  # domain randomisation (chorus_ros.core.synthetic.shifts), targets follow their source
+        from chorus_ros.core.synthetic.shifts import ShiftConfig, shift_gaussians
+        sc = ShiftConfig.from_dict(cfg.shift)
+        for f in _SCALED_SHIFT_OPTIONS:  # each option's strength drawn in [0, value] every step
+            setattr(sc, f, getattr(sc, f) * _u(gen, 0.0, 1.0))
+        g, src, _ = shift_gaussians(g, sc, gen)
+        if len(src) != len(targets) or not bool((src == torch.arange(len(src))).all()):
+            targets = targets.index(src)
 
     means, quats, log_scales = g.means, g.quats, g.log_scales
     sh = g.sh[:, :1]

@@ -70,6 +70,8 @@ class AugmentConfig:
     """Smallest side of the crop box as a fraction of the scene's extent."""
     min_gaussians: int = 256
     """Augmentations never leave fewer valid Gaussians than this (they are skipped instead)."""
+    shift: dict = field(default_factory=dict)
+    """Domain randomisation: per-Gaussian options of chorus_ros.core.synthetic.shifts.ShiftConfig (size_jitter, isotropic_fraction, tilt_deg, white_balance, exposure, shading, palette_deg, position_noise, low_opacity_fraction, floater_fraction, dead_fraction); every step each option's strength is drawn uniformly in [0, the given value]; added Gaussians take the targets of the Gaussian they copy. Empty: off."""
 
 
 @dataclass
