@@ -292,7 +292,7 @@ class ChorusEncoder(nn.Module):
         self.config = config if config is not None else EncoderConfig()
         self.config.validate()
         cfg = self.config
-        self.variant = get_feature_variant(cfg.variant)
+        self.variant = get_feature_variant(cfg.variant, cfg.feature_version)
         ph, c0 = cfg.point_hidden, cfg.channels[0]
         self.point_mlp = nn.Sequential(nn.Linear(self.variant.dim, ph), nn.GELU(), nn.Linear(ph, ph))
         self.stem = nn.Linear(ph + 1, c0)
