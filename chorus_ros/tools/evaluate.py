@@ -1,54 +1,144 @@
-"""``chorus-eval``: held-out evaluation tables for docs/ (see chorus_ros.core.metrics.evaluation).
+"""``chorus-eval``: score a checkpoint on outside scene folders or held-out synthetic scenes.
 
+    chorus-eval --dataset data/scene0470_00 --checkpoint checkpoints/demo \\
+                --labels-map nyu40_to_demo.yaml --views ::4 --out report.md --json r.json --plots plots/
     chorus-eval --checkpoint checkpoints/demo --seeds 1000 1001 1002 --out docs/evaluation.md
-    chorus-eval --ablation full=checkpoints/demo no_object=checkpoints/ablation/no_object \\
-                no_calibration=checkpoints/ablation/no_calibration --out docs/ablation.md
+    chorus-eval --ablation full=checkpoints/demo no_object=checkpoints/ablation/no_object --out docs/ablation.md
+
+Scene folder layouts: chorus_ros.core.datasets.folder; metrics: chorus_ros.core.metrics.scenes
+(definitions also in docs/evaluation.md). A malformed folder prints one error naming the file
+and exits with status 2.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 from pathlib import Path
 
 
+def _write(md: str, out: str, section: str | None) -> None:
+    from chorus_ros.core.metrics.report import replace_section
+
+    print(md)
+    if out == "-":
+        return
+    if section:
+        replace_section(out, section, md)
+    else:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(md, encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> int:
-    from chorus_ros.core.metrics.evaluation import (EvalConfig, ablation_markdown, evaluate_checkpoint,
-                                                    evaluation_markdown)
-    from chorus_ros.core.pipeline import PerceptionPipeline, PipelineConfig
+    from chorus_ros.core.errors import ChorusError
+    from chorus_ros.core.metrics.evaluation import EvalConfig
 
     d = EvalConfig()
     ap = argparse.ArgumentParser(prog="chorus-eval", description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", help="checkpoint folder (model.safetensors + config.yaml)")
+    ap.add_argument("--dataset", nargs="+", metavar="DIR", help="scene folders to evaluate (outside data)")
     ap.add_argument("--ablation", nargs="+", metavar="NAME=DIR", help="evaluate several checkpoints into one table")
+    ap.add_argument("--labels-map", metavar="FILE", help="YAML 'gt name: model name' (null drops a class)")
+    ap.add_argument("--views", help="with --dataset: Python slice over frame indices ('30:60', '::4'); "
+                                    "with --seeds: views per scene (2/3 loop, 1/3 random)")
+    ap.add_argument("--map", metavar="PLY", help="with one --dataset folder: the 3DGS map (default gaussians.ply)")
+    ap.add_argument("--min-alpha", type=float, default=None,
+                    help="alpha threshold shared by prediction and ground truth (default: the pipeline's)")
     ap.add_argument("--seeds", type=int, nargs="+", default=d.seeds, help="held-out scene seeds")
-    ap.add_argument("--views", type=int, default=d.loop_views + d.random_views,
-                    help="views per scene (2/3 loop, 1/3 random)")
-    ap.add_argument("--gaussians", type=int, default=d.target_gaussians, help="Gaussians per scene")
+    ap.add_argument("--gaussians", type=int, default=d.target_gaussians, help="Gaussians per synthetic scene")
     ap.add_argument("--size", type=int, nargs=2, default=[d.width, d.height], metavar=("W", "H"))
     ap.add_argument("--chunks", type=int, default=d.chunks, help="add each scene in N slabs (incremental)")
     ap.add_argument("--device", default=d.device)
-    ap.add_argument("--out", default="docs/evaluation.md", help="markdown file to write ('-' prints only)")
+    ap.add_argument("--out", default="-", help="markdown report to write ('-' prints only)")
+    ap.add_argument("--section", help="replace only this marked section of --out (keeps the rest of the file)")
+    ap.add_argument("--json", metavar="FILE", help="write the results as one JSON object (percent)")
+    ap.add_argument("--plots", metavar="DIR", help="write PNG plots (confusion, per-class IoU, contact sheet)")
+    ap.add_argument("--title", default=None, help="report title")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     a = ap.parse_args(argv)
-    if bool(a.checkpoint) == bool(a.ablation):
-        ap.error("give exactly one of --checkpoint or --ablation")
-    loop = max(1, round(a.views * 2 / 3))
-    cfg = EvalConfig(seeds=a.seeds, target_gaussians=a.gaussians, loop_views=loop, random_views=max(0, a.views - loop),
-                     width=a.size[0], height=a.size[1], chunks=a.chunks, device=a.device)
+    if a.ablation and (a.checkpoint or a.dataset):
+        ap.error("--ablation cannot be combined with --checkpoint or --dataset")
+    if not a.ablation and not a.checkpoint:
+        ap.error("give --checkpoint (with --dataset or --seeds) or --ablation")
+    if a.map and (not a.dataset or len(a.dataset) != 1):
+        ap.error("--map needs exactly one --dataset folder")
+    cmd = "chorus-eval " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
+    try:
+        if a.dataset:
+            return _dataset(a, cmd)
+        return _seeds(a, ap, cmd)
+    except ChorusError as e:  # malformed data, checkpoint or labels map: one line, no traceback
+        print(f"chorus-eval: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _factory(ckpt: str, device: str):
+    from chorus_ros.core.pipeline import PerceptionPipeline, PipelineConfig
+
+    def make():
+        return PerceptionPipeline.from_checkpoint(ckpt, PipelineConfig(device=device))
+    return make
+
+
+def _outputs(a, result, md_fn) -> None:
+    """Plots, JSON and the markdown report of one DatasetEvalResult."""
+    from chorus_ros.core.metrics.plots import write_plots
+    from chorus_ros.core.metrics.scenes import results_json
+
+    plots = write_plots(result, a.plots) if a.plots else None
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(results_json(result), indent=1) + "\n", encoding="utf-8")
+    _write(md_fn(plots), a.out, a.section)
+
+
+def _dataset(a, cmd: str) -> int:
+    from chorus_ros.core.datasets import load_labels_map, open_scene, parse_views
+    from chorus_ros.core.metrics.report import dataset_markdown
+    from chorus_ros.core.metrics.scenes import SceneEvalConfig, evaluate_scenes
+
+    lm = load_labels_map(a.labels_map) if a.labels_map else None
+    views = parse_views(a.views)
+    scenes = [open_scene(root, map_path=a.map, views=views, labels_map=lm) for root in a.dataset]
+    for s in scenes:
+        print(f"{s.name}: {len(s)} views, {len(s.gaussians)} Gaussians ({s.layout} layout); not given to the "
+              f"model: {', '.join(s.ignored_properties) or 'nothing'}", file=sys.stderr)
+    res = evaluate_scenes(_factory(a.checkpoint, a.device), scenes,
+                          SceneEvalConfig(min_alpha=a.min_alpha, chunks=a.chunks), progress=not a.no_progress)
+    setup = (f"Checkpoint `{a.checkpoint}`; scene folders {', '.join(f'`{p}`' for p in a.dataset)}"
+             + (f", views `{a.views}`" if a.views else "") + (f", labels map `{a.labels_map}`" if a.labels_map else "")
+             + ".")
+    _outputs(a, res, lambda plots: dataset_markdown(res, title=a.title or "Evaluation on scene folders", command=cmd,
+                                                    setup=setup, plots=plots,
+                                                    report_path=None if a.out == "-" else a.out))
+    return 0
+
+
+def _seeds(a, ap, cmd: str) -> int:
+    from chorus_ros.core.metrics.evaluation import EvalConfig, ablation_markdown, evaluate_checkpoint, evaluation_markdown
+
+    d = EvalConfig()
+    try:
+        n_views = int(a.views) if a.views is not None else d.loop_views + d.random_views
+    except ValueError:
+        ap.error(f"--views {a.views!r}: with --seeds it is a number of views per scene")
+    loop = max(1, round(n_views * 2 / 3))
+    cfg = EvalConfig(seeds=a.seeds, target_gaussians=a.gaussians, loop_views=loop, random_views=max(0, n_views - loop),
+                     width=a.size[0], height=a.size[1], chunks=a.chunks, device=a.device, min_alpha=a.min_alpha)
     runs = [("demo", a.checkpoint)] if a.checkpoint else [tuple(s.split("=", 1)) if "=" in s else (Path(s).name, s)
                                                          for s in a.ablation]
     cache: dict = {}
-    results = []
-    for name, ckpt in runs:
-        def make(ckpt=ckpt):
-            return PerceptionPipeline.from_checkpoint(ckpt, PipelineConfig(device=cfg.device))
-        results.append(evaluate_checkpoint(name, make, cfg, cache, progress=lambda s: print(s, file=sys.stderr)))
-    cmd = "chorus-eval " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
-    md = evaluation_markdown(results[0], cfg, cmd) if a.checkpoint else ablation_markdown(results, cfg, cmd)
-    print(md)
-    if a.out != "-":
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(md, encoding="utf-8")
+    progress = None if a.no_progress else (lambda s: print(s, file=sys.stderr))
+    results = [evaluate_checkpoint(name, _factory(ckpt, cfg.device), cfg, cache, progress=progress)
+               for name, ckpt in runs]
+    if a.checkpoint:
+        _outputs(a, results[0].dataset,
+                 lambda plots: evaluation_markdown(results[0], cfg, cmd, plots=plots,
+                                                   report_path=None if a.out == "-" else a.out))
+    else:
+        _write(ablation_markdown(results, cfg, cmd), a.out, a.section)
     return 0
 
 

@@ -143,7 +143,7 @@ def test_evaluate_checkpoint_with_oracle_pipeline():
     assert r.consistency.object_mean > 0.95
     assert r.panoptic.pq > 0.7
     md = evaluation_markdown(r, cfg, "chorus-eval --test")
-    assert "| oracle |" in md and "Per-class IoU" in md and "chorus-eval --test" in md
+    assert "| **oracle (all scenes)** |" in md and "Per-class IoU" in md and "chorus-eval --test" in md
     assert "| variant |" in ablation_markdown([r, r], cfg)
 
 
@@ -175,7 +175,7 @@ def test_chorus_eval_cli_on_a_tiny_checkpoint(tmp_path):
     out = tmp_path / "eval.md"
     assert main(["--checkpoint", str(tmp_path / "full"), *args, "--out", str(out)]) == 0
     md = out.read_text()
-    assert "| demo |" in md and "| chair |" in md and "seeds [1000]" in md
+    assert "| **demo (all scenes)** |" in md and "| chair |" in md and "seeds [1000]" in md
     abl = tmp_path / "abl.md"
     assert main(["--ablation", f"full={tmp_path / 'full'}", f"no_object={tmp_path / 'no_object'}", *args,
                  "--out", str(abl)]) == 0

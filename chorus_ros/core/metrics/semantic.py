@@ -8,7 +8,11 @@ of the true class and as nobody's false positive):
 * ``IoU_k = C[k,k] / (sum_j C[k,j] + sum_i C[i,k] - C[k,k])`` (TP / (TP + FN + FP)); undefined
   (NaN) when class k neither occurs in the ground truth nor is predicted.
 * ``Acc_k = C[k,k] / sum_j C[k,j]`` (recall); NaN when class k does not occur in the ground truth.
-* ``mIoU`` / ``mAcc``: mean over the classes where the value is defined.
+* ``mIoU`` / ``mAcc``: mean over the classes where the value is defined (for mIoU: classes
+  that occur in the ground truth or are predicted).
+* ``mIoU_present``: mean IoU over the classes that occur in the ground truth only (the ScanNet
+  protocol); a class predicted but absent from the ground truth does not enter the mean (its
+  false positives still lower the IoU of the true classes they were taken from).
 * ``oAcc = trace(C) / (number of labelled ground-truth pixels)``.
 * Foreground variants (``fg_miou``, ``fg_macc``): the same means over classes whose names are
   not in ``background`` (default wall, floor, ceiling), as in Chorus' foreground mIoU.
@@ -54,6 +58,10 @@ class SemanticScores:
     class_names: list[str]
     num_pixels: int
     """Labelled ground-truth pixels counted."""
+    miou_present: float = float("nan")
+    """Mean IoU over the classes present in the ground truth (ScanNet protocol)."""
+    present: np.ndarray | None = None
+    """[K] bool, class occurs in the ground truth."""
 
 
 class ConfusionMatrix:
@@ -108,4 +116,5 @@ class ConfusionMatrix:
             miou=_nanmean(iou), macc=_nanmean(acc),
             oacc=float(tp.sum() / total) if total > 0 else float("nan"),
             fg_miou=_nanmean(iou[fg]), fg_macc=_nanmean(acc[fg]),
-            iou=iou, acc=acc, class_names=names, num_pixels=int(total))
+            iou=iou, acc=acc, class_names=names, num_pixels=int(total),
+            miou_present=_nanmean(iou[gt_count > 0]), present=gt_count > 0)
