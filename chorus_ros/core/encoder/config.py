@@ -45,6 +45,8 @@ class EncoderConfig:
     """Input variant: 'gaussian' (colour, opacity, scales, orientation, position in voxel) or 'pointcloud' (centres, colours, estimated normals only)."""
     feature_version: int = 2
     """Input encoding version (chorus_ros.core.encoder.features): 1 = absolute Gaussian sizes and world-frame normals (checkpoints before issue 8; a config without this field loads as 1), 2 = sizes relative to the neighbourhood and gravity-aligned normals."""
+    branches: bool = False
+    """Modality branches: one point MLP per channel group of the input encoding ('appearance', 'geometry'), summed before the shared U-Net (training can then equalise their gradients, calibration.branches). False: one stem over all channels (checkpoints without this field)."""
     voxel_size: float = 0.05
     """Edge of the finest voxels, metres. Voxel indices are floor(mean / voxel_size) in the absolute world grid."""
     channels: tuple[int, ...] = (32, 64, 96)

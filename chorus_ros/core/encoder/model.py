@@ -4,6 +4,10 @@ Pipeline (``N`` Gaussians, ``V`` occupied voxels of edge ``voxel_size``)::
 
     GaussianArrays --features.py--> [N, F] input encoding (local, no absolute coordinates)
       --point MLP--> [N, P] --scatter-mean per voxel (+ log count)--> [V, P+1] --stem--> [V, C0]
+        (``branches=True``: the point MLP's first layer splits into one branch per channel
+         group of the encoding -- 'appearance', 'geometry' -- ``Linear + GELU`` each; their
+         [N, P] outputs are concatenated and joined by one linear layer into the [N, P]
+         features: the modality branches, joined before the shared U-Net)
       --sparse U-Net (SubMConv3d blocks, SparseConv3d stride-2 down, SparseInverseConv3d up,
         skip connections, per-voxel norms)--> [V, C0]
       --trilinear interpolation at each Gaussian's centre from the (existing) surrounding
@@ -23,6 +27,7 @@ built, so importing this module needs only torch.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -36,7 +41,7 @@ from chorus_ros.core.errors import InvalidInputError
 from chorus_ros.core.gaussians import GaussianArrays
 
 __all__ = ["ChorusEncoder", "EncoderOutput", "ReceptiveField", "receptive_field", "interpolate_voxel_features",
-           "tensor_intervals"]
+           "tensor_intervals", "BranchCalibration", "equalise_branch_gradients"]
 
 
 @dataclass
@@ -273,6 +278,65 @@ def interpolate_voxel_features(feats: torch.Tensor, vox: Voxelization, means: to
     return out / wsum
 
 
+# --------------------------------------------------------------- modality branches, level two
+class BranchCalibration:
+    """Second level of gradient calibration: equal gradient norms across input branches.
+
+    Forward is the identity on the branch outputs. While :meth:`active` (the trainer turns it on
+    only while back-propagating the *calibrated task gradient*), the backward pass rescales the
+    gradient reaching each branch output ``b`` to the mean of the branches' norms
+    ``g_b <- g_b * mean_c |g_c| / |g_b|`` (branches with a zero gradient are left alone), so no
+    input modality dominates the update of the shared stem. Outside :meth:`active` gradients
+    pass unchanged. ``last_norms`` holds the raw per-branch norms of the last calibrated
+    backward (for logs); ``last_scaled`` the norms after rescaling.
+    """
+
+    def __init__(self) -> None:
+        self.is_active = False
+        self.last_norms: dict[str, float] = {}
+        self.last_scaled: dict[str, float] = {}
+
+    @contextmanager
+    def active(self):
+        """Context manager: calibrate branch gradients during backward passes run inside it."""
+        prev, self.is_active = self.is_active, True
+        self.last_norms, self.last_scaled = {}, {}
+        try:
+            yield self
+        finally:
+            self.is_active = prev
+
+
+class _EqualiseBranches(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, calib, names, *xs):
+        ctx.calib, ctx.names = calib, names
+        return tuple(x.view_as(x) for x in xs)
+
+    @staticmethod
+    def backward(ctx, *gs):
+        calib = ctx.calib
+        if calib is None or not calib.is_active:
+            return (None, None, *gs)
+        out = equalise_branch_gradients(dict(zip(ctx.names, gs)))
+        calib.last_norms = {k: float(g.norm()) if g is not None else 0.0 for k, g in zip(ctx.names, gs)}
+        calib.last_scaled = {k: float(v.norm()) if v is not None else 0.0 for k, v in out.items()}
+        return (None, None, *[out[k] for k in ctx.names])
+
+
+def equalise_branch_gradients(grads: dict[str, torch.Tensor | None]) -> dict[str, torch.Tensor | None]:
+    """Rescale every non-zero gradient to the mean norm of the non-zero ones (the level-two rule).
+
+    ``grads``: branch name -> gradient at that branch's output (any shape) or None.
+    """
+    norms = {k: g.double().norm() for k, g in grads.items() if g is not None}
+    live = [k for k, n in norms.items() if float(n) > 0]
+    if not live:
+        return dict(grads)
+    target = sum(norms[k] for k in live) / len(live)
+    return {k: (g * (target / norms[k]).to(g.dtype) if k in live else g) for k, g in grads.items()}
+
+
 # ------------------------------------------------------------------------------------ model
 class ChorusEncoder(nn.Module):
     """Feed-forward per-Gaussian features from a sparse U-Net (see the module docstring).
@@ -294,7 +358,15 @@ class ChorusEncoder(nn.Module):
         cfg = self.config
         self.variant = get_feature_variant(cfg.variant, cfg.feature_version)
         ph, c0 = cfg.point_hidden, cfg.channels[0]
-        self.point_mlp = nn.Sequential(nn.Linear(self.variant.dim, ph), nn.GELU(), nn.Linear(ph, ph))
+        self.branch_calibration = BranchCalibration()
+        self.branch_groups: dict[str, tuple[int, ...]] = {}
+        if cfg.branches and len(self.variant.groups) > 1:
+            self.branch_groups = {k: tuple(int(i) for i in v) for k, v in self.variant.groups.items()}
+            self.branches = nn.ModuleDict({k: nn.Sequential(nn.Linear(len(v), ph), nn.GELU())
+                                           for k, v in self.branch_groups.items()})
+            self.branch_join = nn.Linear(ph * len(self.branch_groups), ph)
+        else:  # one stem over all channels (the original architecture; old checkpoints)
+            self.point_mlp = nn.Sequential(nn.Linear(self.variant.dim, ph), nn.GELU(), nn.Linear(ph, ph))
         self.stem = nn.Linear(ph + 1, c0)
         self.stem_norm = _make_norm(cfg.norm, c0)
         self.unet = _Stage(sp, cfg, 0)
@@ -374,8 +446,17 @@ class ChorusEncoder(nn.Module):
 
     # pieces of the forward pass, shared with the cached incremental engine (cached.py)
     def point_features(self, g: GaussianArrays, vox: Voxelization) -> torch.Tensor:
-        """``[N, point_hidden]`` per-Gaussian MLP of the input encoding."""
-        return self.point_mlp(self.variant.fn(g, vox))
+        """``[N, point_hidden]`` per-Gaussian MLP of the input encoding (with branches: one
+        ``Linear + GELU`` per channel group, through the level-two :class:`BranchCalibration`,
+        concatenated and joined by a linear layer)."""
+        x = self.variant.fn(g, vox)
+        if not self.branch_groups:
+            return self.point_mlp(x)
+        names = list(self.branch_groups)
+        outs = [self.branches[k](x[:, list(self.branch_groups[k])]) for k in names]
+        if torch.is_grad_enabled():
+            outs = _EqualiseBranches.apply(self.branch_calibration, tuple(names), *outs)
+        return self.branch_join(torch.cat(list(outs), 1))
 
     def voxel_stem(self, h: torch.Tensor, vox: Voxelization) -> torch.Tensor:
         """``[V, C0]`` voxel features: scatter-mean of ``h`` per voxel plus log count, then the stem."""
