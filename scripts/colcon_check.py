@@ -72,6 +72,9 @@ for node in ('chorus_node', 'query_node'):
     p = prefix / 'lib' / 'chorus_ros' / node
     check(p.is_file() and os.access(p, os.X_OK), f'node wrapper {p.relative_to(install)}')
 check((prefix / 'share' / 'chorus_ros' / 'package.xml').is_file(), 'share/chorus_ros/package.xml')
+marker = prefix / 'share' / 'ament_index' / 'resource_index' / 'packages' / 'chorus_ros'
+check(marker.is_file() and marker.read_bytes() == (repo / 'resource' / 'chorus_ros').read_bytes(),
+      'ament resource marker installed from resource/chorus_ros')
 from ament_index_python.packages import get_package_prefix
 check(pathlib.Path(get_package_prefix('chorus_ros')).resolve() == prefix,
       'ament index finds chorus_ros in install/')

@@ -25,7 +25,9 @@ from chorus_ros.core.gaussians import GaussianArrays, rgb_to_sh_dc
 from chorus_ros.core.geometry import Camera, look_at_pose
 from chorus_ros.core.render import RenderSettings, render, select_backend
 
-GUITAR = Path(os.environ.get("CHORUS_SHARED", "/work/shared")) / "data" / "3dgs" / "guitar.ply"
+# CHORUS_SHARED_DIR: the one variable naming the shared data folder (as in test_ply.py, bench_map.py)
+GUITAR = (Path(os.environ.get("CHORUS_SHARED_DIR") or Path(__file__).resolve().parents[3] / "shared")
+          / "data" / "3dgs" / "guitar.ply")
 
 
 def test_backend_module_imports_without_gsplat_and_cuda():

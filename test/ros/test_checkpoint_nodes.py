@@ -70,14 +70,22 @@ def _publish(harness, ns, msgs, node, wait_until):
                    f"update {m.sequence} on /{ns}")
 
 
-def test_images_equal_the_checkpoint_pipeline_for_the_same_pose(harness, full_node, small_scene, camera,
-                                                               random_checkpoint, wait_until):
-    from chorus_ros.core.pipeline import PerceptionPipeline
-    from chorus_ros.ros import conversions as cv
+@pytest.fixture(scope="module")
+def full_map(harness, full_node, small_scene, wait_until):
+    """/full/chorus_node holds the whole scene, encoded (each test that needs it asks for it, so
+    no test depends on another having run first)."""
     from chorus_ros.ros.map_updates import map_update_to_msg
     _publish(harness, "full", [map_update_to_msg(small_scene.gaussians, map_id="m", sequence=0, full=True)],
              full_node, wait_until)
     assert not full_node.errors.recent and full_node.encoded_version == full_node.pipeline.map.version
+    return full_node
+
+
+def test_images_equal_the_checkpoint_pipeline_for_the_same_pose(harness, full_map, small_scene, camera,
+                                                               random_checkpoint, wait_until):
+    from chorus_ros.core.pipeline import PerceptionPipeline
+    from chorus_ros.ros import conversions as cv
+    full_node = full_map
     got, cam = _images(harness, "full", camera, 123_000, wait_until)
     ref = PerceptionPipeline.from_checkpoint(random_checkpoint, copy.deepcopy(full_node.pipeline.config))
     g = small_scene.gaussians
@@ -89,11 +97,9 @@ def test_images_equal_the_checkpoint_pipeline_for_the_same_pose(harness, full_no
     assert (got["semantic"] != 65535).mean() > 0.5
 
 
-def test_deltas_end_in_the_same_images_as_the_full_map(harness, full_node, grown_node, small_scene, camera,
+def test_deltas_end_in_the_same_images_as_the_full_map(harness, full_map, grown_node, small_scene, camera,
                                                        wait_until):
     from chorus_ros.ros.map_updates import map_update_to_msg
-    if full_node.encoded_version == 0:
-        pytest.skip("needs the full map of the previous test")
     g = small_scene.gaussians
     # grow along x, as a robot crossing the room would: deltas touch different spatial blocks
     order = torch.argsort(g.means[:, 0], stable=True)

@@ -20,10 +20,17 @@ returning the null stream (0) when CUDA is unavailable is all it takes.
 
 :func:`apply` is idempotent and called lazily by :func:`import_spconv` (the encoder's only way
 of importing spconv). Both patches touch CPU code paths only; GPU behaviour is unchanged.
+
+3. **A log line on every process's first encode.** ``SparseConvTensor`` is built through
+   torch.fx's ``ProxyableClassMeta``, whose ``__call__`` asks ``is_fx_tracing()``; torch 2.x
+   then logs once per process "is_fx_tracing will return true for both fx.symbolic_trace and
+   torch.export..." (a deprecation notice aimed at spconv, meaningless to us: we never trace).
+   :func:`import_spconv` adds a filter to that one logger that drops exactly that message.
 """
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 from types import ModuleType
 
@@ -101,6 +108,24 @@ def apply() -> bool:
     return True
 
 
+_FX_LOGGER = "torch.fx._symbolic_trace"
+_FX_NOTICE = "is_fx_tracing will return true for both fx.symbolic_trace and torch.export"
+
+
+class _DropFxTracingNotice(logging.Filter):
+    """Drops torch.fx's is_fx_tracing deprecation notice (fix 3 in the module docstring), only it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_FX_NOTICE)
+
+
+def silence_fx_tracing_notice() -> None:
+    """Install :class:`_DropFxTracingNotice` on torch.fx's logger (idempotent)."""
+    log = logging.getLogger(_FX_LOGGER)
+    if not any(isinstance(f, _DropFxTracingNotice) for f in log.filters):
+        log.addFilter(_DropFxTracingNotice())
+
+
 def import_spconv() -> ModuleType:
     """``spconv.pytorch`` with the CPU patch applied; BackendUnavailableError if missing."""
     try:
@@ -108,4 +133,5 @@ def import_spconv() -> ModuleType:
     except ImportError as e:  # pragma: no cover - spconv is a pinned dependency
         raise BackendUnavailableError(f"the Chorus encoder needs spconv (pip install spconv): {e}") from e
     apply()
+    silence_fx_tracing_notice()
     return spconv
