@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from chorus_ros.core.decode.instances import InstanceConfig, InstanceDecoder, ObjectRecord
+from chorus_ros.core.objects.support import SupportConfig, support_scores
 from chorus_ros.core.decode.semantic import SemanticConfig, SemanticDecoder
 from chorus_ros.core.encoder.incremental import IncrementalConfig
 from chorus_ros.core.errors import CheckpointError, EncodeError, InvalidInputError
@@ -81,7 +82,9 @@ class PipelineConfig:
     semantic: SemanticConfig = field(default_factory=SemanticConfig)
     """Open-vocabulary decoding thresholds (``semantic.*``)."""
     instances: InstanceConfig = field(default_factory=InstanceConfig)
-    """Instance grouping and codebook (``instances.*``)."""
+    """Instance grouping and persistent ids (``instances.*``)."""
+    support: SupportConfig = field(default_factory=SupportConfig)
+    """How an object's support (Gaussian count) weighs into query scores (``support.*``)."""
     device: str = "cpu"
     """Torch device of the encoder, map and renderer ('cpu', 'cuda')."""
     labels_file: str = ""
@@ -173,6 +176,9 @@ class QueryHit:
 
     record: ObjectRecord
     score: float
+    """Support-aware score: ``cosine`` x the object's support weight
+    (:func:`chorus_ros.core.objects.support_scores`), so a fragment cannot outrank a whole object."""
+    cosine: float = 0.0
     """Cosine between the query's text embedding and the object's mean language embedding."""
 
     def __iter__(self):  # allows ``for record, score in pipe.query(...)``
@@ -617,8 +623,10 @@ class PerceptionPipeline:
             return self.instances.records(self.labels.names)
 
     def query(self, text: str, top_k: int = 5, min_score: float = -1.0) -> list[QueryHit]:
-        """Objects ranked by cosine between ``text``'s embedding and their mean language
-        embedding; at most ``top_k`` hits with score >= ``min_score``."""
+        """Whole objects ranked by the support-aware score (cosine between ``text``'s embedding and
+        their mean language embedding, weighted by their Gaussian count relative to the median
+        object, :class:`~chorus_ros.core.objects.SupportConfig`); at most ``top_k`` hits with
+        score >= ``min_score``. Each hit's record carries its box and ``gaussian_count``."""
         if not isinstance(text, str) or not text.strip():
             raise InvalidInputError(f"query text must be a non-empty string, got {text!r}")
         if top_k < 1:
@@ -629,9 +637,10 @@ class PerceptionPipeline:
             if not recs:
                 return []
             emb = torch.from_numpy(np.stack([r.embedding for r in recs])).float()
-            scores = emb @ q
-            order = torch.argsort(scores, descending=True, stable=True).tolist()
-            return [QueryHit(recs[i], float(scores[i])) for i in order
+            cos = (emb @ q).numpy()
+            scores = support_scores(cos, [r.gaussian_count for r in recs], self.config.support)
+            order = np.argsort(-scores, kind="stable").tolist()
+            return [QueryHit(recs[i], float(scores[i]), float(cos[i])) for i in order
                     if float(scores[i]) >= min_score][:top_k]
 
     def embed_text(self, texts: list[str]) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Instance grouping and the persistent object codebook on hand-built scenes with exact answers."""
+"""Instance grouping and persistent id association on hand-built scenes with exact answers."""
 import itertools
 
 import numpy as np
@@ -102,7 +102,9 @@ def _reference_partition(means, feats, labels, cfg, stuff):
         (va, la, _), (vb, lb, _) = keys[a], keys[b]
         if la != lb or max(abs(x - y) for x, y in zip(va, vb)) > 1:
             continue
-        if la in stuff or float(nf[a] @ nf[b]) > cfg.feature_threshold:
+        sim = float(nf[a] @ nf[b])
+        if (la in stuff and (cfg.stuff_feature_threshold <= -1 or sim > cfg.stuff_feature_threshold)) or \
+                (la not in stuff and sim > cfg.feature_threshold):
             adj[a].append(b)
             adj[b].append(a)
     comp = [-1] * len(keys)
@@ -130,15 +132,16 @@ def _same_partition(a, b):
     return len(pairs) == len(set(np.asarray(a).tolist())) == len(set(np.asarray(b).tolist()))
 
 
-@pytest.mark.parametrize("seed,bits", [(0, 0), (1, 3), (2, 2)])
-def test_grouping_matches_slow_reference(seed, bits):
+@pytest.mark.parametrize("seed,bits,stuff_thr", [(0, 0, -1.0), (1, 3, -1.0), (2, 2, 0.2), (3, 1, 0.0)])
+def test_grouping_matches_slow_reference(seed, bits, stuff_thr):
     gen = torch.Generator().manual_seed(seed)
     n = 300
     means = torch.rand(n, 3, generator=gen) * 0.6 - 0.3
     labels = torch.randint(0, 3, (n,), generator=gen)
     protos = torch.randn(3, 8, generator=gen)
     feats = protos[torch.randint(0, 3, (n,), generator=gen)] + 0.3 * torch.randn(n, 8, generator=gen)
-    cfg = InstanceConfig(voxel_size=0.1, feature_threshold=0.6, min_gaussians=1, feature_buckets=bits)
+    cfg = InstanceConfig(voxel_size=0.1, feature_threshold=0.6, min_gaussians=1, feature_buckets=bits,
+                         stuff_feature_threshold=stuff_thr)
     g = group_components(means, feats, labels, cfg, stuff_label_ids=[0])
     ref = _reference_partition(means, feats, labels, cfg, {0})
     assert _same_partition(g.component.numpy(), ref)
@@ -261,17 +264,18 @@ def test_merge_keeps_first_id_and_split_revives_retired():
     assert b_ids == {3}  # revived by prototype + box (same feature/place as retired b), not a new id
 
 
-def test_codebook_state_roundtrip():
+def test_id_tracker_state_roundtrip():
     means, feats, labels, which, names = scene()
     dec = InstanceDecoder(CFG)
     run(dec, means, feats, labels, torch.zeros(len(means), dtype=torch.long), torch.arange(len(means)))
-    t, meta = dec.codebook.state_dict()
+    t, meta = dec.tracker.state_dict()
     other = InstanceDecoder(CFG)
-    other.codebook.load_state_dict(t, meta)
+    other.tracker.load_state_dict(t, meta)
     a = dec.records(["floor", "chair", "table"])
     b = other.records(["floor", "chair", "table"])
     assert [r.instance_id for r in a] == [r.instance_id for r in b]
-    assert other.codebook.next_id == dec.codebook.next_id == 5
+    assert other.tracker.next_id == dec.tracker.next_id == 5
+    assert dec.codebook is dec.tracker                      # the former name still answers
     np.testing.assert_allclose(a[1].centroid, b[1].centroid)
 
 
@@ -295,3 +299,113 @@ def test_automatic_voxel_size_is_frozen_at_first_regroup():
     assert dec.voxel_size == pytest.approx(0.12)
     with pytest.raises(InvalidInputError):
         group_components(torch.zeros(3, 3), torch.zeros(2, 4), torch.zeros(3), CFG)
+
+
+# ------------------------------------------------------------------ support, fragments, stuff, records
+def test_min_support_area_is_density_independent():
+    # a chair of 2x2x2 voxels (0.08 m^2 of voxel faces... 8 voxels x 0.01 m^2) and a 1-voxel speck;
+    # the same scene with 8 Gaussians per voxel (8x denser) gives the same objects
+    a = block(1, 1, 1, 2, 2, 2, E[0], CHAIR)
+    speck = block(6, 6, 6, 1, 1, 1, E[1], CHAIR)
+    means, feats, labels = (torch.cat([a[i], speck[i]]) for i in range(3))
+    cfg = InstanceConfig(voxel_size=VS, min_gaussians=1, min_support_area=0.03, feature_buckets=0)
+    g = group_components(means, feats, labels, cfg)
+    assert g.num_components == 1 and int(g.component[-1]) == -1
+    jitter = torch.tensor([(dx, dy, dz) for dx in (-0.02, 0.02) for dy in (-0.02, 0.02) for dz in (-0.02, 0.02)])
+    dense = (means[:, None] + jitter[None]).reshape(-1, 3)
+    gd = group_components(dense, feats.repeat_interleave(8, 0), labels.repeat_interleave(8, 0), cfg)
+    assert gd.num_components == 1 and set(gd.component[-8:].tolist()) == {-1}
+    assert set(gd.component[:-8].tolist()) == {0}
+    # by count alone the dense speck (8 Gaussians) would survive
+    g_count = group_components(dense, feats.repeat_interleave(8, 0), labels.repeat_interleave(8, 0),
+                               InstanceConfig(voxel_size=VS, min_gaussians=8, feature_buckets=0))
+    assert g_count.num_components == 2
+
+
+def test_fragment_of_another_class_merges_into_the_touching_object():
+    # a chair with a 2-Gaussian patch mislabelled 'table' on its side: the patch joins the chair
+    chair = block(1, 1, 1, 3, 3, 2, E[0], CHAIR)
+    patch = block(4, 1, 1, 1, 2, 1, torch.tensor([0.9, 0.1, 0, 0]), TABLE)
+    far = block(8, 8, 1, 1, 1, 1, E[0], TABLE)                              # isolated: no instance
+    means, feats, labels = (torch.cat([chair[i], patch[i], far[i]]) for i in range(3))
+    cfg = InstanceConfig(voxel_size=VS, min_gaussians=3, feature_buckets=0)
+    g = group_components(means, feats, labels, cfg)
+    assert g.num_components == 1
+    assert set(g.component[:20].tolist()) == {0}
+    assert int(g.component[-1]) == -1
+    g_off = group_components(means, feats, labels, InstanceConfig(voxel_size=VS, min_gaussians=3, feature_buckets=0,
+                                                                  merge_across_classes=False))
+    assert set(g_off.component[18:20].tolist()) == {-1}
+    # the merged object's class is the majority's
+    dec = InstanceDecoder(cfg)
+    dec.regroup(means, feats, labels, torch.zeros(len(means), dtype=torch.long))
+    recs = dec.records(["floor", "chair", "table"])
+    assert len(recs) == 1 and recs[0].label == "chair" and recs[0].gaussian_count == 20
+
+
+def test_stuff_splits_from_a_thing_labelled_as_stuff_by_its_identity_feature():
+    floor = block(0, 0, 0, 8, 8, 1, E[3], FLOOR)
+    rug = block(2, 2, 0, 3, 3, 1, E[1], FLOOR)                               # same voxels layer, other identity
+    keep = ~((floor[0][:, None] - rug[0][None]).abs().sum(-1) < 1e-6).any(1)
+    means = torch.cat([floor[0][keep], rug[0]])
+    feats = torch.cat([floor[1][keep], rug[1]])
+    labels = torch.cat([floor[2][keep], rug[2]])
+    by_conn = group_components(means, feats, labels, InstanceConfig(voxel_size=VS, min_gaussians=3), [FLOOR])
+    assert by_conn.num_components == 1
+    split = group_components(means, feats, labels, InstanceConfig(voxel_size=VS, min_gaussians=3,
+                                                                  stuff_feature_threshold=0.5), [FLOOR])
+    assert split.num_components == 2
+    n_rug = len(rug[0])
+    assert len(set(split.component[-n_rug:].tolist())) == 1
+    assert set(split.component[-n_rug:].tolist()).isdisjoint(split.component[:-n_rug].tolist())
+
+
+def test_records_carry_code_id_and_support_confidence():
+    means, feats, labels, which, names = scene()
+    dec = InstanceDecoder(CFG)
+    run(dec, means, feats, labels, torch.zeros(len(means), dtype=torch.long), torch.arange(len(means)))
+    recs = dec.records(["floor", "chair", "table"])
+    assert all(r.code_id == -1 for r in recs)
+    protos = torch.stack([E[1], E[0], E[3] + 0.01 * E[2]])
+    dec.set_code_prototypes(protos * 3)                                      # any norm
+    recs = {r.instance_id: r for r in dec.records(["floor", "chair", "table"])}
+    assert recs[2].code_id == 1 and recs[3].code_id == 0 and recs[4].code_id == 1   # a, b, c
+    # confidence: the floor (100 Gaussians) is surer than chair b (8 Gaussians)
+    assert 0 < recs[3].confidence < recs[1].confidence <= 1
+    with pytest.raises(InvalidInputError):
+        dec.set_code_prototypes(torch.zeros(3))
+
+
+@pytest.mark.parametrize("cfg", [
+    InstanceConfig(voxel_size=VS, feature_threshold=0.7, min_gaussians=3, spatial_margin=0.05),
+    InstanceConfig(voxel_size=VS, feature_threshold=0.7, min_gaussians=3, spatial_margin=0.05,
+                   min_support_area=0.03, stuff_feature_threshold=0.2)])
+def test_identity_features_of_a_grown_map_partition_like_the_whole_map(cfg):
+    # identity features from a fixed per-object vector + noise; the map arrives in four deltas
+    gen = torch.Generator().manual_seed(5)
+    parts = [block(0, 0, 0, 12, 12, 1, E[3], FLOOR), block(1, 1, 1, 3, 3, 3, E[0], CHAIR),
+             block(4, 1, 1, 3, 3, 3, E[1], CHAIR), block(8, 8, 1, 2, 3, 2, E[2], TABLE),
+             block(4, 5, 1, 1, 1, 1, E[0], TABLE)]                          # a mislabelled speck by chair b
+    means = torch.cat([p[0] for p in parts])
+    feats = torch.cat([p[1] for p in parts]) + 0.15 * torch.randn(len(means), 4, generator=gen)
+    labels = torch.cat([p[2] for p in parts])
+    gids = torch.arange(len(means))
+    order = torch.randperm(len(means), generator=gen)
+    chunks = torch.tensor_split(order, 4)
+    dec = InstanceDecoder(cfg)
+    ids = torch.zeros(0, dtype=torch.long)
+    have = torch.zeros(0, dtype=torch.long)
+    for ch in chunks:                               # deltas: append Gaussians, regroup only the new region
+        have = torch.cat([have, ch])
+        prev = torch.cat([ids, torch.zeros(len(ch), dtype=torch.long)])
+        new = torch.zeros(len(have), dtype=torch.bool)
+        new[-len(ch):] = True
+        r = dec.regroup(means[have], feats[have], labels[have], prev, region=new, stuff_label_ids=[FLOOR],
+                        gaussian_ids=gids[have])
+        ids = r.instance_ids
+    grown = torch.zeros(len(means), dtype=torch.long)
+    grown[have] = ids
+    whole = InstanceDecoder(cfg).regroup(means, feats, labels, torch.zeros(len(means), dtype=torch.long),
+                                         stuff_label_ids=[FLOOR], gaussian_ids=gids).instance_ids
+    assert _same_partition(grown.numpy(), whole.numpy())
+    assert len(set(whole.tolist()) - {0}) == 4

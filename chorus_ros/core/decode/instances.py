@@ -1,4 +1,4 @@
-"""Instances: group Gaussians into objects, and keep their ids with a persistent object codebook.
+"""Instances: group Gaussians into objects by their identity features, and keep their ids.
 
 Grouping (:func:`group_components`), per call:
 
@@ -10,12 +10,26 @@ Grouping (:func:`group_components`), per call:
    their features exceeds ``feature_threshold``; for *stuff* classes (wall, floor, ceiling) every
    same-class neighbour is joined (one instance per connected surface).
 3. Connected components of that graph (vectorised hook-and-compress union-find in torch).
-4. Components with fewer than ``min_gaussians`` Gaussians are merged into the most similar
-   adjacent large component of the same class, or left without an instance.
+   With ``stuff_feature_threshold > -1`` stuff neighbours must also agree in feature, so a door
+   or picture whose Gaussians were labelled wall still splits from the wall when its identity
+   features differ (stuff surfaces split from the things that touch them).
+3. Connected components of that graph (vectorised hook-and-compress union-find in torch).
+4. *Minimum support*: components with fewer than ``min_gaussians`` Gaussians, or covering less
+   than ``min_support_area`` square metres (occupied voxels x voxel area: a measure that does
+   not grow with the map's density), are fragments. A fragment merges into the most similar
+   adjacent supported component of its class; failing that (``merge_across_classes``), into
+   the most similar adjacent supported component of any class (its label is then outvoted by
+   the majority); failing both, it gets no instance.
 
-Identity (:class:`ObjectCodebook`, the scene-agnostic object codebook): every object is an
-entry with a *persistent id* (>= 1; 0 means "no instance"), a prototype (unit mean object
-feature), its class, centroid, box, Gaussian count and mean language embedding. Each regrouping
+The object features are the encoder's object (identity) head, trained from the scene-agnostic
+GOCL codebook (:mod:`chorus_ros.core.objects`); when the decoder is given the codebook's
+prototypes (:meth:`InstanceDecoder.set_code_prototypes`), each object record carries the id of
+its nearest prototype (``code_id``), the same kind of object in every scene.
+
+Id association (:class:`IdTracker`): every object has an entry with a *persistent id* (>= 1;
+0 means "no instance"), a prototype (unit mean object feature), its class, centroid, box,
+Gaussian count and mean language embedding. This is bookkeeping of one map's ids, not a learned
+codebook. Each regrouping
 matches the new components to entries, first by Gaussian-id overlap (Gaussians keep their ids
 and their previous instance id across map updates), then by prototype similarity + spatial
 overlap (objects whose Gaussians were all replaced, or that come back after removal). Matching
@@ -37,9 +51,9 @@ import torch
 from chorus_ros.core.errors import InvalidInputError
 from chorus_ros.core.labels import UNLABELED
 
-__all__ = ["InstanceConfig", "GroupingResult", "ComponentStats", "ObjectRecord", "CodebookEntry",
-           "ObjectCodebook", "InstanceDecoder", "RegroupResult", "group_components",
-           "component_stats", "NO_INSTANCE"]
+__all__ = ["InstanceConfig", "GroupingResult", "ComponentStats", "ObjectRecord", "TrackedObject",
+           "IdTracker", "InstanceDecoder", "RegroupResult", "group_components",
+           "component_stats", "NO_INSTANCE", "ObjectCodebook", "CodebookEntry"]
 
 NO_INSTANCE = 0
 """Instance id meaning "no instance" (persistent ids start at 1; maps zero-fill new Gaussians)."""
@@ -53,7 +67,7 @@ _ALL_OFFSETS = torch.tensor([(dx, dy, dz) for dx in (-1, 0, 1) for dy in (-1, 0,
 
 @dataclass
 class InstanceConfig:
-    """Instance grouping and codebook settings (ROS parameters ``decode.instances.*``)."""
+    """Instance grouping and id association settings (ROS parameters ``decode.instances.*``)."""
 
     voxel_size: float = 0.0
     """Edge of the grouping voxels, metres (nodes of the adjacency graph); <= 0: automatic,
@@ -75,8 +89,17 @@ class InstanceConfig:
     stay apart (same-voxel nodes are joined by the same similarity test as neighbours)."""
     min_gaussians: int = 8
     """Components with fewer Gaussians merge into a similar neighbour or get no instance."""
+    min_support_area: float = 0.0
+    """Components covering less than this many square metres (occupied grouping voxels x voxel
+    area, independent of the map's density) are fragments too; 0 disables."""
+    merge_across_classes: bool = True
+    """A fragment with no supported neighbour of its class merges into the most similar supported
+    neighbour of any class (its Gaussians take that object's id; labels are kept)."""
     stuff_classes: tuple[str, ...] = ("wall", "floor", "ceiling")
-    """Class names grouped by connectivity alone (one instance per connected surface)."""
+    """Class names grouped by connectivity (one instance per connected surface)."""
+    stuff_feature_threshold: float = -1.0
+    """Stuff neighbours join only when the cosine of their object features exceeds this (-1:
+    connectivity alone), so a thing mislabelled as stuff still splits from the surface."""
     min_overlap_fraction: float = 0.3
     """Id matching by overlap needs overlap >= this share of the smaller of (component's Gaussians
     that had an id, entry's previous count)."""
@@ -93,6 +116,10 @@ class InstanceConfig:
                                     f"{self.auto_voxel_factor}, {self.auto_voxel_range}")
         if not -1 <= self.feature_threshold <= 1:
             raise InvalidInputError(f"feature_threshold must be in [-1, 1], got {self.feature_threshold}")
+        if not -1 <= self.stuff_feature_threshold <= 1:
+            raise InvalidInputError(f"stuff_feature_threshold must be in [-1, 1], got {self.stuff_feature_threshold}")
+        if not self.min_support_area >= 0:
+            raise InvalidInputError(f"min_support_area must be >= 0, got {self.min_support_area}")
         if self.min_gaussians < 1:
             raise InvalidInputError(f"min_gaussians must be >= 1, got {self.min_gaussians}")
         if not 0 <= self.min_overlap_fraction <= 1:
@@ -115,7 +142,7 @@ class ComponentStats:
     count: torch.Tensor
     """[C] int64 number of Gaussians."""
     label: torch.Tensor
-    """[C] int64 class id (shared by all the component's Gaussians)."""
+    """[C] int64 class id: the most common one among the component's Gaussians (ties: smallest)."""
     prototype: torch.Tensor
     """[C, d_o] unit mean object feature."""
     centroid: torch.Tensor
@@ -134,7 +161,7 @@ class ComponentStats:
 
 @dataclass
 class ObjectRecord:
-    """A publishable per-object record (one per active codebook entry)."""
+    """A publishable per-object record (one per active tracked object)."""
 
     instance_id: int
     """Persistent id (>= 1), stable across views and map growth."""
@@ -151,14 +178,19 @@ class ObjectRecord:
     bbox_max: np.ndarray
     """[3] float64 axis-aligned box max corner, map frame, metres."""
     gaussian_count: int
-    """Number of Gaussians in the object."""
+    """Number of Gaussians in the object (its support)."""
     embedding: np.ndarray
     """[d] float32 unit mean language embedding (zeros when unknown)."""
+    code_id: int = -1
+    """Nearest prototype of the scene-agnostic GOCL codebook (-1: no codebook given)."""
+    confidence: float = 1.0
+    """How sure the object is, in [0, 1]: ``score`` x the support weight of its Gaussian count
+    relative to the map's median object (:func:`chorus_ros.core.objects.support_weight`)."""
 
 
 @dataclass
-class CodebookEntry:
-    """One object of the codebook."""
+class TrackedObject:
+    """The id tracker's record of one object."""
 
     instance_id: int
     label_id: int
@@ -218,6 +250,34 @@ def connected_components(num_nodes: int, src: torch.Tensor, dst: torch.Tensor) -
             if torch.equal(pp, parent):
                 break
             parent = pp
+
+
+def _merge_across_classes(target, rest, tiny, node_comp, node_cell, cell_lab, node_feat, nl, dims) -> None:
+    """Point each ``rest`` fragment's ``target`` (in place) at the most similar supported component
+    of any class with a node in the same or a 26-neighbouring voxel."""
+    qn = torch.nonzero(rest[node_comp]).squeeze(1)                      # nodes of the fragments
+    off = _encode(_ALL_OFFSETS, dims)
+    tcell = (node_cell[qn][:, None] + off[None]).reshape(-1)
+    lo = torch.searchsorted(cell_lab, tcell * nl, right=False)
+    hi = torch.searchsorted(cell_lab, tcell * nl + (nl - 1), right=True)
+    cnt = hi - lo
+    if int(cnt.sum()) == 0:
+        return
+    src = qn.repeat_interleave(off.numel()).repeat_interleave(cnt)
+    start = torch.cumsum(cnt, 0) - cnt
+    dst = lo.repeat_interleave(cnt) + (torch.arange(int(cnt.sum())) - start.repeat_interleave(cnt))
+    cs, cd = node_comp[src], node_comp[dst]
+    ok = ~tiny[cd]
+    if not bool(ok.any()):
+        return
+    cs, cd, src, dst = cs[ok], cd[ok], src[ok], dst[ok]
+    s = (node_feat[src] * node_feat[dst]).sum(-1)
+    order = torch.argsort(s, descending=True, stable=True)
+    cs, cd = cs[order], cd[order]
+    first = torch.full((target.numel(),), cs.numel(), dtype=torch.long)
+    first.scatter_reduce_(0, cs, torch.arange(cs.numel()), reduce="amin")
+    has = first < cs.numel()
+    target[has] = cd[first[has]]
 
 
 def group_components(means: torch.Tensor, obj_feats: torch.Tensor, labels: torch.Tensor,
@@ -287,12 +347,18 @@ def group_components(means: torch.Tensor, obj_feats: torch.Tensor, labels: torch
     keep_pair = ~is_self | (dst > src)
     src, dst = src[keep_pair], dst[keep_pair]
     sim = (node_feat[src] * node_feat[dst]).sum(-1)
-    keep = stuff_rank[node_lab_rank[src]] | (sim > config.feature_threshold)
+    is_stuff = stuff_rank[node_lab_rank[src]]
+    stuff_ok = (sim > config.stuff_feature_threshold) if config.stuff_feature_threshold > -1 else torch.ones_like(is_stuff)
+    keep = torch.where(is_stuff, stuff_ok, sim > config.feature_threshold)
     root = connected_components(num_nodes, src[keep], dst[keep])
     _, node_comp = torch.unique(root, return_inverse=True)
     ncomp = int(node_comp.max()) + 1
     size = torch.zeros(ncomp, dtype=torch.long).index_add_(0, node_comp, node_count)
     tiny = size < config.min_gaussians
+    if config.min_support_area > 0:
+        cells = torch.unique(torch.stack([node_comp, node_cell], 1), dim=0)[:, 0]
+        area = torch.bincount(cells, minlength=ncomp).double() * config.voxel_size ** 2
+        tiny |= area < config.min_support_area
     target = torch.arange(ncomp)
     if bool(tiny.any()):
         target[tiny] = -1
@@ -310,6 +376,9 @@ def group_components(means: torch.Tensor, obj_feats: torch.Tensor, labels: torch
             first.scatter_reduce_(0, a, torch.arange(a.numel()), reduce="amin")
             has = first < a.numel()
             target[has] = b[first[has]]
+        rest = tiny & (target < 0)
+        if config.merge_across_classes and bool(rest.any()) and bool((~tiny).any()):
+            _merge_across_classes(target, rest, tiny, node_comp, node_cell, cell_lab, node_feat, nl, dims)
     node_target = target[node_comp]
     kept = node_target >= 0
     _, dense = torch.unique(node_target[kept], return_inverse=True)
@@ -317,6 +386,21 @@ def group_components(means: torch.Tensor, obj_feats: torch.Tensor, labels: torch
     node_final[kept] = dense
     comp[sel] = node_final[node_of]
     return GroupingResult(comp, int(dense.max()) + 1 if dense.numel() else 0)
+
+
+def _majority(c: torch.Tensor, lab: torch.Tensor, num: int) -> torch.Tensor:
+    """``[num]`` most common ``lab`` per group ``c`` (ties: smallest label; empty: UNLABELED)."""
+    out = torch.full((num,), UNLABELED, dtype=torch.long)
+    if c.numel() == 0:
+        return out
+    pairs, cnt = torch.unique(torch.stack([c, lab], 1), dim=0, return_counts=True)  # sorted by (c, lab)
+    order = torch.argsort(cnt, descending=True, stable=True)                         # ties keep small lab
+    pc, pl = pairs[order, 0], pairs[order, 1]
+    first = torch.full((num,), pc.numel(), dtype=torch.long).scatter_reduce(
+        0, pc, torch.arange(pc.numel()), reduce="amin")
+    has = first < pc.numel()
+    out[has] = pl[first[has]]
+    return out
 
 
 def component_stats(comp: torch.Tensor, num: int, means: torch.Tensor, obj_feats: torch.Tensor,
@@ -336,8 +420,7 @@ def component_stats(comp: torch.Tensor, num: int, means: torch.Tensor, obj_feats
         0, c[:, None].expand(-1, 3), m, reduce="amax")
     f = torch.nn.functional.normalize(obj_feats[sel].float().cpu(), dim=-1)
     proto = torch.nn.functional.normalize(torch.zeros(num, f.shape[1]).index_add_(0, c, f), dim=-1)
-    lab = torch.full((num,), UNLABELED, dtype=torch.long).scatter_reduce(
-        0, c, labels[sel].long().cpu(), reduce="amax", include_self=False)
+    lab = _majority(c, labels[sel].long().cpu(), num)
     emb = None
     if lang_feats is not None:
         lf = torch.nn.functional.normalize(lang_feats[sel].float().cpu(), dim=-1)
@@ -354,13 +437,14 @@ def component_stats(comp: torch.Tensor, num: int, means: torch.Tensor, obj_feats
     return ComponentStats(cnt, lab, proto, centroid.float(), bmin.float(), bmax.float(), emb, score, min_gid)
 
 
-# ----------------------------------------------------------------------------------- codebook
-class ObjectCodebook:
-    """Persistent object entries (see the module docstring). Ids start at 1 and are never reused."""
+# ----------------------------------------------------------------------------- id association
+class IdTracker:
+    """Persistent id association of one map's objects (see the module docstring): one
+    :class:`TrackedObject` per id; ids start at 1 and are never reused."""
 
     def __init__(self, config: InstanceConfig | None = None) -> None:
         self.config = config or InstanceConfig()
-        self.entries: dict[int, CodebookEntry] = {}
+        self.entries: dict[int, TrackedObject] = {}
         self.next_id = 1
 
     def active_ids(self) -> list[int]:
@@ -443,7 +527,7 @@ class ObjectCodebook:
         return out
 
     def _set_entry(self, iid: int, s: ComponentStats, ci: int) -> None:
-        self.entries[iid] = CodebookEntry(
+        self.entries[iid] = TrackedObject(
             iid, int(s.label[ci]), s.prototype[ci].clone(), s.centroid[ci].clone(), s.bbox_min[ci].clone(),
             s.bbox_max[ci].clone(), int(s.count[ci]),
             None if s.embedding is None else s.embedding[ci].clone(), float(s.score[ci]), True)
@@ -480,7 +564,7 @@ class ObjectCodebook:
         if not t:
             return
         for k, iid in enumerate(t["ids"].tolist()):
-            self.entries[iid] = CodebookEntry(
+            self.entries[iid] = TrackedObject(
                 iid, int(t["label"][k]), t["prototype"][k].clone(), t["centroid"][k].clone(),
                 t["bbox_min"][k].clone(), t["bbox_max"][k].clone(), int(t["count"][k]),
                 t["embedding"][k].clone() if "embedding" in t else None, float(t["score"][k]),
@@ -503,14 +587,34 @@ class RegroupResult:
 
 
 class InstanceDecoder:
-    """Groups Gaussians into objects and keeps their persistent ids (owns an :class:`ObjectCodebook`)."""
+    """Groups Gaussians into objects and keeps their persistent ids (owns an :class:`IdTracker`)."""
 
     def __init__(self, config: InstanceConfig | None = None) -> None:
         self.config = config or InstanceConfig()
         self.config.validate()
-        self.codebook = ObjectCodebook(self.config)
+        self.tracker = IdTracker(self.config)
+        self.code_prototypes: torch.Tensor | None = None
+        """``[K, d_o]`` unit prototypes of the scene-agnostic GOCL codebook, or None."""
         self.voxel_size: float | None = self.config.voxel_size if self.config.voxel_size > 0 else None
         """Grouping voxel edge in use (resolved at the first regrouping when automatic)."""
+
+    @property
+    def codebook(self) -> IdTracker:
+        """Former name of :attr:`tracker` (kept for callers written before the rename)."""
+        return self.tracker
+
+    @codebook.setter
+    def codebook(self, value: IdTracker) -> None:
+        self.tracker = value
+
+    def set_code_prototypes(self, prototypes: torch.Tensor | None) -> None:
+        """Give the ``[K, d_o]`` prototypes of a GOCL codebook (in the object-feature space), so
+        records carry ``code_id``; None forgets them."""
+        if prototypes is not None:
+            if prototypes.ndim != 2 or prototypes.shape[0] < 1:
+                raise InvalidInputError(f"code prototypes must be [K, d], got {tuple(prototypes.shape)}")
+            prototypes = torch.nn.functional.normalize(prototypes.detach().float().cpu(), dim=-1)
+        self.code_prototypes = prototypes
 
     def resolve_voxel_size(self, scales: torch.Tensor | None) -> float:
         """The voxel size in use; the automatic one is computed once from ``scales`` ([N, 3] stds)."""
@@ -534,7 +638,8 @@ class InstanceDecoder:
     def expand_region(self, means: torch.Tensor, prev_ids: torch.Tensor, seed: torch.Tensor,
                       touched_ids=()) -> torch.Tensor:
         """Grow ``seed`` ([N] bool) to whole instances: those with a seed Gaussian, those with a
-        Gaussian within one voxel of a seed Gaussian, and ``touched_ids``."""
+        Gaussian within one voxel of a seed Gaussian, and ``touched_ids``; plus the Gaussians without
+        an instance within one voxel of a seed Gaussian."""
         n = means.shape[0]
         region = seed.clone().cpu().bool()
         if n == 0 or not bool(region.any()):
@@ -547,6 +652,9 @@ class InstanceDecoder:
         seed_keys = torch.unique(key[region])
         near = torch.unique((seed_keys[:, None] + _encode(_ALL_OFFSETS, dims)[None]).reshape(-1))
         near_g = torch.isin(key, near)
+        # Gaussians left without an instance next to the change (fragments of an earlier, sparser
+        # map) are regrouped too, so a map grown by deltas groups like the same map received whole
+        region |= near_g & (prev_ids.cpu() <= 0)
         ids = torch.unique(prev_ids.cpu()[near_g | region])
         ids = torch.cat([ids, torch.as_tensor(list(touched_ids), dtype=torch.long)])
         ids = ids[ids > 0]
@@ -559,7 +667,7 @@ class InstanceDecoder:
                 stuff_label_ids=(), lang_feats: torch.Tensor | None = None,
                 confidence: torch.Tensor | None = None, gaussian_ids: torch.Tensor | None = None,
                 valid: torch.Tensor | None = None, scales: torch.Tensor | None = None) -> RegroupResult:
-        """Regroup all Gaussians (``region=None``) or the grown ``region`` and update the codebook.
+        """Regroup all Gaussians (``region=None``) or the grown ``region`` and update the id tracker.
 
         Args:
             means: ``[N, 3]`` centres (world). obj_feats: ``[N, d_o]``. labels: ``[N]`` class ids.
@@ -579,7 +687,7 @@ class InstanceDecoder:
             raise InvalidInputError(f"prev_ids must be [{n}], got {tuple(prev_ids.shape)}")
         if region is None:
             region = torch.ones(n, dtype=torch.bool)
-            touched = set(self.codebook.active_ids())
+            touched = set(self.tracker.active_ids())
         else:
             region = self.expand_region(means, prev_ids, region.cpu().bool(), touched_ids)
             touched = set(int(i) for i in torch.unique(prev_ids[region]).tolist() if i > 0)
@@ -592,24 +700,40 @@ class InstanceDecoder:
                              sub(valid))
         stats = component_stats(g.component, g.num_components, sub(means), sub(obj_feats), sub(labels),
                                 sub(lang_feats), sub(confidence), sub(gaussian_ids))
-        before = {i for i, e in self.codebook.entries.items() if e.active}
-        ids_c = self.codebook.assign(g.component, prev_ids[idx], stats, touched)
+        before = {i for i, e in self.tracker.entries.items() if e.active}
+        ids_c = self.tracker.assign(g.component, prev_ids[idx], stats, touched)
         out = prev_ids.clone()
         sub_ids = torch.zeros(idx.numel(), dtype=torch.long)
         has = g.component >= 0
         sub_ids[has] = ids_c[g.component[has]]
         out[idx] = sub_ids
-        retired = sorted(before - {i for i, e in self.codebook.entries.items() if e.active})
+        retired = sorted(before - {i for i, e in self.tracker.entries.items() if e.active})
         return RegroupResult(out, region, sorted(ids_c.tolist()), retired)
 
     def records(self, label_names: list[str]) -> list[ObjectRecord]:
-        """Records of the active objects, sorted by id."""
+        """Records of the active objects, sorted by id (with ``code_id`` and ``confidence``)."""
+        from chorus_ros.core.objects.support import support_weight
+        ids = self.tracker.active_ids()
+        es = [self.tracker.entries[i] for i in ids]
+        w = support_weight([e.count for e in es]) if es else np.zeros(0, np.float32)
+        codes = [-1] * len(es)
+        cp = self.code_prototypes
+        if cp is not None and es and es[0].prototype.numel() == cp.shape[1]:
+            codes = (torch.stack([e.prototype for e in es]).float() @ cp.T).argmax(1).tolist()
         out = []
-        for iid in self.codebook.active_ids():
-            e = self.codebook.entries[iid]
+        for k, (iid, e) in enumerate(zip(ids, es)):
             name = label_names[e.label_id] if 0 <= e.label_id < len(label_names) else "unknown"
             emb = (e.embedding.numpy().astype(np.float32) if e.embedding is not None
                    else np.zeros(0, np.float32))
+            conf = float(np.clip(e.score, 0.0, 1.0) * w[k])
             out.append(ObjectRecord(iid, e.label_id, name, float(e.score), e.centroid.double().numpy(),
-                                    e.bbox_min.double().numpy(), e.bbox_max.double().numpy(), e.count, emb))
+                                    e.bbox_min.double().numpy(), e.bbox_max.double().numpy(), e.count, emb,
+                                    int(codes[k]), conf))
         return out
+
+
+ObjectCodebook = IdTracker
+"""Former name of :class:`IdTracker` (it never was a learned codebook; kept so saved-state code and
+older callers still import)."""
+CodebookEntry = TrackedObject
+"""Former name of :class:`TrackedObject`."""

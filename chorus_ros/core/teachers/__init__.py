@@ -2,7 +2,8 @@
 
 Real teachers (weights from local files only): ``'open_clip_dense'`` (language-aligned),
 ``'vit_generalist'`` (a DINO-style timm ViT), ``'sam_image_encoder'`` (timm SAM encoder),
-``'mobilesam'`` (MobileSAM's TinyViT image encoder, :mod:`.tinyvit`).
+``'mobilesam'`` (MobileSAM's TinyViT image encoder, :mod:`.tinyvit`); ``'gocl'`` (identity
+features of a trained GOCL object model over another teacher, :mod:`chorus_ros.core.objects.teacher`).
 Synthetic oracles for synthetic scenes: ``'oracle_language'``, ``'oracle_generalist'``,
 ``'oracle_object'``.
 
@@ -17,6 +18,7 @@ from chorus_ros.core.teachers.registry import TEACHERS, build_teacher, known_tea
 from chorus_ros.core.teachers import oracles as _oracles  # noqa: F401  (registers)
 from chorus_ros.core.teachers import real as _real  # noqa: F401  (registers; models load lazily)
 from chorus_ros.core.teachers import tinyvit as _tinyvit  # noqa: F401  (registers 'mobilesam')
+from chorus_ros.core.objects import teacher as _gocl_teacher  # noqa: F401,E402  (registers 'gocl')
 
 __all__ = ["TEACHER_KINDS", "FrameContext", "Teacher", "TeacherSpec", "TEACHERS", "build_teacher",
            "known_teachers", "register_teacher"]
