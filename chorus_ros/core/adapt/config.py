@@ -1,0 +1,135 @@
+"""Configuration of render-and-distill adaptation (``chorus-adapt``)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from chorus_ros.core.errors import InvalidInputError
+
+__all__ = ["AdaptConfig", "LossWeights", "TARGETS", "TRAIN_MODES", "SPLAT_MODES"]
+
+TARGETS = ("labels", "teachers", "both")
+"""What the 2D targets are: label images, teacher feature maps, or both."""
+TRAIN_MODES = ("heads", "all", "lora")
+"""What is trained: the per-Gaussian decoder after the U-Net, the whole encoder, or low-rank adapters."""
+SPLAT_MODES = ("auto", "cached", "render")
+"""How training views are rendered (see :class:`AdaptConfig.splat`)."""
+
+
+@dataclass
+class LossWeights:
+    """Weights of the adaptation loss terms (0 switches a term off)."""
+
+    label_ce: float = 1.0
+    """Cross-entropy of the rendered class probabilities (alpha-normalised) against label images."""
+    boundary: float = 1.0
+    """Extra cross-entropy weight on pixels within ``boundary_px`` of a label border (the lifting
+    baseline's errors sit there), added to their weight of 1."""
+    boundary_px: int = 2
+    """Distance, pixels, that counts as "near a label border"."""
+    teacher_cos: float = 1.0
+    """Per-head 1 - cosine between rendered head features and teacher feature maps."""
+    teacher_l2: float = 1.0
+    """Per-head mean squared error between rendered head features and teacher feature maps."""
+    rgb: float = 0.0
+    """Self-supervised (DistillNeRF): L1 between the image and the splat of a per-Gaussian colour
+    decoded from the shared embedding by an auxiliary linear head (trained with the model,
+    not saved)."""
+    depth_gate: float = 0.0
+    """Self-supervised (DistillNeRF) depth: pixels whose rendered map depth disagrees with the
+    image's depth by more than ``depth_tolerance`` (relative) lose this fraction of their weight
+    in every 2D term (1: ignored). The map is fixed, so depth cannot move the encoder; it
+    decides where the image and the map see the same surface."""
+    depth_tolerance: float = 0.1
+    """Relative depth difference above which a pixel counts as disagreeing."""
+    preserve: float = 1.0
+    """Heads without a 2D target are held to the base model's outputs on the scene: relative
+    mean squared change, times this weight (keeps e.g. the object head's instance grouping)."""
+
+
+@dataclass
+class AdaptConfig:
+    """Render-and-distill adaptation of an encoder checkpoint to one scene."""
+
+    targets: str = "labels"
+    """'labels' (label images), 'teachers' (2D teacher feature maps through the teacher
+    registry), or 'both'."""
+    train: str = "heads"
+    """'heads': only the per-Gaussian decoder after the U-Net (out_mlp, embed_norm and the
+    teacher heads); the U-Net's outputs are computed once and cached. 'all': every weight.
+    'lora': low-rank adapters on the decoder's linear layers (and the sparse convolutions when
+    ``lora_convs``), base weights frozen."""
+    steps: int = 300
+    """Optimiser steps (the run stops earlier at ``budget_s``)."""
+    budget_s: float = 0.0
+    """Wall-clock budget in seconds for the training loop (0: none)."""
+    lr: float = 3e-3
+    """AdamW learning rate (heads, adapters); ``all`` uses ``lr * lr_all_factor``."""
+    lr_all_factor: float = 0.3
+    """Learning-rate factor for ``train='all'``."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    lora_rank: int = 8
+    """Rank of the low-rank adapters."""
+    lora_alpha: float = 8.0
+    """Adapter scale numerator: the update is ``(alpha / rank) B A``."""
+    lora_convs: bool = False
+    """Also put adapters on the sparse convolutions (then the U-Net runs every step)."""
+    views_per_step: int = 4
+    """Training views sampled per step."""
+    pixels_per_view: int = 4096
+    """Pixels per training view kept for training (half of them near label borders when labels
+    are used), sampled once; their blending weights are cached with ``splat='cached'``."""
+    splat: str = "auto"
+    """'cached': per-pixel blending weights of the fixed map computed once
+    (:mod:`chorus_ros.core.adapt.splat`), each step is one sparse product; 'render': call the
+    renderer every step (gsplat on CUDA); 'auto': 'render' on CUDA, else 'cached'."""
+    render_backend: str = "auto"
+    """Renderer backend for 'render' splatting, for the cache's checks and for evaluation."""
+    min_alpha: float = 0.5
+    """Pixels whose rendered alpha is below this give no target (and are unlabeled in evaluation)."""
+    temperature: float | None = None
+    """Softmax temperature of the class scores; None: the decoder's (pipeline default 0.05)."""
+    seed: int = 0
+    """Seed of view/pixel sampling and of the adapters' initialisation."""
+    device: str = "cpu"
+    """Torch device."""
+    loss: LossWeights = field(default_factory=LossWeights)
+    """Loss weights."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.loss, dict):
+            self.loss = LossWeights(**self.loss)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`InvalidInputError` naming the first bad field."""
+        for name, allowed in (("targets", TARGETS), ("train", TRAIN_MODES), ("splat", SPLAT_MODES)):
+            if getattr(self, name) not in allowed:
+                raise InvalidInputError(f"AdaptConfig.{name} {getattr(self, name)!r} unknown; known: {list(allowed)}")
+        if self.steps < 0:
+            raise InvalidInputError(f"AdaptConfig.steps must be >= 0, got {self.steps}")
+        if self.budget_s < 0:
+            raise InvalidInputError(f"AdaptConfig.budget_s must be >= 0, got {self.budget_s}")
+        if not self.lr > 0:
+            raise InvalidInputError(f"AdaptConfig.lr must be > 0, got {self.lr}")
+        if self.lora_rank < 1:
+            raise InvalidInputError(f"AdaptConfig.lora_rank must be >= 1, got {self.lora_rank}")
+        if self.views_per_step < 1 or self.pixels_per_view < 1:
+            raise InvalidInputError("AdaptConfig.views_per_step and pixels_per_view must be >= 1")
+        if not 0 <= self.min_alpha <= 1:
+            raise InvalidInputError(f"AdaptConfig.min_alpha must be in [0, 1], got {self.min_alpha}")
+        if self.temperature is not None and not self.temperature > 0:
+            raise InvalidInputError(f"AdaptConfig.temperature must be > 0, got {self.temperature}")
+        lw = self.loss
+        for f in fields(lw):
+            v = getattr(lw, f.name)
+            if v < 0:
+                raise InvalidInputError(f"AdaptConfig.loss.{f.name} must be >= 0, got {v}")
+        if lw.depth_gate > 1:
+            raise InvalidInputError(f"AdaptConfig.loss.depth_gate must be in [0, 1], got {lw.depth_gate}")
+
+    def to_dict(self) -> dict:
+        """Plain YAML-safe dict (stored in the adapted checkpoint's provenance)."""
+        return asdict(self)
