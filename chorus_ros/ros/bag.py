@@ -11,6 +11,12 @@
   paced by the recorded timestamps, with an optional hook before each message (the demo uses it
   to step in lock-step with the perception node).
 
+* :func:`make_scene_bag` writes a bag (MCAP or SQLite3) of any scene folder
+  (:func:`chorus_ros.core.datasets.open_scene`): the map (ground truth stripped) arriving in
+  spatial pieces, then the posed views with their ground-truth images on topics of their own
+  (:data:`SCENE_BAG_TOPICS`); :func:`read_scene_bag` reads the ground truth back
+  (``chorus-eval --bag`` scores the nodes' outputs against it).
+
 Topic names in the bag are absolute (``/map_updates``, ``/camera_0/pose``); a replay can
 prefix a namespace.
 """
@@ -30,7 +36,8 @@ from chorus_ros.core.gaussians import GaussianArrays
 from chorus_ros.core.geometry import Camera
 
 __all__ = ["DemoBagConfig", "DemoBagInfo", "make_demo_bag", "replay_bag", "read_bag", "msg_dir",
-           "chorus_typestore", "MAP_TOPIC"]
+           "chorus_typestore", "MAP_TOPIC", "SceneBagConfig", "SceneBagInfo", "SceneBag", "make_scene_bag",
+           "read_scene_bag", "scene_bag_topics", "SCENE_INFO_TOPIC", "GT_LABELS_TOPIC"]
 
 MAP_TOPIC = "/map_updates"
 _T0_NS = 1_700_000_000 * 1_000_000_000
@@ -316,3 +323,288 @@ def replay_bag(path: str | Path, node, *, rate: float = 1.0, namespace: str = ""
         pubs[m.topic].publish(m.raw)
         n += 1
     return n
+
+
+# ----------------------------------------------------------------------------- scene bags
+SCENE_INFO_TOPIC = "/ground_truth/scene_info"
+"""std_msgs/String (JSON) describing a scene bag (see :func:`scene_bag_topics`)."""
+GT_LABELS_TOPIC = "/ground_truth/label_info"
+"""chorus_ros/LabelInfo: the scene folder's class table (ids as in the ground-truth images)."""
+SCENE_BAG_FORMAT = "chorus_ros.scene_bag"
+_GT_KINDS = {"semantic": "16UC1", "instance": "16UC1", "rgb": "rgb8", "depth": "32FC1"}
+
+
+def scene_bag_topics(camera: str = "camera_0") -> dict[str, tuple[str, str]]:
+    """Topic -> (message type, what it carries) of a bag written by :func:`make_scene_bag`.
+
+    The first three are the nodes' inputs (``chorus-eval --bag`` replays only these); everything
+    under ``/ground_truth`` is for scoring and never reaches the nodes."""
+    cam = camera.strip("/")
+    gt = f"/ground_truth/{cam}"
+    return {
+        MAP_TOPIC: ("chorus_ros/msg/GaussianMapUpdate", "the map (ground truth stripped) in spatial pieces: "
+                    "piece 0 as a FULL update, the others as DELTAs; reliable + transient-local"),
+        f"/{cam}/pose": ("geometry_msgs/msg/PoseStamped", "camera pose of each view in the map frame "
+                         "(optical frame, OpenCV axes), after the last map piece"),
+        f"/{cam}/camera_info": ("sensor_msgs/msg/CameraInfo", "intrinsics of each view; same stamp as its pose"),
+        SCENE_INFO_TOPIC: ("std_msgs/msg/String", "JSON: scene name, class table, unlabeled and no-instance "
+                           "ids, stuff classes, frame indices, view stamps, camera, pieces; latched"),
+        GT_LABELS_TOPIC: ("chorus_ros/msg/LabelInfo", "the folder's class table (ids of the ground-truth "
+                          "images); latched"),
+        f"{gt}/semantic/image_raw": ("sensor_msgs/msg/Image", "16UC1 ground-truth class ids (folder ids; "
+                                     "the folder's unlabeled id = none), the view's stamp"),
+        f"{gt}/instance/image_raw": ("sensor_msgs/msg/Image", "16UC1 ground-truth instance ids (the folder's "
+                                     "no-instance id = none)"),
+        f"{gt}/rgb/image_raw": ("sensor_msgs/msg/Image", "rgb8 the folder's colour image (optional)"),
+        f"{gt}/depth/image_raw": ("sensor_msgs/msg/Image", "32FC1 the folder's depth, metres, 0 = none "
+                                  "(optional)"),
+    }
+
+
+@dataclass
+class SceneBagConfig:
+    """What :func:`make_scene_bag` records."""
+
+    pieces: int = 4
+    """Spatial pieces of the map (a sweep around the map centre): the first arrives as a FULL
+    update, each other one as a DELTA."""
+    storage: str = "mcap"
+    """rosbag2 storage: 'mcap' or 'sqlite3'."""
+    camera: str = "camera_0"
+    """Camera namespace of the poses, CameraInfo and ground-truth images."""
+    map_frame: str = "map"
+    """Frame of the map and of the camera poses."""
+    map_id: str = ""
+    """GaussianMapUpdate.map_id ('' = the scene's name)."""
+    map_period_s: float = 1.0
+    """Time between map pieces in the bag, seconds."""
+    view_period_s: float = 0.1
+    """Time between views in the bag, seconds (the views follow the last map piece)."""
+    include_rgb: bool = True
+    """Record the folder's colour images."""
+    include_depth: bool = True
+    """Record the folder's depth images."""
+
+
+@dataclass
+class SceneBagInfo:
+    """What :func:`make_scene_bag` wrote."""
+
+    path: Path
+    map_updates: int
+    views: int
+    total_gaussians: int
+    view_stamps_ns: list[int]
+    topics: list[str]
+    """Topics written, sorted."""
+    ignored_properties: list[str]
+    """PLY properties of the map that were not recorded (ground truth and other extras)."""
+
+
+def _check_new_bag(path: Path) -> None:
+    if path.exists():
+        raise InvalidInputError(f"bag path {path} already exists")
+    if not path.parent.is_dir():
+        raise InvalidInputError(f"cannot write bag {path}: folder {path.parent} does not exist")
+
+
+def _storage_plugin(name: str):
+    from rosbags.rosbag2 import StoragePlugin
+    plugins = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
+    if name not in plugins:
+        raise InvalidInputError(f"unknown bag storage {name!r}; known: {sorted(plugins)}")
+    return plugins[name]
+
+
+def _map_pieces(g: GaussianArrays, pieces: int) -> list[torch.Tensor]:
+    """Row indices of ``pieces`` spatial pieces (a sweep around the centre, equal counts)."""
+    order = torch.from_numpy(_growth_order(g, 0).copy()) if len(g) else torch.zeros(0, dtype=torch.long)
+    return [p for p in torch.tensor_split(order, max(1, min(pieces, max(len(g), 1))))]
+
+
+def make_scene_bag(path: str | Path, scene, config: SceneBagConfig | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> SceneBagInfo:
+    """Record a scene folder as a bag (topics: :func:`scene_bag_topics`).
+
+    Args:
+        path: bag directory to create (must not exist; its parent must).
+        scene: a :class:`~chorus_ros.core.datasets.SceneFolder` (:func:`~chorus_ros.core.datasets.open_scene`);
+            its map is recorded without any extra PLY property (ground truth never reaches the nodes).
+        config: see :class:`SceneBagConfig`.
+        progress: optional ``f(done, total)`` after each view.
+
+    Timeline: the scene info and class table at t0, map piece ``k`` at ``t0 + k * map_period_s``,
+    view ``j`` at ``t0 + pieces * map_period_s + j * view_period_s`` (pose, CameraInfo and the
+    ground-truth images share that stamp).
+    """
+    import json
+
+    from rclpy.serialization import serialize_message
+    from rosbags.rosbag2 import Writer
+    from std_msgs.msg import ColorRGBA, String
+
+    from chorus_ros.core.datasets import strip_gaussians
+    from chorus_ros.msg import LabelEntry, LabelInfo
+    from chorus_ros.ros.conversions import camera_to_msgs, header, numpy_to_image
+    from chorus_ros.ros.map_updates import map_update_to_msg
+
+    cfg = config or SceneBagConfig()
+    if cfg.pieces < 1:
+        raise InvalidInputError(f"pieces must be >= 1, got {cfg.pieces}")
+    if cfg.map_period_s <= 0 or cfg.view_period_s <= 0:
+        raise InvalidInputError(f"map_period_s and view_period_s must be > 0, got {cfg.map_period_s}, "
+                                f"{cfg.view_period_s}")
+    plugin = _storage_plugin(cfg.storage)
+    path = Path(path)
+    _check_new_bag(path)
+    cam_ns = cfg.camera.strip("/")
+    if not cam_ns:
+        raise InvalidInputError("camera namespace is empty")
+    topics = scene_bag_topics(cam_ns)
+    g = strip_gaussians(scene.gaussians)
+    pieces = _map_pieces(g, cfg.pieces)
+    map_ns, view_ns = int(cfg.map_period_s * 1e9), int(cfg.view_period_s * 1e9)
+    t_views = _T0_NS + len(pieces) * map_ns
+    stamps = [t_views + j * view_ns for j in range(len(scene))]
+    map_id = cfg.map_id or scene.name
+    info = {"format": SCENE_BAG_FORMAT, "version": 1, "scene": scene.name,
+            "source": str(scene.root) if scene.root is not None else "",
+            "map": str(scene.map_path) if scene.map_path is not None else "",
+            "ignored_properties": list(scene.ignored_properties),
+            "classes": [{"id": int(i), "name": scene.classes[i]} for i in sorted(scene.classes)],
+            "unlabeled_id": int(scene.unlabeled_id), "instance_none_id": int(scene.instance_none_id),
+            "stuff": sorted(scene.stuff_names), "camera": cam_ns, "map_frame": cfg.map_frame,
+            "map_id": map_id, "pieces": len(pieces), "gaussians": len(g),
+            "frame_indices": [int(i) for i in scene.frame_indices], "view_stamps_ns": stamps,
+            "width": scene.camera.width if scene.camera else 0,
+            "height": scene.camera.height if scene.camera else 0}
+    from chorus_ros.core.decode.semantic import default_colors
+    ids = sorted(scene.classes)
+    cols = default_colors(len(ids))
+    labels = LabelInfo(header=header(_T0_NS, ""), threshold=0.0)
+    labels.labels = [LabelEntry(id=int(i), name=scene.classes[i],
+                                color=ColorRGBA(r=c[0] / 255.0, g=c[1] / 255.0, b=c[2] / 255.0, a=1.0))
+                     for i, c in zip(ids, np.asarray(cols).tolist())]
+    ts = chorus_typestore()
+    written: set[str] = set()
+    with Writer(path, version=9, storage_plugin=plugin) as w:
+        conns: dict[str, Any] = {}
+
+        def put(topic: str, t_ns: int, msg, latched: bool = False) -> None:
+            if topic not in conns:
+                kw = {"offered_qos_profiles": [_latched_qos()]} if latched else {}
+                conns[topic] = w.add_connection(topic, topics[topic][0], typestore=ts, **kw)
+            w.write(conns[topic], t_ns, serialize_message(msg))
+            written.add(topic)
+
+        put(SCENE_INFO_TOPIC, _T0_NS, String(data=json.dumps(info)), latched=True)
+        put(GT_LABELS_TOPIC, _T0_NS, labels, latched=True)
+        for k, idx in enumerate(pieces):
+            t = _T0_NS + k * map_ns
+            msg = map_update_to_msg(g.index(idx), map_id=map_id, sequence=k, full=(k == 0), stamp=t,
+                                    frame_id=cfg.map_frame)
+            put(MAP_TOPIC, t, msg, latched=True)
+        for j in range(len(scene)):
+            f = scene.frame(j)
+            c = f.camera
+            cam = Camera(c.viewmat, c.K, c.width, c.height, f"{cam_ns}_optical_frame")
+            pose, cinfo = camera_to_msgs(cam, stamps[j], cfg.map_frame)
+            put(f"/{cam_ns}/pose", stamps[j], pose)
+            put(f"/{cam_ns}/camera_info", stamps[j], cinfo)
+            imgs = {"semantic": f.semantic, "instance": f.instance,
+                    "rgb": f.rgb if cfg.include_rgb else None, "depth": f.depth if cfg.include_depth else None}
+            for kind, img in imgs.items():
+                if img is None:
+                    continue
+                arr = np.asarray(img, dtype=np.float32 if kind == "depth" else
+                                 (np.uint8 if kind == "rgb" else np.uint16))
+                put(f"/ground_truth/{cam_ns}/{kind}/image_raw", stamps[j],
+                    numpy_to_image(arr, _GT_KINDS[kind], header(stamps[j], cam.frame_id)))
+            if progress is not None:
+                progress(j + 1, len(scene))
+    return SceneBagInfo(path, len(pieces), len(scene), len(g), stamps, sorted(written),
+                        list(scene.ignored_properties))
+
+
+@dataclass
+class SceneBag:
+    """The ground truth of a scene bag (:func:`read_scene_bag`)."""
+
+    path: Path
+    info: dict
+    """The scene info JSON (class table, ids, camera, stamps...)."""
+    semantic: dict[int, np.ndarray]
+    """View stamp (ns) -> ``[H, W]`` uint16 ground-truth class ids (folder ids)."""
+    instance: dict[int, np.ndarray]
+    """View stamp (ns) -> ``[H, W]`` uint16 ground-truth instance ids (empty without them)."""
+    view_stamps_ns: list[int]
+    """Stamps of the recorded poses, in order."""
+    input_topics: list[str]
+    """The nodes' input topics present in the bag (map updates, poses, CameraInfo)."""
+
+    @property
+    def camera(self) -> str:
+        return str(self.info.get("camera", "camera_0"))
+
+    @property
+    def classes(self) -> dict[int, str]:
+        return {int(c["id"]): str(c["name"]) for c in self.info["classes"]}
+
+
+def read_scene_bag(path: str | Path) -> SceneBag:
+    """Read the scene info and ground-truth label images of a bag written by :func:`make_scene_bag`.
+
+    Raises:
+        DatasetError: no such bag, not a readable rosbag2, or a bag without the ground-truth
+            topics (all naming the bag).
+    """
+    import json
+
+    from chorus_ros.core.errors import DatasetError
+    from chorus_ros.ros.conversions import image_to_numpy, stamp_to_ns
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"bag not found: {path}")
+    try:
+        from rosbags.highlevel import AnyReader
+        reader = AnyReader([path], default_typestore=chorus_typestore())
+        reader.open()
+    except Exception as e:  # rosbags raises several unrelated types for unreadable bags
+        raise DatasetError(f"{path}: not a readable rosbag2 bag ({type(e).__name__}: {e})") from None
+    try:
+        present = {c.topic: c for c in reader.connections}
+        if SCENE_INFO_TOPIC not in present:
+            raise DatasetError(f"{path}: no ground-truth topics (no {SCENE_INFO_TOPIC}; it has "
+                               f"{sorted(present)}): write it with `chorus-ros make-bag --dataset DIR`")
+        info = None
+        for c, _, raw in reader.messages(connections=[present[SCENE_INFO_TOPIC]]):
+            info = json.loads(reader.deserialize(raw, c.msgtype).data)
+            break
+        if not isinstance(info, dict) or info.get("format") != SCENE_BAG_FORMAT:
+            raise DatasetError(f"{path}: {SCENE_INFO_TOPIC} is not a {SCENE_BAG_FORMAT} description")
+        cam = str(info.get("camera", "camera_0"))
+        sem_t, ins_t = f"/ground_truth/{cam}/semantic/image_raw", f"/ground_truth/{cam}/instance/image_raw"
+        pose_t = f"/{cam}/pose"
+        if sem_t not in present:
+            raise DatasetError(f"{path}: no ground-truth class images ({sem_t}): nothing to score against")
+        semantic: dict[int, np.ndarray] = {}
+        instance: dict[int, np.ndarray] = {}
+        stamps: list[int] = []
+        wanted = [present[t] for t in (sem_t, ins_t, pose_t) if t in present]
+        from rclpy.serialization import deserialize_message
+        from geometry_msgs.msg import PoseStamped
+        from sensor_msgs.msg import Image
+        for c, _, raw in reader.messages(connections=wanted):
+            if c.topic == pose_t:
+                stamps.append(stamp_to_ns(deserialize_message(bytes(raw), PoseStamped).header.stamp))
+                continue
+            msg = deserialize_message(bytes(raw), Image)
+            (semantic if c.topic == sem_t else instance)[stamp_to_ns(msg.header.stamp)] = image_to_numpy(msg)
+        inputs = [t for t in (MAP_TOPIC, pose_t, f"/{cam}/camera_info") if t in present]
+    finally:
+        reader.close()
+    missing = [s for s in stamps if s not in semantic]
+    if missing:
+        raise DatasetError(f"{path}: {len(missing)} of {len(stamps)} views have no ground-truth class image "
+                           f"on {sem_t}")
+    return SceneBag(path, info, semantic, instance, stamps, inputs)

@@ -105,9 +105,9 @@ def stage_live(ctx: DemoContext) -> str:
     from chorus_ros.tools.live_demo import run_live_demo
     res = run_live_demo(ctx.out, ctx.scene, ctx.args.checkpoint, log=lambda line: print("  " + line, flush=True))
     ctx.written.extend(res.written)
-    hits = sum(1 for q, r in res.queries.items() if r and r[0][1] == q)
+    hits = sum(1 for c in res.checks.values() if c.passed)
     return (f"{len(res.written)} images incl. contact_sheet.png; {len(res.queries)} queries, "
-            f"{hits} with a top-1 object of the queried class")
+            f"{hits} whose top object is mostly made of the queried class (ground truth)")
 
 
 STAGES: list[tuple[str, Callable[[DemoContext], str]]] = [

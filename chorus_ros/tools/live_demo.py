@@ -9,6 +9,9 @@
 4. **images**: semantic, instance and overlay PNGs per view and a contact sheet
    (``contact_sheet.png``: one row per view, rendered RGB | semantic | instances | overlay).
 5. **queries**: call ``query_node/query`` with a few class names and print the ranked objects.
+   A query passes only where the answer is: the top object must be mostly (> 50 %) made of
+   Gaussians whose ground-truth class (known for the synthetic scene) is the queried one
+   (:func:`check_query`); a right class name on an object in the wrong place is a miss.
 
 DDS traffic stays on loopback in a private ROS domain (:func:`chorus_ros.tools.isolate_ros_env`).
 """
@@ -52,11 +55,65 @@ class LiveDemoConfig:
 
 
 @dataclass
+class QueryCheck:
+    """Where the top answer of a class-name query is, judged by the scene's ground truth."""
+
+    text: str
+    """The query (a class name of the scene)."""
+    instance_id: int | None
+    """The top object (None: no answer)."""
+    share: float
+    """Share of the top object's Gaussians whose ground-truth class is ``text`` (0 without answer)."""
+    majority: str
+    """The most common ground-truth class among the top object's Gaussians ('' without answer)."""
+    passed: bool
+    """``share > 0.5``: the top object is mostly made of the queried class."""
+
+    def describe(self) -> str:
+        if self.instance_id is None:
+            return "no object"
+        what = f"{100 * self.share:.0f}% {self.text}"
+        return what if self.majority == self.text else f"{what}, mostly {self.majority}"
+
+
+def check_query(text: str, instance_id: int | None, map_ids, map_instances, gt_ids, gt_labels,
+                class_names: list[str]) -> QueryCheck:
+    """Judge a query's top object by the classes of its Gaussians (not by its label).
+
+    Args:
+        text: the queried class name.
+        instance_id: the top object's instance id (None: the query returned nothing).
+        map_ids, map_instances: ``[N]`` Gaussian ids of the node's map and their instance ids
+            (``inst.id``; 0 = none).
+        gt_ids, gt_labels: ``[M]`` Gaussian ids of the scene and their ground-truth class ids.
+        class_names: names of the ground-truth class ids.
+    """
+    if instance_id is None:
+        return QueryCheck(text, None, 0.0, "", False)
+    map_ids = np.asarray(map_ids, dtype=np.int64)
+    member = map_ids[np.asarray(map_instances, dtype=np.int64) == int(instance_id)]
+    gt_ids = np.asarray(gt_ids, dtype=np.int64)
+    order = np.argsort(gt_ids, kind="stable")
+    pos = np.clip(np.searchsorted(gt_ids[order], member), 0, max(len(gt_ids) - 1, 0))
+    rows = order[pos]
+    known = gt_ids[rows] == member if len(gt_ids) else np.zeros(len(member), bool)
+    labels = np.asarray(gt_labels, dtype=np.int64)[rows[known]]
+    if labels.size == 0:
+        return QueryCheck(text, int(instance_id), 0.0, "", False)
+    counts = np.bincount(labels, minlength=len(class_names))
+    target = class_names.index(text) if text in class_names else -1
+    share = float(counts[target]) / labels.size if target >= 0 else 0.0
+    return QueryCheck(text, int(instance_id), share, class_names[int(counts.argmax())], share > 0.5)
+
+
+@dataclass
 class LiveResult:
     written: list[Path] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
     queries: dict[str, list[tuple[int, str, float, tuple[float, float, float]]]] = field(default_factory=dict)
     """query -> [(instance id, label, score, centroid xyz)] best first."""
+    checks: dict[str, QueryCheck] = field(default_factory=dict)
+    """query -> where its top object is (:func:`check_query`)."""
 
 
 def _until(cond, timeout: float, what: str) -> None:
@@ -93,6 +150,18 @@ def contact_sheet(rows: list[dict[str, np.ndarray]], titles: list[str], columns=
         for j, name in enumerate(columns):
             sheet[y:y + h, side + j * (w + pad):side + j * (w + pad) + w] = row[name]
     return sheet
+
+
+def _check_top(pipeline, scene, text: str, instance_id: int | None) -> QueryCheck:
+    """:func:`check_query` against the node's current map and the synthetic scene's ground truth."""
+    from chorus_ros.core.pipeline import ATTR_INSTANCE
+    with pipeline.lock:
+        ids = pipeline.map.arrays().ids.cpu().numpy()
+        inst = (pipeline.map.attribute(ATTR_INSTANCE).cpu().numpy()
+                if ATTR_INSTANCE in pipeline.map.attribute_names() else np.zeros(len(ids), np.int64))
+    g = scene.gaussians
+    return check_query(text, instance_id, ids, inst, g.ids.cpu().numpy(), g.extras["label"].cpu().numpy(),
+                       list(scene.labels.names))
 
 
 def run_live_demo(out: Path, scene, checkpoint: Path | str = DEMO_CHECKPOINT,
@@ -210,9 +279,13 @@ def run_live_demo(out: Path, scene, checkpoint: Path | str = DEMO_CHECKPOINT,
                 ranked = ", ".join(f"#{o.instance_id} {o.label} {s:+.2f} at "
                                    f"({o.centroid.x:.1f}, {o.centroid.y:.1f}, {o.centroid.z:.1f})"
                                    for o, s in zip(r.objects, r.scores))
-                mark = "ok" if r.objects and r.objects[0].label == text else "MISS"
+                chk = _check_top(chorus.pipeline, scene, text, r.objects[0].instance_id if r.objects else None)
+                res.checks[text] = chk
+                mark = f"ok: top object {chk.describe()}" if chk.passed else f"MISS: top object {chk.describe()}"
                 log(f"[query] {text!r} (map seq {r.map_sequence}) [{mark}]: {ranked or 'no objects'}")
-            log(f"[queries] {len(names)} queries; object labels in the map: {', '.join(sorted(present))} "
+            passed = sum(c.passed for c in res.checks.values())
+            log(f"[queries] {passed} of {len(names)} queries answered in the right place (top object mostly "
+                f"of the queried class); object labels in the map: {', '.join(sorted(present))} "
                 f"({time.perf_counter() - t0:.1f} s)")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -71,3 +71,71 @@ def test_parameter_tables_in_docs_are_current(capsys):
     out = capsys.readouterr().out
     assert "| `semantic.min_alpha` | float | `0.5` |" in out and "### query_node" in out
     assert "| `queue_size` | int | `2` | read-only, [1, 100] |" in out
+
+
+def test_query_on_a_map_file(tiny_scene_folder, random_checkpoint, capsys):
+    """`chorus-ros query --map`: loads (ground-truth properties ignored and named), encodes, answers."""
+    import json
+
+    from chorus_ros.tools.cli import main
+    ply = tiny_scene_folder / "gaussians.ply"
+    assert main(["query", "--map", str(ply), "chair", "a lamp", "--checkpoint", str(random_checkpoint),
+                 "--top-k", "2", "--json"]) == 0
+    cap = capsys.readouterr()
+    assert f"{ply}: ignored PLY properties instance, label" in cap.err
+    out = json.loads(cap.out)
+    from chorus_ros.core.ply import read_ply
+    assert out["gaussians"] == len(read_ply(ply).gaussians)
+    assert [r["query"] for r in out["results"]] == ["chair", "a lamp"]
+    objs = out["results"][0]["objects"]
+    assert 1 <= len(objs) <= 2 and objs[0]["score"] >= objs[-1]["score"]
+    o = objs[0]
+    assert set(o) >= {"instance_id", "score", "class", "centroid", "bbox_min", "bbox_max", "support"}
+    assert all(lo <= c <= hi for lo, c, hi in zip(o["bbox_min"], o["centroid"], o["bbox_max"])) and o["support"] > 0
+    assert main(["query", "--map", str(ply), "chair", "--checkpoint", str(random_checkpoint), "--top-k", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "'chair': 1 object(s)" in text and "support" in text and "centroid (" in text
+
+
+def test_map_file_errors_name_the_file(tmp_path, tiny_scene_folder, random_checkpoint, capsys):
+    from chorus_ros.tools.cli import main
+    missing = tmp_path / "missing.ply"
+    for cmd in (["query", "--map", str(missing), "chair"], ["up", "--map", str(missing)]):
+        assert main(cmd + ["--checkpoint", str(random_checkpoint)]) == 2
+        err = capsys.readouterr().err
+        assert f"map file not found: {missing}" in err and "Traceback" not in err
+    bad = tmp_path / "bad.ply"
+    bad.write_bytes(b"ply\nformat ascii 1.0\nelement vertex 1\nproperty float x\nend_header\n1\n")
+    assert main(["query", "--map", str(bad), "chair", "--checkpoint", str(random_checkpoint)]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "missing required" in err
+
+
+def test_up_with_a_map_file(tiny_scene_folder, harness, random_checkpoint, wait_until, capsys):
+    """`chorus-ros up --map` (in this process): the map is published, encoded at start-up, the node's
+    object map for the file's map id goes out over DDS; SIGINT ends it cleanly (handlers restored)."""
+    import threading
+
+    from chorus_ros.msg import ObjectMap
+    from chorus_ros.ros import qos
+    from chorus_ros.tools.cli import main
+    objects = harness.collect(ObjectMap, "/upmap/objects", qos.latched())
+
+    def interrupt_when_served():
+        try:
+            wait_until(lambda: any(m.map_id == "file:gaussians.ply" for m in objects), 60, "the object map")
+        finally:
+            os.kill(os.getpid(), signal.SIGINT)
+    handler = signal.getsignal(signal.SIGINT)
+    t = threading.Thread(target=interrupt_when_served, daemon=True)
+    t.start()
+    ply = tiny_scene_folder / "gaussians.ply"
+    assert main(["up", "--checkpoint", str(random_checkpoint), "--namespace", "upmap", "--map", str(ply),
+                 "--log-level", "warn"]) == 0
+    t.join(5)
+    assert signal.getsignal(signal.SIGINT) is handler
+    assert any(m.map_id == "file:gaussians.ply" and len(m.objects) > 0 for m in objects)
+    out = capsys.readouterr().out
+    from chorus_ros.core.ply import read_ply
+    n = len(read_ply(ply).gaussians)
+    assert "ignored PLY properties instance, label" in out and f"loaded and encoded: {n} Gaussians" in out
