@@ -4,6 +4,8 @@
                 --labels-map nyu40_to_demo.yaml --views ::4 --out report.md --json r.json --plots plots/
     chorus-eval --checkpoint checkpoints/demo --seeds 1000 1001 1002 --out docs/evaluation.md
     chorus-eval --ablation full=checkpoints/demo no_object=checkpoints/ablation/no_object --out docs/ablation.md
+    chorus-eval --suite shift --checkpoint checkpoints/demo [--shifts rotated mesh] --json shift.json
+    chorus-eval --suite shift --ablation before=OLD after=checkpoints/demo --out - (side by side)
 
 Scene folder layouts: chorus_ros.core.datasets.folder; metrics: chorus_ros.core.metrics.scenes
 (definitions also in docs/evaluation.md). A malformed folder prints one error naming the file
@@ -57,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plots", metavar="DIR", help="write PNG plots (confusion, per-class IoU, contact sheet)")
     ap.add_argument("--title", default=None, help="report title")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ap.add_argument("--suite", choices=["shift"], help="run a suite: 'shift' = held-out scenes under named "
+                    "distribution shifts (chorus_ros.core.metrics.shift_suite)")
+    ap.add_argument("--shifts", nargs="+", metavar="NAME", help="with --suite shift: only these shifts")
+    ap.add_argument("--suite-seeds", type=int, nargs="+", metavar="SEED", help="with --suite shift: scene seeds "
+                    "(default 5000 5001)")
     a = ap.parse_args(argv)
     if a.ablation and (a.checkpoint or a.dataset):
         ap.error("--ablation cannot be combined with --checkpoint or --dataset")
@@ -66,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--map needs exactly one --dataset folder")
     cmd = "chorus-eval " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
     try:
+        if a.suite:
+            return _suite(a, cmd)
         if a.dataset:
             return _dataset(a, cmd)
         return _seeds(a, ap, cmd)
@@ -95,13 +104,14 @@ def _outputs(a, result, md_fn) -> None:
 
 
 def _dataset(a, cmd: str) -> int:
-    from chorus_ros.core.datasets import load_labels_map, open_scene, parse_views
+    from chorus_ros.core.datasets import check_labels_map, load_labels_map, open_scene, parse_views
     from chorus_ros.core.metrics.report import dataset_markdown
     from chorus_ros.core.metrics.scenes import SceneEvalConfig, evaluate_scenes
 
     lm = load_labels_map(a.labels_map) if a.labels_map else None
     views = parse_views(a.views)
-    scenes = [open_scene(root, map_path=a.map, views=views, labels_map=lm) for root in a.dataset]
+    scenes = [open_scene(root, map_path=a.map, views=views, labels_map=lm, check_map_keys=False) for root in a.dataset]
+    check_labels_map(lm, scenes)
     for s in scenes:
         print(f"{s.name}: {len(s)} views, {len(s.gaussians)} Gaussians ({s.layout} layout); not given to the "
               f"model: {', '.join(s.ignored_properties) or 'nothing'}", file=sys.stderr)
@@ -113,6 +123,32 @@ def _dataset(a, cmd: str) -> int:
     _outputs(a, res, lambda plots: dataset_markdown(res, title=a.title or "Evaluation on scene folders", command=cmd,
                                                     setup=setup, plots=plots,
                                                     report_path=None if a.out == "-" else a.out))
+    return 0
+
+
+def _suite(a, cmd: str) -> int:
+    from chorus_ros.core.metrics.shift_suite import (ShiftSuiteConfig, evaluate_shift_suite, shift_suite_json,
+                                                     shift_suite_markdown)
+
+    from chorus_ros.core.metrics.evaluation import EvalConfig
+
+    d = EvalConfig()
+    cfg = ShiftSuiteConfig()  # 320x240 views unless --size is given
+    if list(a.size) != [d.width, d.height]:
+        cfg.width, cfg.height = a.size
+    if a.shifts:
+        cfg.shifts = list(a.shifts)
+    if a.suite_seeds:
+        cfg.seeds = list(a.suite_seeds)
+    runs = [("checkpoint", a.checkpoint)] if a.checkpoint else [
+        tuple(s.split("=", 1)) if "=" in s else (Path(s).name, s) for s in a.ablation]
+    cache: dict = {}
+    results = {name: evaluate_shift_suite(_factory(ckpt, a.device), cfg, cache=cache, progress=not a.no_progress)
+               for name, ckpt in runs}
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(shift_suite_json(results), indent=1) + "\n", encoding="utf-8")
+    _write(shift_suite_markdown(results, cfg, cmd), a.out, a.section)
     return 0
 
 

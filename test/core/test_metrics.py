@@ -183,3 +183,133 @@ def test_chorus_eval_cli_on_a_tiny_checkpoint(tmp_path):
     assert "| full |" in text_md and "| no_object |" in text_md
     with pytest.raises(SystemExit):
         main(["--seeds", "1000"])
+
+
+def test_miou_present_leaves_out_classes_absent_from_ground_truth():
+    cm = ConfusionMatrix(3)
+    cm.update(np.array([0, 1, 2, 2]), np.array([0, 0, 2, 2]))  # 'chair' predicted once, never true
+    s = cm.compute(["wall", "chair", "table"])
+    np.testing.assert_allclose(s.iou, [0.5, 0.0, 1.0])
+    assert s.miou == pytest.approx(0.5) and s.miou_present == pytest.approx(0.75)
+    assert s.present.tolist() == [True, False, True]
+
+
+# --------------------------------------------------------------------------- evaluate_scenes
+
+
+def _oracle_factory(scene, wrong: dict | None = None):
+    """Pipelines whose encoder is an oracle: language feature = text embedding of the Gaussian's
+    true class (or of ``wrong[class]``), object feature = a random prototype per true instance."""
+    import torch
+
+    from chorus_ros.core.decode.instances import InstanceConfig
+    from chorus_ros.core.map import MapConfig
+    from chorus_ros.core.pipeline import PerceptionPipeline, PipelineConfig
+    from chorus_ros.core.render import RenderSettings
+    from chorus_ros.core.text import TextEncoderSpec, build_text_encoder
+
+    names = scene.labels.names
+    text = build_text_encoder(TextEncoderSpec(tiny=True, prompt_template="{}"))
+    said = [names.index((wrong or {}).get(n, n)) for n in names]
+    gt_label = torch.as_tensor(said)[scene.gaussians.extras["label"]]
+    gt_inst = scene.gaussians.extras["instance"]
+    protos = torch.nn.functional.normalize(torch.randn(int(gt_inst.max()) + 1, 16,
+                                                       generator=torch.Generator().manual_seed(0)), dim=-1)
+    emb = text.encode(names)
+
+    class Oracle:
+        def __init__(self, gmap):
+            self.map = gmap
+
+        def encode_full(self):
+            self.map.take_dirty()
+            ids = self.map.arrays().ids.long()
+            self.map.set_attribute("feat.language", emb[gt_label[ids]])
+            self.map.set_attribute("feat.object", protos[gt_inst[ids]])
+            return type("R", (), {"updated_slots": torch.arange(len(ids)), "n_encoded": len(ids), "full": True})()
+
+        update = encode_full
+
+    def make():
+        pc = PipelineConfig(map=MapConfig(sh_degree=0), incremental=None, render=RenderSettings(backend="reference"),
+                            instances=InstanceConfig(feature_threshold=0.8, min_gaussians=4))
+        return PerceptionPipeline(pc, None, text, scene.labels, incremental_factory=Oracle)
+    return make
+
+
+@pytest.fixture(scope="module")
+def tiny_scene():
+    from chorus_ros.core.datasets import scene_from_synthetic
+    from chorus_ros.core.render import RenderSettings
+    from chorus_ros.core.synthetic import SceneConfig, generate_scene
+    from chorus_ros.core.synthetic.trajectory import TrajectoryConfig, make_trajectory
+
+    scene = generate_scene(SceneConfig(seed=3, target_gaussians=3000))
+    traj = make_trajectory(scene, TrajectoryConfig(loop_views=2, random_views=1, width=40, height=30))
+    return scene, scene_from_synthetic(scene, traj, RenderSettings(backend="reference"))
+
+
+def test_evaluate_scenes_folder_equals_in_memory_and_threshold_is_shared(tiny_scene, tmp_path):
+    """The same scene read back from an exported folder scores exactly like the in-memory scene
+    (reader + class mapping are lossless for labels); the shared alpha threshold removes pixels
+    from prediction and ground truth alike."""
+    from chorus_ros.core.datasets import open_scene
+    from chorus_ros.core.metrics.scenes import JSON_KEYS, SceneEvalConfig, evaluate_scenes, results_json
+    from chorus_ros.core.synthetic.dataset import export_dataset
+    from chorus_ros.core.synthetic.trajectory import TrajectoryConfig, make_trajectory
+
+    scene, mem = tiny_scene
+    make = _oracle_factory(scene)
+    traj = make_trajectory(scene, TrajectoryConfig(loop_views=2, random_views=1, width=40, height=30))
+    from chorus_ros.core.render import RenderSettings
+    export_dataset(scene, traj, tmp_path / "ex", settings=RenderSettings(backend="reference"), min_alpha=0.0)
+    a = evaluate_scenes(make, [mem], SceneEvalConfig(), progress=False)
+    b = evaluate_scenes(make, [open_scene(tmp_path / "ex")], SceneEvalConfig(), progress=False)
+    np.testing.assert_array_equal(a.total.confusion, b.total.confusion)
+    assert a.total.panoptic.pq == pytest.approx(b.total.panoptic.pq)
+    assert a.total.min_alpha == 0.5  # the pipeline's own default
+    s = a.total
+    assert s.semantic.oacc > 0.9 and s.semantic_3d.miou > 0.99 and s.query_top1 == 1.0
+    assert s.n_gt_instances > 10 and s.n_views == 3
+    hi = evaluate_scenes(make, [mem], SceneEvalConfig(min_alpha=0.99), progress=False).total
+    assert 0 < hi.semantic.num_pixels < s.semantic.num_pixels and hi.min_alpha == 0.99
+    j = results_json(a)
+    assert list(j)[: len(JSON_KEYS)] == list(JSON_KEYS)
+    assert j["mIoU"] == pytest.approx(100 * s.semantic.miou, abs=0.01)
+    assert set(j["scenes"]) == {mem.name} and j["scenes"][mem.name]["n_views"] == 3
+    assert j["per_class_iou"]["chair"] == pytest.approx(100 * s.semantic.iou[scene.labels.index_of("chair")], abs=0.01)
+
+
+def test_query_top1_fails_when_the_top_object_is_elsewhere(tiny_scene):
+    """A model that calls chairs 'table': the query 'chair' must not pass (the old demo check
+    compared class names only), and pixel-based scoring agrees with Gaussian-based scoring."""
+    from chorus_ros.core.datasets import SceneFolder
+    from chorus_ros.core.metrics.scenes import SceneEvalConfig, evaluate_scenes
+
+    scene, mem = tiny_scene
+    bad = evaluate_scenes(_oracle_factory(scene, {"chair": "table"}), [mem], SceneEvalConfig(), progress=False).total
+    assert bad.query_details[f"{mem.name}/chair"]["pass"] is False
+    assert bad.query_details[f"{mem.name}/sofa"]["pass"] is True
+    assert 0 < bad.query_top1 < 1
+    # without per-Gaussian ground truth the same check runs on pixels
+    frames = [mem.frame(k) for k in range(len(mem))]
+    px = SceneFolder.in_memory(mem.name, mem.gaussians, mem.classes, frames, instance_none_id=65535)
+    assert px.gt_gaussian_labels is None
+    r = evaluate_scenes(_oracle_factory(scene, {"chair": "table"}), [px], SceneEvalConfig(), progress=False).total
+    assert r.semantic_3d is None and r.query_details[f"{mem.name}/chair"]["by"] == "pixels"
+    assert r.query_details[f"{mem.name}/chair"]["pass"] is False
+
+
+def test_evaluate_scenes_in_slabs_and_errors(tiny_scene):
+    from chorus_ros.core.datasets import SceneFolder
+    from chorus_ros.core.errors import DatasetError
+    from chorus_ros.core.metrics.scenes import SceneEvalConfig, evaluate_scenes
+
+    scene, mem = tiny_scene
+    r = evaluate_scenes(_oracle_factory(scene), [mem], SceneEvalConfig(chunks=2), progress=False).total
+    assert r.n_views == 3 and r.consistency.num_objects > 0 and r.semantic.oacc > 0.9
+    px = SceneFolder.in_memory(mem.name, mem.gaussians, mem.classes, [mem.frame(0)])
+    with pytest.raises(DatasetError, match="chunks"):
+        evaluate_scenes(_oracle_factory(scene), [px], SceneEvalConfig(chunks=2), progress=False)
+    with pytest.raises(DatasetError, match="no scenes"):
+        evaluate_scenes(_oracle_factory(scene), [], progress=False)

@@ -5,11 +5,12 @@ view selections. Used by evaluation, adaptation and training alike.
 See :mod:`chorus_ros.core.datasets.folder` for the layouts.
 """
 from chorus_ros.core.datasets.folder import (GT_INSTANCE_PROPERTIES, GT_LABEL_PROPERTIES, LAYOUT_EXPORT,
-                                             LAYOUT_REPLICA, Intrinsics, LabelsMap, SceneFolder, SceneFrame,
+                                             LAYOUT_REPLICA, Intrinsics, LabelsMap,
+                                             check_labels_map, SceneFolder, SceneFrame,
                                              load_labels_map, open_scene, parse_views, strip_gaussians)
 from chorus_ros.core.datasets.synthetic import scene_from_synthetic
 from chorus_ros.core.datasets.writer import write_classes_json, write_scene_folder
 
 __all__ = ["GT_INSTANCE_PROPERTIES", "GT_LABEL_PROPERTIES", "LAYOUT_EXPORT", "LAYOUT_REPLICA", "Intrinsics",
-           "LabelsMap", "SceneFolder", "SceneFrame", "load_labels_map", "open_scene", "parse_views",
+           "LabelsMap", "SceneFolder", "check_labels_map", "SceneFrame", "load_labels_map", "open_scene", "parse_views",
            "scene_from_synthetic", "strip_gaussians", "write_classes_json", "write_scene_folder"]

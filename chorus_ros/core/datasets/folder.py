@@ -61,7 +61,7 @@ from chorus_ros.core.gaussians import GaussianArrays
 from chorus_ros.core.geometry import Camera
 from chorus_ros.core.labels import UNLABELED, LabelSet
 
-__all__ = ["SceneFolder", "SceneFrame", "Intrinsics", "LabelsMap", "open_scene", "parse_views",
+__all__ = ["SceneFolder", "SceneFrame", "Intrinsics", "LabelsMap", "open_scene", "parse_views", "check_labels_map",
            "load_labels_map", "strip_gaussians", "GT_LABEL_PROPERTIES", "GT_INSTANCE_PROPERTIES",
            "LAYOUT_REPLICA", "LAYOUT_EXPORT"]
 
@@ -336,15 +336,22 @@ def _split_ground_truth(g: GaussianArrays) -> tuple[np.ndarray | None, np.ndarra
     return lab, ins, sorted(g.extras)
 
 
-def _check_labels_map_keys(scene: SceneFolder) -> None:
-    if not scene.labels_map:
+def check_labels_map(labels_map: dict | None, scenes: list[SceneFolder]) -> None:
+    """Raise :class:`DatasetError` (naming the labels-map file) for ground-truth names that are
+    a class of none of ``scenes`` (a typo would otherwise silently drop a class)."""
+    if not labels_map or not scenes:
         return
-    names = set(scene.classes.values())
-    bad = sorted(k for k in scene.labels_map if k not in names)
+    names = {n for s in scenes for n in s.classes.values()}
+    bad = sorted(k for k in labels_map if k not in names)
     if bad:
-        src = getattr(scene.labels_map, "source", "labels map")
-        raise DatasetError(f"{src}: unknown ground-truth class name(s) {bad} for scene {scene.name!r} "
-                           f"(its classes: {', '.join(scene.class_names())})")
+        src = getattr(labels_map, "source", "labels map")
+        which = f"scene {scenes[0].name!r}" if len(scenes) == 1 else f"any of the {len(scenes)} scenes"
+        raise DatasetError(f"{src}: unknown ground-truth class name(s) {bad} for {which} "
+                           f"(classes: {', '.join(sorted(names))})")
+
+
+def _check_labels_map_keys(scene: SceneFolder) -> None:
+    check_labels_map(scene.labels_map, [scene])
 
 
 # ----------------------------------------------------------------------------- reading files
@@ -517,7 +524,8 @@ def _frame_list(root: Path) -> list[int]:
 
 
 def open_scene(root: str | Path, *, map_path: str | Path | None = None, views: slice | None = None,
-               labels_map: dict[str, str | None] | None = None, name: str | None = None) -> SceneFolder:
+               labels_map: dict[str, str | None] | None = None, name: str | None = None,
+               check_map_keys: bool = True) -> SceneFolder:
     """Open a scene folder in either layout (module docstring) and validate it.
 
     Args:
@@ -527,6 +535,8 @@ def open_scene(root: str | Path, *, map_path: str | Path | None = None, views: s
         labels_map: ground-truth name -> model name (e.g. from :func:`load_labels_map`); its keys
             must be classes of the folder.
         name: scene name (default: the folder's name).
+        check_map_keys: reject labels-map keys that are not classes of this folder; pass False
+            when one map serves several folders and call :func:`check_labels_map` on all of them.
 
     Every selected frame's files are checked here (existence, PNG type and size, one trajectory
     line per frame), so a malformed folder fails before any work starts.
@@ -590,7 +600,8 @@ def open_scene(root: str | Path, *, map_path: str | Path | None = None, views: s
     lm = labels_map if labels_map is None or isinstance(labels_map, LabelsMap) else LabelsMap(labels_map)
     scene = SceneFolder(root, name or root.resolve().name, strip_gaussians(g), ignored, lab, ins, classes, unl,
                         none, intr, list(idx), poses, lm, layout, stuff, mp, depth_scale)
-    _check_labels_map_keys(scene)
+    if check_map_keys:
+        _check_labels_map_keys(scene)
     _check_gaussian_labels(scene, mp)
 
     def load(k: int, _root=root, _kinds=tuple(kinds), _scene=scene) -> SceneFrame:

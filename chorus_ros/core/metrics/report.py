@@ -19,7 +19,8 @@ only those that occur in the ground truth (ScanNet protocol); fg- variants leave
 ceiling. PQ / SQ / RQ: panoptic quality over thing classes, per view, segments matched at IoU > 0.5
 within a class, accumulated over views. id cons.: per ground-truth object, the share of its pixels
 over all views that carry its majority predicted id, averaged over objects. 3D mIoU: each
-Gaussian's decoded class against its ground-truth class (only when the PLY carries labels).
+Gaussian's decoded class against its ground-truth class (only when the PLY carries labels;
+"present" as above).
 objects: decoded objects of thing classes / ground-truth instances whose class maps to a thing.
 query top-1: for each thing class present, the class name is queried and passes when the top
 object is mostly (> 50 %) made of that class (its Gaussians' ground truth when the map is
@@ -30,17 +31,18 @@ def _p(x) -> str:
     return "n/a" if x is None or not math.isfinite(float(x)) else f"{100 * float(x):.1f}"
 
 
-_COLS = ("| {} | mIoU | mIoU (present) | mAcc | oAcc | fg-mIoU | PQ | SQ | RQ | id cons. | 3D mIoU | query top-1 "
-         "| objects (pred / gt) | views | encode s | render ms/view |\n"
-         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+_COLS = ("| {} | mIoU | mIoU (present) | mAcc | oAcc | fg-mIoU | PQ | SQ | RQ | id cons. | 3D mIoU | 3D mIoU (present) "
+         "| query top-1 | objects (pred / gt) | views | encode s | render ms/view |\n"
+         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 
 
 def _row(s) -> str:
     sem, pq = s.semantic, s.panoptic
     s3 = _p(s.semantic_3d.miou) if s.semantic_3d is not None else "n/a"
+    s3p = _p(s.semantic_3d.miou_present) if s.semantic_3d is not None else "n/a"
     rm = f"{s.render_ms_per_view:.0f}" if math.isfinite(s.render_ms_per_view) else "n/a"
     return (f"| {s.name} | {_p(sem.miou)} | {_p(sem.miou_present)} | {_p(sem.macc)} | {_p(sem.oacc)} | "
-            f"{_p(sem.fg_miou)} | {_p(pq.pq)} | {_p(pq.sq)} | {_p(pq.rq)} | {_p(s.consistency.object_mean)} | {s3} | "
+            f"{_p(sem.fg_miou)} | {_p(pq.pq)} | {_p(pq.sq)} | {_p(pq.rq)} | {_p(s.consistency.object_mean)} | {s3} | {s3p} | "
             f"{_p(s.query_top1)} | {s.n_pred_objects} / {s.n_gt_instances} | {s.n_views} | {s.encode_s:.2f} | {rm} |\n")
 
 

@@ -1,0 +1,137 @@
+"""chorus-eval --dataset end to end on two tiny scene folders (one per layout) with a tiny
+random-init checkpoint: report, JSON keys, plots, views, labels map; malformed input exits 2
+with one line naming the file (no traceback)."""
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from chorus_ros.core.labels import UNLABELED
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    import torch
+
+    enc = pytest.importorskip("chorus_ros.core.encoder")
+    pytest.importorskip("chorus_ros.core.encoder.incremental")
+    from chorus_ros.core.datasets import SceneFrame, scene_from_synthetic, write_scene_folder
+    from chorus_ros.core.encoder.checkpoint import save_checkpoint
+    from chorus_ros.core.render import RenderSettings
+    from chorus_ros.core.synthetic import SceneConfig, generate_scene, synthetic_label_set
+    from chorus_ros.core.synthetic.dataset import export_dataset
+    from chorus_ros.core.synthetic.trajectory import TrajectoryConfig, make_trajectory
+    from chorus_ros.core.text import TextEncoderSpec, build_text_encoder
+
+    base = tmp_path_factory.mktemp("eval")
+    spec = TextEncoderSpec(tiny=True, prompt_template="{}")
+    torch.manual_seed(0)
+    cfg = enc.EncoderConfig(channels=(8, 16), encoder_blocks=(1, 1), decoder_blocks=(1,), point_hidden=8,
+                            head_hidden=16, embed_dim=16, heads=[enc.HeadSpec("language", 64), enc.HeadSpec("object", 8)])
+    te = spec.to_dict()
+    te["weights"] = "text_encoder.safetensors"
+    save_checkpoint(str(base / "ckpt"), enc.ChorusEncoder(cfg), {"label_set": synthetic_label_set().to_dict(),
+                                                                "text_encoder": te})
+    build_text_encoder(spec).save_weights(base / "ckpt" / "text_encoder.safetensors")
+
+    scene = generate_scene(SceneConfig(seed=1000, target_gaussians=1500))
+    traj = make_trajectory(scene, TrajectoryConfig(loop_views=2, random_views=1, width=32, height=24))
+    settings = RenderSettings(backend="reference")
+    export_dataset(scene, traj, base / "export", settings=settings)
+    mem = scene_from_synthetic(scene, traj, settings, min_alpha=0.3)
+    frames = []
+    for k in range(len(mem)):  # Replica layout: ids shifted by 5, 'shelf' called 'bookshelf', no instance = 0
+        f = mem.frame(k)
+        sem = np.where(f.semantic == UNLABELED, UNLABELED, f.semantic.astype(np.int64) + 5).astype(np.uint16)
+        frames.append(SceneFrame(f.index, f.c2w, f.rgb, f.depth, sem,
+                                 np.where(f.instance == UNLABELED, 0, f.instance).astype(np.uint16), f.camera))
+    g = scene.gaussians
+    g = type(g)(g.means, g.sh, g.opacities, g.log_scales, g.quats, g.ids,
+                {"label": g.extras["label"] + 5, "instance": g.extras["instance"]})
+    names = {i + 5: ("bookshelf" if n == "shelf" else n) for i, n in enumerate(scene.labels.names)}
+    write_scene_folder(base / "replica", gaussians=g, classes=names, intrinsics=mem.camera, frames=frames)
+    (base / "map.yaml").write_text("bookshelf: shelf\n")
+    return base
+
+
+def test_dataset_report_json_and_plots(setup, tmp_path, capsys):
+    from chorus_ros.core.metrics.scenes import JSON_KEYS
+    from chorus_ros.tools.evaluate import main
+
+    out, js, plots = tmp_path / "r" / "report.md", tmp_path / "r.json", tmp_path / "r" / "plots"
+    rc = main(["--dataset", str(setup / "replica"), str(setup / "export"), "--checkpoint", str(setup / "ckpt"),
+               "--labels-map", str(setup / "map.yaml"), "--views", "1:", "--out", str(out), "--json", str(js),
+               "--plots", str(plots), "--no-progress"])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "replica: 2 views" in err and "not given to the model: instance, label" in err
+    d = json.loads(js.read_text())
+    assert list(d)[: len(JSON_KEYS)] == list(JSON_KEYS)
+    assert set(d["scenes"]) == {"replica", "export"}
+    for s in d["scenes"].values():
+        assert set(JSON_KEYS) - {"scenes"} <= set(s) and s["n_views"] == 2
+    assert d["n_views"] == 4 and d["scenes"]["replica"]["mapping"]["bookshelf"] == "shelf"
+    assert all(v is None or 0 <= v <= 100 for v in d["per_class_iou"].values())
+    md = out.read_text()
+    assert "| replica |" in md and "| export |" in md and "| **all** |" in md
+    assert "bookshelf -> shelf" in md and "](plots/confusion.png)" in md
+    for name in ("confusion", "per_class_iou", "contact_sheet"):
+        img = cv2.imread(str(plots / f"{name}.png"))
+        assert img is not None and img.shape[0] > 50 and img.shape[1] > 50
+
+
+def test_section_replacement_keeps_the_rest(setup, tmp_path):
+    from chorus_ros.tools.evaluate import main
+
+    doc = tmp_path / "doc.md"
+    doc.write_text("# Hand-written\n\nintro\n")
+    args = ["--dataset", str(setup / "export"), "--checkpoint", str(setup / "ckpt"), "--views", "0",
+            "--out", str(doc), "--section", "mine", "--no-progress"]
+    assert main(args) == 0 and main(args) == 0
+    text = doc.read_text()
+    assert text.startswith("# Hand-written\n\nintro\n") and text.count("<!-- chorus-eval:mine begin -->") == 1
+    assert "| export |" in text
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("short_traj", "traj_w_c.txt"),
+    ("wrong_size", "depth_0.png"),
+    ("bad_map_name", "map.yaml"),
+    ("unknown_gt_name", "map.yaml"),
+    ("missing_ply", "gaussians.ply"),
+])
+def test_malformed_input_exits_2_naming_the_file(setup, tmp_path, capsys, case, needle):
+    from chorus_ros.tools.evaluate import main
+
+    root = tmp_path / "replica"
+    shutil.copytree(setup / "replica", root)
+    lm = tmp_path / "map.yaml"
+    lm.write_text("bookshelf: shelf\n")
+    if case == "short_traj":
+        (root / "traj_w_c.txt").write_text((root / "traj_w_c.txt").read_text().splitlines()[0] + "\n")
+    elif case == "wrong_size":
+        assert cv2.imwrite(str(root / "depth" / "depth_0.png"), np.zeros((3, 4), np.uint16))
+    elif case == "bad_map_name":
+        lm.write_text("bookshelf: bookcase\n")
+    elif case == "unknown_gt_name":
+        lm.write_text("bookcase: shelf\n")
+    elif case == "missing_ply":
+        (root / "gaussians.ply").unlink()
+    rc = main(["--dataset", str(root), "--checkpoint", str(setup / "ckpt"), "--labels-map", str(lm), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and needle in err and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("chorus-eval: error:")
+
+
+def test_argument_errors(setup):
+    from chorus_ros.tools.evaluate import main
+
+    with pytest.raises(SystemExit):
+        main(["--dataset", str(setup / "replica"), str(setup / "export"), "--checkpoint", str(setup / "ckpt"),
+              "--map", str(setup / "replica" / "gaussians.ply")])
+    with pytest.raises(SystemExit):
+        main(["--dataset", str(setup / "replica")])
+    assert main(["--dataset", str(setup / "replica"), "--checkpoint", str(setup / "ckpt"), "--views", "x:y",
+                 "--no-progress"]) == 2
