@@ -346,7 +346,8 @@ class PerceptionPipeline:
     @classmethod
     def from_checkpoint(cls, path: str | Path, config: PipelineConfig | None = None) -> "PerceptionPipeline":
         """Load ``<path>/model.safetensors`` + ``config.yaml`` (encoder, label set, text encoder spec;
-        the text tower's weights from ``<path>/text_encoder.safetensors`` when the spec names none)."""
+        the text tower's weights from ``<path>/text_encoder.safetensors`` when the spec names none;
+        the GOCL codebook from ``<path>/gocl/`` when present, for the objects' code ids)."""
         from chorus_ros.core.encoder.checkpoint import load_checkpoint
         from chorus_ros.core.text import build_text_encoder
         config = config or PipelineConfig()
@@ -366,7 +367,13 @@ class PerceptionPipeline:
             # (the encoder's voxel) removes that history while still adapting to map density.
             q = config.instances.auto_voxel_factor * float(ck.config.voxel_size)
             config = replace(config, instances=replace(config.instances, voxel_quantum=q))
-        return cls(config, ck.model.to(config.device), text, labels)
+        pipe = cls(config, ck.model.to(config.device), text, labels)
+        gd = Path(path) / "gocl"
+        if (gd / "gocl.json").is_file():
+            # the scene-agnostic GOCL codebook the object head was trained from: records get code ids
+            from chorus_ros.core.objects.gocl import GOCL
+            pipe.instances.set_code_prototypes(GOCL.load(gd).codebook.unit_prototypes().detach())
+        return pipe
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -711,6 +718,7 @@ class PerceptionPipeline:
             try:
                 incremental = self._incremental_factory(state.map)
                 instances = InstanceDecoder(self.config.instances)
+                instances.set_code_prototypes(self.instances.code_prototypes)
                 instances.codebook.entries = state.codebook.entries
                 instances.codebook.next_id = state.codebook.next_id
                 if state.instance_voxel_size and self.config.instances.voxel_size <= 0:

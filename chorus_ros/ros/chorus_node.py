@@ -41,6 +41,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,13 +51,16 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
 
-from chorus_ros.core.errors import ChorusError, InvalidInputError
+from chorus_ros.core import persist
+from chorus_ros.core.errors import ChorusError, CheckpointError, InvalidInputError
 from chorus_ros.core.pipeline import PerceptionPipeline, PipelineConfig
 from chorus_ros.ros import conversions as cv
 from chorus_ros.ros import qos
 from chorus_ros.ros.map_updates import MapUpdate, map_update_from_msg
 from chorus_ros.ros.params import ParameterBinding, flatten_config
-from chorus_ros.ros.runtime import ErrorReporter, KeepNewestQueue, RateMeter, SequenceTracker, StampPairer
+from chorus_ros.ros.runtime import (UPDATE_FULL, DropCounter, ErrorReporter, ForeignMapError, KeepNewestQueue,
+                                    MapOwnership, RateMeter, SequenceTracker, StampPairer, StampRateLimiter,
+                                    guarded)
 
 __all__ = ["ChorusNodeConfig", "ChorusNode", "OUTPUTS", "ViewTiming", "parameter_specs", "parameter_names", "main"]
 
@@ -70,6 +74,15 @@ OUTPUTS: dict[str, tuple[str, str]] = {
     "rgb": ("rendered/image_raw", "rgb8"),
 }
 """Output name -> (topic under the camera namespace, encoding)."""
+
+DROP_REASONS = ("view_rejected", "view_over_pixel_budget", "view_rate_limited", "view_queue_full",
+                "view_render_failed", "view_stamp_rewind", "pose_unpaired", "camera_info_unpaired",
+                "update_rejected", "update_queue_full", "update_foreign_map", "service_rejected")
+"""Reasons counted in ``~/status`` (drop_reasons/drop_counts). Every paired view request ends as
+one published view or one count of a ``view_*`` reason except 'view_stamp_rewind' (counted when
+a stamp rewind resets the rate limiter; that view is still served). ``*_unpaired``: poses and
+CameraInfos discarded without a partner; ``update_*``: map updates; ``service_rejected``:
+service calls answered with success=false."""
 
 
 @dataclass
@@ -89,7 +102,7 @@ class ChorusNodeConfig:
     queue_size: int = 2
     """Views kept per camera while the worker is busy (keep-newest: the oldest is dropped)."""
     max_rate_hz: float = 0.0
-    """Largest accepted view rate per camera, by stamp, Hz (0 = unlimited)."""
+    """Largest accepted view rate per camera, by stamp, Hz (0 = unlimited). A stamp older than the last accepted one (bag restart, clock jump) resets the limiter and is counted ('view_stamp_rewind' in ~/status)."""
     publish_semantic_color: bool = True
     """Publish <cam>/semantic_color/image_raw."""
     publish_overlay: bool = True
@@ -106,8 +119,10 @@ class ChorusNodeConfig:
     """Include per-object language embeddings in the object map (the query node needs them)."""
     strict_quaternions: bool = True
     """Reject camera poses whose quaternion is not unit length (instead of normalising)."""
-    max_image_pixels: int = 4096 * 4096
-    """Refuse views larger than this many pixels."""
+    max_image_pixels: int = 1920 * 1200
+    """Pixel budget of one view (width x height): larger view requests are refused and counted ('view_over_pixel_budget'), also by ~/render_relevance. A 4096x4096 view costs about 25 s and 8 GB on a CPU."""
+    service_queue_depth: int = 100
+    """Request queue depth of each service (rclpy QoS depth): concurrent clients beyond it lose requests."""
     map_update_depth: int = 16
     """Reader-side depth of the map update subscription (unprocessed deltas kept)."""
     max_pending_updates: int = 256
@@ -120,10 +135,22 @@ class ChorusNodeConfig:
     """Most class names accepted by ~/set_labels."""
     max_label_length: int = 200
     """Longest class name accepted by ~/set_labels, characters."""
+    save_root: str = ""
+    """Folder holding the saves of ~/save_map and ~/load_map ('' = $ROS_HOME/chorus_ros/maps, or ~/.ros/chorus_ros/maps). Request paths are names inside it (or absolute paths inside it): no '..', no hidden names, no symbolic links. Leftovers of interrupted saves in it are cleaned at start-up. Read at start."""
+    save_max_depth: int = 4
+    """Most folder levels of a save path below save_root."""
+    save_min_free_mb: float = 256.0
+    """Free space that must remain on the save volume after a save, MiB; a save that would leave less is refused before anything is written."""
+    map_id: str = ""
+    """The map this node follows: updates of other maps are refused and counted ('update_foreign_map' in ~/status). '' = adopt the map of the first FULL update applied (or of a save restored by ~/load_map)."""
+    follow_any_map: bool = False
+    """Let a FULL update of any map replace the map (which then becomes the followed one)."""
+    load_sequence: str = "keep"
+    """What ~/load_map does with the map update sequence: 'keep' (the followed publisher's live deltas keep applying on top of the loaded map), 'reset' (deltas are refused until the next FULL update) or 'restore' (take the map id and sequence stored with the save, so the publisher's deltas after it apply; refused for a save of another map)."""
 
 
-READ_ONLY = ["checkpoint", "map_frame", "cameras", "pose_source", "queue_size",
-             "map_update_depth", "max_pending_updates", "status_rate_hz"]
+READ_ONLY = ["checkpoint", "map_frame", "cameras", "pose_source", "queue_size", "save_root",
+             "map_update_depth", "max_pending_updates", "status_rate_hz", "service_queue_depth"]
 """ChorusNodeConfig parameters that need a restart (declared read-only)."""
 PIPELINE_MUTABLE = ["render.near", "render.far", "render.eps2d", "render.sh_degree", "render.background",
                     "render.radius_clip", "semantic.min_alpha", "semantic.min_confidence", "overlay_alpha"]
@@ -132,8 +159,8 @@ PIPELINE_MUTABLE = ["render.near", "render.far", "render.eps2d", "render.sh_degr
 RANGES = {"pair_tolerance_s": (0.0, 10.0), "queue_size": (1, 100), "max_rate_hz": (0.0, 1000.0),
           "map_update_depth": (1, 10000), "max_pending_updates": (1, 100000),
           "status_rate_hz": (0.01, 100.0), "error_throttle_s": (0.0, 3600.0),
-          "max_image_pixels": (1, 1 << 31), "max_label_count": (1, 65534),
-          "max_label_length": (1, 100000)}
+          "max_image_pixels": (1, 1 << 31), "max_label_count": (1, 65534), "service_queue_depth": (1, 100000),
+          "max_label_length": (1, 100000), "save_max_depth": (1, 32), "save_min_free_mb": (0.0, 1e9)}
 
 
 def parameter_specs() -> list:
@@ -215,9 +242,18 @@ class ChorusNode(Node):
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._tracker = SequenceTracker()
+        self._owner = MapOwnership(cfg.map_id, cfg.follow_any_map)
+        self._save_root = (persist.default_save_root() if not cfg.save_root
+                           else Path(cfg.save_root).expanduser())
+        self._clean_save_root(cfg)
         self._pairer = StampPairer(int(cfg.pair_tolerance_s * 1e9))
-        self._last_accept: dict[str, int] = {}
+        self._limiter = StampRateLimiter(cfg.max_rate_hz)
+        self._unpaired_seen = 0
         self._rate = RateMeter(5.0)
+        self.drops = DropCounter(DROP_REASONS)
+        """Dropped work by reason (published in ~/status drop_reasons/drop_counts)."""
+        self.encode_error = ""                  # '' or why the last encode failed
+        self._failed_version: int | None = None  # map version whose encode failed (not retried)
         self.dropped_updates = 0
         self.updates_received = 0               # map update messages seen by the callback
         self.views_received = 0                 # paired pose + CameraInfo (view requests)
@@ -261,11 +297,13 @@ class ChorusNode(Node):
                 name: self.create_publisher(Image, f"{cam}/{topic}", qos.images(),
                                             qos_overriding_options=qos.overrides())
                 for name, (topic, _) in OUTPUTS.items()}
-        self.create_service(SaveMap, "~/save_map", self._srv_save, callback_group=services)
-        self.create_service(LoadMap, "~/load_map", self._srv_load, callback_group=services)
-        self.create_service(SetLabels, "~/set_labels", self._srv_set_labels, callback_group=services)
+        srv_qos = qos.services(cfg.service_queue_depth)
+        self.create_service(SaveMap, "~/save_map", self._srv_save, callback_group=services, qos_profile=srv_qos)
+        self.create_service(LoadMap, "~/load_map", self._srv_load, callback_group=services, qos_profile=srv_qos)
+        self.create_service(SetLabels, "~/set_labels", self._srv_set_labels, callback_group=services,
+                            qos_profile=srv_qos)
         self.create_service(RenderRelevance, "~/render_relevance", self._srv_relevance,
-                            callback_group=services)
+                            callback_group=services, qos_profile=srv_qos)
         self.create_timer(1.0 / cfg.status_rate_hz, self._publish_status, callback_group=timers)
         self._publish_labels()
         self._worker = threading.Thread(target=self._run_worker, name="chorus_worker", daemon=True)
@@ -281,10 +319,25 @@ class ChorusNode(Node):
     def _validate_params(self, cfg: ChorusNodeConfig, names: list[str]) -> None:
         if cfg.pose_source not in ("topic", "tf"):
             raise ValueError(f"pose_source must be 'topic' or 'tf', got {cfg.pose_source!r}")
+        if cfg.load_sequence not in ("keep", "reset", "restore"):
+            raise ValueError(f"load_sequence must be 'keep', 'reset' or 'restore', got {cfg.load_sequence!r}")
+        if cfg.save_root and not Path(cfg.save_root).expanduser().is_absolute():
+            raise ValueError(f"save_root must be an absolute path (or '' for the ROS home), got {cfg.save_root!r}")
+
+    def _clean_save_root(self, cfg: ChorusNodeConfig) -> None:
+        """Remove (or put back) what interrupted saves left in save_root."""
+        try:
+            for line in persist.clean_orphans(self._save_root, max_depth=cfg.save_max_depth):
+                self.get_logger().warning(f"save_root clean-up: {line}")
+        except OSError as e:
+            self.errors.report("save_root clean-up", e)
 
     def _on_params(self, cfg: ChorusNodeConfig, names: list[str]) -> None:
         self._pairer.tolerance_ns = int(cfg.pair_tolerance_s * 1e9)
+        self._limiter.max_rate_hz = float(cfg.max_rate_hz)
         self.errors.throttle_s = cfg.error_throttle_s
+        if hasattr(self, "_owner"):
+            self._owner.configure(cfg.map_id, cfg.follow_any_map)
 
     def _on_pipeline_params(self, cfg: PipelineConfig, names: list[str]) -> None:
         with self._pipeline_lock():  # in place: the decoders hold references to the sub-configs
@@ -313,16 +366,19 @@ class ChorusNode(Node):
         return buf
 
     # ------------------------------------------------------------------------- callbacks
+    @guarded("map update callback")
     def _on_map_update(self, msg) -> None:
         self.updates_received += 1
         try:
             upd = map_update_from_msg(msg, self.config.map_frame)
         except (ChorusError, ValueError) as e:
+            self.drops.add("update_rejected")
             self.errors.report("map update rejected", e)
             return
         with self._updates_lock:
             if len(self._updates) >= self.config.max_pending_updates:
                 self.dropped_updates += 1
+                self.drops.add("update_queue_full")
                 self.errors.report("map update dropped", f"{len(self._updates)} updates pending "
                                    f"(max_pending_updates); later deltas will wait for a FULL update")
                 return
@@ -330,11 +386,28 @@ class ChorusNode(Node):
             self._enqueued += 1
         self._wake.set()
 
+    @guarded("pose callback")
     def _on_pose(self, camera: str, msg: PoseStamped) -> None:
         pair = self._pairer.add_a(camera, cv.stamp_to_ns(msg.header.stamp), msg)
+        self._count_unpaired(camera)
         if pair is not None:
             self._request_view(camera, *pair)
 
+    def _count_unpaired(self, camera: str) -> None:
+        """Count poses / CameraInfos the pairer discarded without a partner, and say why."""
+        un = self._pairer.unpaired
+        self.drops.set("pose_unpaired", un["a"])
+        self.drops.set("camera_info_unpaired", un["b"])
+        total = un["a"] + un["b"]
+        if total > self._unpaired_seen:
+            self._unpaired_seen = total
+            gap = self._pairer.last_gap_ns
+            near = "no counterpart received" if gap is None else f"nearest counterpart {gap} ns away"
+            self.errors.report(f"pose/camera_info on {camera} unpaired",
+                               f"{un['a']} poses and {un['b']} camera_infos discarded without a partner; "
+                               f"{near}, tolerance {self._pairer.tolerance_ns} ns (pair_tolerance_s)")
+
+    @guarded("camera_info callback")
     def _on_camera_info(self, camera: str, msg: CameraInfo) -> None:
         if self._tf is not None:
             pose = self._lookup_tf_pose(msg)
@@ -342,6 +415,7 @@ class ChorusNode(Node):
                 self._request_view(camera, pose, msg, cv.stamp_to_ns(msg.header.stamp))
             return
         pair = self._pairer.add_b(camera, cv.stamp_to_ns(msg.header.stamp), msg)
+        self._count_unpaired(camera)
         if pair is not None:
             self._request_view(camera, *pair)
 
@@ -361,24 +435,38 @@ class ChorusNode(Node):
     def _request_view(self, camera: str, pose: PoseStamped, info: CameraInfo, stamp_ns: int) -> None:
         cfg = self.config
         self.views_received += 1
+        pixels = int(info.width) * int(info.height)
+        if pixels > cfg.max_image_pixels:
+            self.drops.add("view_over_pixel_budget")
+            self.errors.report(f"view request on {camera} rejected",
+                               f"CameraInfo size {info.width}x{info.height} exceeds the limit of "
+                               f"{cfg.max_image_pixels} pixels (the pixel budget max_image_pixels)")
+            return
         try:
             cam = cv.camera_from_msgs(pose, info, map_frame=cfg.map_frame,
                                       strict_quaternion=cfg.strict_quaternions,
                                       max_pixels=cfg.max_image_pixels,
                                       default_frame=f"{camera}_optical_frame")
         except (ChorusError, ValueError) as e:
+            self.drops.add("view_rejected")
             self.errors.report(f"view request on {camera} rejected", e)
             return
-        last = self._last_accept.get(camera)
-        if cfg.max_rate_hz > 0 and last is not None and stamp_ns - last < 1e9 / cfg.max_rate_hz:
+        verdict = self._limiter.accept(camera, stamp_ns)
+        if verdict == "limited":
             self.rate_limited += 1
+            self.drops.add("view_rate_limited")
             return
-        self._last_accept[camera] = stamp_ns
+        if verdict == "rewind":
+            self.drops.add("view_stamp_rewind")
+            self.errors.report(f"view stamps on {camera} went back",
+                               f"stamp {stamp_ns} ns is older than the last accepted view; the rate "
+                               f"limiter was reset (bag restart or clock jump?)")
         with self._updates_lock:
             self._enqueued += 1
             if self._views.put(_View(camera, stamp_ns, pose.header.stamp, cam, time.monotonic()),
                                key=camera) is not None:
                 self._done += 1                 # the dropped (older) view counts as finished
+                self.drops.add("view_queue_full")
         self._wake.set()
 
     # ---------------------------------------------------------------------------- worker
@@ -409,6 +497,7 @@ class ChorusNode(Node):
                     return
                 upd = self._updates.popleft()
             try:
+                self._owner.check(upd.map_id, upd.update_type)
                 self._tracker.check(upd.map_id, upd.sequence, upd.update_type)
                 with self._lock:
                     if upd.removed_ids.numel():   # the pipeline ignores unknown ids: refuse them here
@@ -419,10 +508,15 @@ class ChorusNode(Node):
                                                     f"({int((~known).sum())} unknown)")
                     self.pipeline.apply_update(upd.gaussians, upd.removed_ids, full=upd.full)
                 self._tracker.commit(upd.map_id, upd.sequence, upd.update_type)
+                self._owner.commit(upd.map_id, upd.update_type)
                 self._map_stamp = upd.stamp
                 if self._dirty_since is None:
                     self._dirty_since = upd.received
+            except ForeignMapError as e:
+                self.drops.add("update_foreign_map")
+                self.errors.report("map update refused", e)
             except (ChorusError, ValueError, KeyError) as e:
+                self.drops.add("update_rejected")
                 self.errors.report(f"map update seq {upd.sequence} ({upd.kind}) rejected, map unchanged", e)
             finally:
                 self._finish()
@@ -434,10 +528,26 @@ class ChorusNode(Node):
     def _encode_if_needed(self) -> None:
         if self._dirty_since is None:
             return
+        version = int(self.pipeline.map.version)
+        if self._failed_version == version:
+            return                  # failed on this very map: wait for the next change, keep serving
         self._state = "encoding"
-        with self._lock:
-            summary = self.pipeline.encode()
-            objects = self.pipeline.objects()
+        try:
+            with self._lock:        # after a failure the caches may be stale: re-encode everything
+                summary = self.pipeline.encode(full=self._failed_version is not None)
+                objects = self.pipeline.objects()
+        except Exception as e:      # noqa: BLE001 - any failure: report, keep the last good encoding
+            self._failed_version = version
+            ids = list(getattr(e, "ids", []) or [])
+            self.encode_error = (f"encode of map version {version} failed: {type(e).__name__}: {e}"
+                                 + (f"; offending Gaussian ids {ids[:20]}" if ids else "")
+                                 + f"; serving views of the last good encoding (version {self.encoded_version}) "
+                                   "until the map changes")
+            self.errors.report("encode", self.encode_error)
+            self._state = "encode_failed"
+            return
+        self._failed_version = None
+        self.encode_error = ""
         self.encoded_version = int(summary.map_version)
         self.last_encode = summary
         self.encode_lag_s = time.monotonic() - self._dirty_since
@@ -453,7 +563,8 @@ class ChorusNode(Node):
                 t1 = time.monotonic()
                 result = self.pipeline.render_view(view.cam)
                 labels = self.pipeline.labels
-        except (ChorusError, ValueError) as e:
+        except Exception as e:      # noqa: BLE001 - counted and reported; the worker goes on
+            self.drops.add("view_render_failed")
             self.errors.report(f"rendering a view of {view.camera}", e)
             return
         t2 = time.monotonic()
@@ -492,6 +603,7 @@ class ChorusNode(Node):
                                 include_embeddings=self.config.publish_object_embeddings)
         self._objects_pub.publish(msg)
 
+    @guarded("status")
     def _publish_status(self) -> None:
         from chorus_ros.msg import Status
         p = self.pipeline
@@ -505,30 +617,70 @@ class ChorusNode(Node):
         msg.output_rate_hz = float(self._rate.rate())
         msg.dropped_requests = int(self._views.dropped + self.dropped_updates)
         msg.last_error = self.errors.last_error
+        counts = self.drops.snapshot()
+        msg.drop_reasons = list(counts)
+        msg.drop_counts = [int(v) for v in counts.values()]
+        msg.encode_error = self.encode_error
         self._status_pub.publish(msg)
 
     # ------------------------------------------------------------------------- services
+    @guarded("save_map", service=True)
     def _srv_save(self, req, res):
+        cfg = self.config
         try:
+            target = persist.resolve_in_root(self._save_root, req.path, max_depth=cfg.save_max_depth)
             with self._lock:
-                self.pipeline.save(req.path)
-            res.success, res.message = True, f"saved {len(self.pipeline.map)} Gaussians to {req.path}"
+                persist.check_free_space(target, self.pipeline.saved_nbytes(), int(cfg.save_min_free_mb * 2 ** 20))
+                meta = {"map_id": self._tracker.map_id or self._owner.owner or "",
+                        "map_sequence": self._tracker.last_sequence, "map_version": int(self.pipeline.map.version)}
+                self.pipeline.save(target, meta=meta)
+                n = len(self.pipeline.map)
+            res.success, res.message = True, f"saved {n} Gaussians to {target}"
         except (ChorusError, ValueError, OSError) as e:
+            self.drops.add("service_rejected")
             res.success, res.message = False, self.errors.report("save_map", e)
         return res
 
+    @guarded("load_map", service=True)
     def _srv_load(self, req, res):
+        """Validate the whole save first (pipeline untouched), then swap map, codebook and labels
+        in together; the sequence follows ``load_sequence``."""
+        cfg = self.config
+        mode = cfg.load_sequence
         try:
+            path = persist.resolve_in_root(self._save_root, req.path, max_depth=cfg.save_max_depth)
+            state = self.pipeline.read_saved(path)
+            meta = state.manifest.meta
+            saved_id, saved_seq = meta.get("map_id"), meta.get("map_sequence")
+            if mode == "restore":
+                if not (isinstance(saved_id, str) and saved_id and isinstance(saved_seq, int)
+                        and not isinstance(saved_seq, bool) and 0 <= saved_seq < 2 ** 63):
+                    raise CheckpointError(f"{path}: the save records no map id and sequence; load_sequence "
+                                          f"'restore' needs them (use 'keep' or 'reset')")
+                if not self._owner.may_adopt(saved_id):
+                    raise InvalidInputError(f"{path} is a save of map {saved_id!r}; this node follows map "
+                                            f"{self._owner.owner!r} (load_sequence 'restore' refuses it; "
+                                            f"'keep' or 'reset' load it without its sequence)")
             with self._lock:
-                self.pipeline.load(req.path)
-                self._tracker.reset()      # publisher deltas no longer apply: wait for a FULL
+                self.pipeline.install(state)
+                if mode == "reset":       # publisher deltas no longer apply: wait for a FULL
+                    self._tracker.reset()
+                elif mode == "restore":
+                    self._tracker.commit(saved_id, saved_seq, UPDATE_FULL)
+                    self._owner.commit(saved_id, UPDATE_FULL)
                 self._dirty_since = None
+                self.encoded_version = int(self.pipeline.map.version)   # features come with the save
+                n = len(self.pipeline.map)
             self._publish_objects()
-            res.success, res.message = True, f"loaded {len(self.pipeline.map)} Gaussians from {req.path}"
+            res.success = True
+            res.message = (f"loaded {n} Gaussians from {path} (saved from map {saved_id!r} at sequence "
+                           f"{saved_seq}); sequence {mode}: last applied {self._tracker.last_sequence}")
         except (ChorusError, ValueError, OSError) as e:
+            self.drops.add("service_rejected")
             res.success, res.message = False, self.errors.report("load_map", e)
         return res
 
+    @guarded("set_labels", service=True)
     def _srv_set_labels(self, req, res):
         cfg = self.config
         try:
@@ -551,6 +703,7 @@ class ChorusNode(Node):
             res.success, res.message = False, self.errors.report("set_labels", e)
         return res
 
+    @guarded("render_relevance", service=True)
     def _srv_relevance(self, req, res):
         cfg = self.config
         try:
@@ -565,6 +718,7 @@ class ChorusNode(Node):
             res.map_sequence = int(self._tracker.last_sequence or 0)
             res.success, res.message = True, ""
         except (ChorusError, ValueError) as e:
+            self.drops.add("service_rejected")
             res.success, res.message = False, self.errors.report("render_relevance", e)
         return res
 

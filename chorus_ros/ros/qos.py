@@ -15,6 +15,9 @@ poses, camera_info  best effort, volatile, keep-last 5          SensorDataQoS-co
                                                                 reliable publishers
 images (outputs)    reliable, volatile, keep-last 2             derived data, small depth
 status              reliable, volatile, keep-last 1             heartbeat
+services            reliable, volatile, keep-last N             N = ``service_queue_depth``
+                                                                (default 100; rclpy's 10 loses
+                                                                requests of >10 clients)
 ==================  ==========================================  ===============================
 
 Every publisher and subscription is created with :func:`overrides` so deployments can change
@@ -27,7 +30,7 @@ from rclpy.qos import (QoSDurabilityPolicy, QoSHistoryPolicy, QoSPolicyKind, QoS
                        QoSReliabilityPolicy)
 from rclpy.qos_overriding_options import QoSOverridingOptions
 
-__all__ = ["latched", "map_updates_sub", "sensor_input", "images", "status", "overrides"]
+__all__ = ["latched", "map_updates_sub", "sensor_input", "images", "status", "services", "overrides"]
 
 
 def latched(depth: int = 1) -> QoSProfile:
@@ -59,6 +62,12 @@ def images(depth: int = 2) -> QoSProfile:
 def status() -> QoSProfile:
     """The ``~/status`` heartbeat."""
     return images(1)
+
+
+def services(depth: int = 100) -> QoSProfile:
+    """Service request/response queues: reliable, volatile, keep-last ``depth`` (requests of more
+    concurrent clients than ``depth`` would be lost by the middleware, uncounted)."""
+    return images(int(depth))
 
 
 def overrides(*, durability: bool = False) -> QoSOverridingOptions:

@@ -9,13 +9,21 @@ Everything here is plain Python (thread-safe where noted) so it is unit-tested w
   within a tolerance), never "the latest".
 * :class:`SequenceTracker` - validates ``GaussianMapUpdate`` sequence numbers.
 * :class:`ErrorReporter` - logs errors throttled per kind, remembers the last one.
+* :class:`MapOwnership` - which map a node follows; refuses updates of other maps.
+* :func:`guarded` - decorator: a callback's unexpected exception becomes a reported error (and a
+  failed service response), never the end of the executor.
 * :class:`RateMeter` - events per second over a sliding window.
+* :class:`DropCounter` - counts dropped work by reason (for ``~/status``).
+* :class:`StampRateLimiter` - per-key rate limit by message stamp that survives stamp rewinds.
 """
 from __future__ import annotations
 
+import functools
 import itertools
+import os
 import threading
 import time
+import traceback
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable
@@ -23,6 +31,7 @@ from typing import Any, Callable, Hashable
 from chorus_ros.core.errors import InvalidInputError
 
 __all__ = ["KeepNewestQueue", "StampPairer", "SequenceTracker", "ErrorReporter", "RateMeter",
+           "DropCounter", "StampRateLimiter", "MapOwnership", "ForeignMapError", "guarded",
            "UPDATE_FULL", "UPDATE_DELTA"]
 
 UPDATE_FULL = 0
@@ -116,35 +125,54 @@ class StampPairer:
         self.buffer = int(buffer)
         self._a: dict[Hashable, deque] = {}
         self._b: dict[Hashable, deque] = {}
+        self.unpaired = {"a": 0, "b": 0}
+        """Messages of each stream discarded without a partner (pushed out of the buffer, or
+        older than a later match)."""
+        self.last_gap_ns: int | None = None
+        """Smallest stamp distance to any counterpart among the last messages discarded unpaired
+        (None when they never had a counterpart)."""
 
     def add_a(self, key: Hashable, stamp_ns: int, msg: Any) -> tuple[Any, Any, int] | None:
         """Add to stream A (poses); returns ``(a, b, stamp_ns_of_a)`` when matched."""
-        m = self._add(self._a, self._b, key, stamp_ns, msg)
+        m = self._add(self._a, self._b, key, stamp_ns, msg, "a", "b")
         return None if m is None else (m[0], m[1], stamp_ns)
 
     def add_b(self, key: Hashable, stamp_ns: int, msg: Any) -> tuple[Any, Any, int] | None:
         """Add to stream B (camera infos); returns ``(a, b, stamp_ns_of_a)`` when matched."""
-        m = self._add(self._b, self._a, key, stamp_ns, msg)
+        m = self._add(self._b, self._a, key, stamp_ns, msg, "b", "a")
         return None if m is None else (m[1], m[0], m[2])
 
-    def _add(self, mine, other, key, stamp, msg):
+    def _add(self, mine, other, key, stamp, msg, me, them):
         oq = other.setdefault(key, deque())
-        best, best_dt = None, None
-        for i, (s, _) in enumerate(oq):
-            dt = abs(s - stamp)
+        best, best_dt, near = None, None, None
+        for i, e in enumerate(oq):          # e = [stamp, msg, nearest counterpart distance]
+            dt = abs(e[0] - stamp)
+            near = dt if near is None else min(near, dt)
+            e[2] = dt if e[2] is None else min(e[2], dt)
             if dt <= self.tolerance_ns and (best_dt is None or dt < best_dt):
                 best, best_dt = i, dt
+        q = mine.setdefault(key, deque(maxlen=self.buffer))
         if best is None:
-            q = mine.setdefault(key, deque(maxlen=self.buffer))
-            q.append((stamp, msg))
+            if len(q) == q.maxlen:
+                self._discard(me, [q[0]])       # the oldest falls out unmatched
+            q.append([stamp, msg, near])
             return None
-        s_other, m_other = oq[best]
+        s_other, m_other, _ = oq[best]
+        self._discard(them, [oq[i] for i in range(best)])   # older ones skipped by this match
         for _ in range(best + 1):  # drop the match and everything older in the other stream
             oq.popleft()
-        q = mine.setdefault(key, deque(maxlen=self.buffer))
+        old = []
         while q and q[0][0] <= stamp:
-            q.popleft()
+            old.append(q.popleft())
+        self._discard(me, old)
         return msg, m_other, s_other
+
+    def _discard(self, stream: str, entries: list) -> None:
+        if not entries:
+            return
+        self.unpaired[stream] += len(entries)
+        gaps = [e[2] for e in entries if e[2] is not None]
+        self.last_gap_ns = min(gaps) if gaps else None
 
 
 @dataclass
@@ -255,6 +283,90 @@ class ErrorReporter:
         return text
 
 
+class ForeignMapError(InvalidInputError):
+    """A map update for a map this node does not follow (see :class:`MapOwnership`)."""
+
+
+class MapOwnership:
+    """Which map a node follows (its ``map_id`` and ``follow_any_map`` parameters).
+
+    * ``map_id`` set: only updates of that map are applied; a FULL update of another map
+      (even an empty one) cannot replace or wipe it.
+    * ``map_id`` empty: the node adopts the map id of the first FULL update it applies (or of a
+      save restored by LoadMap) and from then on behaves as if configured with it.
+    * ``follow_any``: a FULL update of any map is accepted and makes that map the owned one (the
+      behaviour before ownership existed); a DELTA still needs a FULL of its own map first
+      (:class:`SequenceTracker`).
+
+    :meth:`check` raises :class:`ForeignMapError` and counts the refusal; :meth:`commit` records
+    an applied update. Not thread-safe (the node's worker uses it).
+    """
+
+    def __init__(self, map_id: str = "", follow_any: bool = False) -> None:
+        self.configured = str(map_id)
+        self.follow_any = bool(follow_any)
+        self.owner: str | None = self.configured or None
+        self.refused = 0
+        """Updates refused because they were for another map."""
+
+    def configure(self, map_id: str, follow_any: bool) -> None:
+        """Apply changed parameters: a new non-empty ``map_id`` becomes the owner at once;
+        an empty one keeps the map already adopted."""
+        if map_id != self.configured and map_id:
+            self.owner = map_id
+        self.configured, self.follow_any = str(map_id), bool(follow_any)
+
+    def check(self, map_id: str, update_type: int) -> None:
+        if self.owner is None or map_id == self.owner:
+            return
+        if self.follow_any and update_type == UPDATE_FULL:
+            return
+        self.refused += 1
+        how = "parameter map_id" if self.configured else "adopted from its first FULL update; parameter map_id"
+        kind = "FULL" if update_type == UPDATE_FULL else "DELTA"
+        raise ForeignMapError(f"{kind} update for map {map_id!r} refused: this node follows map {self.owner!r} "
+                              f"({how}); set follow_any_map to let FULL updates of other maps replace it")
+
+    def commit(self, map_id: str, update_type: int) -> None:
+        """Record an applied update (a FULL makes its map the owned one)."""
+        if update_type == UPDATE_FULL or self.owner is None:
+            self.owner = map_id
+
+    def may_adopt(self, map_id: str) -> bool:
+        """True when a save of ``map_id`` may be restored with its sequence (LoadMap 'restore')."""
+        return self.owner is None or self.owner == map_id or self.follow_any
+
+
+def guarded(context: str, *, service: bool = False) -> Callable:
+    """Decorator for node callbacks: any exception the callback lets escape (beyond the errors it
+    handles itself) is reported through ``node.errors`` (the ``~/status`` last_error and the log,
+    with where it happened) instead of ending the executor. For a service (``service=True``) the
+    response comes back with ``success = false`` and that text as ``message``, and
+    ``node.drops`` (when the node has one) counts a 'service_rejected'.
+
+    The decorated method is ``method(node, *args)``; for services the last argument is the
+    response object."""
+    def deco(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(node, *args):
+            try:
+                return fn(node, *args)
+            except Exception as e:  # noqa: BLE001 - the point: nothing may end the executor
+                tb = traceback.extract_tb(e.__traceback__)
+                where = f" (at {os.path.basename(tb[-1].filename)}:{tb[-1].lineno} in {tb[-1].name})" if tb else ""
+                text = node.errors.report(context, f"unexpected {type(e).__name__}: {e}{where}")
+                if not service:
+                    return None
+                drops = getattr(node, "drops", None)
+                if drops is not None:
+                    drops.add("service_rejected")
+                res = args[-1]
+                res.success, res.message = False, text
+                return res
+        return wrapper
+    return deco
+
+
 class RateMeter:
     """Events per second over the last ``window_s`` seconds. Thread-safe."""
 
@@ -278,3 +390,59 @@ class RateMeter:
         with self._lock:
             self._trim()
             return len(self._t) / self.window_s if self._t else 0.0
+
+
+class DropCounter:
+    """Counts of dropped work by reason (``{reason: count}``), for ``~/status``. Thread-safe."""
+
+    def __init__(self, reasons: tuple[str, ...] = ()) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {r: 0 for r in reasons}
+
+    def add(self, reason: str, n: int = 1) -> None:
+        if n:
+            with self._lock:
+                self._counts[reason] = self._counts.get(reason, 0) + int(n)
+
+    def set(self, reason: str, n: int) -> None:
+        """Mirror a count kept elsewhere (e.g. the keep-newest queue's ``dropped``)."""
+        with self._lock:
+            self._counts[reason] = int(n)
+
+    def get(self, reason: str) -> int:
+        with self._lock:
+            return self._counts.get(reason, 0)
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+    def total(self, prefix: str = "") -> int:
+        with self._lock:
+            return sum(v for k, v in self._counts.items() if k.startswith(prefix))
+
+
+class StampRateLimiter:
+    """Accepts at most ``max_rate_hz`` messages per key, judged by their stamps (0 = unlimited).
+
+    A stamp older than the last accepted one (a rewind: bag restarted, simulation reset, clock
+    jump) would otherwise block every later message until the stamps catch up again; it resets
+    the key's limiter instead, is accepted and is counted in :attr:`rewinds`. Not thread-safe.
+    """
+
+    def __init__(self, max_rate_hz: float = 0.0) -> None:
+        self.max_rate_hz = float(max_rate_hz)
+        self._last: dict[Hashable, int] = {}
+        self.rewinds = 0
+
+    def accept(self, key: Hashable, stamp_ns: int) -> str:
+        """'ok' (accepted), 'rewind' (accepted after resetting the limiter) or 'limited'."""
+        last = self._last.get(key)
+        if last is not None and stamp_ns < last:
+            self.rewinds += 1
+            self._last[key] = stamp_ns
+            return "rewind"
+        if self.max_rate_hz > 0 and last is not None and stamp_ns - last < 1e9 / self.max_rate_hz:
+            return "limited"
+        self._last[key] = stamp_ns
+        return "ok"

@@ -105,3 +105,37 @@ def test_rate_meter():
     assert m.rate() == 2.0
     t[0] = 10.0
     assert m.rate() == 0.0
+
+
+def test_stamp_rate_limiter_survives_rewinds():
+    from chorus_ros.ros.runtime import StampRateLimiter
+    lim = StampRateLimiter(2.0)                  # at most one per 0.5 s of stamps
+    s = 1_000_000_000
+    assert [lim.accept("c", t) for t in (100 * s, 100 * s + s // 10, 100 * s + 6 * s // 10)] == ["ok", "limited", "ok"]
+    assert lim.accept("c", 10 * s) == "rewind" and lim.rewinds == 1      # went back 90 s: reset, accepted
+    assert [lim.accept("c", t) for t in (10 * s + s // 10, 10 * s + 6 * s // 10)] == ["limited", "ok"]
+    assert lim.accept("other", 10 * s) == "ok"                        # per key
+    unlimited = StampRateLimiter(0.0)
+    assert [unlimited.accept("c", t) for t in (5, 5, 6, 4)] == ["ok", "ok", "ok", "rewind"]
+
+
+def test_drop_counter_by_reason():
+    from chorus_ros.ros.runtime import DropCounter
+    d = DropCounter(("a", "b"))
+    d.add("a")
+    d.add("c", 3)
+    d.set("b", 7)
+    assert d.snapshot() == {"a": 1, "b": 7, "c": 3} and d.total() == 11 and d.get("zz") == 0
+
+
+def test_pairer_counts_unpaired_messages_and_their_nearest_counterpart():
+    from chorus_ros.ros.runtime import StampPairer
+    p = StampPairer(tolerance_ns=0, buffer=3)
+    assert p.add_a("c", 100, "pose") is None
+    assert p.add_b("c", 101, "info") is None           # 1 ns apart: never paired
+    assert p.add_a("c", 200, "pose2") is None
+    assert p.add_b("c", 200, "info2") == ("pose2", "info2", 200)
+    assert p.unpaired == {"a": 1, "b": 1} and p.last_gap_ns == 1
+    for t in range(300, 305):                         # buffer overflow: the oldest fall out
+        p.add_a("c", t, "x")
+    assert p.unpaired == {"a": 3, "b": 1} and p.last_gap_ns is None

@@ -45,6 +45,25 @@ class RenderSettings:
     radius_clip: float = 0.0
     """Skip Gaussians whose screen radius is at most this many pixels."""
 
+    def validate(self) -> None:
+        """Raise InvalidInputError naming a setting no render can use (run-time parameter
+        changes are checked with this before they are accepted)."""
+        import math
+        near, far = self.near, self.far
+        if not (math.isfinite(near) and near > 0 and not math.isnan(far) and far > near):
+            raise InvalidInputError(f"render settings need 0 < near < far (near finite), got near={near}, far={far}")
+        if not (math.isfinite(self.eps2d) and self.eps2d >= 0):
+            raise InvalidInputError(f"render eps2d must be finite and >= 0, got {self.eps2d}")
+        if not (math.isfinite(self.radius_clip) and self.radius_clip >= 0):
+            raise InvalidInputError(f"render radius_clip must be finite and >= 0, got {self.radius_clip}")
+        if self.sh_degree is not None and self.sh_degree not in (0, 1, 2, 3):
+            raise InvalidInputError(f"render sh_degree must be unset or 0..3, got {self.sh_degree}")
+        bg = tuple(self.background)
+        if len(bg) != 3 or not all(math.isfinite(float(v)) for v in bg):
+            raise InvalidInputError(f"render background must be 3 finite numbers, got {self.background}")
+        if int(self.tile_size) < 1:
+            raise InvalidInputError(f"render tile_size must be >= 1, got {self.tile_size}")
+
 
 @dataclass
 class RenderOutput:
