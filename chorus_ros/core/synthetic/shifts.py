@@ -15,7 +15,7 @@ Options and what they change (all off by default):
   makes every surface's Gaussians the same size distribution, independent of class),
   ``photometric_steps`` (re-fit the Gaussians photometrically to rendered views,
   :mod:`.photometric`);
-* per-Gaussian options (keep each Gaussian's identity and label): ``size_jitter``,
+* per-Gaussian options (keep each Gaussian's identity and label): ``equal_sizes``, ``size_jitter``,
   ``isotropic_fraction``, ``yaw_deg``/``tilt_deg`` (a rigid turn of the whole map about the
   vertical and a small tilt of gravity), ``white_balance``/``exposure``/``shading``/
   ``palette_deg`` (colour and lighting), ``position_noise``, ``low_opacity_fraction``;
@@ -54,6 +54,8 @@ class ShiftConfig:
     """[lo, hi] Gaussians per room (the generator's target_gaussians), e.g. [20000, 1000000]; empty keeps the base config's."""
     stuff_density: list[float] = field(default_factory=list)
     """[lo, hi] sampling density of floor/walls/ceiling relative to objects (room source); 1.0 gives every surface the same Gaussian size distribution, independent of class (the generator's default 0.35 makes stuff Gaussians 1.7x larger)."""
+    equal_sizes: bool = False
+    """Give every Gaussian the same in-plane size (the map's median; thickness ratio kept), so sizes do not depend on the surface or class; combine with size_jitter for a spread."""
     size_jitter: float = 0.0
     """Std of a log-normal size factor per Gaussian (all axes), independent of class."""
     isotropic_fraction: float = 0.0
@@ -128,7 +130,7 @@ class ShiftConfig:
     @property
     def per_gaussian(self) -> bool:
         """True if any option of :func:`shift_gaussians` is on."""
-        return bool(self.size_jitter or self.isotropic_fraction or self.yaw_deg or self.tilt_deg
+        return bool(self.equal_sizes or self.size_jitter or self.isotropic_fraction or self.yaw_deg or self.tilt_deg
                     or self.white_balance or self.exposure or self.shading or self.palette_deg
                     or self.position_noise or self.low_opacity_fraction or self.floater_fraction
                     or self.dead_fraction)
@@ -137,10 +139,11 @@ class ShiftConfig:
 SHIFT_SUITE: dict[str, ShiftConfig] = {
     "none": ShiftConfig(),
     "sparse": ShiftConfig(density=[20_000, 20_000]),
-    "dense": ShiftConfig(density=[250_000, 250_000]),
-    "uniform_sizes": ShiftConfig(stuff_density=[1.0, 1.0], size_jitter=0.25),
+    "dense": ShiftConfig(density=[150_000, 150_000]),
+    "uniform_sizes": ShiftConfig(stuff_density=[1.0, 1.0], equal_sizes=True, size_jitter=0.25),
     "isotropic": ShiftConfig(isotropic_fraction=1.0),
-    "photometric": ShiftConfig(photometric_steps=300, density=[30_000, 30_000]),
+    "photometric": ShiftConfig(photometric_steps=250, photometric_views=12, photometric_size=[80, 60],
+                               density=[20_000, 20_000]),
     "rotated": ShiftConfig(yaw_deg=[20.0, 70.0], tilt_deg=3.0),
     "colour": ShiftConfig(white_balance=0.25, exposure=0.8, shading=0.5, palette_deg=40.0),
     "noise": ShiftConfig(position_noise=0.01, low_opacity_fraction=0.3, floater_fraction=0.05,
@@ -259,6 +262,9 @@ def shift_gaussians(g: GaussianArrays, cfg: ShiftConfig, gen: torch.Generator, *
     m = means.shape[0]
     ids = g.ids[src] if g.ids is not None and not added else torch.arange(m, dtype=torch.int64)
     # --- sizes and shapes (class-independent)
+    if cfg.equal_sizes and m > 0:
+        top = torch.topk(log_s, 2, dim=1).values.mean(1)  # log in-plane size
+        log_s = log_s - (top - top.median())[:, None]
     if cfg.size_jitter > 0:
         log_s = log_s + torch.randn(m, 1, generator=gen) * cfg.size_jitter
     if cfg.isotropic_fraction > 0:

@@ -1,0 +1,236 @@
+"""Shift options of the synthetic generator (issue 8): each one really changes the statistic it
+names, and nothing else it should keep (labels follow their Gaussians)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from chorus_ros.core.errors import InvalidInputError
+from chorus_ros.core.synthetic import SceneConfig, generate_scene
+from chorus_ros.core.synthetic.classes import class_id
+from chorus_ros.core.synthetic.shifts import (SHIFT_SUITE, ShiftConfig, base_scene, generate_shifted_scene,
+                                              shift_gaussians)
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return generate_scene(SceneConfig(seed=3, target_gaussians=4000))
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _inplane(g) -> torch.Tensor:
+    """[N] geometric mean of the two largest stds (a surfel's size)."""
+    return torch.topk(g.log_scales, 2, dim=1).values.mean(1).exp()
+
+
+def _normals(g) -> torch.Tensor:
+    from chorus_ros.core.encoder.features import quats_wxyz_to_rotmats
+    rot = quats_wxyz_to_rotmats(g.unit_quats)
+    k = torch.argmin(g.log_scales, dim=1)
+    return torch.gather(rot, 2, k[:, None, None].expand(-1, 3, 1)).squeeze(-1)
+
+
+def _stuff_vs_things(g) -> float:
+    lab = g.extras["label"]
+    size = _inplane(g)
+    stuff = (lab == class_id("floor")) | (lab == class_id("wall"))
+    return float(size[stuff].median() / size[~stuff].median())
+
+
+def test_config_validation_names_the_field():
+    with pytest.raises(InvalidInputError, match="source"):
+        ShiftConfig(source="scan")
+    with pytest.raises(InvalidInputError, match="density"):
+        ShiftConfig(density=[5000, 100])
+    with pytest.raises(InvalidInputError, match="isotropic_fraction"):
+        ShiftConfig(isotropic_fraction=2.0)
+    with pytest.raises(InvalidInputError, match="unknown keys \\['yaw'\\]"):
+        ShiftConfig.from_dict({"yaw": 3})
+    with pytest.raises(InvalidInputError, match="unknown shift"):
+        generate_shifted_scene("upside_down", 1)
+
+
+def test_density_hits_the_requested_count():
+    for n in (3000, 9000):
+        sc = base_scene(5, ShiftConfig(density=[n, n]))
+        assert abs(len(sc.gaussians) - n) < 0.05 * n
+
+
+def test_stuff_density_makes_floor_and_object_gaussians_the_same_size():
+    base = generate_scene(SceneConfig(seed=4, target_gaussians=3000))
+    r0 = _stuff_vs_things(base.gaussians)
+    assert r0 > 1.4  # the generator's default: stuff ~1.7x larger
+    same = base_scene(4, ShiftConfig(stuff_density=[1.0, 1.0], density=[3000, 3000]))
+    # same sampling density on every surface (small object parts still get smaller cells)
+    assert _stuff_vs_things(same.gaussians) < r0 - 0.25
+    # equal_sizes: the median size of floor/wall Gaussians equals that of object Gaussians
+    eq, _, _ = shift_gaussians(base.gaussians, ShiftConfig(equal_sizes=True), _gen())
+    assert _stuff_vs_things(eq) == pytest.approx(1.0, abs=0.01)
+    torch.testing.assert_close(eq.scales.min(1).values / eq.scales.max(1).values,
+                               base.gaussians.scales.min(1).values / base.gaussians.scales.max(1).values)
+    # and the training randomisation draws it per seed inside its range
+    a = generate_scene(SceneConfig(seed=1, target_gaussians=1500, stuff_density_range=(0.35, 1.0)))
+    b = generate_scene(SceneConfig(seed=2, target_gaussians=1500, stuff_density_range=(0.35, 1.0)))
+    assert _stuff_vs_things(a.gaussians) != pytest.approx(_stuff_vs_things(b.gaussians), abs=0.02)
+
+
+def test_size_jitter_and_isotropy(scene):
+    g = scene.gaussians
+    j, _, _ = shift_gaussians(g, ShiftConfig(size_jitter=0.5), _gen())
+    d = (j.log_scales - g.log_scales)
+    assert float(d.std()) == pytest.approx(0.5, rel=0.1)
+    assert torch.allclose(d[:, 0], d[:, 2], atol=1e-5)  # one factor per Gaussian: the shape is kept
+    s = g.scales
+    assert float((s.min(1).values / s.max(1).values).median()) < 0.2  # flat surfels
+    iso, _, _ = shift_gaussians(g, ShiftConfig(isotropic_fraction=1.0), _gen())
+    si = iso.scales
+    torch.testing.assert_close(si.min(1).values, si.max(1).values)
+    half, _, _ = shift_gaussians(g, ShiftConfig(isotropic_fraction=0.5), _gen())
+    frac = float((half.scales.min(1).values / half.scales.max(1).values > 0.99).float().mean())
+    assert frac == pytest.approx(0.5, abs=0.05)
+
+
+def test_yaw_turns_normals_about_the_vertical_and_tilt_tilts_gravity(scene):
+    g = scene.gaussians
+    walls = g.extras["instance"] == 2  # the south wall, normal along y
+    n0 = _normals(g)[walls]
+    r, _, T = shift_gaussians(g, ShiftConfig(yaw_deg=[40.0, 40.0]), _gen())
+    n1 = _normals(r)[walls]
+    # the wall's normal turned by 40 degrees about z, its vertical component unchanged
+    ang = torch.rad2deg(torch.atan2(n1[:, 1], n1[:, 0]) - torch.atan2(n0[:, 1], n0[:, 0]))
+    ang = (ang + 180) % 180  # sign-free axis
+    assert float(ang.median()) == pytest.approx(40.0, abs=0.5)
+    torch.testing.assert_close(n1[:, 2].abs(), n0[:, 2].abs(), atol=1e-4, rtol=0)
+    assert np.allclose(T[:3, :3] @ T[:3, :3].T, np.eye(3), atol=1e-9)
+    # positions follow T; labels stay with their Gaussians
+    torch.testing.assert_close(r.means, g.means @ torch.as_tensor(T[:3, :3]).float().T
+                               + torch.as_tensor(T[:3, 3]).float(), atol=1e-4, rtol=0)
+    assert torch.equal(r.extras["label"], g.extras["label"])
+    floor = g.extras["label"] == class_id("floor")
+    t, _, _ = shift_gaussians(g, ShiftConfig(tilt_deg=5.0), _gen(1))
+    tilt = torch.rad2deg(torch.acos(_normals(t)[floor][:, 2].abs().clamp(max=1.0)))
+    assert 0.2 < float(tilt.median()) <= 5.0 + 1e-3
+
+
+def test_colour_options_change_colour(scene):
+    g = scene.gaussians
+    rgb = g.base_rgb
+    wb, _, _ = shift_gaussians(g, ShiftConfig(white_balance=0.3), _gen(2))
+    ratio = (wb.base_rgb.mean(0) / rgb.mean(0))
+    assert float(ratio.max() - ratio.min()) > 0.05  # channels scaled differently
+    ex, _, _ = shift_gaussians(g, ShiftConfig(exposure=1.0), _gen(3))
+    e = ex.base_rgb[rgb.max(1).values < 0.4] / rgb[rgb.max(1).values < 0.4]
+    assert float(e.std()) < 1e-3 and abs(float(e.mean()) - 1) > 0.02  # one gain for all
+    pal, _, _ = shift_gaussians(g, ShiftConfig(palette_deg=60.0, ), _gen(4))
+    fixed, _, _ = shift_gaussians(g, ShiftConfig(palette_deg=1e-6), _gen(4))
+    inside = (rgb.min(1).values > 0.25) & (rgb.max(1).values < 0.75)
+    assert float((pal.base_rgb - rgb).abs().max()) > 0.02
+    assert float((fixed.base_rgb - rgb).abs().max()) < 1e-5
+    # a hue rotation about the grey axis keeps each colour's grey level (away from clamping)
+    torch.testing.assert_close(pal.base_rgb[inside].mean(1), rgb[inside].mean(1), atol=2e-3, rtol=0)
+    sh, _, _ = shift_gaussians(g, ShiftConfig(shading=0.8), _gen(5))
+    assert bool((sh.base_rgb <= rgb + 1e-5).all()) and float((rgb - sh.base_rgb).mean()) > 0.02
+
+
+def test_position_noise_and_opacities(scene):
+    g = scene.gaussians
+    p, _, _ = shift_gaussians(g, ShiftConfig(position_noise=0.01), _gen())
+    assert float((p.means - g.means).std()) == pytest.approx(0.01, rel=0.1)
+    assert float(g.opacity.min()) > 0.19  # the generator: (nearly) opaque surfels
+    lo, _, _ = shift_gaussians(g, ShiftConfig(low_opacity_fraction=0.4), _gen())
+    assert float((lo.opacity < 0.1).float().mean()) > 0.25
+
+
+def test_floaters_and_dead_gaussians_take_their_source_labels(scene):
+    g = scene.gaussians
+    n = len(g)
+    out, src, _ = shift_gaussians(g, ShiftConfig(floater_fraction=0.1, dead_fraction=0.3), _gen())
+    assert len(out) == n + round(0.1 * n) + round(0.3 * n)
+    assert torch.equal(out.extras["label"], g.extras["label"][src])
+    assert torch.equal(src[:n], torch.arange(n))
+    dead = out.scales[n + round(0.1 * n):]
+    assert float(dead.max()) < 3e-3 and float(out.opacity[n + round(0.1 * n):].max()) <= 0.05
+    fl = slice(n, n + round(0.1 * n))
+    off = (out.means[fl] - g.means[src[fl]]).norm(dim=1)
+    assert float(off.min()) >= 0.05 - 1e-5 and float(out.opacity[fl].max()) <= 0.3
+
+
+def test_shifted_scene_cameras_follow_the_map():
+    """Rendering the rotated map from the moved cameras gives the same image."""
+    from chorus_ros.core.render import render
+    views = {"loop_views": 1, "random_views": 0, "width": 48, "height": 36}
+    a = generate_shifted_scene("none", 7, scene={"target_gaussians": 3000}, views=views)
+    b = generate_shifted_scene("r", 7, ShiftConfig(yaw_deg=[90.0, 90.0]), scene={"target_gaussians": 3000},
+                               views=views)
+    assert not torch.allclose(a.gaussians.means, b.gaussians.means, atol=0.1)
+    ia, ib = render(a.gaussians, a.cameras[0]).rgb, render(b.gaussians, b.cameras[0]).rgb
+    assert float((ia - ib).abs().mean()) < 2e-3
+
+
+def test_mesh_source_is_area_uniform_with_equal_sizes():
+    from chorus_ros.core.synthetic.meshrooms import MeshRoomConfig, generate_mesh_room
+    sc = generate_mesh_room(MeshRoomConfig(seed=1, target_gaussians=6000))
+    g = sc.gaussians
+    assert len(g) == 6000
+    assert _stuff_vs_things(g) == pytest.approx(1.0, abs=1e-6)  # one size on every surface
+    lab = g.extras["label"]
+    assert {int(c) for c in lab.unique()} >= {class_id(c) for c in ("floor", "wall", "ceiling", "table")}
+    # area-uniform: the floor's share of samples equals its share of the surface area
+    floor_area = float(sc.room_max[0] * sc.room_max[1])
+    share = float((lab == class_id("floor")).float().mean())
+    assert share == pytest.approx(floor_area / (sc.spacing ** 2 * 6000), rel=0.15)
+    for iid, info in sc.instances.items():  # instance table consistent with the Gaussians
+        sel = g.extras["instance"] == iid
+        if bool(sel.any()):
+            assert bool((lab[sel] == info.class_id).all())
+
+
+def test_photometric_fit_gives_real_3dgs_statistics():
+    """A short fit on a tiny room: labels come from the source Gaussians, the loss drops, and the
+    opaque, flat generator surfels become faint, anisotropic, scattered-size Gaussians."""
+    from chorus_ros.core.synthetic.photometric import PhotometricFitConfig, fit_gaussians, gaussian_statistics
+    from chorus_ros.core.synthetic.trajectory import TrajectoryConfig, make_trajectory
+    sc = generate_scene(SceneConfig(seed=2, target_gaussians=1200))
+    traj = make_trajectory(sc, TrajectoryConfig(loop_views=1, random_views=0, width=32, height=24))
+    cfg = PhotometricFitConfig(steps=20, views=1, width=32, height=24, lr_scales=0.05, floater_fraction=0.1)
+    res = fit_gaussians(sc.gaussians, traj.cameras[:1], cfg)
+    fit = res.gaussians
+    assert torch.equal(fit.extras["label"], sc.gaussians.extras["label"][res.source])
+    assert np.mean(res.losses[-5:]) < 0.8 * np.mean(res.losses[:3])
+    before, after = gaussian_statistics(sc.gaussians), gaussian_statistics(fit)
+    assert before["median_opacity"] > 0.9 and after["median_opacity"] < 0.5
+    assert after["frac_opacity_below_0.1"] > 0.05 and after["frac_opacity_above_0.9"] < 0.05
+    assert float(torch.logit(fit.opacity).std()) > 0.1  # opacities spread from the common start
+    s = fit.scales
+    assert float((s.max(1).values / s.min(1).values).median()) > 1.02  # started isotropic
+    m = round(0.7 * len(sc.gaussians))
+    assert len(fit) == m + round(0.1 * m)  # initial points + floaters
+
+
+def test_augment_shift_keeps_targets_with_their_gaussians(scene):
+    from chorus_ros.core.lift import LiftedTargets
+    from chorus_ros.core.train.augment import augment_scene
+    from chorus_ros.core.train.config import AugmentConfig
+    g = scene.gaussians
+    n = len(g)
+    feats = torch.nn.functional.one_hot(g.extras["label"], 20).float()
+    tg = LiftedTargets({"language": feats}, torch.ones(n), torch.ones(n, dtype=torch.bool))
+    cfg = AugmentConfig(crop_prob=0.0, drop_max=0.0, shift={"floater_fraction": 0.2, "dead_fraction": 0.2,
+                                                          "white_balance": 0.2, "isotropic_fraction": 1.0})
+    out, t2 = augment_scene(g, tg, cfg, _gen(7))
+    assert len(out) == len(t2) and len(out) > n
+    assert torch.equal(t2.features["language"].argmax(1), out.extras["label"])
+
+
+def test_suite_names_are_independent_shifts():
+    assert {"none", "sparse", "dense", "uniform_sizes", "isotropic", "photometric", "rotated", "colour", "noise",
+            "mesh"} <= set(SHIFT_SUITE)
+    assert not SHIFT_SUITE["none"].per_gaussian and SHIFT_SUITE["rotated"].per_gaussian
+    assert all(isinstance(c, ShiftConfig) for c in SHIFT_SUITE.values())
+    assert math.isclose(SHIFT_SUITE["uniform_sizes"].stuff_density[0], 1.0) and SHIFT_SUITE["uniform_sizes"].equal_sizes
