@@ -6,6 +6,8 @@
     chorus-eval --ablation full=checkpoints/demo no_object=checkpoints/ablation/no_object --out docs/ablation.md
     chorus-eval --suite shift --checkpoint checkpoints/demo [--shifts rotated mesh] --json shift.json
     chorus-eval --suite shift --ablation before=OLD after=checkpoints/demo --out - (side by side)
+    chorus-eval --bag BAG --checkpoint checkpoints/demo [--rate 0] --json r.json (through the nodes:
+                chorus_ros.ros.bag_eval; the bag from `chorus-ros make-bag --dataset DIR`)
 
 Scene folder layouts: chorus_ros.core.datasets.folder; metrics: chorus_ros.core.metrics.scenes
 (definitions also in docs/evaluation.md). A malformed folder prints one error naming the file
@@ -57,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--section", help="replace only this marked section of --out (keeps the rest of the file)")
     ap.add_argument("--json", metavar="FILE", help="write the results as one JSON object (percent)")
     ap.add_argument("--plots", metavar="DIR", help="write PNG plots (confusion, per-class IoU, contact sheet)")
+    ap.add_argument("--contact-views", type=int, default=2, help="views per scene on the contact sheet")
     ap.add_argument("--title", default=None, help="report title")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     ap.add_argument("--suite", choices=["shift"], help="run a suite: 'shift' = held-out scenes under named "
@@ -64,7 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shifts", nargs="+", metavar="NAME", help="with --suite shift: only these shifts")
     ap.add_argument("--suite-seeds", type=int, nargs="+", metavar="SEED", help="with --suite shift: scene seeds "
                     "(default 5000 5001)")
+    from chorus_ros.ros.bag_eval import add_arguments as bag_arguments  # --bag: the ROS path (issue 7)
+    bag_arguments(ap)
     a = ap.parse_args(argv)
+    if a.bag and (a.dataset or a.ablation or a.suite):
+        ap.error("--bag cannot be combined with --dataset, --ablation or --suite")
     if a.ablation and (a.checkpoint or a.dataset):
         ap.error("--ablation cannot be combined with --checkpoint or --dataset")
     if not a.ablation and not a.checkpoint:
@@ -73,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--map needs exactly one --dataset folder")
     cmd = "chorus-eval " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
     try:
+        if a.bag:
+            from chorus_ros.ros.bag_eval import run_cli
+            return run_cli(a, cmd)
         if a.suite:
             return _suite(a, cmd)
         if a.dataset:
@@ -116,12 +126,15 @@ def _dataset(a, cmd: str) -> int:
         print(f"{s.name}: {len(s)} views, {len(s.gaussians)} Gaussians ({s.layout} layout); not given to the "
               f"model: {', '.join(s.ignored_properties) or 'nothing'}", file=sys.stderr)
     res = evaluate_scenes(_factory(a.checkpoint, a.device), scenes,
-                          SceneEvalConfig(min_alpha=a.min_alpha, chunks=a.chunks), progress=not a.no_progress)
+                          SceneEvalConfig(min_alpha=a.min_alpha, chunks=a.chunks, contact_views=a.contact_views),
+                          progress=not a.no_progress)
     setup = (f"Checkpoint `{a.checkpoint}`; scene folders {', '.join(f'`{p}`' for p in a.dataset)}"
              + (f", views `{a.views}`" if a.views else "") + (f", labels map `{a.labels_map}`" if a.labels_map else "")
-             + ".")
+             + f". Shared alpha threshold {res.total.min_alpha:g}; {res.total.n_views} views; about "
+             f"{res.total.n_gaussians} Gaussians per scene; " + ("one feed-forward encode per scene." if a.chunks <= 1
+                                                                 else f"each scene added in {a.chunks} slabs."))
     _outputs(a, res, lambda plots: dataset_markdown(res, title=a.title or "Evaluation on scene folders", command=cmd,
-                                                    setup=setup, plots=plots,
+                                                    setup=setup, plots=plots, heading_level=2 if a.section else 1,
                                                     report_path=None if a.out == "-" else a.out))
     return 0
 
@@ -167,11 +180,12 @@ def _seeds(a, ap, cmd: str) -> int:
                                                          for s in a.ablation]
     cache: dict = {}
     progress = None if a.no_progress else (lambda s: print(s, file=sys.stderr))
-    results = [evaluate_checkpoint(name, _factory(ckpt, cfg.device), cfg, cache, progress=progress)
-               for name, ckpt in runs]
+    results = [evaluate_checkpoint(name, _factory(ckpt, cfg.device), cfg, cache, progress=progress,
+                                   contact_views=a.contact_views) for name, ckpt in runs]
     if a.checkpoint:
         _outputs(a, results[0].dataset,
-                 lambda plots: evaluation_markdown(results[0], cfg, cmd, plots=plots,
+                 lambda plots: evaluation_markdown(results[0], cfg, cmd, plots=plots, title=a.title,
+                                                   heading_level=2 if a.section else 1,
                                                    report_path=None if a.out == "-" else a.out))
     else:
         _write(ablation_markdown(results, cfg, cmd), a.out, a.section)
