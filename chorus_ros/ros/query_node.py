@@ -38,7 +38,7 @@ from chorus_ros.core.errors import ChorusError, InvalidInputError
 from chorus_ros.ros import conversions as cv
 from chorus_ros.ros import qos
 from chorus_ros.ros.params import ParameterBinding
-from chorus_ros.ros.runtime import ErrorReporter, StampPairer
+from chorus_ros.ros.runtime import ErrorReporter, StampPairer, guarded
 
 __all__ = ["QueryNodeConfig", "QueryNode", "rank_objects", "check_text", "parameter_specs", "parameter_names", "main"]
 
@@ -217,12 +217,14 @@ class QueryNode(Node):
         self.errors.throttle_s = cfg.error_throttle_s
 
     # ------------------------------------------------------------------------ object map
+    @guarded("object map callback")
     def _on_objects(self, msg) -> None:
         try:
             self._table = cv.objectmap_to_table(msg)      # one reference swap: readers never lock
         except (ChorusError, ValueError) as e:
             self.errors.report("object map rejected", e)
 
+    @guarded("label table callback")
     def _on_labels(self, msg) -> None:
         self._label_names = [e.name for e in sorted(msg.labels, key=lambda e: e.id)]
 
@@ -236,6 +238,7 @@ class QueryNode(Node):
             return self.text_encoder.encode(list(texts)).detach().cpu().numpy().astype(np.float32)
 
     # -------------------------------------------------------------------------- services
+    @guarded("query", service=True)
     def _srv_query(self, req, res):
         cfg = self.config
         table = self._table
@@ -277,6 +280,7 @@ class QueryNode(Node):
             res.map_sequence = int(table.msg.map_sequence) if table is not None else 0
         return res
 
+    @guarded("embed", service=True)
     def _srv_embed(self, req, res):
         cfg = self.config
         try:
@@ -294,11 +298,13 @@ class QueryNode(Node):
         return res
 
     # ------------------------------------------------------------------------- relevance
+    @guarded("pose callback")
     def _on_pose(self, msg: PoseStamped) -> None:
         pair = self._pairer.add_a("cam", cv.stamp_to_ns(msg.header.stamp), msg)
         if pair is not None:
             self._request_relevance(*pair)
 
+    @guarded("camera_info callback")
     def _on_info(self, msg: CameraInfo) -> None:
         pair = self._pairer.add_b("cam", cv.stamp_to_ns(msg.header.stamp), msg)
         if pair is not None:
@@ -320,6 +326,7 @@ class QueryNode(Node):
         self._last_relevance_ns = stamp_ns
         self._relevance_client.call_async(req).add_done_callback(self._on_relevance)
 
+    @guarded("render_relevance response")
     def _on_relevance(self, future) -> None:
         self._in_flight = False
         try:

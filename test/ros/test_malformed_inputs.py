@@ -13,10 +13,11 @@ W, H = 48, 36
 
 
 @pytest.fixture(scope="module")
-def node(harness, pipeline_factory):
+def node(harness, pipeline_factory, tmp_path_factory):
     from chorus_ros.ros.chorus_node import ChorusNode
+    root = tmp_path_factory.mktemp("saves")
     n = harness.add(ChorusNode("chorus_node", pipeline=pipeline_factory(), context=harness.context,
-                               cli_args=["--ros-args", "-p", "error_throttle_s:=0.0"]))
+                               cli_args=["--ros-args", "-p", "error_throttle_s:=0.0", "-p", f"save_root:={root}"]))
     yield n
     harness.remove(n)
 
@@ -224,8 +225,8 @@ def test_service_errors_are_reported_in_the_response(harness, node, map_pub, cam
     from chorus_ros.ros import conversions as cv
     from chorus_ros.srv import LoadMap, RenderRelevance, SaveMap, SetLabels
     before = _snapshot(node)
-    res = harness.call(LoadMap, "chorus_node/load_map", LoadMap.Request(path=str(tmp_path / "nope")))
-    assert not res.success and "lacks" in res.message
+    res = harness.call(LoadMap, "chorus_node/load_map", LoadMap.Request(path="nope"))
+    assert not res.success and "does not exist" in res.message
     res = harness.call(SetLabels, "chorus_node/set_labels", SetLabels.Request(names=[]))
     assert not res.success and "needs 1..1000 names" in res.message
     res = harness.call(SetLabels, "chorus_node/set_labels", SetLabels.Request(names=["a", "b"],
@@ -245,9 +246,9 @@ def test_service_errors_are_reported_in_the_response(harness, node, map_pub, cam
     _assert_unchanged(node, before)
     assert node.pipeline.labels.names[0] == "floor"
     # and the valid calls work: save, load back, relevance image
-    res = harness.call(SaveMap, "chorus_node/save_map", SaveMap.Request(path=str(tmp_path / "saved")))
+    res = harness.call(SaveMap, "chorus_node/save_map", SaveMap.Request(path="saved"))
     assert res.success, res.message
-    res = harness.call(LoadMap, "chorus_node/load_map", LoadMap.Request(path=str(tmp_path / "saved")))
+    res = harness.call(LoadMap, "chorus_node/load_map", LoadMap.Request(path="saved"))
     assert res.success, res.message
     assert len(node.pipeline.map) == before[1]
     emb = node.pipeline.text_encoder.encode(["chair"])[0].numpy()
