@@ -28,7 +28,15 @@ Publications (every image copies the request's stamp and the camera frame):
 
 Services (own callback group):
     ~/save_map (SaveMap), ~/load_map (LoadMap), ~/set_labels (SetLabels),
-    ~/render_relevance (RenderRelevance)
+    ~/render_relevance (RenderRelevance). Every service and subscription callback is
+    :func:`~chorus_ros.ros.runtime.guarded`: an unexpected exception becomes ``success = false``
+    and a ``~/status`` last_error, never the end of the executor.
+    Saves live in ``save_root`` (paths confined to it) and are written and checked as one set
+    (:mod:`chorus_ros.core.persist`); ~/load_map validates the whole save before swapping map,
+    codebook and labels in together; the sequence afterwards follows ``load_sequence``.
+
+Map ownership: ``map_id`` ('' = the map of the first applied FULL) is the map followed; updates
+of other maps are refused and counted ('update_foreign_map'), unless ``follow_any_map``.
 
 Parameters: :class:`ChorusNodeConfig` (docstrings = descriptions), including the core
 :class:`~chorus_ros.core.pipeline.PipelineConfig` under ``pipeline.*``; see config/chorus.yaml.
