@@ -40,8 +40,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (NYU40, label_components, make_gaussians, mean_edge_length, read_mesh_ply,  # noqa: E402
-                    read_source, vertex_normals)
+from common import (NYU40, knn_spacing, label_components, make_gaussians, mean_edge_length,  # noqa: E402
+                    read_mesh_ply, read_source, vertex_normals)
 
 PREFIX = "Assets/scannet-sample/scene0470_00/"
 STUFF_NYU = {0, 1, 2, 22}  # unannotated, wall, floor, ceiling
@@ -86,6 +86,20 @@ def build_trajectory(xyz: np.ndarray, label: np.ndarray, *, n_loop: int, n_obj: 
     return np.stack(poses)
 
 
+def voxel_keep(xyz: np.ndarray, voxel: float) -> np.ndarray:
+    """Indices of one vertex per occupied voxel: the one nearest the mean of the voxel's vertices."""
+    key = np.floor(xyz / voxel).astype(np.int64)
+    _, inv = np.unique(key, axis=0, return_inverse=True)
+    inv = inv.reshape(-1)
+    cnt = np.bincount(inv)
+    mean = np.stack([np.bincount(inv, xyz[:, j]) for j in range(3)], 1) / cnt[:, None]
+    d = np.linalg.norm(xyz - mean[inv], axis=1)
+    order = np.lexsort((d, inv))
+    first = np.ones(len(order), bool)
+    first[1:] = inv[order][1:] != inv[order][:-1]
+    return np.sort(order[first])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--source", required=True, help="git dir of skanti/Scan2CAD, or a folder with the two PLYs")
@@ -94,6 +108,10 @@ def main(argv=None) -> int:
     ap.add_argument("--hfov", type=float, default=58.0, help="horizontal field of view, degrees (ScanNet colour ~58)")
     ap.add_argument("--loop-views", type=int, default=16)
     ap.add_argument("--object-views", type=int, default=8)
+    ap.add_argument("--voxel", type=float, default=0.0,
+                    help="sensitivity check only: keep one vertex per voxel of this size (m), the one nearest the "
+                         "voxel's mean, std = half its mean distance to the 4 nearest kept vertices (default 0: "
+                         "every vertex)")
     ap.add_argument("--overwrite", action="store_true")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -116,15 +134,20 @@ def main(argv=None) -> int:
     label[(label < 0) | (label > 40)] = 0
     rgb = np.stack([v_col["red"], v_col["green"], v_col["blue"]], 1)
     inst = label_components(faces, label, ignore=0)
-    g = make_gaussians(xyz, rgb, 0.5 * mean_edge_length(xyz, faces), normals=vertex_normals(xyz, faces),
-                       label=label, instance=inst)
+    normals = vertex_normals(xyz, faces)
+    poses = build_trajectory(xyz, label, n_loop=a.loop_views, n_obj=a.object_views)  # from the full mesh
+    if a.voxel > 0:
+        keep = voxel_keep(xyz, a.voxel)
+        g = make_gaussians(xyz[keep], rgb[keep], 0.5 * knn_spacing(xyz[keep], k=4), normals=normals[keep],
+                           label=label[keep], instance=inst[keep])
+    else:
+        g = make_gaussians(xyz, rgb, 0.5 * mean_edge_length(xyz, faces), normals=normals, label=label, instance=inst)
     print(f"{len(g)} Gaussians, {len(faces)} faces, {int(inst.max())} label components, "
           f"{(label == 0).mean():.1%} vertices unannotated", file=sys.stderr)
 
     w, h = a.size
     K = Camera.intrinsics_from_fov(w, h, a.hfov)
     intr = Intrinsics(float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2]), w, h)
-    poses = build_trajectory(xyz, label, n_loop=a.loop_views, n_obj=a.object_views)
     frames = []
     for i, c2w in enumerate(tqdm(poses, desc="render views", unit="view")):
         cam = intr.camera(c2w)

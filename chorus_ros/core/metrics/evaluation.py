@@ -96,7 +96,7 @@ def build_heldout_scenes(cfg: EvalConfig, gt_cache: dict | None = None, progress
 
 
 def evaluate_checkpoint(name: str, make_pipeline, cfg: EvalConfig, gt_cache: dict | None = None,
-                        progress=None) -> EvalResult:
+                        progress=None, contact_views: int = 2) -> EvalResult:
     """Evaluate one checkpoint on the held-out synthetic scenes of ``cfg``, through the same
     scoring code as outside folders (:func:`chorus_ros.core.metrics.scenes.evaluate_scenes`).
 
@@ -107,12 +107,13 @@ def evaluate_checkpoint(name: str, make_pipeline, cfg: EvalConfig, gt_cache: dic
         gt_cache: optional dict reused across checkpoints (scenes and ground-truth views).
         progress: optional ``f(str)`` called with a status line per scene; when given, progress
             bars are shown too.
+        contact_views: views per scene kept for the contact sheet.
     """
     from chorus_ros.core.metrics.scenes import SceneEvalConfig, evaluate_scenes
 
     scenes = build_heldout_scenes(cfg, gt_cache)
     scfg = SceneEvalConfig(min_alpha=cfg.min_alpha, background=cfg.background, chunks=cfg.chunks,
-                           render_backend=cfg.render_backend)
+                           render_backend=cfg.render_backend, contact_views=contact_views)
     res = evaluate_scenes(make_pipeline, scenes, scfg, progress=progress is not None)
     if progress:
         for s in res.scenes:
@@ -162,13 +163,13 @@ def _setup(cfg: EvalConfig, results: list[EvalResult]) -> str:
 
 
 def evaluation_markdown(result: EvalResult, cfg: EvalConfig, command: str = "", *, plots: dict | None = None,
-                        report_path=None, heading_level: int = 1) -> str:
+                        report_path=None, heading_level: int = 1, title: str | None = None) -> str:
     """Held-out report of one checkpoint: one row per scene and the pooled row, per-class IoU,
     query top-1 details, plots (:func:`chorus_ros.core.metrics.report.dataset_markdown`)."""
     from chorus_ros.core.metrics.report import dataset_markdown
 
-    setup = _setup(cfg, [result]) + f"Mean encode time per scene: {result.seconds_encode:.2f} s ({cfg.device}).\n"
-    return dataset_markdown(result.dataset, title="Evaluation", command=command, setup=setup, plots=plots,
+    setup = _setup(cfg, [result]) + f"\nMean encode time per scene: {result.seconds_encode:.2f} s ({cfg.device}).\n"
+    return dataset_markdown(result.dataset, title=title or "Evaluation", command=command, setup=setup, plots=plots,
                             report_path=report_path, heading_level=heading_level,
                             total_label=f"{result.name} (all scenes)")
 

@@ -60,8 +60,9 @@ def dataset_markdown(result, *, title: str = "Evaluation", command: str = "", se
     if setup:
         out += setup.rstrip() + "\n\n"
     t = result.total
-    out += (f"Shared alpha threshold {t.min_alpha:g}; {t.n_views} views; about {t.n_gaussians} Gaussians per "
-            "scene; one feed-forward encode per scene unless stated.\n\n")
+    if not setup:
+        out += (f"Shared alpha threshold {t.min_alpha:g}; {t.n_views} views; about {t.n_gaussians} Gaussians per "
+                "scene.\n\n")
     out += _COLS.format("scene") + "".join(_row(s) for s in result.scenes)
     if total_label or len(result.scenes) > 1:
         out += _row(t).replace(f"| {t.name} |", f"| **{total_label or 'all'}** |", 1)
