@@ -22,6 +22,7 @@ prefix a namespace.
 """
 from __future__ import annotations
 
+import array
 import importlib
 import time
 from dataclasses import dataclass, field
@@ -37,7 +38,8 @@ from chorus_ros.core.geometry import Camera
 
 __all__ = ["DemoBagConfig", "DemoBagInfo", "make_demo_bag", "replay_bag", "read_bag", "msg_dir",
            "chorus_typestore", "MAP_TOPIC", "SceneBagConfig", "SceneBagInfo", "SceneBag", "make_scene_bag",
-           "read_scene_bag", "scene_bag_topics", "SCENE_INFO_TOPIC", "GT_LABELS_TOPIC"]
+           "read_scene_bag", "apply_map_update", "scene_bag_topics", "SCENE_INFO_TOPIC", "GT_LABELS_TOPIC",
+           "GT_GAUSSIANS_TOPIC"]
 
 MAP_TOPIC = "/map_updates"
 _T0_NS = 1_700_000_000 * 1_000_000_000
@@ -330,6 +332,8 @@ SCENE_INFO_TOPIC = "/ground_truth/scene_info"
 """std_msgs/String (JSON) describing a scene bag (see :func:`scene_bag_topics`)."""
 GT_LABELS_TOPIC = "/ground_truth/label_info"
 """chorus_ros/LabelInfo: the scene folder's class table (ids as in the ground-truth images)."""
+GT_GAUSSIANS_TOPIC = "/ground_truth/gaussian_labels"
+"""sensor_msgs/PointCloud2 with UINT32 fields id, label, instance: per-Gaussian ground truth."""
 SCENE_BAG_FORMAT = "chorus_ros.scene_bag"
 _GT_KINDS = {"semantic": "16UC1", "instance": "16UC1", "rgb": "rgb8", "depth": "32FC1"}
 
@@ -351,6 +355,8 @@ def scene_bag_topics(camera: str = "camera_0") -> dict[str, tuple[str, str]]:
                            "ids, stuff classes, frame indices, view stamps, camera, pieces; latched"),
         GT_LABELS_TOPIC: ("chorus_ros/msg/LabelInfo", "the folder's class table (ids of the ground-truth "
                           "images); latched"),
+        GT_GAUSSIANS_TOPIC: ("sensor_msgs/msg/PointCloud2", "per-Gaussian ground truth (UINT32 fields id, "
+                             "label, instance) when the PLY carries it; latched"),
         f"{gt}/semantic/image_raw": ("sensor_msgs/msg/Image", "16UC1 ground-truth class ids (folder ids; "
                                      "the folder's unlabeled id = none), the view's stamp"),
         f"{gt}/instance/image_raw": ("sensor_msgs/msg/Image", "16UC1 ground-truth instance ids (the folder's "
@@ -499,6 +505,10 @@ def make_scene_bag(path: str | Path, scene, config: SceneBagConfig | None = None
 
         put(SCENE_INFO_TOPIC, _T0_NS, String(data=json.dumps(info)), latched=True)
         put(GT_LABELS_TOPIC, _T0_NS, labels, latched=True)
+        if scene.gt_gaussian_labels is not None:
+            put(GT_GAUSSIANS_TOPIC, _T0_NS, _gt_cloud(g.ids.cpu().numpy(), scene.gt_gaussian_labels,
+                                                      scene.gt_gaussian_instances, scene.instance_none_id,
+                                                      header(_T0_NS, cfg.map_frame)), latched=True)
         for k, idx in enumerate(pieces):
             t = _T0_NS + k * map_ns
             msg = map_update_to_msg(g.index(idx), map_id=map_id, sequence=k, full=(k == 0), stamp=t,
@@ -526,6 +536,33 @@ def make_scene_bag(path: str | Path, scene, config: SceneBagConfig | None = None
                         list(scene.ignored_properties))
 
 
+_GT_FIELDS = ("id", "label", "instance")
+
+
+def _gt_cloud(ids: np.ndarray, labels: np.ndarray, instances: np.ndarray | None, none_id: int, hdr):
+    """PointCloud2 (UINT32 id, label, instance; little-endian) of per-Gaussian ground truth."""
+    from sensor_msgs.msg import PointCloud2, PointField
+    n = len(ids)
+    table = np.zeros((n, 3), dtype="<u4")
+    table[:, 0], table[:, 1] = ids, labels
+    table[:, 2] = instances if instances is not None else none_id
+    msg = PointCloud2(header=hdr, height=1, width=n, is_bigendian=False, point_step=12, row_step=12 * n,
+                      is_dense=True)
+    msg.fields = [PointField(name=f, offset=4 * i, datatype=PointField.UINT32, count=1) for i, f in enumerate(_GT_FIELDS)]
+    msg.data = array.array("B", table.tobytes())
+    return msg
+
+
+def _gt_from_cloud(msg, source) -> dict[str, np.ndarray]:
+    from chorus_ros.core.errors import DatasetError
+    names = [f.name for f in msg.fields]
+    n = int(msg.width) * int(msg.height)
+    if names != list(_GT_FIELDS) or msg.point_step != 12 or len(msg.data) != 12 * n:
+        raise DatasetError(f"{source}: {GT_GAUSSIANS_TOPIC} is not a UINT32 (id, label, instance) cloud")
+    t = np.frombuffer(bytes(msg.data), dtype="<u4").reshape(n, 3).astype(np.int64)
+    return {"id": t[:, 0], "label": t[:, 1], "instance": t[:, 2]}
+
+
 @dataclass
 class SceneBag:
     """The ground truth of a scene bag (:func:`read_scene_bag`)."""
@@ -541,6 +578,13 @@ class SceneBag:
     """Stamps of the recorded poses, in order."""
     input_topics: list[str]
     """The nodes' input topics present in the bag (map updates, poses, CameraInfo)."""
+    rgb: dict[int, np.ndarray] = field(default_factory=dict)
+    """View stamp -> ``[H, W, 3]`` uint8 colour image (``with_inputs``; empty without them)."""
+    cameras: dict[int, Camera] = field(default_factory=dict)
+    """View stamp -> the view's camera from its pose + CameraInfo (``with_inputs``)."""
+    gaussians: GaussianArrays | None = None
+    """The map after the bag's last map update (``with_inputs``), with the per-Gaussian ground
+    truth as ``extras['label' / 'instance']`` when the bag has it."""
 
     @property
     def camera(self) -> str:
@@ -551,8 +595,27 @@ class SceneBag:
         return {int(c["id"]): str(c["name"]) for c in self.info["classes"]}
 
 
-def read_scene_bag(path: str | Path) -> SceneBag:
-    """Read the scene info and ground-truth label images of a bag written by :func:`make_scene_bag`.
+def apply_map_update(current: GaussianArrays | None, upd) -> GaussianArrays | None:
+    """The map after one decoded :class:`~chorus_ros.ros.map_updates.MapUpdate` (the message's rules:
+    FULL replaces everything; DELTA removes ``removed_ids``, then upserts by id)."""
+    if upd.full:
+        return upd.gaussians
+    if current is None:
+        raise InvalidInputError(f"DELTA update seq {upd.sequence} before any FULL update")
+    cur = current
+    drop = upd.removed_ids.long()
+    if upd.gaussians is not None and len(upd.gaussians):
+        drop = torch.cat([drop, upd.gaussians.ids.long()])
+    if drop.numel():
+        cur = cur.index(torch.nonzero(~torch.isin(cur.ids.long(), drop)).reshape(-1))
+    if upd.gaussians is not None and len(upd.gaussians):
+        cur = GaussianArrays.concat([cur, upd.gaussians])
+    return cur
+
+
+def read_scene_bag(path: str | Path, *, with_inputs: bool = False) -> SceneBag:
+    """Read the scene info and ground-truth label images of a bag written by :func:`make_scene_bag`
+    (``with_inputs``: also the colour images, the view cameras and the final map).
 
     Raises:
         DatasetError: no such bag, not a readable rosbag2, or a bag without the ground-truth
@@ -587,24 +650,71 @@ def read_scene_bag(path: str | Path) -> SceneBag:
         pose_t = f"/{cam}/pose"
         if sem_t not in present:
             raise DatasetError(f"{path}: no ground-truth class images ({sem_t}): nothing to score against")
+        info_t, rgb_t = f"/{cam}/camera_info", f"/ground_truth/{cam}/rgb/image_raw"
         semantic: dict[int, np.ndarray] = {}
         instance: dict[int, np.ndarray] = {}
+        rgb: dict[int, np.ndarray] = {}
+        poses: dict[int, Any] = {}
+        infos: dict[int, Any] = {}
+        gmap = None
         stamps: list[int] = []
-        wanted = [present[t] for t in (sem_t, ins_t, pose_t) if t in present]
-        from rclpy.serialization import deserialize_message
+        gt_g = None
+        topics = [sem_t, ins_t, pose_t] + ([rgb_t, info_t, MAP_TOPIC, GT_GAUSSIANS_TOPIC] if with_inputs else [])
+        wanted = [present[t] for t in topics if t in present]
         from geometry_msgs.msg import PoseStamped
-        from sensor_msgs.msg import Image
+        from rclpy.serialization import deserialize_message
+        from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+
+        from chorus_ros.msg import GaussianMapUpdate
+        from chorus_ros.ros.map_updates import map_update_from_msg
         for c, _, raw in reader.messages(connections=wanted):
-            if c.topic == pose_t:
-                stamps.append(stamp_to_ns(deserialize_message(bytes(raw), PoseStamped).header.stamp))
-                continue
-            msg = deserialize_message(bytes(raw), Image)
-            (semantic if c.topic == sem_t else instance)[stamp_to_ns(msg.header.stamp)] = image_to_numpy(msg)
-        inputs = [t for t in (MAP_TOPIC, pose_t, f"/{cam}/camera_info") if t in present]
+            try:
+                if c.topic == pose_t:
+                    m = deserialize_message(bytes(raw), PoseStamped)
+                    stamps.append(stamp_to_ns(m.header.stamp))
+                    poses[stamps[-1]] = m
+                elif c.topic == info_t:
+                    m = deserialize_message(bytes(raw), CameraInfo)
+                    infos[stamp_to_ns(m.header.stamp)] = m
+                elif c.topic == MAP_TOPIC:
+                    upd = map_update_from_msg(deserialize_message(bytes(raw), GaussianMapUpdate),
+                                              str(info.get("map_frame", "map")))
+                    gmap = apply_map_update(gmap, upd)
+                elif c.topic == GT_GAUSSIANS_TOPIC:
+                    gt_g = _gt_from_cloud(deserialize_message(bytes(raw), PointCloud2), path)
+                else:
+                    msg = deserialize_message(bytes(raw), Image)
+                    dst = {sem_t: semantic, ins_t: instance, rgb_t: rgb}[c.topic]
+                    dst[stamp_to_ns(msg.header.stamp)] = image_to_numpy(msg)
+            except InvalidInputError as e:
+                raise DatasetError(f"{path}: bad message on {c.topic}: {e}") from None
+        inputs = [t for t in (MAP_TOPIC, pose_t, info_t) if t in present]
     finally:
         reader.close()
     missing = [s for s in stamps if s not in semantic]
     if missing:
         raise DatasetError(f"{path}: {len(missing)} of {len(stamps)} views have no ground-truth class image "
                            f"on {sem_t}")
-    return SceneBag(path, info, semantic, instance, stamps, inputs)
+    cameras = {}
+    if with_inputs:
+        from chorus_ros.ros.conversions import camera_from_msgs
+        for s in stamps:
+            if s not in infos:
+                raise DatasetError(f"{path}: the pose at stamp {s} has no CameraInfo with the same stamp")
+            try:
+                cameras[s] = camera_from_msgs(poses[s], infos[s], map_frame=str(info.get("map_frame", "map")))
+            except InvalidInputError as e:
+                raise DatasetError(f"{path}: view at stamp {s}: {e}") from None
+        if gmap is None:
+            raise DatasetError(f"{path}: no map updates on {MAP_TOPIC}")
+        if gt_g is not None:   # align the per-Gaussian ground truth to the map's rows by id
+            order = np.argsort(gt_g["id"], kind="stable")
+            mid = gmap.ids.cpu().numpy().astype(np.int64)
+            pos = np.clip(np.searchsorted(gt_g["id"][order], mid), 0, max(len(order) - 1, 0))
+            rows = order[pos]
+            if len(order) == 0 or not np.array_equal(gt_g["id"][rows], mid):
+                raise DatasetError(f"{path}: {GT_GAUSSIANS_TOPIC} does not cover every Gaussian id of the map")
+            gmap = GaussianArrays(gmap.means, gmap.sh, gmap.opacities, gmap.log_scales, gmap.quats, gmap.ids,
+                                  {"label": torch.from_numpy(gt_g["label"][rows]),
+                                   "instance": torch.from_numpy(gt_g["instance"][rows])})
+    return SceneBag(path, info, semantic, instance, stamps, inputs, rgb, cameras, gmap)
