@@ -52,11 +52,11 @@ class PixelBlend:
     pair_gaussian: torch.Tensor
     """[E] int64 Gaussian index (into the N Gaussians given to :func:`blend_weights`)."""
     pair_weight: torch.Tensor
-    """[E] float32 blending weight ``alpha_i(p) T_i(p)``."""
+    """[E] blending weight ``alpha_i(p) T_i(p)`` (the Gaussians' dtype; computed in float64)."""
     alpha: torch.Tensor
-    """[P] float32 accumulated opacity ``sum_i w_i(p)`` (= 1 - final transmittance)."""
+    """[P] accumulated opacity ``sum_i w_i(p)`` (= 1 - final transmittance)."""
     depth: torch.Tensor
-    """[P] float32 expected camera-z depth (``sum w z / alpha``; 0 where alpha = 0), metres."""
+    """[P] expected camera-z depth (``sum w z / alpha``; 0 where alpha = 0), metres."""
     width: int
     height: int
 
@@ -126,8 +126,9 @@ def blend_weights(gaussians: GaussianArrays, camera: Camera, pixels: torch.Tenso
                              w_img, h_img, near=settings.near, far=settings.far, eps2d=settings.eps2d,
                              radius_clip=settings.radius_clip)
     p = int(pixels.numel())
+    odt = g.means.dtype
     empty = PixelBlend(pixels, torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long),
-                       torch.zeros(0), torch.zeros(p), torch.zeros(p), w_img, h_img)
+                       torch.zeros(0, dtype=odt), torch.zeros(p, dtype=odt), torch.zeros(p, dtype=odt), w_img, h_img)
     m = len(proj.index)
     if m == 0 or p == 0:
         return empty
@@ -202,5 +203,6 @@ def blend_weights(gaussians: GaussianArrays, camera: Camera, pixels: torch.Tenso
     pair_pixel = torch.cat(pp)
     pair_g = proj.index[torch.cat(pg)]
     depth_out = torch.where(alpha_out > 0, depth_out / alpha_out.clamp_min(1e-10), torch.zeros_like(depth_out))
-    return PixelBlend(pixels, pair_pixel, pair_g, torch.cat(pw).float(), alpha_out.float(),
-                      depth_out.float(), w_img, h_img)
+    out_dt = g.means.dtype
+    return PixelBlend(pixels, pair_pixel, pair_g, torch.cat(pw).to(out_dt), alpha_out.to(out_dt),
+                      depth_out.to(out_dt), w_img, h_img)
