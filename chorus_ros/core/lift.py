@@ -193,6 +193,9 @@ def _gaussian_digest(g: GaussianArrays) -> str:
 def _teacher_token(t) -> dict:
     """What identifies a teacher's output: its spec, plus any shared resource it uses."""
     tok = {"spec": t.spec.to_dict(), "dim": int(t.dim)}
+    wt = getattr(t, "cache_token", None)      # content hash of weights a spec only names by path
+    if wt:
+        tok["weights"] = str(wt)
     te = getattr(t, "text_encoder", None)
     if te is not None and hasattr(te, "spec"):
         tok["text_encoder"] = te.spec.to_dict() if hasattr(te.spec, "to_dict") else str(te.spec)

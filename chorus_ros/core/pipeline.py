@@ -47,6 +47,7 @@ import torch
 from chorus_ros.core.decode.instances import InstanceConfig, InstanceDecoder, ObjectRecord
 from chorus_ros.core.objects.support import SupportConfig, support_scores
 from chorus_ros.core.decode.semantic import SemanticConfig, SemanticDecoder
+from chorus_ros.core.decode.fusion import PerViewConfig
 from chorus_ros.core.encoder.incremental import IncrementalConfig
 from chorus_ros.core.errors import CheckpointError, EncodeError, InvalidInputError
 from chorus_ros.core.gaussians import GaussianArrays
@@ -81,6 +82,8 @@ class PipelineConfig:
     """Renderer settings for output views (``render.*``)."""
     semantic: SemanticConfig = field(default_factory=SemanticConfig)
     """Open-vocabulary decoding thresholds (``semantic.*``)."""
+    per_view: PerViewConfig = field(default_factory=PerViewConfig)
+    """Per-view decoding: the VDVI fusion decoder and its image source (``per_view.*``)."""
     instances: InstanceConfig = field(default_factory=InstanceConfig)
     """Instance grouping and persistent ids (``instances.*``)."""
     support: SupportConfig = field(default_factory=SupportConfig)
@@ -141,6 +144,9 @@ class ViewResult:
     """[H, W] float32 accumulated opacity."""
     map_version: int
     """Map version the view was rendered from."""
+    fused: str = "off"
+    """Where the labels came from: 'off' (3D scores splatted), 'rendered' or 'camera' (the fusion
+    decoder on the rendered or the camera image)."""
 
 
 @dataclass
@@ -333,6 +339,8 @@ class PerceptionPipeline:
         self._incremental_factory = incremental_factory or self._default_incremental
         self._incremental = self._incremental_factory(self.map)
         self.semantic = SemanticDecoder(text_encoder, labels, config.semantic)
+        self.fusion = None
+        """Optional :class:`~chorus_ros.core.decode.fusion.FusionDecoder` (``<checkpoint>/fusion/``)."""
         self.instances = InstanceDecoder(config.instances)
         self._touched: set[int] = set()
         self._pending_full = False
@@ -368,6 +376,12 @@ class PerceptionPipeline:
             q = config.instances.auto_voxel_factor * float(ck.config.voxel_size)
             config = replace(config, instances=replace(config.instances, voxel_quantum=q))
         pipe = cls(config, ck.model.to(config.device), text, labels)
+        from chorus_ros.core.decode.fusion import FUSION_DIR, load_fusion
+        if (Path(path) / FUSION_DIR / "fusion.json").is_file():
+            pipe.fusion = load_fusion(Path(path) / FUSION_DIR, config.device)
+        elif config.per_view.fusion != "off":
+            raise CheckpointError(f"per_view.fusion is {config.per_view.fusion!r} but {path} has no "
+                                  f"{FUSION_DIR}/ decoder (train one with chorus-train stage fusion)")
         gd = Path(path) / "gocl"
         if (gd / "gocl.json").is_file():
             # the scene-agnostic GOCL codebook the object head was trained from: records get code ids
@@ -566,8 +580,13 @@ class PerceptionPipeline:
             parts.append(self._render(camera, feats[:, i:i + step].contiguous(), False).features)
         return out, torch.cat(parts, dim=-1)
 
-    def render_view(self, camera: Camera) -> ViewResult:
-        """Render and decode one view: labels, confidence, instance ids, rgb, depth, colours."""
+    def render_view(self, camera: Camera, image: np.ndarray | torch.Tensor | None = None) -> ViewResult:
+        """Render and decode one view: labels, confidence, instance ids, rgb, depth, colours.
+
+        ``image``: optional live camera image of this view (``[H, W, 3]`` uint8 or float in
+        [0, 1], same pixel grid as ``camera``), used when ``per_view.fusion`` is 'camera'; without
+        one that mode fuses with the rendered RGB (``ViewResult.fused`` says which was used).
+        """
         with self.lock:
             if not isinstance(camera, Camera):
                 raise InvalidInputError(f"render_view needs a Camera, got {type(camera).__name__}")
@@ -580,9 +599,28 @@ class PerceptionPipeline:
             probs = self._attr(ATTR_PROBS)
             if probs is None or probs.shape[1] != len(self.labels):
                 raise InvalidInputError("the map has not been encoded yet: call encode() before render_view()")
-            out, score_img = self._render_channels(camera, probs.float())
-            sem = self.semantic.decode_view(score_img.cpu(), out.alpha.cpu())
+            pv = self.config.per_view
+            pv.validate()
+            fuse = pv.fusion != "off"
+            k = probs.shape[1]
+            chans = probs.float()
+            if fuse:
+                if self.fusion is None:
+                    raise InvalidInputError(f"per_view.fusion is {pv.fusion!r} but no fusion decoder is loaded "
+                                            "(the checkpoint has no fusion/ folder)")
+                lang = self._attr(feature_attr("language"))
+                with torch.no_grad():
+                    chans = torch.cat([chans, self.fusion.project_gaussians(lang.float())], 1)
+            out, score_img = self._render_channels(camera, chans)
+            sem = self.semantic.decode_view(score_img[..., :k].cpu(), out.alpha.cpu())
             labels = sem.labels.numpy().astype(np.uint16)
+            confidence = sem.confidence
+            used = "off"
+            if fuse:
+                used = "camera" if (pv.fusion == "camera" and image is not None) else "rendered"
+                fused, confidence = self._fuse_view(out, score_img[..., k:], image if used == "camera" else None)
+                labels3d = torch.from_numpy(labels.astype(np.int64))
+                labels = fused.numpy().astype(np.uint16)
             inst_attr = self._attr(ATTR_INSTANCE)
             top = out.top_index.cpu().long()
             ok = (top >= 0) & (out.alpha.cpu() >= self.config.semantic.min_alpha)
@@ -590,15 +628,44 @@ class PerceptionPipeline:
                 inst = torch.zeros_like(top)
             else:
                 inst = torch.where(ok, inst_attr.cpu()[top.clamp_min(0)], torch.zeros_like(top))
+            if fuse and pv.snap_radius > 0:
+                from chorus_ros.core.decode.fusion import snap_instances
+                inst = snap_instances(inst, labels3d, fused, int(pv.snap_radius), UNLABELED)
             rgb = (out.rgb.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8).numpy()
             color = self.labels.colorize(labels)
             a = float(self.config.overlay_alpha)
             lab = (labels != UNLABELED)[..., None]
             blend = (rgb.astype(np.float32) * (1 - a) + color.astype(np.float32) * a).round().astype(np.uint8)
             overlay = np.where(lab, blend, rgb)
-            return ViewResult(labels, sem.confidence.numpy().astype(np.float32), inst.numpy().astype(np.int32),
+            return ViewResult(labels, confidence.numpy().astype(np.float32), inst.numpy().astype(np.int32),
                               rgb, out.depth.detach().cpu().numpy().astype(np.float32), color, overlay,
-                              out.alpha.detach().cpu().numpy().astype(np.float32), self.map.version)
+                              out.alpha.detach().cpu().numpy().astype(np.float32), self.map.version, used)
+
+    def _fuse_view(self, out, feat_img: torch.Tensor, image) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fused ``(labels [H, W] int64, confidence [H, W] f32)`` of one rendered view (``out``) with
+        its splatted projected language features ``feat_img [H, W, c]``; ``image`` (camera, or None
+        for the rendered RGB) as ``[H, W, 3]`` uint8 / float."""
+        from chorus_ros.core.decode.fusion import fusion_logits
+        h, w = out.alpha.shape
+        if image is None:
+            rgb = out.rgb.detach().float().clamp(0, 1)
+        else:
+            rgb = torch.as_tensor(np.asarray(image))
+            if tuple(rgb.shape) != (h, w, 3):
+                raise InvalidInputError(f"camera image must be [{h}, {w}, 3] (the view's size), got {tuple(rgb.shape)}")
+            rgb = rgb.float() / 255.0 if rgb.dtype == torch.uint8 else rgb.float().clamp(0, 1)
+        dev = next(self.fusion.parameters()).device
+        alpha = out.alpha.detach().float()
+        with torch.no_grad():
+            emb = self.fusion(rgb.permute(2, 0, 1)[None].to(dev), feat_img.permute(2, 0, 1)[None].float().to(dev),
+                              alpha[None, None].to(dev), out.depth.detach().float()[None, None].to(dev))
+            p = torch.softmax(fusion_logits(emb, self.semantic.text_embeddings.to(dev),
+                                            self.config.per_view.temperature), dim=1)[0].cpu()
+        conf, lab = p.max(0)
+        bad = (alpha.cpu() < self.config.semantic.min_alpha) | (conf < self.config.semantic.min_confidence)
+        lab = torch.where(bad, torch.full_like(lab, UNLABELED), lab)
+        conf = torch.where(bad, torch.zeros_like(conf), conf)
+        return lab, conf
 
     def relevance_view(self, embedding, camera: Camera) -> np.ndarray:
         """``[H, W]`` float32 rendered cosine between ``embedding`` ([d], e.g. a text embedding) and

@@ -185,3 +185,35 @@ def test_gocl_stage_trains_in_the_trainer_and_saves(tmp_path):
     assert g.config.codebook.num_codes == 6
     ident, _ = g.identity_map(tr.scenes[0].feats[0])
     assert ident.shape == (4, 6, 8)
+
+
+def test_gocl_teacher_paints_slot_identities_and_tracks_weights(tmp_path):
+    from chorus_ros.core.labels import LabelSet
+    from chorus_ros.core.teachers import FrameContext, TeacherSpec, build_teacher
+    from chorus_ros.core.lift import _teacher_token
+    base = {"kind": "generalist", "type": "oracle_generalist", "options": {"dim": 5, "patch_size": 2, "seed": 1}}
+    torch.manual_seed(0)
+    model = tiny_gocl(in_dim=5)
+    model.save(tmp_path / "g", meta={"teacher": base})
+    t = build_teacher(TeacherSpec("object", "gocl", {"checkpoint": str(tmp_path / "g")}))
+    assert t.dim == 16 and t.needs_context
+    labels = LabelSet(["floor", "chair"], [[1, 2, 3], [4, 5, 6]])
+    lab = torch.zeros(8, 12, dtype=torch.long)
+    lab[2:6, 3:8] = 1
+    ctx = FrameContext(labels=lab, label_set=labels)
+    img = torch.rand(8, 12, 3, generator=torch.Generator().manual_seed(0))
+    f = t(img, ctx)
+    assert f.shape == (4, 6, 16)
+    out = t.slots(img, ctx)
+    ref = torch.einsum("shw,sd->hwd", out.masks[0], out.codes.embedding[0])
+    torch.testing.assert_close(f, ref)
+    # a retrained GOCL at the same path changes the lift cache token
+    tok = _teacher_token(t)
+    with torch.no_grad():
+        model.codebook.prototypes.add_(1.0)
+    model.save(tmp_path / "g", meta={"teacher": base})
+    t2 = build_teacher(TeacherSpec("object", "gocl", {"checkpoint": str(tmp_path / "g")}))
+    assert _teacher_token(t2)["spec"] == tok["spec"] and _teacher_token(t2)["weights"] != tok["weights"]
+    from chorus_ros.core.errors import CheckpointError
+    with pytest.raises(CheckpointError, match="no GOCL model"):
+        build_teacher(TeacherSpec("object", "gocl", {"checkpoint": str(tmp_path)}))

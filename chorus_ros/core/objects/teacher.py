@@ -59,6 +59,9 @@ class GoclTeacher(Teacher):
         self.needs_context = self.base.needs_context
         self.seed = int(o["seed"])
         self.dim = int(self.model.config.codebook.dim)
+        import hashlib
+        self.cache_token = hashlib.sha256((d / "gocl.safetensors").read_bytes()).hexdigest()[:16]
+        """Content hash of the GOCL weights (lift caches must not outlive a retrained GOCL)."""
 
     def features(self, image: torch.Tensor, context: FrameContext | None) -> torch.Tensor:
         f = self.base(image, context)
