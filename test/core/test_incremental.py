@@ -299,7 +299,9 @@ def test_pointcloud_variant_cached_updates_match_full():
     torch.manual_seed(1)
     pc = ChorusEncoder(EncoderConfig(variant="pointcloud", **TINY)).eval()
     gmap = _new_map(_dense(0.0, 4.0, 0.0, 0.5, seed=12, id0=0), block_size=0.05)
-    enc = IncrementalEncoder(pc, gmap, IncrementalConfig(max_gaussians_per_pass=900))
+    # full_fraction = 1, cost_factor = 1: never switch to a full pass (the cached path is tested)
+    enc = IncrementalEncoder(pc, gmap, IncrementalConfig(max_gaussians_per_pass=900, full_fraction=1.0,
+                                                         cost_factor=1.0))
     enc.update()
     _assert_matches_full(pc, gmap, enc=enc)
     g = gmap.arrays()
@@ -351,7 +353,8 @@ def test_branched_encoder_cached_updates_match_full(variant):
             if p.dim() >= 2:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
     gmap = _new_map(_dense(0.0, 4.0, 0.0, 0.5, seed=13, id0=0), block_size=0.05)
-    enc = IncrementalEncoder(m, gmap, IncrementalConfig(max_gaussians_per_pass=900, write_embedding=True))
+    enc = IncrementalEncoder(m, gmap, IncrementalConfig(max_gaussians_per_pass=900, write_embedding=True,
+                                                        full_fraction=1.0, cost_factor=1.0))
     enc.update()
     _assert_matches_full(m, gmap, ("language", "object", "embedding"), enc=enc)
     g = gmap.arrays()

@@ -58,7 +58,9 @@ class IncrementalConfig:
     max_gaussians_per_pass: int = 300_000
     """Most Gaussians (written ones plus halo) sent through the network in one pass; larger maps and updates are encoded chunk by chunk."""
     full_fraction: float = 0.7
-    """When an update's context holds more than this fraction of the map, the whole map is re-encoded instead (same result, less overhead)."""
+    """Bounded update cost: when an update's estimated cost exceeds this fraction of a full re-encode, the whole map is re-encoded instead (same result). 'cached': estimate = cost_factor x (Gaussians within the receptive field of the change) / (map size); 'halo': the fraction of the map in the update's 2R context."""
+    cost_factor: float = 1.5
+    """Initial cost of the 'cached' path per affected Gaussian relative to a full pass per Gaussian (measured: 1.0-1.9, benchmarks/bench_encoder.py); refined from the measured times of later updates and full passes, kept in [1, 10]."""
     halo_margin: float = 0.0
     """Extra halo in metres on top of the derived receptive field (0 is already exact)."""
     write_embedding: bool = False
@@ -73,6 +75,8 @@ class IncrementalConfig:
             raise InvalidInputError(f"IncrementalConfig.max_gaussians_per_pass must be >= 1, got {self.max_gaussians_per_pass}")
         if not 0.0 <= float(self.full_fraction) <= 1.0:
             raise InvalidInputError(f"IncrementalConfig.full_fraction must be in [0, 1], got {self.full_fraction}")
+        if not 1.0 <= float(self.cost_factor) <= 10.0:
+            raise InvalidInputError(f"IncrementalConfig.cost_factor must be in [1, 10], got {self.cost_factor}")
         if not float(self.halo_margin) >= 0.0:
             raise InvalidInputError(f"IncrementalConfig.halo_margin must be >= 0, got {self.halo_margin}")
         if not self.attribute_prefix:
@@ -277,6 +281,8 @@ class IncrementalEncoder:
         self._version = 0
         self._params_seen: tuple | None = None
         self._engine = None
+        self._cost_factor = float(self.config.cost_factor)
+        self._full_unit: float | None = None     # CPU seconds per Gaussian of the last full pass
         if self.config.mode == "cached":
             from chorus_ros.core.encoder.cached import CachedUNet
 
@@ -342,10 +348,35 @@ class IncrementalEncoder:
                 return EncodeResult(torch.zeros(0, dtype=torch.int64), 0, False, d.from_version, d.to_version,
                                     time.perf_counter() - t0, 0, 0)
             if self.config.mode == "cached":
-                return self._update_cached(g, blocks, d, t0)
+                affected = int(BlockIndex(blocks, d.block_size).near(
+                    g.means, self.radius_m + 1e-3 * self.model.config.voxel_size).sum())
+                estimate = self._cost_factor * affected / n
+                if estimate > self.config.full_fraction:   # cheaper (and bounded) to start over
+                    res = self._encode_all(d.from_version, d.to_version, t0, int(d.blocks.shape[0]))
+                    res.stats.update(estimate=estimate, affected=float(affected))
+                    return res
+                tc = time.thread_time()
+                res = self._update_cached(g, blocks, d, t0)
+                self._learn_cost(time.thread_time() - tc, affected)
+                res.stats.update(estimate=estimate, affected=float(affected))
+                return res
             return self._update_halo(g, blocks, d, t0)
 
     # ------------------------------------------------------------------ internals
+    @property
+    def cost_factor(self) -> float:
+        """Current estimate of the 'cached' path's cost per affected Gaussian relative to a full
+        pass (starts at ``config.cost_factor``, refined by measurement)."""
+        return self._cost_factor
+
+    def _learn_cost(self, cpu_s: float, affected: int) -> None:
+        """Refine :attr:`cost_factor` from a cached update's CPU time (only for updates large
+        enough to time reliably; an exponential average, clamped to [1, 10])."""
+        if self._full_unit is None or affected < 2000 or cpu_s < 0.05:
+            return
+        ratio = (cpu_s / affected) / self._full_unit
+        self._cost_factor = min(10.0, max(1.0, 0.7 * self._cost_factor + 0.3 * ratio))
+
     def _param_versions(self) -> tuple:
         return tuple(p._version for p in self.model.parameters()) + (id(self.model),)
 
@@ -402,6 +433,7 @@ class IncrementalEncoder:
         n = len(self.map)
         g = self.map.arrays()
         stats: dict[str, float] = {}
+        tc = time.thread_time()
         if self.config.mode == "cached":
             tf = time.perf_counter()
             with self._eval():
@@ -432,6 +464,8 @@ class IncrementalEncoder:
                 full[slots.to(full.device)] = src.to(full.device, torch.float32)
             self.map.set_attribute(name, full)
         stats["write"] = time.perf_counter() - tw
+        if n >= 2000:
+            self._full_unit = max(time.thread_time() - tc, 1e-9) / n
         self._initialised = True
         self._params_seen = self._param_versions()
         self._version = to_version
