@@ -146,7 +146,7 @@ def _suite(a, cmd: str) -> int:
     from chorus_ros.core.metrics.evaluation import EvalConfig
 
     d = EvalConfig()
-    cfg = ShiftSuiteConfig()  # 320x240 views unless --size is given
+    cfg = ShiftSuiteConfig(target_gaussians=a.gaussians)  # 320x240 views unless --size is given
     if list(a.size) != [d.width, d.height]:
         cfg.width, cfg.height = a.size
     if a.shifts:
@@ -161,6 +161,12 @@ def _suite(a, cmd: str) -> int:
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(shift_suite_json(results), indent=1) + "\n", encoding="utf-8")
+    if a.plots:  # rgb | ground truth | prediction | instances of the first view of every shift
+        from chorus_ros.core.metrics.plots import contact_sheet_png
+        for name, per in results.items():
+            for shift, r in per.items():
+                if r.contact:
+                    contact_sheet_png(Path(a.plots) / f"{name}_{shift}.png", r.contact[:1], title=f"{name}: {shift}")
     _write(shift_suite_markdown(results, cfg, cmd), a.out, a.section)
     return 0
 
