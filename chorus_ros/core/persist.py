@@ -157,7 +157,9 @@ def read_manifest(folder: str | os.PathLike) -> Manifest:
     p = folder / MANIFEST
     if not p.is_file():
         raise CheckpointError(f"{folder} has no {MANIFEST}: not a complete chorus_ros save (cut short by a "
-                              f"crash, or written before saves had manifests); refusing to load it")
+                              f"crash, or written before saves had manifests); refusing to load it. A complete "
+                              f"older save can be adopted with chorus_ros.core.persist.write_manifest(folder, "
+                              f"'chorus_ros.PerceptionPipeline') after checking it by hand")
     if p.stat().st_size > _MAX_MANIFEST_BYTES:
         raise CheckpointError(f"{p}: {p.stat().st_size} bytes, larger than any manifest we write")
     try:
