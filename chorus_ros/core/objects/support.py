@@ -9,8 +9,8 @@ raw cosine lets a 15-Gaussian splinter outrank a whole chair. The ranked score i
 
 with ``n`` the object's Gaussian count and ``ref`` the median count of the objects being ranked
 (so the weight does not depend on the map's density: a map ten times denser has ten times the
-counts everywhere). An object of median support gets ``w = 1 / (1 + half)``; a fragment with a
-hundredth of the median gets about ``0.04 / half``.
+counts everywhere). With the default ``half = 0.05`` an object of median support gets
+``w = 0.95``, a small object at a tenth of the median ``0.67``, a fragment at a fiftieth ``0.29``.
 """
 from __future__ import annotations
 
@@ -27,8 +27,9 @@ __all__ = ["SupportConfig", "support_weight", "support_scores"]
 class SupportConfig:
     """How object support weighs into query scores."""
 
-    half: float = 0.25
-    """Support weight reaches 1/2 at ``half`` x the median object Gaussian count; 0 disables it."""
+    half: float = 0.05
+    """Support weight reaches 1/2 at ``half`` x the median object Gaussian count; 0 disables it.
+    (0.25 also demoted genuinely small objects such as lamps below large ones on held-out rooms.)"""
     min_reference: float = 8.0
     """Lower bound of the reference count (median), so a map of only fragments is not rescued."""
 
