@@ -1,0 +1,192 @@
+"""Stage ``fusion``: train the VDVI fusion decoder (:mod:`chorus_ros.core.decode.fusion`).
+
+The encoder is a trained checkpoint (``stage_options.fusion.encoder``) and stays frozen. For
+every training scene (synthetic, ``data.train_seeds``, ``data.views`` trajectory) the map is
+encoded once; each view is rendered once with the language features splatted (``[H, W, D]``,
+cached as float16) and labelled from the ground truth of its top-weight Gaussian. A step takes
+``views_per_step`` random views of a scene, projects the splat to ``feat_channels`` (the linear
+``proj`` -- the same map the pipeline applies per Gaussian before splatting), runs the decoder on
+(RGB [+ depth], projected splat + alpha) and scores the per-pixel embedding against the text
+embeddings of the label set's class names: cross-entropy of ``cos / temperature`` over pixels
+with a ground-truth label and alpha >= ``min_alpha``. The image is photometrically jittered
+(``image_jitter``) so a live camera image, which never matches the render exactly, stays in
+distribution.
+
+Output: the checkpoint directory holds the (unchanged) encoder, its text encoder and label set,
+and ``fusion/`` (the decoder), so :meth:`PerceptionPipeline.from_checkpoint` loads both.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from chorus_ros.core.errors import InvalidInputError
+from chorus_ros.core.labels import UNLABELED
+from chorus_ros.core.train.stages import Stage, StageLoss, register_stage
+
+__all__ = ["FusionOptions", "FusionStage", "FusionScene", "render_fusion_views"]
+
+
+@dataclass
+class FusionOptions:
+    """Options of stage ``fusion``."""
+
+    encoder: str = ""
+    """Checkpoint directory of the trained (frozen) encoder whose language features are splatted."""
+    feat_channels: int = 8
+    """Channels of the projected language features that are splatted."""
+    use_depth: bool = True
+    """Give the rendered depth to the image branch."""
+    channels: list[int] = field(default_factory=lambda: [16, 32, 48])
+    """Encoder channels per scale (1/2, 1/4, 1/8)."""
+    decoder_channels: int = 32
+    """FPN decoder width."""
+    temperature: float = 0.05
+    """Softmax temperature on the cosine logits (as in decode.semantic)."""
+    views_per_step: int = 4
+    """Views of one scene per optimisation step (one batch)."""
+    min_alpha: float = 0.5
+    """Pixels with less rendered alpha carry no loss."""
+    image_jitter: float = 0.1
+    """Brightness/contrast/colour-gain jitter of the input image (robustness to real camera images)."""
+
+
+@dataclass
+class FusionScene:
+    """Pre-rendered training views of one scene (CPU tensors, ``V`` views)."""
+
+    scene_id: str
+    rgb: torch.Tensor
+    """[V, 3, H, W] float32 rendered colour."""
+    depth: torch.Tensor
+    """[V, 1, H, W] float32 rendered depth, metres."""
+    alpha: torch.Tensor
+    """[V, 1, H, W] float32 rendered alpha."""
+    splat: torch.Tensor
+    """[V, D, H, W] float16 splatted language features."""
+    label: torch.Tensor
+    """[V, H, W] int64 ground-truth class (UNLABELED where none)."""
+
+
+@torch.no_grad()
+def render_fusion_views(model, gaussians, cameras, render_settings=None) -> tuple[torch.Tensor, ...]:
+    """Encode ``gaussians`` with ``model`` and render every camera with the language features
+    splatted; returns ``(rgb, depth, alpha, splat, label)`` as in :class:`FusionScene`."""
+    from chorus_ros.core.gaussians import GaussianArrays
+    from chorus_ros.core.render import RenderSettings, render
+    model.eval()
+    lang = model(gaussians).heads["language"].float().cpu()
+    g = GaussianArrays(gaussians.means, gaussians.sh, gaussians.opacities, gaussians.log_scales, gaussians.quats)
+    lab = gaussians.extras["label"].long() if "label" in gaussians.extras else None
+    rs = render_settings or RenderSettings(backend="reference")
+    rgb, depth, alpha, splat, label = [], [], [], [], []
+    for cam in cameras:
+        out = render(g, cam, rs, features=lang, return_top_index=True).cpu()
+        rgb.append(out.rgb.permute(2, 0, 1).float().clamp(0, 1))
+        depth.append(out.depth[None].float())
+        alpha.append(out.alpha[None].float())
+        splat.append(out.features.permute(2, 0, 1).half())
+        top = out.top_index.long()
+        if lab is not None:
+            label.append(torch.where(top >= 0, lab[top.clamp_min(0)], torch.full_like(top, UNLABELED)))
+    st = torch.stack
+    return st(rgb), st(depth), st(alpha), st(splat), (st(label) if label else None)
+
+
+def jitter_image(rgb: torch.Tensor, amount: float, gen: torch.Generator | None) -> torch.Tensor:
+    """Random brightness, contrast and per-channel gain (per image of ``[B, 3, H, W]``)."""
+    if amount <= 0:
+        return rgb
+    b = rgb.shape[0]
+    u = lambda *s: (torch.rand(*s, generator=gen) * 2 - 1) * amount  # noqa: E731
+    gain = (1 + u(b, 3, 1, 1)).to(rgb)
+    contrast = (1 + u(b, 1, 1, 1)).to(rgb)
+    bright = u(b, 1, 1, 1).to(rgb)
+    mean = rgb.mean(dim=(1, 2, 3), keepdim=True)
+    return (((rgb - mean) * contrast + mean) * gain + bright).clamp(0, 1)
+
+
+@register_stage("fusion")
+class FusionStage(Stage):
+    """Trains :class:`~chorus_ros.core.decode.fusion.FusionDecoder` on a frozen encoder."""
+
+    options_cls = FusionOptions
+    needs_teachers = False
+
+    def _checkpoint(self):
+        if not self.options.encoder:
+            raise InvalidInputError("stage 'fusion' needs stage_options.fusion.encoder (a trained checkpoint dir)")
+        if getattr(self, "_ck", None) is None:
+            from chorus_ros.core.encoder.checkpoint import load_checkpoint
+            self._ck = load_checkpoint(self.options.encoder)
+        return self._ck
+
+    def load_scenes(self, trainer) -> list:
+        from chorus_ros.core.train.stages.contrastive import load_map_scenes
+        d = trainer.cfg.data
+        ck = self._checkpoint()
+        maps = load_map_scenes(list(d.train_seeds), scene=d.scene, views=d.views,
+                               density_range=d.density_range or None)
+        out = []
+        for m in maps:
+            rgb, depth, alpha, splat, label = render_fusion_views(ck.model, m.gaussians, m.cameras)
+            out.append(FusionScene(m.scene_id, rgb, depth, alpha, splat, label))
+        return out
+
+    def resolve_heads(self, trainer) -> list[str]:
+        return list(self._checkpoint().model.config.head_dims())
+
+    def prepare(self, trainer) -> None:
+        from chorus_ros.core.pipeline import text_spec_from_meta
+        from chorus_ros.core.text import build_text_encoder
+        ck = self._checkpoint()
+        # the checkpoint's own text encoder (the language head was trained against it)
+        trainer._text_encoder = build_text_encoder(text_spec_from_meta(dict(ck.meta or {}), self.options.encoder))
+
+    def build_model(self, trainer):
+        model = self._checkpoint().model
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return model
+
+    def setup(self, trainer) -> None:
+        from chorus_ros.core.decode.fusion import FusionConfig, FusionDecoder
+        o = self.options
+        lang = self._checkpoint().model.config.head_dims()["language"]
+        cfg = FusionConfig(language_dim=lang, embed_dim=trainer.text_encoder.dim, feat_channels=o.feat_channels,
+                           use_depth=o.use_depth, channels=tuple(o.channels), decoder_channels=o.decoder_channels)
+        self.modules["fusion"] = FusionDecoder(cfg)
+        with torch.no_grad():
+            self._text = trainer.text_encoder.encode(list(trainer.label_set.names)).float().to(trainer.device)
+
+    def scene_loss(self, trainer, scene: FusionScene) -> StageLoss:
+        from chorus_ros.core.decode.fusion import fusion_logits
+        o = self.options
+        fd = self.modules["fusion"]
+        v = scene.rgb.shape[0]
+        idx = torch.randperm(v, generator=trainer.gen)[: max(1, o.views_per_step)]
+        dev = trainer.device
+        rgb = jitter_image(scene.rgb[idx], o.image_jitter, trainer.gen).to(dev)
+        feats = fd.project_pixels(scene.splat[idx].float().to(dev))
+        alpha, depth = scene.alpha[idx].to(dev), scene.depth[idx].to(dev)
+        emb = fd(rgb, feats, alpha, depth if fd.config.use_depth else None)
+        logits = fusion_logits(emb, self._text, o.temperature)
+        lab = scene.label[idx].to(dev)
+        ok = (lab != UNLABELED) & (alpha[:, 0] >= o.min_alpha)
+        if not bool(ok.any()):
+            return StageLoss(extra=logits.sum() * 0.0, metrics={"pixels": 0})
+        loss = F.cross_entropy(logits.permute(0, 2, 3, 1)[ok], lab[ok])
+        acc = float((logits.argmax(1)[ok] == lab[ok]).float().mean())
+        return StageLoss(extra=loss, metrics={"acc": acc, "pixels": int(ok.sum())})
+
+    def checkpoint_meta(self, trainer) -> dict:
+        return {"fusion": {"encoder": self.options.encoder}}
+
+    def save(self, trainer, ckpt_dir) -> None:
+        from pathlib import Path
+
+        from chorus_ros.core.decode.fusion import FUSION_DIR, save_fusion
+        save_fusion(Path(ckpt_dir) / FUSION_DIR, self.modules["fusion"],
+                    {"step": trainer.step, "encoder": self.options.encoder, "temperature": self.options.temperature})

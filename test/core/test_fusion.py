@@ -1,0 +1,151 @@
+"""VDVI fusion decoder: shapes, open labels, the splat/projection identity, instance snapping,
+and the pipeline's per_view.fusion modes (camera with and without an image)."""
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+import numpy as np
+import pytest
+import torch
+
+from chorus_ros.core.decode.fusion import (FusionConfig, FusionDecoder, PerViewConfig, fusion_logits, load_fusion,
+                                           save_fusion, snap_instances)
+from chorus_ros.core.errors import CheckpointError, InvalidInputError
+from chorus_ros.core.render import RenderSettings, render
+
+_spec = importlib.util.spec_from_file_location("_tp", pathlib.Path(__file__).with_name("test_pipeline.py"))
+_tp = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_tp)
+
+
+def _decoder(d=16, seed=0, **kw):
+    torch.manual_seed(seed)
+    return FusionDecoder(FusionConfig(language_dim=d, embed_dim=d, feat_channels=4, channels=(8, 12), decoder_channels=8, **kw)).eval()
+
+
+def test_output_shape_unit_norm_and_input_checks():
+    fd = _decoder()
+    rgb, f, a, dep = torch.rand(2, 3, 30, 44), torch.randn(2, 4, 30, 44), torch.rand(2, 1, 30, 44), torch.rand(2, 1, 30, 44)
+    emb = fd(rgb, f, a, dep)
+    assert emb.shape == (2, 16, 30, 44)  # odd sizes come back at full resolution
+    assert torch.allclose(emb.norm(dim=1), torch.ones(2, 30, 44), atol=1e-5)
+    with pytest.raises(InvalidInputError, match="feats must be"):
+        fd(rgb, f[:, :3], a, dep)
+    with pytest.raises(InvalidInputError, match="depth must be"):
+        fd(rgb, f, a, None)
+    assert _decoder(use_depth=False)(rgb, f, a).shape == (2, 16, 30, 44)
+
+
+def test_open_labels_subsets_and_new_names_need_no_retraining():
+    fd = _decoder()
+    emb = fd(torch.rand(1, 3, 20, 20), torch.randn(1, 4, 20, 20), torch.ones(1, 1, 20, 20), torch.rand(1, 1, 20, 20))
+    text = torch.nn.functional.normalize(torch.randn(5, 16, generator=torch.Generator().manual_seed(3)), dim=1)
+    full = fusion_logits(emb, text, 0.05)
+    assert full.shape == (1, 5, 20, 20)
+    # a subset / reordering of the label set gives exactly the corresponding logits
+    sub = [4, 1, 2]
+    torch.testing.assert_close(fusion_logits(emb, text[sub], 0.05), full[:, sub])
+    # labels restricted to the subset = argmax of the full logits over that subset
+    a = fusion_logits(emb, text[sub], 0.05).argmax(1)
+    b = full[:, sub].argmax(1)
+    assert torch.equal(a, b)
+    # a label set with more names than the training one works too (no fixed class count)
+    more = torch.cat([text, torch.randn(7, 16)])
+    assert fusion_logits(emb, more, 0.05).shape == (1, 12, 20, 20)
+    with pytest.raises(InvalidInputError):
+        fusion_logits(emb, torch.randn(3, 15), 0.05)
+
+
+def test_projecting_per_gaussian_then_splatting_equals_projecting_the_splat():
+    g = _tp.base_scene()
+    fd = _decoder(d=12)
+    lang = torch.randn(len(g), 12, generator=torch.Generator().manual_seed(0))
+    cam = _tp.camera(24, 18)
+    rs = RenderSettings(backend="reference")
+    with torch.no_grad():
+        full = render(g, cam, rs, features=lang).features.permute(2, 0, 1)[None]
+        per_g = render(g, cam, rs, features=fd.project_gaussians(lang)).features.permute(2, 0, 1)[None]
+        torch.testing.assert_close(fd.project_pixels(full), per_g, rtol=1e-4, atol=1e-5)
+
+
+def test_snap_instances_hand_case():
+    inst = torch.tensor([[1, 1, 2, 2],
+                         [1, 1, 2, 2]])
+    lab3 = torch.tensor([[5, 5, 7, 7],
+                         [5, 5, 7, 7]])
+    fused = torch.tensor([[5, 7, 7, 7],     # (0,1) fused says 7: the nearest pixel with 3D label 7 is id 2
+                          [5, 5, 9, 7]])    # (1,2) fused 9: no neighbour has 3D label 9 -> keeps id 2
+    out = snap_instances(inst, lab3, fused, radius=1)
+    assert out.tolist() == [[1, 2, 2, 2], [1, 1, 2, 2]]
+    assert torch.equal(snap_instances(inst, lab3, fused, radius=0), inst)
+    assert torch.equal(snap_instances(inst, lab3, lab3.clone()), inst)  # agreement: nothing moves
+
+
+def test_save_load_roundtrip_and_strict(tmp_path):
+    fd = _decoder()
+    save_fusion(tmp_path / "fusion", fd, {"step": 3})
+    fd2 = load_fusion(tmp_path / "fusion")
+    for (k, v), (k2, v2) in zip(fd.state_dict().items(), fd2.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+    with pytest.raises(CheckpointError, match="no fusion decoder"):
+        load_fusion(tmp_path / "nothing")
+
+
+@pytest.fixture(scope="module")
+def fused_pipe():
+    text = _tp.build_text_encoder(_tp.TextEncoderSpec(tiny=True, prompt_template="{}"))
+    pipe = _tp.make_pipeline(text)
+    pipe.apply_update(_tp.base_scene())
+    pipe.encode()
+    torch.manual_seed(0)
+    pipe.fusion = FusionDecoder(FusionConfig(language_dim=text.dim, embed_dim=text.dim, feat_channels=4,
+                                             channels=(8, 12), decoder_channels=8)).eval()
+    return pipe
+
+
+def test_pipeline_fusion_modes_camera_with_and_without_image(fused_pipe):
+    pipe, cam = fused_pipe, _tp.camera()
+    pipe.config.per_view = PerViewConfig(fusion="off")
+    off = pipe.render_view(cam)
+    assert off.fused == "off"
+    pipe.config.per_view = PerViewConfig(fusion="rendered")
+    ren = pipe.render_view(cam)
+    assert ren.fused == "rendered" and ren.labels.shape == off.labels.shape
+    # ids still come from 3D: every fused-view id is an id of the 3D view
+    assert set(np.unique(ren.instances)) <= set(np.unique(off.instances))
+    pipe.config.per_view = PerViewConfig(fusion="camera")
+    no_img = pipe.render_view(cam)  # no camera image yet: falls back to the rendered RGB
+    assert no_img.fused == "rendered" and np.array_equal(no_img.labels, ren.labels)
+    same = pipe.render_view(cam, image=torch.from_numpy(ren.rgb).float().numpy() / 255.0)
+    assert same.fused == "camera"
+    assert (same.labels == ren.labels).mean() > 0.99  # the camera sees what was rendered
+    other = pipe.render_view(cam, image=np.zeros_like(ren.rgb))
+    assert other.fused == "camera"
+    assert not np.array_equal(other.confidence, ren.confidence)  # the image is used
+    with pytest.raises(InvalidInputError, match="camera image must be"):
+        pipe.render_view(cam, image=np.zeros((5, 5, 3), np.uint8))
+    # open labels in the pipeline: set_labels changes the fused label space without retraining
+    names = list(pipe.labels.names)
+    pipe.set_labels(names[::-1])
+    rev = pipe.render_view(cam)
+    lab = ren.labels.astype(np.int64)
+    ok = lab != 65535
+    k = len(names)
+    assert np.array_equal(rev.labels[ok], (k - 1 - lab[ok]).astype(np.uint16))
+    pipe.set_labels(names)
+    pipe.config.per_view = PerViewConfig()
+
+
+def test_fusion_mode_without_decoder_and_bad_mode_are_clear_errors(fused_pipe):
+    with pytest.raises(InvalidInputError, match="unknown"):
+        PerViewConfig(fusion="sometimes").validate()
+    dec = fused_pipe.fusion
+    try:
+        fused_pipe.fusion = None
+        fused_pipe.config.per_view = PerViewConfig(fusion="rendered")
+        with pytest.raises(InvalidInputError, match="no fusion decoder"):
+            fused_pipe.render_view(_tp.camera())
+    finally:
+        fused_pipe.fusion = dec
+        fused_pipe.config.per_view = PerViewConfig()
