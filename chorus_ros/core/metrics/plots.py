@@ -42,7 +42,8 @@ def _save(path: Path, rgb: np.ndarray) -> Path:
     return path
 
 
-def confusion_png(path, matrix: np.ndarray, names: list[str], title: str = "confusion (row-normalised)") -> Path:
+def confusion_png(path, matrix: np.ndarray, names: list[str],
+                  title: str = "confusion: rows ground truth, columns prediction (% of row)") -> Path:
     """Write the ``[K, K+1]`` confusion matrix (rows ground truth) as a heat map; returns the path."""
     m = np.asarray(matrix, dtype=np.float64)
     k = len(names)

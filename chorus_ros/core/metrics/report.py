@@ -22,7 +22,7 @@ over all views that carry its majority predicted id, averaged over objects. 3D m
 Gaussian's decoded class against its ground-truth class (only when the PLY carries labels;
 "present" as above).
 objects: decoded objects of thing classes / ground-truth instances whose class maps to a thing.
-query top-1: for each thing class present, the class name is queried and passes when the top
+query top-1: for each class present in the ground truth, the class name is queried and passes when the top
 object is mostly (> 50 %) made of that class (its Gaussians' ground truth when the map is
 labelled, else the ground truth of the pixels it covers)."""
 

@@ -24,7 +24,8 @@ Metrics (fractions here, percent in reports; definitions also in ``docs/evaluati
 * per-Gaussian (3D) confusion when the scene has per-Gaussian ground-truth classes;
 * objects: ``n_pred_objects`` (decoded objects whose class is a thing) against
   ``n_gt_instances`` (ground-truth instances whose majority class maps to a thing);
-* query top-1: for every thing class present in the ground truth, the pipeline is queried with
+* query top-1: for every class present in the ground truth (stuff included: walls and floors are
+  objects of the decoder too), the pipeline is queried with
   the class name; it passes when the top object is mostly (> 50 %) made of that class: of its
   Gaussians' ground-truth classes when the scene has them, else of the ground-truth classes of
   the pixels it covers over all views.
@@ -63,7 +64,8 @@ class SceneEvalConfig:
     """Shared alpha threshold for prediction and ground truth; None = the pipeline's
     ``semantic.min_alpha``."""
     background: tuple[str, ...] = DEFAULT_BACKGROUND
-    """Classes excluded by the foreground metrics, the instance metrics and query top-1."""
+    """Classes excluded by the foreground metrics and the instance metrics (PQ, id consistency,
+    object counts)."""
     chunks: int = 1
     """1: one full encode; >1: the map arrives in this many slabs along x, each followed by an
     incremental encode, views rendered after each (needs per-Gaussian ground truth)."""
@@ -316,7 +318,7 @@ def evaluate_scenes(pipeline_factory, scenes, cfg: SceneEvalConfig | None = None
                 present[np.unique(gl_np[gl_np != UNLABELED])] = True
             inst_attr = (pipe.map.attribute(ATTR_INSTANCE).long().cpu().numpy()
                          if ATTR_INSTANCE in pipe.map.attribute_names() else None)
-            for c in np.nonzero(present & thing)[0].tolist():
+            for c in np.nonzero(present)[0].tolist():
                 hits = pipe.query(names[c], top_k=1)
                 if not hits:
                     qd[names[c]] = {"pass": False, "instance_id": None, "share": 0.0, "by": "none"}
