@@ -4,7 +4,7 @@
                   [--use-sim-time] [--log-level info]
     chorus-ros make-bag OUT [--steps 5] [--gaussians 20000] [--seed 0] [--width 160 --height 120]
     chorus-ros make-bag --dataset DIR [--out BAG] [--storage mcap|sqlite3] [--pieces 4] [--views SLICE]
-                        [--map FILE.ply]
+                        [--map FILE.ply] [--view-period 0.1]
     chorus-ros replay BAG [--rate 1.0] [--namespace NS]
     chorus-ros up --map FILE.ply [...]      the map loaded and encoded at start-up
     chorus-ros query --map FILE.ply "chair" [--checkpoint DIR] [--top-k 5] [--json] [--device cpu]
@@ -208,7 +208,8 @@ def _make_scene_bag(a: argparse.Namespace) -> int:
         if scene.ignored_properties:
             print(f"{scene.map_path}: ignored PLY properties (not recorded): "
                   f"{', '.join(scene.ignored_properties)}", flush=True)
-        info = make_scene_bag(out, scene, SceneBagConfig(pieces=a.pieces, storage=a.storage, camera=a.cameras[0]))
+        info = make_scene_bag(out, scene, SceneBagConfig(pieces=a.pieces, storage=a.storage, camera=a.cameras[0],
+                                                         view_period_s=a.view_period))
     except InvalidInputError as e:
         print(f"chorus-ros make-bag: {e}", file=sys.stderr)
         return 2
@@ -301,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     mb.add_argument("--pieces", type=int, default=4, help="spatial map pieces: 1 FULL + DELTAs (--dataset)")
     mb.add_argument("--views", metavar="SLICE", help="frames as a Python slice, e.g. '::4' (--dataset)")
     mb.add_argument("--map", metavar="FILE.ply", help="the folder's 3DGS map (--dataset; default its own)")
+    mb.add_argument("--view-period", type=float, default=0.1, metavar="S",
+                    help="seconds between recorded views (--dataset)")
     mb.add_argument("--steps", type=int, default=5, help="map updates (1 FULL + DELTAs)")
     mb.add_argument("--gaussians", type=int, default=20_000, help="approximate scene size")
     mb.add_argument("--seed", type=int, default=0, help="scene seed")

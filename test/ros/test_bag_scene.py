@@ -98,3 +98,14 @@ def test_malformed_inputs_get_one_clear_error(small_scene, tmp_path, capsys):
     (tmp_path / "junk").mkdir()
     with pytest.raises(DatasetError, match=f"{tmp_path / 'junk'}: not a readable rosbag2 bag"):
         read_scene_bag(tmp_path / "junk")
+
+
+def test_docs_list_every_scene_bag_topic():
+    """docs/ros.md documents each topic a scene bag carries, with its type."""
+    from pathlib import Path
+
+    from chorus_ros.ros.bag import scene_bag_topics
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "ros.md").read_text()
+    for topic, (msgtype, _) in scene_bag_topics("camera_0").items():
+        pkg, _, name = msgtype.split("/")
+        assert f"| `{topic}` | {pkg}/{name}" in doc, f"docs/ros.md lacks the scene bag topic {topic}"
