@@ -109,3 +109,26 @@ def test_docs_list_every_scene_bag_topic():
     for topic, (msgtype, _) in scene_bag_topics("camera_0").items():
         pkg, _, name = msgtype.split("/")
         assert f"| `{topic}` | {pkg}/{name}" in doc, f"docs/ros.md lacks the scene bag topic {topic}"
+
+
+def test_make_bag_from_the_export_layout(small_scene, tmp_path, capsys):
+    """The chorus_ros export layout (export_dataset) records too; its 'no instance' id is 65535."""
+    from chorus_ros.core.synthetic.dataset import export_dataset
+    from chorus_ros.core.synthetic.trajectory import TrajectoryConfig, make_trajectory
+    from chorus_ros.ros.bag import read_scene_bag
+    from chorus_ros.tools.cli import main
+    traj = make_trajectory(small_scene, TrajectoryConfig(loop_views=2, random_views=0, width=16, height=12))
+    export_dataset(small_scene, traj, tmp_path / "exported")
+    assert main(["make-bag", "--dataset", str(tmp_path / "exported"), "--out", str(tmp_path / "b"),
+                 "--pieces", "1"]) == 0
+    bag = read_scene_bag(tmp_path / "b", with_inputs=True)
+    assert bag.info["instance_none_id"] == 65535 and bag.info["pieces"] == 1 and len(bag.view_stamps_ns) == 2
+    assert bag.classes[0] == small_scene.labels.names[0] and "floor" in bag.info["stuff"]
+    assert sorted(bag.gaussians.ids.tolist()) == sorted(small_scene.gaussians.ids.tolist())
+    ref = dict(zip(small_scene.gaussians.ids.tolist(), small_scene.gaussians.extras["label"].tolist()))
+    assert [ref[i] for i in bag.gaussians.ids.tolist()] == bag.gaussians.extras["label"].tolist()
+    (tmp_path / "exported" / "scene.ply").unlink()                     # malformed: the PLY is gone
+    assert main(["make-bag", "--dataset", str(tmp_path / "exported"), "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert f"missing 3DGS map {tmp_path / 'exported' / 'scene.ply'}" in err and "Traceback" not in err
+    assert not (tmp_path / "c").exists()
