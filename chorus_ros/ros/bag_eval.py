@@ -209,7 +209,8 @@ def evaluate_bag(path: str | Path, config: BagEvalConfig, log: Callable[[str], N
     from chorus_ros.tools import isolate_ros_env
     isolate_ros_env()
     import rclpy
-    from sensor_msgs.msg import Image
+    from rclpy.serialization import deserialize_message
+    from sensor_msgs.msg import CameraInfo, Image
 
     from chorus_ros.core.datasets import Intrinsics, SceneFolder, SceneFrame
     from chorus_ros.core.errors import DatasetError
@@ -294,8 +295,8 @@ def evaluate_bag(path: str | Path, config: BagEvalConfig, log: Callable[[str], N
                 counts["maps"] += 1
             elif m.topic.endswith("/pose"):
                 counts["views"] += 1
-            elif m.topic.endswith("/camera_info"):
-                sent_at[m.t_ns] = now       # the pair is complete once its CameraInfo is out
+            elif m.topic.endswith("/camera_info"):  # the pair is complete once its CameraInfo is out
+                sent_at[cv.stamp_to_ns(deserialize_message(m.raw, CameraInfo).header.stamp)] = now
 
         t0 = time.perf_counter()
         replay_bag(bag.path, probe, rate=cfg.rate, topics=bag.input_topics, before_publish=before)
