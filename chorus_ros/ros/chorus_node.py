@@ -12,6 +12,10 @@ Subscriptions (relative names, so the node's namespace applies):
     <camera>/camera_info          sensor_msgs/CameraInfo        best effort; paired with the pose
                                   by stamp (``pair_tolerance_s``), never "latest"
     (TF instead of <camera>/pose when ``pose_source`` = 'tf' and tf2_ros is installed)
+    <camera>/image_raw            sensor_msgs/Image             best effort; only read when
+                                  ``pipeline.per_view.fusion`` = 'camera': paired with the view by
+                                  stamp (``pair_tolerance_s``); without a partner the fusion
+                                  decoder uses the rendered RGB
 
 Publications (every image copies the request's stamp and the camera frame):
     <camera>/semantic/image_raw          16UC1 class ids, 65535 = unlabeled
@@ -144,17 +148,26 @@ class ChorusNodeConfig:
     max_label_length: int = 200
     """Longest class name accepted by ~/set_labels, characters."""
     save_root: str = ""
-    """Folder holding the saves of ~/save_map and ~/load_map ('' = $ROS_HOME/chorus_ros/maps, or ~/.ros/chorus_ros/maps). Request paths are names inside it (or absolute paths inside it): no '..', no hidden names, no symbolic links. Leftovers of interrupted saves in it are cleaned at start-up. Read at start."""
+    """Folder holding the saves of ~/save_map and ~/load_map ('' = $ROS_HOME/chorus_ros/maps, or
+    ~/.ros/chorus_ros/maps). Request paths are names inside it (or absolute paths inside it): no
+    '..', no hidden names, no symbolic links. Leftovers of interrupted saves in it are cleaned
+    at start-up. Read at start."""
     save_max_depth: int = 4
     """Most folder levels of a save path below save_root."""
     save_min_free_mb: float = 256.0
-    """Free space that must remain on the save volume after a save, MiB; a save that would leave less is refused before anything is written."""
+    """Free space that must remain on the save volume after a save, MiB; a save that would leave
+    less is refused before anything is written."""
     map_id: str = ""
-    """The map this node follows: updates of other maps are refused and counted ('update_foreign_map' in ~/status). '' = adopt the map of the first FULL update applied (or of a save restored by ~/load_map)."""
+    """The map this node follows: updates of other maps are refused and counted
+    ('update_foreign_map' in ~/status). '' = adopt the map of the first FULL update applied (or
+    of a save restored by ~/load_map)."""
     follow_any_map: bool = False
     """Let a FULL update of any map replace the map (which then becomes the followed one)."""
     load_sequence: str = "keep"
-    """What ~/load_map does with the map update sequence: 'keep' (the followed publisher's live deltas keep applying on top of the loaded map), 'reset' (deltas are refused until the next FULL update) or 'restore' (take the map id and sequence stored with the save, so the publisher's deltas after it apply; refused for a save of another map)."""
+    """What ~/load_map does with the map update sequence: 'keep' (the followed publisher's live
+    deltas keep applying on top of the loaded map), 'reset' (deltas are refused until the next
+    FULL update) or 'restore' (take the map id and sequence stored with the save, so the
+    publisher's deltas after it apply; refused for a save of another map)."""
 
 
 READ_ONLY = ["checkpoint", "map_frame", "cameras", "pose_source", "queue_size", "save_root",
@@ -255,6 +268,7 @@ class ChorusNode(Node):
                            else Path(cfg.save_root).expanduser())
         self._clean_save_root(cfg)
         self._pairer = StampPairer(int(cfg.pair_tolerance_s * 1e9))
+        self._camera_images: dict[str, dict[int, Image]] = {}  # camera -> stamp ns -> Image (newest 8)
         self._limiter = StampRateLimiter(cfg.max_rate_hz)
         self._unpaired_seen = 0
         self._rate = RateMeter(5.0)
@@ -301,6 +315,9 @@ class ChorusNode(Node):
             self.create_subscription(CameraInfo, f"{cam}/camera_info",
                                      lambda m, c=cam: self._on_camera_info(c, m), qos.sensor_input(),
                                      callback_group=inputs, qos_overriding_options=qos.overrides())
+            self.create_subscription(Image, f"{cam}/image_raw", lambda m, c=cam: self._on_camera_image(c, m),
+                                     qos.sensor_input(), callback_group=inputs,
+                                     qos_overriding_options=qos.overrides())
             self._image_pubs[cam] = {
                 name: self.create_publisher(Image, f"{cam}/{topic}", qos.images(),
                                             qos_overriding_options=qos.overrides())
@@ -563,13 +580,40 @@ class ChorusNode(Node):
         self._publish_objects(objects)
         self._dirty_since = None
 
+    def _on_camera_image(self, camera: str, msg: Image) -> None:
+        """Keep the newest few camera images per camera for fusion (mode 'camera' only)."""
+        if getattr(getattr(self.pipeline.config, "per_view", None), "fusion", "off") != "camera":
+            return
+        buf = self._camera_images.setdefault(camera, {})
+        buf[cv.stamp_to_ns(msg.header.stamp)] = msg
+        while len(buf) > 8:
+            del buf[min(buf)]
+
+    def _camera_image_for(self, view: _View):
+        """The camera image paired with ``view`` by stamp as [H, W, 3] uint8, or None."""
+        buf = self._camera_images.get(view.camera)
+        if not buf or getattr(getattr(self.pipeline.config, "per_view", None), "fusion", "off") != "camera":
+            return None
+        msg = cv.pick_by_stamp(dict(buf), view.stamp_ns, self._pairer.tolerance_ns)
+        if msg is None:
+            self.drops.add("camera_image_unpaired")
+            return None
+        try:
+            return cv.camera_rgb(msg, view.cam.width, view.cam.height)
+        except ChorusError as e:
+            self.drops.add("camera_image_rejected")
+            self.errors.report(f"camera image on {view.camera} not used for fusion", e)
+            return None
+
     def _render_and_publish(self, view: _View) -> None:
         cfg = self.config
         t0 = time.monotonic()
         try:
+            image = self._camera_image_for(view)
             with self._lock:
                 t1 = time.monotonic()
-                result = self.pipeline.render_view(view.cam)
+                result = (self.pipeline.render_view(view.cam, image=image) if image is not None
+                          else self.pipeline.render_view(view.cam))
                 labels = self.pipeline.labels
         except Exception as e:      # noqa: BLE001 - counted and reported; the worker goes on
             self.drops.add("view_render_failed")

@@ -73,16 +73,25 @@ def _request(harness, prefix, cam, stamp_ns):
 ALL = ["semantic", "semantic_color", "overlay", "instance", "confidence", "depth", "rgb"]
 
 
-def test_images_equal_the_pipeline_output_for_the_same_pose(harness, node, views, small_scene,
+@pytest.fixture(scope="module")
+def full_map(harness, node, small_scene, wait_until):
+    """The node holds the whole scene (map 'm', sequence 0), encoded. Every test that needs the
+    map asks for it, so none depends on another having run first."""
+    from chorus_ros.ros.map_updates import map_update_to_msg
+    full = map_update_to_msg(small_scene.gaussians, map_id="m", sequence=0, full=True, stamp=10,
+                             include_extras=True)
+    _send_map(harness, "map_updates", [full])
+    wait_until(lambda: node.encoded_version > 0 and node.wait_idle(0.1), 60, "the map to be encoded")
+    return full
+
+
+def test_images_equal_the_pipeline_output_for_the_same_pose(harness, node, full_map, views, small_scene,
                                                             pipeline_factory, wait_until):
     from chorus_ros.ros import conversions as cv
     from chorus_ros.ros.chorus_node import OUTPUTS
-    from chorus_ros.ros.map_updates import map_update_from_msg, map_update_to_msg
-    full = map_update_to_msg(small_scene.gaussians, map_id="m", sequence=0, full=True, stamp=10,
-                             include_extras=True)
+    from chorus_ros.ros.map_updates import map_update_from_msg
+    full = full_map
     outs = {c: Outputs(harness, c) for c in ("camera_0", "camera_1")}
-    _send_map(harness, "map_updates", [full])
-    wait_until(lambda: node.encoded_version > 0 and node.wait_idle(0.1), 60, "the map to be encoded")
     ref = pipeline_factory()
     ref.apply_update(map_update_from_msg(full).gaussians, None, full=True)
     ref.encode()
@@ -106,7 +115,7 @@ def test_images_equal_the_pipeline_output_for_the_same_pose(harness, node, views
     assert node.views_published >= 2 and not node.errors.recent
 
 
-def test_label_table_and_object_map_are_latched(harness, node, small_scene, wait_until):
+def test_label_table_and_object_map_are_latched(harness, node, full_map, small_scene, wait_until):
     """A late joiner (subscribing after publication) still gets both."""
     from chorus_ros.msg import LabelInfo, ObjectMap
     from chorus_ros.ros import conversions as cv
@@ -125,7 +134,7 @@ def test_label_table_and_object_map_are_latched(harness, node, small_scene, wait
     assert {o.label for o in om.objects} <= set(small_scene.labels.names)
 
 
-def test_map_grown_by_deltas_gives_the_same_final_images(harness, node, views, small_scene, pipeline_factory,
+def test_map_grown_by_deltas_gives_the_same_final_images(harness, node, full_map, views, small_scene, pipeline_factory,
                                                          wait_until):
     """A second node fed FULL(part) + DELTAs (with a transient clutter Gaussian removed again)
     renders the same final images as the node that got the full map at once."""
@@ -184,7 +193,7 @@ def query(harness, tiny_text_encoder):
     harness.remove(q)
 
 
-def test_class_name_queries_find_the_objects_of_the_map(harness, node, query, small_scene, wait_until):
+def test_class_name_queries_find_the_objects_of_the_map(harness, node, full_map, query, small_scene, wait_until):
     """chorus_node's object map -> query_node: each queried class name's best object is of that
     class and sits where the scene has an instance of it."""
     from chorus_ros.srv import QueryObjects
@@ -204,7 +213,7 @@ def test_class_name_queries_find_the_objects_of_the_map(harness, node, query, sm
         assert res.map_sequence == 0
 
 
-def test_relevance_image_of_the_last_query_for_each_view(harness, node, query, views, wait_until):
+def test_relevance_image_of_the_last_query_for_each_view(harness, node, full_map, query, views, wait_until):
     """query_node asks chorus_node's ~/render_relevance (asynchronously) for each view of its
     relevance camera after a query, and publishes the 32FC1 image with the view's stamp."""
     from sensor_msgs.msg import Image
@@ -228,7 +237,7 @@ def test_relevance_image_of_the_last_query_for_each_view(harness, node, query, v
     wait_until(lambda: not query._in_flight, 30, "the last relevance call")
 
 
-def test_keep_newest_queue_drops_the_oldest_views_while_busy(harness, node, views, wait_until):
+def test_keep_newest_queue_drops_the_oldest_views_while_busy(harness, node, full_map, views, wait_until):
     """While the worker is busy (pipeline lock held, as during a long encode) five views arrive:
     the queue (queue_size 2) keeps the two newest, the dropped ones are counted in ~/status."""
     import threading
@@ -263,7 +272,7 @@ def test_keep_newest_queue_drops_the_oldest_views_while_busy(harness, node, view
     wait_until(lambda: status and status[-1].dropped_requests >= node._views.dropped, 10, "the status")
 
 
-def test_max_rate_drops_views_by_stamp(harness, node, views, wait_until):
+def test_max_rate_drops_views_by_stamp(harness, node, full_map, views, wait_until):
     from rclpy.parameter import Parameter
     out = Outputs(harness, "camera_0")
     assert node.set_parameters([Parameter("max_rate_hz", value=2.0)])[0].successful
@@ -279,7 +288,7 @@ def test_max_rate_drops_views_by_stamp(harness, node, views, wait_until):
         node.set_parameters([Parameter("max_rate_hz", value=0.0)])
 
 
-def test_pose_and_camera_info_pair_within_the_tolerance_only(harness, node, views, wait_until):
+def test_pose_and_camera_info_pair_within_the_tolerance_only(harness, node, full_map, views, wait_until):
     from geometry_msgs.msg import PoseStamped
     from rclpy.parameter import Parameter
     from sensor_msgs.msg import CameraInfo
@@ -304,7 +313,7 @@ def test_pose_and_camera_info_pair_within_the_tolerance_only(harness, node, view
         node.set_parameters([Parameter("pair_tolerance_s", value=0.0)])
 
 
-def test_set_labels_changes_the_label_table_and_images_without_re_encoding(harness, node, views, wait_until):
+def test_set_labels_changes_the_label_table_and_images_without_re_encoding(harness, node, full_map, views, wait_until):
     """(Last in this module: it changes the node's label set.)"""
     from chorus_ros.msg import LabelInfo, ObjectMap
     from chorus_ros.ros import conversions as cv
