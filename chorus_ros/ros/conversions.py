@@ -33,7 +33,7 @@ __all__ = [
     "IMAGE_ENCODINGS", "image_to_numpy", "numpy_to_image", "stamp_to_ns", "ns_to_stamp",
     "camera_from_msgs", "camera_to_msgs", "labelset_to_msg", "msg_to_labelset",
     "colors_from_msgs", "objects_to_msg", "ObjectTable", "objectmap_to_table",
-    "records_to_msgs", "header", "view_images", "overlay_rgb",
+    "records_to_msgs", "header", "view_images", "overlay_rgb", "camera_rgb", "pick_by_stamp",
 ]
 
 IMAGE_ENCODINGS: dict[str, tuple[np.dtype, int]] = {
@@ -341,3 +341,37 @@ def view_images(view: Any, labels: LabelSet, overlay_alpha: float = 0.5) -> dict
         if v is not None:
             out[name] = np.ascontiguousarray(_np(v).astype(dtype, copy=False))
     return out
+
+
+def camera_rgb(msg: Image, width: int, height: int) -> np.ndarray:
+    """A live camera Image as ``[height, width, 3]`` uint8 RGB for the fusion decoder.
+
+    Accepts rgb8/bgr8/rgba8/bgra8/mono8/8UC3 (channels reordered / replicated). The image must
+    already be in the view's pixel grid (the CameraInfo that defines the view): a different size
+    raises :class:`InvalidInputError` naming both sizes (no silent resampling).
+    """
+    arr = image_to_numpy(msg)
+    enc = msg.encoding
+    if arr.dtype != np.uint8:
+        raise InvalidInputError(f"camera image encoding {enc!r} is not 8-bit colour; use rgb8/bgr8/mono8")
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    elif enc in ("bgr8", "bgra8"):
+        arr = arr[..., [2, 1, 0]]
+    else:
+        arr = arr[..., :3]
+    if arr.shape[:2] != (int(height), int(width)):
+        raise InvalidInputError(f"camera image is {arr.shape[1]}x{arr.shape[0]} but the view (CameraInfo) is "
+                                f"{int(width)}x{int(height)}")
+    return np.ascontiguousarray(arr)
+
+
+def pick_by_stamp(buffer: dict[int, Any], stamp_ns: int, tolerance_ns: int) -> Any | None:
+    """The entry of ``buffer`` (stamp ns -> item) whose stamp is closest to ``stamp_ns`` within
+    ``tolerance_ns`` (ties: the older one), or None. Pairing by stamp, never "latest"."""
+    best, best_dt = None, None
+    for s in sorted(buffer):
+        dt = abs(int(s) - int(stamp_ns))
+        if dt <= tolerance_ns and (best_dt is None or dt < best_dt):
+            best, best_dt = buffer[s], dt
+    return best
