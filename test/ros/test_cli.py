@@ -139,3 +139,35 @@ def test_up_with_a_map_file(tiny_scene_folder, harness, random_checkpoint, wait_
     from chorus_ros.core.ply import read_ply
     n = len(read_ply(ply).gaussians)
     assert "ignored PLY properties instance, label" in out and f"loaded and encoded: {n} Gaussians" in out
+
+
+def test_split_map_caps_the_number_of_pieces(small_scene):
+    from chorus_ros.ros.map_file import split_map
+    g = small_scene.gaussians
+    n = len(g)
+    parts = split_map(g, max_piece=1000)
+    assert [len(p) for p in parts] == [1000, 1000, n - 2000]
+    assert sum((p.ids.tolist() for p in parts), []) == g.ids.tolist()     # order and ids kept
+    capped = split_map(g, max_piece=100, max_pieces=4)                     # 25 pieces would be too many
+    assert len(capped) == 4 and sum(len(p) for p in capped) == n
+    assert len(split_map(g)) == 1
+    with pytest.raises(ValueError, match="max_piece"):
+        split_map(g, max_piece=0)
+
+
+def test_published_map_reaches_a_node_that_joins_later(small_scene, harness, random_checkpoint, wait_until):
+    """publish_map's pieces (FULL + DELTAs) stay latched: a chorus_node started afterwards still
+    receives all of them and holds the whole map."""
+    from chorus_ros.core.datasets import strip_gaussians
+    from chorus_ros.ros.bringup import Bringup
+    from chorus_ros.ros.map_file import publish_map
+    g = strip_gaussians(small_scene.gaussians)
+    pub, pieces = publish_map(harness.probe, g, map_id="late", topic="/late/map_updates", max_piece=1000)
+    assert pieces == 3
+    with Bringup(checkpoint=str(random_checkpoint), nodes=["chorus_node"], namespace="late", log_level="warn") as b:
+        node = b.nodes["chorus_node"]
+        wait_until(lambda: node.updates_received >= 3 and node.wait_idle(0.05) and len(node.pipeline.map) == len(g),
+                   60, "the whole map in the late node")
+        assert sorted(node.pipeline.map.arrays().ids.tolist()) == sorted(g.ids.tolist())
+        assert not list(node.errors.recent)
+    harness.probe.destroy_publisher(pub)
