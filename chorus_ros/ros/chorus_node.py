@@ -102,7 +102,7 @@ class ChorusNodeConfig:
     """Parameters of chorus_node (each field is one ROS parameter, ``pipeline.*`` nested)."""
 
     checkpoint: str = ""
-    """Checkpoint directory (model.safetensors + config.yaml). Read at start."""
+    """Checkpoint directory (model.safetensors + config.yaml). Setting it at run time switches the encoder: the checkpoint is loaded and checked in the parameter callback (a bad one is refused with the reason, the old one keeps running), then the worker re-encodes the kept map with it (~/status: state 'switching_checkpoint', then 'checkpoint' = the new folder)."""
     map_frame: str = "map"
     """Frame of the Gaussian map; camera poses must be expressed in it."""
     cameras: list[str] = field(default_factory=lambda: ["camera_0"])
@@ -170,7 +170,7 @@ class ChorusNodeConfig:
     publisher's deltas after it apply; refused for a save of another map)."""
 
 
-READ_ONLY = ["checkpoint", "map_frame", "cameras", "pose_source", "queue_size", "save_root",
+READ_ONLY = ["map_frame", "cameras", "pose_source", "queue_size", "save_root",
              "map_update_depth", "max_pending_updates", "status_rate_hz", "service_queue_depth"]
 """ChorusNodeConfig parameters that need a restart (declared read-only)."""
 PIPELINE_MUTABLE = ["render.near", "render.far", "render.eps2d", "render.sh_degree", "render.background",
@@ -275,6 +275,7 @@ class ChorusNode(Node):
         self.drops = DropCounter(DROP_REASONS)
         """Dropped work by reason (published in ~/status drop_reasons/drop_counts)."""
         self.encode_error = ""                  # '' or why the last encode failed
+        self._active_checkpoint = cfg.checkpoint  # the checkpoint the features come from
         self._failed_version: int | None = None  # map version whose encode failed (not retried)
         self.dropped_updates = 0
         self.updates_received = 0               # map update messages seen by the callback
@@ -348,6 +349,8 @@ class ChorusNode(Node):
             raise ValueError(f"load_sequence must be 'keep', 'reset' or 'restore', got {cfg.load_sequence!r}")
         if cfg.save_root and not Path(cfg.save_root).expanduser().is_absolute():
             raise ValueError(f"save_root must be an absolute path (or '' for the ROS home), got {cfg.save_root!r}")
+        if "checkpoint" in names and getattr(self, "_worker", None) is not None:
+            self._stage_checkpoint(cfg.checkpoint)   # a bad checkpoint raises: refused, old one kept
 
     def _clean_save_root(self, cfg: ChorusNodeConfig) -> None:
         """Remove (or put back) what interrupted saves left in save_root."""
@@ -363,6 +366,9 @@ class ChorusNode(Node):
         self.errors.throttle_s = cfg.error_throttle_s
         if hasattr(self, "_owner"):
             self._owner.configure(cfg.map_id, cfg.follow_any_map)
+        if "checkpoint" in names and getattr(self, "_staged", None) is not None:
+            self._switch_pending, self._staged = self._staged, None
+            self._wake.set()
 
     def _on_pipeline_params(self, cfg: PipelineConfig, names: list[str]) -> None:
         with self._pipeline_lock():  # in place: the decoders hold references to the sub-configs
@@ -494,6 +500,43 @@ class ChorusNode(Node):
                 self.drops.add("view_queue_full")
         self._wake.set()
 
+    # ------------------------------------------------------------------ checkpoint switch
+    def _stage_checkpoint(self, path: str) -> None:
+        """Load and check ``path`` (parameter callback); raise ValueError to refuse it."""
+        from chorus_ros.core.adapt.switch import load_switch
+        try:
+            self._staged = load_switch(path, self.pipeline.config)
+        except ChorusError as e:
+            msg = f"checkpoint {path!r} refused, still using {self._active_checkpoint!r}: {e}"
+            self.errors.report("checkpoint switch", msg)
+            raise ValueError(msg) from e
+
+    def _switch_if_pending(self) -> None:
+        """Worker: put a staged checkpoint into the pipeline and re-encode the kept map."""
+        staged, self._switch_pending = getattr(self, "_switch_pending", None), None
+        if staged is None:
+            return
+        from chorus_ros.core.adapt.switch import apply_switch
+        self._state = "switching_checkpoint"
+        try:
+            with self._lock:
+                summary = apply_switch(self.pipeline, staged)
+                objects = self.pipeline.objects()
+        except Exception as e:      # noqa: BLE001 - the previous checkpoint is restored and keeps running
+            self.errors.report("checkpoint switch", f"re-encoding with {staged.path!r} failed, still using "
+                                                    f"{self._active_checkpoint!r}: {type(e).__name__}: {e}")
+            self._state = "running"
+            return
+        self._active_checkpoint = staged.path
+        self._failed_version, self.encode_error = None, ""
+        self.encoded_version, self.last_encode = int(summary.map_version), summary
+        self._dirty_since = None
+        self._state = "running"
+        self._publish_labels()
+        self._publish_objects(objects)
+        self.get_logger().info(f"switched to checkpoint {staged.path} ({len(self.pipeline.labels)} labels, "
+                               f"{summary.updated_gaussians} Gaussians re-encoded)")
+
     # ---------------------------------------------------------------------------- worker
     def _run_worker(self) -> None:
         while not self._stop.is_set():
@@ -501,6 +544,7 @@ class ChorusNode(Node):
             self._wake.clear()
             try:
                 self._apply_pending_updates()
+                self._switch_if_pending()
                 self._encode_if_needed()
                 view = self._views.get_nowait()
                 while view is not None and not self._stop.is_set():
@@ -580,6 +624,7 @@ class ChorusNode(Node):
         self._publish_objects(objects)
         self._dirty_since = None
 
+    @guarded("camera image callback")
     def _on_camera_image(self, camera: str, msg: Image) -> None:
         """Keep the newest few camera images per camera for fusion (mode 'camera' only)."""
         if getattr(getattr(self.pipeline.config, "per_view", None), "fusion", "off") != "camera":
@@ -673,6 +718,7 @@ class ChorusNode(Node):
         msg.drop_reasons = list(counts)
         msg.drop_counts = [int(v) for v in counts.values()]
         msg.encode_error = self.encode_error
+        msg.checkpoint = str(getattr(self, "_active_checkpoint", ""))
         self._status_pub.publish(msg)
 
     # ------------------------------------------------------------------------- services

@@ -352,6 +352,11 @@ class AdaptResult:
     """[N, K] per-Gaussian class probabilities of the scene after adaptation."""
     peak_rss_mib: float = 0.0
     """Peak resident memory of the process after the run (ru_maxrss), MiB."""
+    cpu_seconds_prepare: float = 0.0
+    """Process CPU time (all threads) of the preparation; on a shared machine the wall time
+    also counts waiting for a core."""
+    cpu_seconds_train: float = 0.0
+    """Process CPU time of the training loop."""
 
 
 def _resolve_splat(cfg: AdaptConfig) -> str:
@@ -380,6 +385,7 @@ def adapt(model, gaussians: GaussianArrays, scene, train_positions: Sequence[int
     import resource
 
     t_start = time.perf_counter()
+    c_start = time.process_time()
     cfg.validate()
     if not len(train_positions):
         raise InvalidInputError("adaptation needs at least one training view")
@@ -417,6 +423,7 @@ def adapt(model, gaussians: GaussianArrays, scene, train_positions: Sequence[int
     lr = cfg.lr * (cfg.lr_all_factor if cfg.train == "all" else 1.0)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
     t_prep = time.perf_counter() - t_start
+    c_prep = time.process_time() - c_start
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     history: list[dict] = []
     bar = None
@@ -489,6 +496,7 @@ def adapt(model, gaussians: GaussianArrays, scene, train_positions: Sequence[int
     if bar is not None:
         bar.close()
     t_train = time.perf_counter() - t_start - t_prep
+    c_train = time.process_time() - c_start - c_prep
     adapter = lora.adapter_state(model) if cfg.train == "lora" else {}
     runner._trunk = None
     runner.trunk_frozen = False
@@ -500,7 +508,7 @@ def adapt(model, gaussians: GaussianArrays, scene, train_positions: Sequence[int
         p.requires_grad_(False)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     return AdaptResult(model.eval(), label_set, history, step, t_prep, t_train, adapter, stopped,
-                       None if scores is None else scores.cpu(), rss)
+                       None if scores is None else scores.cpu(), rss, c_prep, c_train)
 
 
 # ----------------------------------------------------------------------------- saving
@@ -540,6 +548,7 @@ def save_adapted(out_dir: str | os.PathLike, result: AdaptResult, base_dir: str 
     prov["stopped_by_budget"] = bool(result.stopped_by_budget)
     prov["seconds_prepare"] = round(float(result.seconds_prepare), 2)
     prov["seconds_train"] = round(float(result.seconds_train), 2)
+    prov["cpu_seconds"] = round(float(result.cpu_seconds_prepare + result.cpu_seconds_train), 2)
     if result.history:
         first, last = result.history[0], result.history[-1]
         tail = result.history[-10:]
