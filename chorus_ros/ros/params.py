@@ -357,6 +357,8 @@ class ParameterBinding:
                 self._validate(candidate, sorted(mine))
         except (ValueError, TypeError) as e:
             return SetParametersResult(successful=False, reason=str(e))
+        except Exception as e:  # noqa: BLE001 - a parameter request must never end the executor
+            return SetParametersResult(successful=False, reason=f"unexpected {type(e).__name__}: {e}")
         return SetParametersResult(successful=True)
 
     def _post_set(self, params) -> None:
@@ -367,4 +369,12 @@ class ParameterBinding:
             self.config = build_config(self.config, mine, self.prefix, self.specs)
             cfg = self.config
         if self._on_change is not None:
-            self._on_change(cfg, sorted(mine))
+            try:
+                self._on_change(cfg, sorted(mine))
+            except Exception as e:  # noqa: BLE001 - reported, never the end of the executor
+                errors = getattr(self.node, "errors", None)
+                text = f"applying parameters {sorted(mine)}: unexpected {type(e).__name__}: {e}"
+                if errors is not None:
+                    errors.report("parameters", text)
+                else:
+                    self.node.get_logger().error(text)

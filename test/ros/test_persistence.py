@@ -245,3 +245,46 @@ def test_save_root_must_be_absolute_and_is_read_only(node):
     from rclpy.parameter import Parameter
     assert not node.set_parameters([Parameter("save_root", value="/")])[0].successful
     assert not node.set_parameters([Parameter("load_sequence", value="sometimes")])[0].successful
+
+
+@pytest.fixture(scope="module")
+def query_node(harness, tiny_text_encoder):
+    from chorus_ros.ros.query_node import QueryNode
+    q = harness.add(QueryNode("query_node", text_encoder=tiny_text_encoder, context=harness.context))
+    yield q
+    harness.remove(q)
+
+
+def test_no_callback_lets_an_exception_escape(harness, node, query_node, loaded):
+    """Every subscription, service and timer callback of both nodes is fed junk (an object with
+    no fields, as a buggy client library or a future message version could deliver): nothing
+    escapes, services answer success = false. A callback added later without the guard fails
+    here."""
+    from rclpy.parameter import Parameter
+    junk = object()
+    for n in (node, query_node):
+        seen = 0
+        for sub in n.subscriptions:
+            sub.callback(junk)
+            seen += 1
+        for srv in n.services:
+            if srv.srv_name.startswith("~/"):       # ours (rclpy's parameter services are not)
+                res = srv.callback(junk, srv.srv_type.Response())
+                assert res.success is False and "unexpected AttributeError" in res.message, (srv.srv_name, res)
+                seen += 1
+        for t in n.timers:
+            t.callback()
+        assert seen >= 5, n.get_name()
+    assert "unexpected" in node.errors.last_error and "unexpected" in query_node.errors.last_error
+    # parameter callbacks: an exception while applying a change is reported, not raised
+    before = node._owner.configure
+
+    def boom(map_id, follow_any):
+        raise RuntimeError("simulated")
+    node._owner.configure = boom
+    try:
+        node.set_parameters([Parameter("map_id", value="")])
+        assert "parameters ['map_id']: unexpected RuntimeError: simulated" in node.errors.last_error
+    finally:
+        node._owner.configure = before
+    assert _load(harness, "good").success
