@@ -548,7 +548,8 @@ def _gt_cloud(ids: np.ndarray, labels: np.ndarray, instances: np.ndarray | None,
     table[:, 2] = instances if instances is not None else none_id
     msg = PointCloud2(header=hdr, height=1, width=n, is_bigendian=False, point_step=12, row_step=12 * n,
                       is_dense=True)
-    msg.fields = [PointField(name=f, offset=4 * i, datatype=PointField.UINT32, count=1) for i, f in enumerate(_GT_FIELDS)]
+    msg.fields = [PointField(name=f, offset=4 * i, datatype=PointField.UINT32, count=1)
+                  for i, f in enumerate(_GT_FIELDS)]
     msg.data = array.array("B", table.tobytes())
     return msg
 
