@@ -313,3 +313,68 @@ def test_evaluate_scenes_in_slabs_and_errors(tiny_scene):
         evaluate_scenes(_oracle_factory(scene), [px], SceneEvalConfig(chunks=2), progress=False)
     with pytest.raises(DatasetError, match="no scenes"):
         evaluate_scenes(_oracle_factory(scene), [], progress=False)
+
+
+def test_evaluate_scenes_exact_on_a_hand_built_view():
+    """Two rows of three pixels, a stub pipeline with fixed outputs: the shared threshold voids
+    low-alpha pixels on both sides, folder ids map by name, unmapped classes are void."""
+    import torch
+    from types import SimpleNamespace
+
+    from chorus_ros.core.datasets import Intrinsics, SceneFolder, SceneFrame
+    from chorus_ros.core.gaussians import GaussianArrays
+    from chorus_ros.core.labels import LabelSet
+    from chorus_ros.core.metrics.scenes import SceneEvalConfig, evaluate_scenes
+
+    labels = LabelSet(["wall", "chair"], np.array([[1, 1, 1], [2, 2, 2]]))
+    intr = Intrinsics(2.0, 2.0, 1.5, 1.0, 3, 2)
+    c2w = np.eye(4)
+    # folder ids: 7 = chair, 9 = wall, 3 = lamp (no model class -> void), 0 = unlabeled
+    sem = np.array([[7, 7, 9], [3, 0, 9]], np.uint16)
+    ins = np.array([[1, 1, 2], [3, 0, 2]], np.uint16)
+    frame = SceneFrame(0, c2w, np.zeros((2, 3, 3), np.uint8), None, sem, ins, intr.camera(c2w))
+    g = GaussianArrays(torch.zeros(1, 3), torch.zeros(1, 1, 3), torch.zeros(1), torch.zeros(1, 3),
+                       torch.tensor([[1.0, 0, 0, 0]]))
+    scene = SceneFolder.in_memory("hand", g, {7: "chair", 9: "wall", 3: "lamp"}, [frame], intrinsics=intr,
+                                  unlabeled_id=0, instance_none_id=0)
+    pred = np.array([[1, 0, 0], [1, 1, 0]], np.uint16)
+    alpha = np.array([[0.9, 0.9, 0.2], [0.9, 0.9, 0.9]], np.float32)  # (0, 2) has no surface
+    view = SimpleNamespace(labels=pred, instances=np.array([[5, 6, 0], [5, 5, 6]], np.int32), alpha=alpha,
+                           rgb=np.zeros((2, 3, 3), np.uint8), color=np.zeros((2, 3, 3), np.uint8))
+
+    class Stub:
+        config = SimpleNamespace(semantic=SimpleNamespace(min_alpha=0.5), render=SimpleNamespace(backend="x"))
+        map = SimpleNamespace(attribute_names=lambda: [])
+
+        def __init__(self):
+            self.labels = labels
+
+        def apply_update(self, *a, **k):
+            return 1
+
+        def encode(self):
+            return None
+
+        def _heads(self):
+            return ["language"]
+
+        def render_view(self, camera):
+            return view
+
+        def objects(self):
+            return []
+
+        def query(self, text, top_k=1):
+            return []
+
+    r = evaluate_scenes(Stub, [scene], SceneEvalConfig(), progress=False).total
+    # counted pixels (gt model id, pred): (0,0): chair->chair, (0,1): chair->wall; (0,2) void by
+    # alpha; (1,0) lamp void; (1,1) unlabeled; (1,2): wall->wall
+    np.testing.assert_array_equal(r.confusion, [[1, 0, 0], [1, 1, 0]])
+    assert r.semantic.num_pixels == 3 and r.semantic.oacc == pytest.approx(2 / 3)
+    np.testing.assert_allclose(r.semantic.iou, [0.5, 0.5])
+    assert r.min_alpha == 0.5 and r.n_views == 1
+    # no object answers a query: every present class fails
+    assert r.query_top1 == 0.0 and set(r.query_details) == {"hand/wall", "hand/chair"}
+    lower = evaluate_scenes(Stub, [scene], SceneEvalConfig(min_alpha=0.1), progress=False).total
+    assert lower.semantic.num_pixels == 4 and lower.confusion[0, 0] == 2  # (0, 2) wall->wall counts now
