@@ -147,9 +147,10 @@ class NodeOutputs:
 
     def __init__(self, labels, config, gaussians, views: dict, objects: list, query: Callable[[str], int | None],
                  has_language: bool) -> None:
+        from chorus_ros.core.datasets import strip_gaussians
         self.labels = labels
         self.config = config
-        self._g = gaussians
+        self._g = strip_gaussians(gaussians).to(config.device)   # the node's renderer and device
         self._views = views
         self._objects = objects
         self._query = query
