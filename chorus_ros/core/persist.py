@@ -8,7 +8,8 @@ writes and parses them.
 
 Writing (:func:`write_save`): the files go into a temporary sibling folder
 ``.<name>.chorus-tmp-<hex>``, are fsync'ed, the manifest is written last, and the folder is
-renamed into place. An existing save of ours at the target is first renamed aside to
+renamed into place. An existing save of ours at the target is swapped with it in one atomic
+step where the system can (Linux ``renameat2(RENAME_EXCHANGE)``), else first renamed aside to
 ``.<name>.chorus-old-<hex>``, the new one renamed in, the old one removed: a reader sees the old
 set or the new set, never a mix. Anything else at the target (a file, a foreign folder) is never
 replaced. A crash leaves at worst a temporary or an aside folder, which :func:`clean_orphans`
@@ -37,6 +38,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -275,7 +277,10 @@ def write_save(target: str | os.PathLike, write_files: Callable[[Path], None], *
         write_files(tmp)
         m = write_manifest(tmp, kind, meta)
         _replaceable(target)      # again: something may have appeared while we were writing
-        if os.path.lexists(target):
+        if os.path.lexists(target) and _exchange(tmp, target):
+            _fsync_dir(parent)            # one step: the name always holds a whole save
+            shutil.rmtree(tmp, ignore_errors=True)   # tmp now holds the old save
+        elif os.path.lexists(target):
             old = parent / f".{target.name}.chorus-old-{uuid.uuid4().hex}"
             os.rename(target, old)
             try:
@@ -292,6 +297,22 @@ def write_save(target: str | os.PathLike, write_files: Callable[[Path], None], *
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False when the
+    platform or file system cannot (the caller then renames the old save aside first)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):  # pragma: no cover - old C library
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    return fn(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), rename_exchange) == 0
 
 
 def clean_orphans(root: str | os.PathLike, max_depth: int = 8) -> list[str]:

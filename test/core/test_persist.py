@@ -39,7 +39,20 @@ def test_write_then_verify_lists_every_file_with_size_and_hash(tmp_path):
     assert _leftovers(tmp_path) == []
 
 
-def test_replacing_a_save_swaps_the_whole_set(tmp_path):
+@pytest.mark.parametrize("exchange", [True, False], ids=["atomic_exchange", "rename_aside"])
+def test_replacing_a_save_swaps_the_whole_set(tmp_path, monkeypatch, exchange):
+    if exchange:
+        assert persist._exchange((tmp_path / "x"), (tmp_path / "y")) is False   # both missing: refused
+        (tmp_path / "x").mkdir()
+        (tmp_path / "y").mkdir()
+        (tmp_path / "x" / "in_x").write_text("")
+        if not persist._exchange(tmp_path / "x", tmp_path / "y"):
+            pytest.skip("renameat2(RENAME_EXCHANGE) not available here")
+        assert (tmp_path / "y" / "in_x").exists() and not (tmp_path / "x" / "in_x").exists()
+        shutil.rmtree(tmp_path / "x")
+        shutil.rmtree(tmp_path / "y")
+    else:
+        monkeypatch.setattr(persist, "_exchange", lambda a, b: False)
     write_save(tmp_path / "s", _writer(a=b"old", old_only=b"x"), kind=KIND)
     write_save(tmp_path / "s", _writer(a=b"new"), kind=KIND)
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["a", MANIFEST]
