@@ -235,7 +235,58 @@ def _main(quick: bool) -> str:
                  f"which fills them, took {t_enc_full:.2f} s CPU. The cost of an update grows with the area "
                  "within the receptive field of the change (features rewritten), not with the number of "
                  "changed Gaussians.")
+    lines += _switch_over(model, big, block)
     return "\n".join(lines) + "\n"
+
+
+SWITCH_FRACTIONS = (0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8)
+
+
+def _switch_over(model: ChorusEncoder, big: GaussianArrays, block: float) -> list[str]:
+    """Update time against the changed fraction: the cached path forced (``full_fraction = 1``,
+    ``cost_factor = 1``), the default (switches to a full pass when its estimate says so) and a
+    full pass, on one map; each change is a spatially local edit (the Gaussians nearest the
+    middle), undone between measurements."""
+    n = len(big)
+    lo, hi = big.means.min(0).values, big.means.max(0).values
+    centre = (lo + hi) / 2
+    encs = {}
+    for name, cfg in (("forced", IncrementalConfig(full_fraction=1.0, cost_factor=1.0)), ("auto", IncrementalConfig())):
+        gmap = GaussianMap(MapConfig(sh_degree=0, block_size=block, initial_capacity=n + 1024))
+        gmap.add(big)
+        inc = IncrementalEncoder(model, gmap, cfg)
+        _, _, c_full = _timed(inc.update)
+        encs[name] = (gmap, inc)
+    out = ["", f"### Bounded update cost: update time against the changed fraction ({n // 1000}K-Gaussian map)", "",
+           f"A full pass of this map: **{c_full:.2f} s CPU**. 'forced' = the cached path whatever the change; "
+           "'auto' = the default `IncrementalConfig` (full pass when the estimated cost, cost_factor x Gaussians "
+           "within the receptive field of the change / map size, exceeds `full_fraction` = 0.7 of a full pass; "
+           "cost_factor starts at 1.5 and is refined from measured times).", "",
+           "| changed | Gaussians changed | affected (within R) | forced cached CPU (s) | auto CPU (s) | auto path "
+           "| estimate | auto / full |", "|---|---|---|---|---|---|---|---|"]
+    switch, ratios = None, []
+    for frac in SWITCH_FRACTIONS:
+        k = max(1, int(round(frac * n)))
+        row = {}
+        for name, (gmap, inc) in encs.items():
+            _local_edit(gmap, centre, k, 1.0)
+            res, _, c = _timed(inc.update)
+            row[name] = (res, c)
+            _local_edit(gmap, centre, k, -1.0)
+            inc.update()
+        (rf, cf), (ra, ca) = row["forced"], row["auto"]
+        path = "full" if ra.full else "cached"
+        if ra.full and switch is None:
+            switch = frac
+        ratios.append(ca / c_full)
+        out.append(f"| {frac * 100:g} % | {k} | {int(ra.stats.get('affected', 0))} | {cf:.3f} | {ca:.3f} | {path} | "
+                   f"{ra.stats.get('estimate', float('nan')):.2f} | {ca / c_full:.2f} |")
+    learned = encs["auto"][1].cost_factor
+    worst = max(r for r in ratios)
+    where = f"from a {switch * 100:g} % local edit on" if switch is not None else "for none of these edits"
+    out += ["", f"Switch-over: the default takes the full pass {where} (learned cost_factor {learned:.2f}); "
+            f"the most expensive 'auto' update cost **{worst:.2f}x** a full pass."]
+    return out
 
 
 if __name__ == "__main__":

@@ -246,10 +246,23 @@ def _read_vertex_ascii(data: bytes, hdr: PlyHeader, source: str) -> np.ndarray:
     if len(tokens) != v.count * p:
         raise InvalidInputError(f"{source}: ASCII PLY vertex rows hold {len(tokens)} values, expected "
                                 f"{v.count} x {p}")
-    vals = np.array(tokens, dtype=np.float64).reshape(v.count, p)
+    try:
+        vals = np.array(tokens, dtype=np.float64).reshape(v.count, p)
+    except ValueError as e:   # a token that is not a number
+        raise InvalidInputError(f"{source}: ASCII PLY vertex rows hold a value that is not a number ({e})") from e
     out = np.empty(v.count, dtype=_element_dtype(v, "="))
     for j, prop in enumerate(v.properties):
-        out[prop.name] = vals[:, j]
+        col = vals[:, j]
+        dt = out.dtype.fields[prop.name][0]
+        if dt.kind in "iu":   # integers must be read exactly: integral and in the type's range
+            info = np.iinfo(dt)
+            with np.errstate(invalid="ignore"):
+                bad = ~np.isfinite(col) | (col != np.round(col)) | (col < info.min) | (col > info.max)
+            if bad.any():
+                raise InvalidInputError(f"{source}: ASCII PLY property {prop.name!r} ({prop.type}) holds "
+                                        f"{int(bad.sum())} values that are not integers in its range, e.g. "
+                                        f"{col[bad][0]!r}")
+        out[prop.name] = col
     return out
 
 

@@ -265,6 +265,7 @@ def test_service_queue_depth_is_a_parameter(harness, pipeline_factory, monkeypat
     n = ChorusNode("chorus_node", namespace="depth", pipeline=pipeline_factory(), context=harness.context,
                    cli_args=["--ros-args", "-p", "service_queue_depth:=37"])
     try:
-        assert {k: v for k, v in seen.items() if k.startswith("~/")} == {"~/save_map": 37, "~/load_map": 37, "~/set_labels": 37, "~/render_relevance": 37}
+        assert {k: v for k, v in seen.items() if k.startswith("~/")} == {
+            "~/save_map": 37, "~/load_map": 37, "~/set_labels": 37, "~/render_relevance": 37}
     finally:
         n.destroy_node()
