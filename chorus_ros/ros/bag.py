@@ -335,14 +335,15 @@ GT_LABELS_TOPIC = "/ground_truth/label_info"
 GT_GAUSSIANS_TOPIC = "/ground_truth/gaussian_labels"
 """sensor_msgs/PointCloud2 with UINT32 fields id, label, instance: per-Gaussian ground truth."""
 SCENE_BAG_FORMAT = "chorus_ros.scene_bag"
-_GT_KINDS = {"semantic": "16UC1", "instance": "16UC1", "rgb": "rgb8", "depth": "32FC1"}
+_GT_KINDS = {"semantic": "16UC1", "instance": "16UC1", "depth": "32FC1"}
 
 
 def scene_bag_topics(camera: str = "camera_0") -> dict[str, tuple[str, str]]:
     """Topic -> (message type, what it carries) of a bag written by :func:`make_scene_bag`.
 
-    The first three are the nodes' inputs (``chorus-eval --bag`` replays only these); everything
-    under ``/ground_truth`` is for scoring and never reaches the nodes."""
+    The first four are the nodes' inputs (``chorus-eval --bag`` replays only these; the camera
+    image is read by chorus_node's fusion mode 'camera' only); everything under ``/ground_truth``
+    is for scoring and never reaches the nodes."""
     cam = camera.strip("/")
     gt = f"/ground_truth/{cam}"
     return {
@@ -351,6 +352,8 @@ def scene_bag_topics(camera: str = "camera_0") -> dict[str, tuple[str, str]]:
         f"/{cam}/pose": ("geometry_msgs/msg/PoseStamped", "camera pose of each view in the map frame "
                          "(optical frame, OpenCV axes), after the last map piece"),
         f"/{cam}/camera_info": ("sensor_msgs/msg/CameraInfo", "intrinsics of each view; same stamp as its pose"),
+        f"/{cam}/image_raw": ("sensor_msgs/msg/Image", "rgb8 the folder's colour image of each view, same "
+                              "header stamp, recorded 1 us before the pose (optional)"),
         SCENE_INFO_TOPIC: ("std_msgs/msg/String", "JSON: scene name, class table, unlabeled and no-instance "
                            "ids, stuff classes, frame indices, view stamps, camera, pieces; latched"),
         GT_LABELS_TOPIC: ("chorus_ros/msg/LabelInfo", "the folder's class table (ids of the ground-truth "
@@ -361,7 +364,6 @@ def scene_bag_topics(camera: str = "camera_0") -> dict[str, tuple[str, str]]:
                                      "the folder's unlabeled id = none), the view's stamp"),
         f"{gt}/instance/image_raw": ("sensor_msgs/msg/Image", "16UC1 ground-truth instance ids (the folder's "
                                      "no-instance id = none)"),
-        f"{gt}/rgb/image_raw": ("sensor_msgs/msg/Image", "rgb8 the folder's colour image (optional)"),
         f"{gt}/depth/image_raw": ("sensor_msgs/msg/Image", "32FC1 the folder's depth, metres, 0 = none "
                                   "(optional)"),
     }
@@ -387,7 +389,7 @@ class SceneBagConfig:
     view_period_s: float = 0.1
     """Time between views in the bag, seconds (the views follow the last map piece)."""
     include_rgb: bool = True
-    """Record the folder's colour images."""
+    """Record the folder's colour images (as the camera's ``image_raw``)."""
     include_depth: bool = True
     """Record the folder's depth images."""
 
@@ -519,15 +521,17 @@ def make_scene_bag(path: str | Path, scene, config: SceneBagConfig | None = None
             c = f.camera
             cam = Camera(c.viewmat, c.K, c.width, c.height, f"{cam_ns}_optical_frame")
             pose, cinfo = camera_to_msgs(cam, stamps[j], cfg.map_frame)
+            if cfg.include_rgb and f.rgb is not None:   # before its pose: a fusing node has it in time
+                put(f"/{cam_ns}/image_raw", stamps[j] - 1000,
+                    numpy_to_image(np.asarray(f.rgb, dtype=np.uint8), "rgb8", header(stamps[j], cam.frame_id)))
             put(f"/{cam_ns}/pose", stamps[j], pose)
             put(f"/{cam_ns}/camera_info", stamps[j], cinfo)
             imgs = {"semantic": f.semantic, "instance": f.instance,
-                    "rgb": f.rgb if cfg.include_rgb else None, "depth": f.depth if cfg.include_depth else None}
+                    "depth": f.depth if cfg.include_depth else None}
             for kind, img in imgs.items():
                 if img is None:
                     continue
-                arr = np.asarray(img, dtype=np.float32 if kind == "depth" else
-                                 (np.uint8 if kind == "rgb" else np.uint16))
+                arr = np.asarray(img, dtype=np.float32 if kind == "depth" else np.uint16)
                 put(f"/ground_truth/{cam_ns}/{kind}/image_raw", stamps[j],
                     numpy_to_image(arr, _GT_KINDS[kind], header(stamps[j], cam.frame_id)))
             if progress is not None:
@@ -651,7 +655,7 @@ def read_scene_bag(path: str | Path, *, with_inputs: bool = False) -> SceneBag:
         pose_t = f"/{cam}/pose"
         if sem_t not in present:
             raise DatasetError(f"{path}: no ground-truth class images ({sem_t}): nothing to score against")
-        info_t, rgb_t = f"/{cam}/camera_info", f"/ground_truth/{cam}/rgb/image_raw"
+        info_t, rgb_t = f"/{cam}/camera_info", f"/{cam}/image_raw"
         semantic: dict[int, np.ndarray] = {}
         instance: dict[int, np.ndarray] = {}
         rgb: dict[int, np.ndarray] = {}
@@ -689,7 +693,7 @@ def read_scene_bag(path: str | Path, *, with_inputs: bool = False) -> SceneBag:
                     dst[stamp_to_ns(msg.header.stamp)] = image_to_numpy(msg)
             except InvalidInputError as e:
                 raise DatasetError(f"{path}: bad message on {c.topic}: {e}") from None
-        inputs = [t for t in (MAP_TOPIC, pose_t, info_t) if t in present]
+        inputs = [t for t in (MAP_TOPIC, rgb_t, pose_t, info_t) if t in present]
     finally:
         reader.close()
     missing = [s for s in stamps if s not in semantic]

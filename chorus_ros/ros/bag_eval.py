@@ -6,7 +6,8 @@
 2. **nodes**: chorus_node + query_node start in this process from ``config/chorus.yaml`` and the
    checkpoint (:class:`~chorus_ros.ros.bringup.Bringup`, as ``chorus-ros up``), listening on the
    bag's camera; the shared alpha threshold is set as their ``semantic.min_alpha``.
-3. **replay**: only the nodes' inputs (map updates, poses, CameraInfo) are published as raw CDR
+3. **replay**: only the nodes' inputs (map updates, camera images, poses, CameraInfo) are published
+   as raw CDR
    (:func:`~chorus_ros.ros.bag.replay_bag`): lock-step by default (``rate`` 0: each message once
    the node has finished everything before it, so no view is dropped), or paced by the recorded
    stamps times ``rate`` (views the keep-newest queue drops are counted). The class and instance

@@ -16,7 +16,7 @@ def scene(tiny_scene_folder):
 def test_scene_bag_round_trip(scene, tmp_path, storage):
     from geometry_msgs.msg import PoseStamped
     from rclpy.serialization import deserialize_message
-    from sensor_msgs.msg import CameraInfo
+    from sensor_msgs.msg import CameraInfo, Image
 
     from chorus_ros.msg import GaussianMapUpdate
     from chorus_ros.ros.bag import (GT_LABELS_TOPIC, MAP_TOPIC, SceneBagConfig, make_scene_bag, read_bag,
@@ -32,7 +32,7 @@ def test_scene_bag_round_trip(scene, tmp_path, storage):
     msgs = list(read_bag(info.path))
     assert [m.t_ns for m in msgs] == sorted(m.t_ns for m in msgs)
     ids: set[int] = set()
-    seqs, poses, infos = [], [], []
+    seqs, poses, infos, images = [], [], [], []
     for m in msgs:
         if m.topic == MAP_TOPIC:
             assert m.qos is not None and m.qos.durability.name == "TRANSIENT_LOCAL"
@@ -48,6 +48,8 @@ def test_scene_bag_round_trip(scene, tmp_path, storage):
             poses.append(deserialize_message(m.raw, PoseStamped))
         elif m.topic == "/camera_0/camera_info":
             infos.append(deserialize_message(m.raw, CameraInfo))
+        elif m.topic == "/camera_0/image_raw":    # the camera image goes out just before its pose
+            images.append((m.t_ns, deserialize_message(m.raw, Image)))
     assert seqs == [0, 1, 2] and ids == set(scene.gaussians.ids.tolist())
     assert max(m.t_ns for m in msgs if m.topic == MAP_TOPIC) < min(m.t_ns for m in msgs if m.topic.endswith("/pose"))
     assert len(poses) == len(infos) == len(scene) == 4
@@ -55,10 +57,16 @@ def test_scene_bag_round_trip(scene, tmp_path, storage):
     assert bag.view_stamps_ns == info.view_stamps_ns == [p.header.stamp.sec * 10**9 + p.header.stamp.nanosec
                                                          for p in poses]
     assert bag.classes == scene.classes and bag.info["unlabeled_id"] == 65535 and bag.camera == "camera_0"
-    assert bag.input_topics == [MAP_TOPIC, "/camera_0/pose", "/camera_0/camera_info"]
+    assert bag.input_topics == [MAP_TOPIC, "/camera_0/image_raw", "/camera_0/pose", "/camera_0/camera_info"]
     assert GT_LABELS_TOPIC in info.topics
+    full = read_scene_bag(info.path, with_inputs=True)
+    assert sorted(full.gaussians.ids.tolist()) == sorted(scene.gaussians.ids.tolist())
     for k, (p, ci) in enumerate(zip(poses, infos)):
         f = scene.frame(k)
+        t_img, img = images[k]
+        assert img.header.stamp == p.header.stamp and img.encoding == "rgb8" and t_img < bag.view_stamps_ns[k]
+        np.testing.assert_array_equal(full.rgb[bag.view_stamps_ns[k]], f.rgb)
+        np.testing.assert_allclose(full.cameras[bag.view_stamps_ns[k]].c2w, f.c2w, atol=1e-5)
         cam = camera_from_msgs(p, ci)
         np.testing.assert_allclose(cam.c2w, f.c2w, atol=1e-5)
         np.testing.assert_allclose(cam.K.numpy(), f.camera.K.numpy(), atol=1e-6)
