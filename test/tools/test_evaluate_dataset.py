@@ -135,3 +135,20 @@ def test_argument_errors(setup):
         main(["--dataset", str(setup / "replica")])
     assert main(["--dataset", str(setup / "replica"), "--checkpoint", str(setup / "ckpt"), "--views", "x:y",
                  "--no-progress"]) == 2
+
+
+def test_3d_only_folder(setup, tmp_path):
+    """A folder with a labelled PLY and no views is scored per Gaussian; image metrics are null."""
+    from chorus_ros.tools.evaluate import main
+
+    root = tmp_path / "pts"
+    root.mkdir()
+    for f in ("classes.json", "gaussians.ply"):
+        shutil.copy(setup / "replica" / f, root)
+    js = tmp_path / "r.json"
+    assert main(["--dataset", str(root), "--checkpoint", str(setup / "ckpt"), "--labels-map", str(setup / "map.yaml"),
+                 "--json", str(js), "--plots", str(tmp_path / "p"), "--no-progress"]) == 0
+    d = json.loads(js.read_text())
+    assert d["mIoU"] is None and d["n_views"] == 0 and d["render_ms_per_view"] is None
+    assert d["mIoU_3d"] is not None and 0 <= d["mIoU_3d"] <= 100 and d["n_gt_instances"] > 0
+    assert cv2.imread(str(tmp_path / "p" / "confusion.png")) is not None

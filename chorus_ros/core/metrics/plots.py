@@ -137,15 +137,22 @@ def contact_sheet_png(path, views: list[dict], title: str = "") -> Path:
 
 
 def write_plots(result, out_dir, *, prefix: str = "", max_views: int = 6) -> dict[str, Path]:
-    """The confusion matrix, IoU bars and contact sheet of a DatasetEvalResult into ``out_dir``.
+    """The confusion matrix, IoU bars and contact sheet of a DatasetEvalResult into ``out_dir``
+    (pixel scores; per-Gaussian scores when no view was scored).
 
     Returns ``{'confusion': path, 'iou': path, 'contact': path}`` (contact only with kept views).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t = result.total
-    paths = {"confusion": confusion_png(out / f"{prefix}confusion.png", t.confusion, result.class_names),
-             "iou": iou_bars_png(out / f"{prefix}per_class_iou.png", result.class_names, t.semantic.iou)}
+    if t.confusion.sum() == 0 and t.confusion_3d is not None:  # no views: plot the per-Gaussian scores
+        paths = {"confusion": confusion_png(out / f"{prefix}confusion.png", t.confusion_3d, result.class_names,
+                                            "per-Gaussian confusion: rows ground truth, columns prediction (% of row)"),
+                 "iou": iou_bars_png(out / f"{prefix}per_class_iou.png", result.class_names, t.semantic_3d.iou,
+                                     "per-class IoU of Gaussians (%)")}
+    else:
+        paths = {"confusion": confusion_png(out / f"{prefix}confusion.png", t.confusion, result.class_names),
+                 "iou": iou_bars_png(out / f"{prefix}per_class_iou.png", result.class_names, t.semantic.iou)}
     views = result.contact[:max_views]
     if views:
         paths["contact"] = contact_sheet_png(out / f"{prefix}contact_sheet.png", views)

@@ -107,6 +107,8 @@ class SceneScores:
     """Ground-truth class name -> model class name (None: void)."""
     min_alpha: float = float("nan")
     has_language: bool = True
+    confusion_3d: np.ndarray | None = None
+    """[K, K+1] int64 per-Gaussian confusion matrix, or None without per-Gaussian ground truth."""
 
 
 @dataclass
@@ -338,7 +340,8 @@ def evaluate_scenes(pipeline_factory, scenes, cfg: SceneEvalConfig | None = None
                         cm3.compute(names, cfg.background) if cm3 is not None else None,
                         run.cm.matrix.numpy().copy(), q, qd, n_pred, n_gt, t_enc,
                         float(np.mean(render_ms)) if render_ms else float("nan"), n_views, len(g),
-                        list(scene.ignored_properties), mapping, min_alpha, has_lang)
+                        list(scene.ignored_properties), mapping, min_alpha, has_lang,
+                        cm3.matrix.numpy().copy() if cm3 is not None else None)
         per.append(s)
         # pool
         tot.cm.merge(run.cm)
@@ -360,7 +363,7 @@ def evaluate_scenes(pipeline_factory, scenes, cfg: SceneEvalConfig | None = None
         _nanmean([s.render_ms_per_view for s in per], [s.n_views for s in per]),
         sum(s.n_views for s in per), int(round(np.mean([s.n_gaussians for s in per]))),
         sorted({p for s in per for p in s.ignored_properties}), {}, per[0].min_alpha,
-        all(s.has_language for s in per))
+        all(s.has_language for s in per), tot_cm3.matrix.numpy().copy() if tot_has3d else None)
     return DatasetEvalResult(per, total, names, contact)
 
 
