@@ -65,6 +65,7 @@ from sensor_msgs.msg import CameraInfo, Image
 
 from chorus_ros.core import persist
 from chorus_ros.core.errors import ChorusError, CheckpointError, InvalidInputError
+from chorus_ros.core.memory import trim_heap
 from chorus_ros.core.pipeline import PerceptionPipeline, PipelineConfig
 from chorus_ros.ros import conversions as cv
 from chorus_ros.ros import qos
@@ -86,6 +87,11 @@ OUTPUTS: dict[str, tuple[str, str]] = {
     "rgb": ("rendered/image_raw", "rgb8"),
 }
 """Output name -> (topic under the camera namespace, encoding)."""
+
+TRIM_INTERVAL_S = 30.0
+"""Freed heap memory is returned to the OS after every full encode and at most this often after
+incremental ones (glibc ``malloc_trim``; see :mod:`chorus_ros.core.memory` and
+docs/reliability.md)."""
 
 DROP_REASONS = ("view_rejected", "view_over_pixel_budget", "view_rate_limited", "view_queue_full",
                 "view_render_failed", "view_stamp_rewind", "pose_unpaired", "camera_info_unpaired",
@@ -277,6 +283,7 @@ class ChorusNode(Node):
         self.encode_error = ""                  # '' or why the last encode failed
         self._active_checkpoint = cfg.checkpoint  # the checkpoint the features come from
         self._failed_version: int | None = None  # map version whose encode failed (not retried)
+        self._last_trim = time.monotonic()
         self.dropped_updates = 0
         self.updates_received = 0               # map update messages seen by the callback
         self.views_received = 0                 # paired pose + CameraInfo (view requests)
@@ -617,6 +624,10 @@ class ChorusNode(Node):
             return
         self._failed_version = None
         self.encode_error = ""
+        now = time.monotonic()
+        if summary.full or now - self._last_trim > TRIM_INTERVAL_S:
+            trim_heap()             # hand the encode's freed temporaries back (chorus_ros.core.memory)
+            self._last_trim = now
         self.encoded_version = int(summary.map_version)
         self.last_encode = summary
         self.encode_lag_s = time.monotonic() - self._dirty_since

@@ -295,7 +295,9 @@ class CachedUNet:
         n = means.shape[0]
         tick = time.thread_time()
         if full:
-            # ---- occupied cells of every level, from scratch
+            # ---- occupied cells of every level, from scratch; fresh tables, so that the caches
+            # of a once much larger map are released (a full pass recomputes every cache anyway)
+            self.tables = [_LevelTable(l, self.device) for l in range(self.levels)]
             keys = torch.unique(encode_keys(torch.floor(means / self.vs).to(torch.int64)))
             for l, t in enumerate(self.tables):
                 if l:
