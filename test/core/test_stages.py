@@ -62,3 +62,57 @@ def test_custom_stage_runs_in_the_trainer_without_a_branch(tmp_path):
         assert tr.stage.modules["probe"].weight.grad is not None
     finally:
         STAGES.pop("toy_square", None)
+
+
+def test_align_with_a_contrastive_term_adds_it_and_changes_the_backbone_gradient(tmp_path):
+    import numpy as np
+
+    from chorus_ros.core.geometry import Camera, look_at_pose
+    scene = _toy_scene(n=400)
+    K = Camera.intrinsics_from_fov(48, 36, 70.0)
+    scene.cameras = [Camera.from_c2w(look_at_pose(np.array([x, -3.0, 2.0]), np.array([2.0, 2.0, 2.0])), K, 48, 36)
+                     for x in (1.0, 2.0, 3.0)]
+    grads = {}
+    for w in (0.0, 1.0):
+        torch.manual_seed(0)
+        cfg = _toy_cfg(tmp_path / str(w))
+        cfg.stage_options = {"align": {"contrastive_weight": w, "contrastive": {"pairs": 64, "min_visible": 4}}}
+        tr = Trainer(cfg, scenes=[scene], model=FakeEncoder({"language": 4, "object": 3}))
+        tr.optimizer.step = lambda: None
+        m = tr.train_step()
+        assert ("contrast_pairs" in m) == (w > 0)
+        grads[w] = [p.grad.clone() for p in tr.model.backbone.parameters()]
+        heads = {k: [p.grad.clone() for p in tr.model.heads[k].parameters()] for k in ("language", "object")}
+        if w == 0.0:
+            heads0 = heads
+    assert any(not torch.allclose(a, b) for a, b in zip(grads[0.0], grads[1.0]))
+    for k in heads0:  # the heads only see their own losses either way
+        for a, b in zip(heads0[k], heads[k]):
+            torch.testing.assert_close(a, b)
+
+
+def test_init_from_copies_the_backbone_and_keeps_mismatched_heads_fresh(tmp_path):
+    from chorus_ros.core.encoder import ChorusEncoder, EncoderConfig, HeadSpec
+    from chorus_ros.core.encoder.checkpoint import save_checkpoint
+    from chorus_ros.core.errors import CheckpointError
+    tiny = dict(voxel_size=0.2, channels=(8, 8), encoder_blocks=(1, 1), decoder_blocks=(1,), point_hidden=8,
+                head_hidden=8, embed_dim=8, feature_version=2)
+    torch.manual_seed(1)
+    src = ChorusEncoder(EncoderConfig(heads=[HeadSpec("language", 4), HeadSpec("object", 5)], **tiny))
+    save_checkpoint(tmp_path / "pre", src, {})
+    cfg = _toy_cfg(tmp_path)
+    cfg.encoder = dict(tiny)
+    cfg.init_from = str(tmp_path / "pre")
+    torch.manual_seed(2)
+    tr = Trainer(cfg, scenes=[_toy_scene()])          # heads language 4 (matches), object 3 (does not)
+    own, theirs = tr.model.state_dict(), src.state_dict()
+    for k, v in own.items():
+        if k.startswith("heads.object"):
+            assert v.shape != theirs[k].shape
+        else:
+            assert torch.equal(v, theirs[k]), k
+    cfg2 = _toy_cfg(tmp_path / "b")
+    cfg2.encoder = dict(tiny, embed_dim=16)
+    cfg2.init_from = str(tmp_path / "pre")
+    with pytest.raises(CheckpointError, match="backbone tensors"):
+        Trainer(cfg2, scenes=[_toy_scene()])
