@@ -1,0 +1,197 @@
+#!/usr/bin/env python3
+"""Measure render-and-distill adaptation for docs/adaptation.md (appends JSON lines).
+
+    # real ScanNet scene (rebuilt with 60 views, see scripts/scannet/build_scene0470_00.py)
+    python scripts/adapt_tables.py --scene real:/work/data/scannet/scene0470_00_v60 \\
+        --labels-map scripts/scannet/nyu40_to_demo.yaml --counts 5 10 30 --modes heads heads+ss lora
+    # a synthetic shifted scene (chorus_ros.core.synthetic.shifts), 60 views at 160x120
+    python scripts/adapt_tables.py --scene shift:mesh:2001 --counts 10 30 --modes heads
+    python scripts/adapt_tables.py --tables .cache/h5/adapt_results.jsonl     # markdown tables
+
+Protocol: the frames are split into held-out positions 1, 3, 5, ... (never give targets) and
+training positions 0, 2, 4, ...; with N training views, N of the even positions evenly spaced.
+Every method is scored on the same held-out views (pixels with a label; a pixel whose
+rendered alpha is below 0.5 is a miss): the base checkpoint before adaptation, the lifting
+baseline (no learning) and each adaptation mode. ``heads+ss`` adds the RGB self-supervision
+(weight 0.5) and the depth gate (0.5). In-distribution mIoU: the adapted checkpoint on the
+held-out synthetic seed 1000 (chorus_ros.core.metrics.evaluation), against the base.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+OUT = Path(".cache/h5/adapt_results.jsonl")
+MODES = {
+    "heads": dict(train="heads"),
+    "heads+ss": dict(train="heads", loss={"rgb": 0.5, "depth_gate": 0.5}),
+    "lora": dict(train="lora"),
+    "lora+convs": dict(train="lora", lora_convs=True),
+    "all": dict(train="all"),
+}
+
+
+def _shift_scene(name: str, seed: int, width: int, height: int, views: int):
+    from chorus_ros.core.datasets import Intrinsics, SceneFolder, SceneFrame
+    from chorus_ros.core.render import RenderSettings
+    from chorus_ros.core.synthetic.groundtruth import render_ground_truth
+    from chorus_ros.core.synthetic.shifts import SHIFT_SUITE, generate_shifted_scene
+    cfg = SHIFT_SUITE[name]
+    scene = None if cfg.density else {"target_gaussians": 60000}
+    sh = generate_shifted_scene(name, seed, scene=scene,
+                                views={"loop_views": views * 2 // 3, "random_views": views - views * 2 // 3,
+                                       "width": width, "height": height})
+    frames = []
+    for i, cam in enumerate(sh.cameras):
+        gt = render_ground_truth(sh.gaussians, cam, RenderSettings(backend="reference"), min_alpha=0.3)
+        rgb = np.clip(np.round(gt.rgb.numpy() * 255.0), 0, 255).astype(np.uint8)
+        frames.append(SceneFrame(i, cam.c2w, rgb, gt.depth.numpy().astype(np.float32),
+                                 gt.semantic.numpy().astype(np.uint16), gt.instance.numpy().astype(np.uint16), cam))
+    K = sh.cameras[0].K.double().numpy()
+    intr = Intrinsics(float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2]), width, height)
+    return SceneFolder.in_memory(f"shift-{name}-{seed}", sh.gaussians, dict(enumerate(sh.labels.names)), frames,
+                                 intrinsics=intr)
+
+
+def _open(spec: str, labels_map: str | None, width: int, height: int, views: int):
+    from chorus_ros.core.datasets import load_labels_map, open_scene
+    kind, _, rest = spec.partition(":")
+    if kind == "real":
+        return open_scene(rest, labels_map=load_labels_map(labels_map) if labels_map else None)
+    if kind == "shift":
+        name, seed = rest.split(":")
+        return _shift_scene(name, int(seed), width, height, views)
+    raise SystemExit(f"--scene {spec!r}: expected real:DIR or shift:NAME:SEED")
+
+
+def _indist(ckpt: str) -> float:
+    from chorus_ros.core.metrics.evaluation import EvalConfig, evaluate_checkpoint
+    from chorus_ros.core.pipeline import PerceptionPipeline
+    cfg = EvalConfig(seeds=[1000], loop_views=6, random_views=2)
+    r = evaluate_checkpoint("x", lambda: PerceptionPipeline.from_checkpoint(ckpt), cfg)
+    return 100 * r.semantic.miou
+
+
+def run(a) -> None:
+    import torch.nn.functional as F
+
+    from chorus_ros.core.adapt import AdaptConfig, adapt_checkpoint, adaptation_label_set, evaluate_views, lift_baseline
+    from chorus_ros.core.adapt.loop import class_probabilities
+    from chorus_ros.core.encoder.checkpoint import load_checkpoint
+    from chorus_ros.core.pipeline import labels_from_meta, text_spec_from_meta
+    from chorus_ros.core.text import build_text_encoder
+
+    torch.set_num_threads(1)
+    t0 = time.time()
+    scene = _open(a.scene, a.labels_map, a.size[0], a.size[1], a.views)
+    held = list(range(1, len(scene), 2))[:: a.held_stride]
+    even = list(range(0, len(scene), 2))
+    ck = load_checkpoint(a.checkpoint)
+    text = build_text_encoder(text_spec_from_meta(ck.meta, a.checkpoint))
+    ls = adaptation_label_set(scene, labels_from_meta(ck.meta))
+    lut = scene.class_map_to(ls)
+    temb = F.normalize(text.encode(ls.names).float(), dim=-1)
+    with torch.no_grad():
+        before = class_probabilities(ck.model(scene.gaussians).heads["language"], temb, 0.05)
+    base = {"scene": a.scene, "gaussians": len(scene.gaussians), "classes": len(ls), "held_out": len(held),
+            "size": [scene.camera.width, scene.camera.height]}
+    _emit(dict(base, method="before", miou=100 * evaluate_views(scene.gaussians, scene, held, before, lut, ls).miou))
+    print(f"scene ready in {time.time() - t0:.0f} s", flush=True)
+    for n in a.counts:
+        idx = np.unique(np.round(np.linspace(0, len(even) - 1, n)).astype(int))
+        train = [even[i] for i in idx]
+        one_hot, unseen = lift_baseline(scene.gaussians, scene, train, lut, len(ls))
+        s = evaluate_views(scene.gaussians, scene, held, one_hot, lut, ls)
+        _emit(dict(base, method="lift", n=n, miou=100 * s.miou, never_labelled=unseen))
+        for mode in a.modes:
+            kw = dict(MODES[mode])
+            cfg = AdaptConfig(steps=a.steps, budget_s=a.budget_s, progress=False, pixels_per_view=a.pixels_per_view,
+                              **kw)
+            out = Path(a.ckpt_dir) / f"{Path(a.scene).name.replace(':', '_')}_{mode}_{n}"
+            res = adapt_checkpoint(a.checkpoint, scene, train, cfg, out_dir=out)
+            s = evaluate_views(scene.gaussians, scene, held, res.scores, lut, ls)
+            rec = dict(base, method=mode, n=n, miou=100 * s.miou, steps=res.steps,
+                       wall_s=res.seconds_prepare + res.seconds_train,
+                       cpu_s=res.cpu_seconds_prepare + res.cpu_seconds_train, peak_rss_mib=res.peak_rss_mib,
+                       loss_first=res.history[0]["loss"], loss_last=res.history[-1]["loss"], ckpt=str(out))
+            if a.indist and mode != "all" and n == max(a.counts):
+                rec["indist_miou"] = _indist(str(out))
+            _emit(rec)
+    if a.indist:
+        _emit(dict(base, method="base_indist", miou=_indist(a.checkpoint)))
+
+
+def _emit(rec: dict) -> None:
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    rec["time"] = time.strftime("%H:%M:%S")
+    with open(OUT, "a", encoding="utf-8") as f:
+        f.write(json.dumps(rec) + "\n")
+    print(json.dumps(rec), flush=True)
+
+
+def tables(path: str) -> None:
+    recs = [json.loads(line) for line in open(path, encoding="utf-8")]
+    for scene in dict.fromkeys(r["scene"] for r in recs):
+        rs = [r for r in recs if r["scene"] == scene]
+        before = next((r["miou"] for r in rs if r["method"] == "before"), float("nan"))
+        counts = sorted({r["n"] for r in rs if "n" in r})
+        methods = [m for m in dict.fromkeys(r["method"] for r in rs) if m not in ("before", "base_indist")]
+        print(f"\n### {scene} ({rs[0]['gaussians']} Gaussians, {rs[0]['classes']} classes, "
+              f"{rs[0]['held_out']} held-out views at {rs[0]['size'][0]}x{rs[0]['size'][1]}; before adaptation "
+              f"{before:.1f})\n")
+        print("| training views | " + " | ".join(methods) + " |")
+        print("|---" * (len(methods) + 1) + "|")
+        for n in counts:
+            cells = []
+            for m in methods:
+                r = next((r for r in rs if r.get("n") == n and r["method"] == m), None)
+                if r is None:
+                    cells.append("")
+                elif m == "lift":
+                    cells.append(f"{r['miou']:.1f} ({100 * r['never_labelled']:.0f} % unlabelled)")
+                else:
+                    cells.append(f"{r['miou']:.1f}")
+            print(f"| {n} | " + " | ".join(cells) + " |")
+        print("\n| method | views | steps | wall s | CPU s | peak RSS MiB | loss first -> last | in-dist. mIoU |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in rs:
+            if r["method"] in ("before", "lift", "base_indist"):
+                continue
+            ind = f"{r['indist_miou']:.1f}" if "indist_miou" in r else "n/a"
+            print(f"| {r['method']} | {r['n']} | {r['steps']} | {r['wall_s']:.0f} | {r['cpu_s']:.0f} | "
+                  f"{r['peak_rss_mib']:.0f} | {r['loss_first']:.3f} -> {r['loss_last']:.3f} | {ind} |")
+        b = next((r for r in rs if r["method"] == "base_indist"), None)
+        if b:
+            print(f"\nIn-distribution mIoU of the base checkpoint on the same evaluation: {b['miou']:.1f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scene", help="real:DIR or shift:NAME:SEED")
+    ap.add_argument("--labels-map")
+    ap.add_argument("--checkpoint", default="checkpoints/demo")
+    ap.add_argument("--counts", type=int, nargs="+", default=[5, 10, 30])
+    ap.add_argument("--modes", nargs="+", default=["heads"], choices=sorted(MODES))
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--budget-s", type=float, default=600.0)
+    ap.add_argument("--size", type=int, nargs=2, default=[160, 120])
+    ap.add_argument("--views", type=int, default=60)
+    ap.add_argument("--held-stride", type=int, default=1)
+    ap.add_argument("--pixels-per-view", type=int, default=4096)
+    ap.add_argument("--indist", action="store_true")
+    ap.add_argument("--ckpt-dir", default=".cache/h5/ckpts")
+    ap.add_argument("--tables", metavar="JSONL")
+    a = ap.parse_args()
+    if a.tables:
+        tables(a.tables)
+    else:
+        run(a)
+
+
+if __name__ == "__main__":
+    main()
