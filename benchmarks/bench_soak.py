@@ -1,0 +1,133 @@
+"""Soak: resident memory of chorus_node + query_node over a long replay, and the memory left
+after one very large FULL update.
+
+* **Soak**: a ~20K-Gaussian synthetic room, then for ``--minutes`` (default 30): a DELTA
+  moving 1 % of the map at 2 Hz, a 160x120 view request at 5 Hz and one QueryObjects call per
+  second. RSS of the process (both nodes, the probe and DDS) is sampled every 10 s; the section
+  reports RSS per minute and the growth after warm-up (the first 20 %, at least 2 minutes) -- the
+  target is < 5 % -- with every view request published or counted.
+* **Residue** (``--big N``, default 2M; 400K with --quick): the same node gets a FULL update of
+  N Gaussians, then the 20K room again; RSS before, at the peak and after.
+
+Run: ``python benchmarks/bench_soak.py [--quick] [--minutes M] [--big N]`` (quick: 2 minutes,
+400K). Everything on the CPU; the demo checkpoint when present.
+"""
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def _live():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("chorus_bench_live", REPO / "benchmarks" / "_live.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _scaled(g, n: int, seed: int):
+    """``n`` Gaussians tiling copies of room ``g`` side by side (new ids)."""
+    from chorus_ros.core.gaussians import GaussianArrays
+    reps = -(-n // len(g))
+    side = int(reps ** 0.5) + 1
+    ext = (g.means.max(0).values - g.means.min(0).values)[:2] + 0.5
+    parts = []
+    for r in range(reps):
+        off = torch.tensor([float(r % side) * ext[0], float(r // side) * ext[1], 0.0])
+        parts.append(GaussianArrays(g.means + off, g.sh, g.opacities, g.log_scales, g.quats,
+                                    torch.arange(r * len(g), (r + 1) * len(g)) + 10_000_000))
+    big = GaussianArrays.concat(parts)
+    return big.index(torch.arange(n))
+
+
+def main(quick: bool = False, minutes: float | None = None, big: int | None = None) -> str:
+    from chorus_ros.core.gaussians import GaussianArrays
+    from chorus_ros.core.synthetic import SceneConfig, generate_scene
+    live = _live()
+    minutes = minutes if minutes is not None else (2.0 if quick else 30.0)
+    big = big if big is not None else (400_000 if quick else 2_000_000)
+    scene = generate_scene(SceneConfig(seed=3, target_gaussians=20_000))
+    g0 = scene.gaussians
+    g = GaussianArrays(g0.means, g0.sh, g0.opacities, g0.log_scales, g0.quats, g0.ids)
+    lines = ["## Soak and memory (`benchmarks/bench_soak.py`)", ""]
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt, what = live.checkpoint(Path(tmp), scene.labels)
+        with live.LiveRig(ckpt, scene, n_query_clients=1) as rig:
+            rig.send_full(g)
+            rig.wait_encoded()
+            t_start = time.monotonic()
+            samples = [(0.0, live.rss_mib())]
+            next_delta = next_view = next_query = next_sample = t_start
+            stamp = 1_000_000_000
+            texts = ["chair", "table", "a lamp", "the sofa", "bed"]
+            while True:
+                now = time.monotonic()
+                if now - t_start >= minutes * 60:
+                    break
+                if now >= next_delta:
+                    rig.send_delta(0.01)
+                    next_delta += 0.5
+                if now >= next_view:
+                    stamp += 200_000_000
+                    rig.request_view(stamp)
+                    next_view += 0.2
+                if now >= next_query:
+                    rig.query(0, texts[int(now) % len(texts)])
+                    next_query += 1.0
+                if now >= next_sample:
+                    samples.append((now - t_start, live.rss_mib()))
+                    next_sample += 10.0
+                time.sleep(max(0.0, min(next_delta, next_view, next_query, next_sample) - time.monotonic()))
+            rig.wait_encoded(120)
+            time.sleep(1.0)
+            samples.append((time.monotonic() - t_start, live.rss_mib()))
+            node = rig.node
+            drops = node.drops.snapshot()
+            view_drops = sum(v for k, v in drops.items() if k.startswith("view_") and k != "view_stamp_rewind")
+            # ---- residue after one very large FULL
+            before = live.rss_mib()
+            rig.send_full(_scaled(g, big, 5))
+            rig.wait_encoded(3600)
+            peak = live.rss_mib()
+            rig.send_full(g)
+            rig.wait_encoded(600)
+            time.sleep(1.0)
+            after = live.rss_mib()
+    warm = max(120.0, 0.2 * minutes * 60)
+    at_warm = min(samples, key=lambda s: abs(s[0] - warm))
+    end = samples[-1]
+    growth = 100.0 * (end[1] - at_warm[1]) / at_warm[1]
+    lines.append(f"{what}; CPU; {len(g)} Gaussians; {minutes:g} minutes of 2 Hz DELTAs (1 % of the map moved), "
+                 f"5 Hz 160x120 view requests, 1 query/s. RSS of the whole process (both nodes, probe, DDS).")
+    lines += ["", "| minute | RSS (MiB) |", "|---|---|"]
+    step = max(1, int(round(minutes / 15)))
+    for m in range(0, int(minutes) + 1, step):
+        s = min(samples, key=lambda x: abs(x[0] - 60 * m))
+        lines.append(f"| {m} | {s[1]:.0f} |")
+    lines += ["", f"**RSS growth after warm-up ({at_warm[0] / 60:.1f} min -> {end[0] / 60:.1f} min): "
+              f"{growth:+.1f} %** (target < 5 %; start {samples[0][1]:.0f} MiB, peak "
+              f"{max(s[1] for s in samples):.0f} MiB).",
+              f"View requests: {len(rig.views_sent)} sent, {node.views_received} paired, {node.views_published} "
+              f"published, {view_drops} counted as dropped ({', '.join(f'{k} {v}' for k, v in drops.items() if v)}"
+              f"); every paired request published or counted: **{node.views_received == node.views_published + view_drops}**. "
+              f"Queries: {len(rig.query_lat)} answered, {rig.query_fail} failed, p50 "
+              f"{1000 * live.percentile(rig.query_lat, 50):.0f} ms, p99 {1000 * live.percentile(rig.query_lat, 99):.0f} ms.",
+              "", f"**Residue of one large FULL**: {len(g)} Gaussians {before:.0f} MiB -> FULL of {big} Gaussians "
+              f"{peak:.0f} MiB -> back to {len(g)}: **{after:.0f} MiB** ({after - before:+.0f} MiB).", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    a = sys.argv[1:]
+    mins = float(a[a.index("--minutes") + 1]) if "--minutes" in a else None
+    n_big = int(a[a.index("--big") + 1]) if "--big" in a else None
+    print(main(quick="--quick" in a, minutes=mins, big=n_big))
