@@ -262,3 +262,18 @@ def test_lora_adaptation_saves_small_adapter_that_rebuilds_the_model(tiny_setup)
         assert torch.allclose(rebuilt.state_dict()[k], v, atol=1e-6), k
     n_adapter = load_checkpoint(base / "lora").meta["adaptation"]["adapter"]["parameters"]
     assert 0 < n_adapter < 0.2 * sum(v.numel() for v in saved.state_dict().values())
+
+
+def test_render_splatting_gives_the_cached_losses(tiny_setup):
+    """splat='render' (the renderer every step, gsplat on CUDA) and splat='cached' train the same."""
+    from chorus_ros.core.adapt import AdaptConfig, adapt_checkpoint
+    base, scene = tiny_setup
+    hist = {}
+    for mode in ("cached", "render"):
+        cfg = AdaptConfig(train="heads", steps=3, views_per_step=2, pixels_per_view=300, splat=mode,
+                          render_backend="reference", progress=False, loss={"rgb": 0.5})
+        hist[mode] = adapt_checkpoint(base / "ckpt", scene, [0, 2, 4], cfg).history
+    # ('preserve' is taken over the Gaussians a step sees when cached, over all when rendering)
+    for a, b in zip(hist["cached"], hist["render"]):
+        for k in ("labels", "rgb"):
+            assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), (k, a, b)
