@@ -218,8 +218,8 @@ def implausible_values(table: np.ndarray) -> dict[str, int]:
     for nm in _PLAUSIBLE_FIELDS:
         if nm not in names or table.dtype.fields[nm][0].kind != "f":
             continue
-        a = np.abs(table[nm].astype(np.float64))
-        with np.errstate(invalid="ignore"):
+        with np.errstate(invalid="ignore", over="ignore"):
+            a = np.abs(table[nm].astype(np.float64))
             bad = int(np.count_nonzero(((a > 0) & (a < _TINY)) | ((a > _HUGE) & np.isfinite(a))))
         if bad:
             out[nm] = bad

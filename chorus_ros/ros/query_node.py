@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from geometry_msgs.msg import PoseStamped
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
 
@@ -59,11 +59,16 @@ class QueryNodeConfig:
     """Longest accepted query or text, characters."""
     max_texts: int = 256
     """Most texts accepted by one ~/embed request."""
+    service_queue_depth: int = 100
+    """Request queue depth of ~/query and ~/embed (rclpy QoS depth): concurrent clients beyond it lose requests."""
     ranking: str = "cosine"
     """'cosine': rank by cosine(object embedding, query embedding); 'relative': by the query's
     softmax probability against the label table's class names as negatives (scores in [0, 1])."""
     relative_temperature: float = 0.05
     """Softmax temperature of the 'relative' ranking (on cosines)."""
+    support_half: float = 0.05
+    """Object support in the score: positive scores are multiplied by n / (n + support_half x the
+    median object Gaussian count), so a fragment cannot outrank a whole object; 0 disables."""
     perception_node: str = "chorus_node"
     """Name of the perception node whose ~/render_relevance service is called."""
     relevance_enabled: bool = False
@@ -78,10 +83,10 @@ class QueryNodeConfig:
     """Errors of one kind are logged at most once per this many seconds."""
 
 
-READ_ONLY = ["checkpoint", "device", "perception_node", "relevance_camera"]
-RANGES = {"relative_temperature": (1e-4, 10.0), "default_top_k": (1, 10000),
+READ_ONLY = ["checkpoint", "device", "perception_node", "relevance_camera", "service_queue_depth"]
+RANGES = {"relative_temperature": (1e-4, 10.0), "default_top_k": (1, 10000), "service_queue_depth": (1, 100000),
           "max_text_length": (1, 1_000_000), "max_texts": (1, 100000),
-          "relevance_max_rate_hz": (0.0, 1000.0), "pair_tolerance_s": (0.0, 10.0),
+          "relevance_max_rate_hz": (0.0, 1000.0), "support_half": (0.0, 100.0), "pair_tolerance_s": (0.0, 10.0),
           "error_throttle_s": (0.0, 3600.0)}
 
 
@@ -107,7 +112,8 @@ def check_text(text: str, max_length: int) -> str:
 
 
 def rank_objects(table: cv.ObjectTable, embedding: np.ndarray, top_k: int, min_score: float,
-                 negatives: np.ndarray | None = None, temperature: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+                 negatives: np.ndarray | None = None, temperature: float = 0.05,
+                 support_half: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Indices and scores of the best objects, best first (stable for ties).
 
     Args:
@@ -120,6 +126,8 @@ def rank_objects(table: cv.ObjectTable, embedding: np.ndarray, top_k: int, min_s
             probability that the object is the query rather than any negative. None: the score is
             ``cos(o, q)``.
         temperature: softmax temperature of the relative score.
+        support_half: > 0 weighs positive scores by the objects' support (Gaussian counts,
+            :func:`chorus_ros.core.objects.support_scores`), so fragments rank below whole objects.
     """
     e = np.asarray(embedding, dtype=np.float32).reshape(-1)
     if e.shape[0] != table.dim:
@@ -135,6 +143,11 @@ def rank_objects(table: cv.ObjectTable, embedding: np.ndarray, top_k: int, min_s
         logits -= logits.max(axis=1, keepdims=True)
         w = np.exp(logits)
         scores = (w[:, 0] / w.sum(axis=1)).astype(np.float32)
+    if support_half > 0 and len(scores):
+        from chorus_ros.core.objects.support import SupportConfig, support_scores
+        counts = np.array([int(o.gaussian_count) for o in table.msg.objects], dtype=np.float64)
+        ref = float(np.median(counts[table.has_embedding])) if table.has_embedding.any() else None
+        scores = support_scores(scores, counts, SupportConfig(half=float(support_half)), reference=ref)
     valid = table.has_embedding & (scores >= min_score)
     idx = np.nonzero(valid)[0]
     idx = idx[np.argsort(-scores[idx], kind="stable")][: max(0, int(top_k))]
@@ -185,13 +198,15 @@ class QueryNode(Node):
         from chorus_ros.msg import LabelInfo, ObjectMap
         from chorus_ros.srv import EmbedText, QueryObjects, RenderRelevance
         inputs = MutuallyExclusiveCallbackGroup()
-        services = MutuallyExclusiveCallbackGroup()
+        # reentrant: concurrent clients are answered in parallel, none waits behind another's call
+        services = ReentrantCallbackGroup()
         self.create_subscription(ObjectMap, "objects", self._on_objects, qos.latched(),
                                  callback_group=inputs, qos_overriding_options=qos.overrides(durability=True))
         self.create_subscription(LabelInfo, "semantic/label_info", self._on_labels, qos.latched(),
                                  callback_group=inputs, qos_overriding_options=qos.overrides(durability=True))
-        self.create_service(QueryObjects, "~/query", self._srv_query, callback_group=services)
-        self.create_service(EmbedText, "~/embed", self._srv_embed, callback_group=services)
+        srv_qos = qos.services(cfg.service_queue_depth)
+        self.create_service(QueryObjects, "~/query", self._srv_query, callback_group=services, qos_profile=srv_qos)
+        self.create_service(EmbedText, "~/embed", self._srv_embed, callback_group=services, qos_profile=srv_qos)
         self._relevance_pub = self.create_publisher(Image, "~/relevance/image_raw", qos.images(),
                                                     qos_overriding_options=qos.overrides())
         self._relevance_client = self.create_client(
@@ -262,7 +277,7 @@ class QueryNode(Node):
                 others = [n for n in names if n.strip().lower() != text.lower()]
                 negatives = self.embed(others) if others else None
             idx, scores = rank_objects(table, emb, req.top_k or cfg.default_top_k, req.min_score,
-                                       negatives, cfg.relative_temperature)
+                                       negatives, cfg.relative_temperature, cfg.support_half)
             self._last_query = emb
             objs = []
             for i, s in zip(idx.tolist(), scores.tolist()):

@@ -1,0 +1,96 @@
+"""Load: chorus_node + query_node under many clients (issue 12's probe): 20 QueryObjects clients
+(one call per second each), DELTAs moving 1 % of the map at 10 Hz and 160x120 view requests at
+30 Hz, for ``--seconds`` (default 60). Reports every view request's fate (published, or counted
+as dropped by reason in ~/status -- the target: none unaccounted) and the query latency
+percentiles (target: p99 < 200 ms on the CPU).
+
+Run: ``python benchmarks/bench_load.py [--quick] [--seconds S]`` (quick: 20 s).
+"""
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def _live():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("chorus_bench_live", REPO / "benchmarks" / "_live.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def main(quick: bool = False, seconds: float | None = None, clients: int = 20) -> str:
+    from chorus_ros.core.gaussians import GaussianArrays
+    from chorus_ros.core.synthetic import SceneConfig, generate_scene
+    live = _live()
+    seconds = seconds if seconds is not None else (20.0 if quick else 60.0)
+    scene = generate_scene(SceneConfig(seed=3, target_gaussians=20_000))
+    g0 = scene.gaussians
+    g = GaussianArrays(g0.means, g0.sh, g0.opacities, g0.log_scales, g0.quats, g0.ids)
+    texts = ["chair", "table", "a lamp", "the sofa", "bed", "window", "a plant"]
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt, what = live.checkpoint(Path(tmp), scene.labels)
+        with live.LiveRig(ckpt, scene, n_query_clients=clients) as rig:
+            rig.send_full(g)
+            rig.wait_encoded()
+            node = rig.node
+            r0, p0, d0 = node.views_received, node.views_published, node.drops.snapshot()
+            t0 = time.monotonic()
+            next_delta = next_view = t0
+            next_q = [t0 + i / clients for i in range(clients)]
+            stamp = 1_000_000_000
+            while time.monotonic() - t0 < seconds:
+                now = time.monotonic()
+                if now >= next_delta:
+                    rig.send_delta(0.01)
+                    next_delta += 0.1
+                if now >= next_view:
+                    stamp += 33_333_333
+                    rig.request_view(stamp)
+                    next_view += 1 / 30
+                for i in range(clients):
+                    if now >= next_q[i]:
+                        rig.query(i, texts[(i + int(now)) % len(texts)])
+                        next_q[i] += 1.0
+                time.sleep(max(0.0, min([next_delta, next_view] + next_q) - time.monotonic()))
+            sent_q = sum(int((q - t0) // 1.0) for q in next_q)
+            rig.wait_encoded(300)
+            end = time.monotonic() + 60
+            while time.monotonic() < end and (len(rig.query_lat) + rig.query_fail < sent_q or not node.wait_idle(0.0)):
+                time.sleep(0.05)
+            time.sleep(0.5)
+            d1 = node.drops.snapshot()
+            drops = {k: d1.get(k, 0) - d0.get(k, 0) for k in d1 if d1.get(k, 0) != d0.get(k, 0)}
+            received = node.views_received - r0
+            published = node.views_published - p0
+            view_drops = sum(v for k, v in drops.items() if k.startswith("view_") and k != "view_stamp_rewind")
+            got = len([s for s in rig.views_sent if s in rig.views_got])
+            lat = rig.query_lat
+            lines = ["## Load: 20 query clients, 10 Hz deltas, 30 Hz views (`benchmarks/bench_load.py`)", "",
+                     f"{what}; CPU; {len(g)} Gaussians; {seconds:g} s; chorus_node + query_node in one process "
+                     "(`chorus-ros up` layout, 4 executor threads).", "",
+                     "| view requests sent | paired by the node | published | counted as dropped | unaccounted | "
+                     "received by the client |", "|---|---|---|---|---|---|",
+                     f"| {len(rig.views_sent)} | {received} | {published} | {view_drops} | "
+                     f"{received - published - view_drops} | {got} |", "",
+                     "Drops by reason: " + (", ".join(f"{k} {v}" for k, v in drops.items()) or "none") + ". "
+                     f"Unpaired poses/CameraInfos (best-effort transport) are in the *_unpaired counts.", "",
+                     "| queries sent | answered | failed | p50 (ms) | p90 (ms) | p99 (ms) | max (ms) |",
+                     "|---|---|---|---|---|---|---|",
+                     f"| {sent_q} | {len(lat)} | {rig.query_fail} | {1000 * live.percentile(lat, 50):.0f} | "
+                     f"{1000 * live.percentile(lat, 90):.0f} | {1000 * live.percentile(lat, 99):.0f} | "
+                     f"{1000 * max(lat, default=float('nan')):.0f} |", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    a = sys.argv[1:]
+    secs = float(a[a.index("--seconds") + 1]) if "--seconds" in a else None
+    print(main(quick="--quick" in a, seconds=secs))
