@@ -88,6 +88,7 @@ def main(quick: bool = False, cases: int | None = None) -> str:
             refused = ", ".join(f"{c} {e}" for e, c in counts.most_common() if e != "accepted") or "-"
             lines.append(f"| {name} | {ran} | {counts.get('accepted', 0)} | {refused} | {1 if err else 0} | "
                          f"{secs:.0f} |")
+            print(lines[-1], file=sys.stderr, flush=True)      # progress of a long run
             if err:
                 failures.append(f"{name}:\n```\n{err}\n```")
         lines += ["", f"**{total} generated cases in all, {len(failures)} property failures.**"]

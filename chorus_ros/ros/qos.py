@@ -10,9 +10,13 @@ map updates (sub)   reliable, transient-local, keep-last N      late joiners get
 map updates (pub)   reliable, transient-local, keep-last 1      latched snapshot (REP-2003 map)
 label info,         reliable, transient-local, keep-last 1      latched tables: late joiners
 object map                                                      receive the current one
-poses, camera_info  best effort, volatile, keep-last 5          SensorDataQoS-compatible; a
+poses, camera_info  best effort, volatile, keep-last 30         SensorDataQoS-compatible; a
                                                                 best-effort reader also matches
-                                                                reliable publishers
+                                                                reliable publishers; 1 s at
+                                                                30 Hz, so a busy executor does
+                                                                not lose requests uncounted
+                                                                (the keep-newest view queue
+                                                                drops and counts them)
 images (outputs)    reliable, volatile, keep-last 2             derived data, small depth
 status              reliable, volatile, keep-last 1             heartbeat
 services            reliable, volatile, keep-last N             N = ``service_queue_depth``
@@ -45,7 +49,7 @@ def map_updates_sub(depth: int = 16) -> QoSProfile:
     return latched(depth)
 
 
-def sensor_input(depth: int = 5) -> QoSProfile:
+def sensor_input(depth: int = 30) -> QoSProfile:
     """Poses and CameraInfo: best effort (matches best-effort *and* reliable publishers)."""
     return QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=depth,
                       reliability=QoSReliabilityPolicy.BEST_EFFORT,
