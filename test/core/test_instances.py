@@ -409,3 +409,28 @@ def test_identity_features_of_a_grown_map_partition_like_the_whole_map(cfg):
                                          stuff_label_ids=[FLOOR], gaussian_ids=gids).instance_ids
     assert _same_partition(grown.numpy(), whole.numpy())
     assert len(set(whole.tolist()) - {0}) == 4
+
+
+def test_class_agnostic_things_keep_an_object_with_noisy_labels_whole():
+    # a 4x4x2 object whose Gaussians are labelled chair/table in a checkerboard (label noise),
+    # next to a second object with another identity feature and clean labels
+    a = block(1, 1, 1, 4, 4, 2, E[0], CHAIR)
+    noisy = a[2].clone()
+    noisy[::2] = TABLE
+    b = block(5, 1, 1, 3, 3, 2, E[1], TABLE)
+    floor = block(0, 0, 0, 10, 10, 1, E[3], FLOOR)
+    means, feats = torch.cat([a[0], b[0], floor[0]]), torch.cat([a[1], b[1], floor[1]])
+    labels = torch.cat([noisy, b[2], floor[2]])
+    kw = dict(voxel_size=VS, min_gaussians=3, feature_buckets=0, merge_across_classes=False)
+    per_class = group_components(means, feats, labels, InstanceConfig(**kw), [FLOOR])
+    agn = group_components(means, feats, labels, InstanceConfig(class_agnostic_things=True, **kw), [FLOOR])
+    na = len(a[0])
+    assert len(set(per_class.component[:na].tolist())) == 2           # shattered by its labels
+    assert len(set(agn.component[:na].tolist())) == 1                  # whole
+    assert set(agn.component[na:na + len(b[0])].tolist()).isdisjoint(agn.component[:na].tolist())
+    assert agn.num_components == 3                                      # a, b, floor
+    dec = InstanceDecoder(InstanceConfig(class_agnostic_things=True, **kw))
+    dec.regroup(means, feats, labels, torch.zeros(len(means), dtype=torch.long), stuff_label_ids=[FLOOR])
+    recs = dec.records(["floor", "chair", "table"])
+    assert sorted(r.gaussian_count for r in recs) == [18, 32, 100]
+    assert {r.gaussian_count: r.label for r in recs}[32] in ("chair", "table")

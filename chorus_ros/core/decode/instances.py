@@ -2,7 +2,8 @@
 
 Grouping (:func:`group_components`), per call:
 
-1. Gaussians with a class label are binned into *nodes* = (voxel of ``voxel_size``, class,
+1. Gaussians with a class label are binned into *nodes* = (voxel of ``voxel_size``, class (all
+   thing classes count as one with ``class_agnostic_things``),
    feature bucket: signs of a few fixed random projections of the object feature, so that two
    touching objects of one class sharing a voxel stay apart). A node's feature is the
    normalised mean of its Gaussians' object-head features.
@@ -95,6 +96,10 @@ class InstanceConfig:
     merge_across_classes: bool = True
     """A fragment with no supported neighbour of its class merges into the most similar supported
     neighbour of any class (its Gaussians take that object's id; labels are kept)."""
+    class_agnostic_things: bool = False
+    """Group Gaussians of all thing classes together, by identity feature and adjacency alone (the
+    object's class is its members' majority); stuff classes stay grouped per class. Keeps objects
+    whole when per-Gaussian labels are noisy (maps unlike the training data)."""
     stuff_classes: tuple[str, ...] = ("wall", "floor", "ceiling")
     """Class names grouped by connectivity (one instance per connected surface)."""
     stuff_feature_threshold: float = -1.0
@@ -311,6 +316,12 @@ def group_components(means: torch.Tensor, obj_feats: torch.Tensor, labels: torch
     m = means[sel].cpu()
     f = torch.nn.functional.normalize(obj_feats[sel].cpu().float(), dim=-1)
     lab = labels[sel]
+    stuff_ids = torch.as_tensor(list(stuff_label_ids), dtype=torch.long)
+    if config.class_agnostic_things:
+        # every thing class in one group: objects come from identity features and adjacency alone
+        # (a component's class is its members' majority), so label noise does not shatter objects
+        thing_group = int(max(int(lab.max()), int(stuff_ids.max()) if stuff_ids.numel() else 0)) + 1
+        lab = torch.where(torch.isin(lab, stuff_ids), lab, torch.full_like(lab, thing_group))
     vox, dims, total = _voxel_grid(m, config.voxel_size)
     ulab, lab_rank = torch.unique(lab, return_inverse=True)
     nl = int(ulab.numel())
@@ -320,7 +331,6 @@ def group_components(means: torch.Tensor, obj_feats: torch.Tensor, labels: torch
         raise InvalidInputError(f"instance voxel grid too large ({total:.3g} voxels x {nl} classes); "
                                 f"increase voxel_size ({config.voxel_size})")
     stuff_rank = torch.zeros(nl, dtype=torch.bool)
-    stuff_ids = torch.as_tensor(list(stuff_label_ids), dtype=torch.long)
     if stuff_ids.numel():
         stuff_rank = torch.isin(ulab, stuff_ids)
     bucket = torch.where(stuff_rank[lab_rank], torch.zeros_like(bucket), bucket)  # stuff: one node per voxel
