@@ -26,7 +26,17 @@ def _live():
     return mod
 
 
-def main(quick: bool = False, seconds: float | None = None, clients: int = 20) -> str:
+def main(quick: bool = False, seconds: float | None = None, clients: int = 20,
+         switch_interval: float | None = None) -> str:
+    """``switch_interval``: Python's GIL switch interval for this run (``sys.setswitchinterval``;
+    None keeps the process's, which chorus_ros.ros.bringup sets for the nodes)."""
+    if switch_interval is not None:
+        old = sys.getswitchinterval()
+        sys.setswitchinterval(switch_interval)
+        try:
+            return main(quick, seconds, clients)
+        finally:
+            sys.setswitchinterval(old)
     from chorus_ros.core.gaussians import GaussianArrays
     from chorus_ros.core.synthetic import SceneConfig, generate_scene
     live = _live()
@@ -75,7 +85,8 @@ def main(quick: bool = False, seconds: float | None = None, clients: int = 20) -
             lat = rig.query_lat
             lines = ["## Load: 20 query clients, 10 Hz deltas, 30 Hz views (`benchmarks/bench_load.py`)", "",
                      f"{what}; CPU; {len(g)} Gaussians; {seconds:g} s; chorus_node + query_node in one process "
-                     "(`chorus-ros up` layout, 4 executor threads).", "",
+                     f"(`chorus-ros up` layout, 4 executor threads); GIL switch interval "
+                     f"{sys.getswitchinterval() * 1000:g} ms.", "",
                      "| view requests sent | paired by the node | published | counted as dropped | unaccounted | "
                      "received by the client |", "|---|---|---|---|---|---|",
                      f"| {len(rig.views_sent)} | {received} | {published} | {view_drops} | "
@@ -93,4 +104,5 @@ def main(quick: bool = False, seconds: float | None = None, clients: int = 20) -
 if __name__ == "__main__":
     a = sys.argv[1:]
     secs = float(a[a.index("--seconds") + 1]) if "--seconds" in a else None
-    print(main(quick="--quick" in a, seconds=secs))
+    sw = float(a[a.index("--switch-interval") + 1]) if "--switch-interval" in a else None
+    print(main(quick="--quick" in a, seconds=secs, switch_interval=sw))
