@@ -69,11 +69,13 @@ def _open(spec: str, labels_map: str | None, width: int, height: int, views: int
     raise SystemExit(f"--scene {spec!r}: expected real:DIR or shift:NAME:SEED")
 
 
-def _indist(ckpt: str) -> float:
+def _indist(ckpt: str, labels_file: str = "") -> float:
+    """mIoU on the held-out synthetic seed 1000 (8 views at 128x96), optionally with another label set."""
     from chorus_ros.core.metrics.evaluation import EvalConfig, evaluate_checkpoint
-    from chorus_ros.core.pipeline import PerceptionPipeline
+    from chorus_ros.core.pipeline import PerceptionPipeline, PipelineConfig
     cfg = EvalConfig(seeds=[1000], loop_views=6, random_views=2)
-    r = evaluate_checkpoint("x", lambda: PerceptionPipeline.from_checkpoint(ckpt), cfg)
+    r = evaluate_checkpoint("x", lambda: PerceptionPipeline.from_checkpoint(ckpt, PipelineConfig(labels_file=labels_file)),
+                            cfg)
     return 100 * r.semantic.miou
 
 
@@ -110,17 +112,20 @@ def run(a) -> None:
         _emit(dict(base, method="lift", n=n, miou=100 * s.miou, never_labelled=unseen))
         for mode in a.modes:
             kw = dict(MODES[mode])
+            kw.setdefault("loss", {})
+            kw["loss"] = dict(kw["loss"], replay=a.replay)
             cfg = AdaptConfig(steps=a.steps, budget_s=a.budget_s, progress=False, pixels_per_view=a.pixels_per_view,
-                              **kw)
-            out = Path(a.ckpt_dir) / f"{Path(a.scene).name.replace(':', '_')}_{mode}_{n}"
+                              lr=a.lr, **kw)
+            out = Path(a.ckpt_dir) / f"{Path(a.scene).name.replace(':', '_')}_{mode}{a.tag}_{n}"
             res = adapt_checkpoint(a.checkpoint, scene, train, cfg, out_dir=out)
             s = evaluate_views(scene.gaussians, scene, held, res.scores, lut, ls)
-            rec = dict(base, method=mode, n=n, miou=100 * s.miou, steps=res.steps,
+            rec = dict(base, method=mode + a.tag, n=n, miou=100 * s.miou, steps=res.steps,
                        wall_s=res.seconds_prepare + res.seconds_train,
                        cpu_s=res.cpu_seconds_prepare + res.cpu_seconds_train, peak_rss_mib=res.peak_rss_mib,
                        loss_first=res.history[0]["loss"], loss_last=res.history[-1]["loss"], ckpt=str(out))
             if a.indist and mode != "all" and n == max(a.counts):
                 rec["indist_miou"] = _indist(str(out))
+                rec["indist_base_same_labels"] = _indist(a.checkpoint, str(out / "labels.yaml"))
             _emit(rec)
     if a.indist:
         _emit(dict(base, method="base_indist", miou=_indist(a.checkpoint)))
@@ -163,6 +168,8 @@ def tables(path: str) -> None:
             if r["method"] in ("before", "lift", "base_indist"):
                 continue
             ind = f"{r['indist_miou']:.1f}" if "indist_miou" in r else "n/a"
+            if "indist_base_same_labels" in r:
+                ind += f" (base {r['indist_base_same_labels']:.1f})"
             print(f"| {r['method']} | {r['n']} | {r['steps']} | {r['wall_s']:.0f} | {r['cpu_s']:.0f} | "
                   f"{r['peak_rss_mib']:.0f} | {r['loss_first']:.3f} -> {r['loss_last']:.3f} | {ind} |")
         b = next((r for r in rs if r["method"] == "base_indist"), None)
@@ -183,6 +190,9 @@ def main() -> None:
     ap.add_argument("--views", type=int, default=60)
     ap.add_argument("--held-stride", type=int, default=1)
     ap.add_argument("--pixels-per-view", type=int, default=4096)
+    ap.add_argument("--replay", type=float, default=1.0, help="weight of the replay term (0: off)")
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--tag", default="", help="suffix of the method names in the tables")
     ap.add_argument("--indist", action="store_true")
     ap.add_argument("--ckpt-dir", default=".cache/h5/ckpts")
     ap.add_argument("--tables", metavar="JSONL")

@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rgb", type=float, default=dl.rgb, help="weight of the RGB self-supervision")
     ap.add_argument("--depth-gate", type=float, default=dl.depth_gate, help="depth gate strength in [0, 1]")
     ap.add_argument("--boundary", type=float, default=dl.boundary, help="extra weight near label borders")
+    ap.add_argument("--replay", type=float, default=dl.replay, help="weight of the replay term (0: off)")
+    ap.add_argument("--replay-seeds", type=int, nargs="*", default=d.replay_seeds,
+                    help="synthetic training-distribution scenes kept by the replay term (none: off)")
     ap.add_argument("--min-alpha", type=float, default=d.min_alpha)
     ap.add_argument("--splat", choices=("auto", "cached", "render"), default=d.splat)
     ap.add_argument("--device", default=d.device)
@@ -77,8 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = AdaptConfig(targets=a.targets, train=a.train, steps=a.steps, budget_s=a.budget_s, lr=a.lr,
                           lora_rank=a.lora_rank, lora_convs=a.lora_convs, views_per_step=a.views_per_step,
                           pixels_per_view=a.pixels_per_view, min_alpha=a.min_alpha, splat=a.splat,
-                          device=a.device, seed=a.seed, progress=not a.no_progress,
-                          loss=LossWeights(rgb=a.rgb, depth_gate=a.depth_gate, boundary=a.boundary))
+                          device=a.device, seed=a.seed, progress=not a.no_progress, replay_seeds=list(a.replay_seeds),
+                          loss=LossWeights(rgb=a.rgb, depth_gate=a.depth_gate, boundary=a.boundary,
+                                           replay=a.replay))
         summary: dict = {}
         if held:
             summary.update(_before(a.checkpoint, scene, train, held, cfg))

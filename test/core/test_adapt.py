@@ -221,7 +221,8 @@ def test_tiny_adaptation_loss_falls_and_heldout_miou_rises(tiny_setup):
         before_scores = class_probabilities(ck.model(scene.gaussians).heads["language"], temb, 0.05)
     before = evaluate_views(scene.gaussians, scene, held, before_scores, lut, ls, 0.5, "reference")
 
-    cfg = AdaptConfig(train="all", steps=60, lr=3e-2, views_per_step=2, pixels_per_view=500, progress=False)
+    cfg = AdaptConfig(train="all", steps=60, lr=3e-2, views_per_step=2, pixels_per_view=500, progress=False,
+                      replay_gaussians=1000, replay_batch=512)
     res = adapt_checkpoint(base / "ckpt", scene, train, cfg, out_dir=base / "site")
     after = evaluate_views(scene.gaussians, scene, held, res.scores, lut, ls, 0.5, "reference")
     first = np.mean([r["labels"] for r in res.history[:5]])
@@ -230,6 +231,7 @@ def test_tiny_adaptation_loss_falls_and_heldout_miou_rises(tiny_setup):
     assert last < 0.7 * first
     assert after.miou > before.miou + 0.15
     assert "preserve" in res.history[-1]  # the object head has no target: held to the base
+    assert res.history[-1]["replay"] < 1.0  # and every head stays near the base on a replay scene
 
     # the written checkpoint: loads strictly, in the pipeline too, and says where it came from
     new = load_checkpoint(base / "site")
@@ -252,7 +254,8 @@ def test_lora_adaptation_saves_small_adapter_that_rebuilds_the_model(tiny_setup)
 
     base, scene = tiny_setup
     cfg = AdaptConfig(train="lora", lora_convs=True, lora_rank=2, steps=4, views_per_step=1,
-                      pixels_per_view=200, targets="both", progress=False, loss={"rgb": 0.5})
+                      pixels_per_view=200, targets="both", progress=False, loss={"rgb": 0.5},
+                      replay_seeds=[])
     res = adapt_checkpoint(base / "ckpt", scene, [0, 3], cfg, out_dir=base / "lora")
     assert (base / "lora" / ADAPTER_FILE).is_file()
     assert {"labels", "teacher.object", "rgb"} <= set(res.history[-1])
@@ -271,7 +274,8 @@ def test_render_splatting_gives_the_cached_losses(tiny_setup):
     hist = {}
     for mode in ("cached", "render"):
         cfg = AdaptConfig(train="heads", steps=3, views_per_step=2, pixels_per_view=300, splat=mode,
-                          render_backend="reference", progress=False, loss={"rgb": 0.5})
+                          render_backend="reference", progress=False, loss={"rgb": 0.5},
+                          replay_seeds=[])
         hist[mode] = adapt_checkpoint(base / "ckpt", scene, [0, 2, 4], cfg).history
     # ('preserve' is taken over the Gaussians a step sees when cached, over all when rendering)
     for a, b in zip(hist["cached"], hist["render"]):

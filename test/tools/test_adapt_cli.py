@@ -62,7 +62,7 @@ def test_adapt_cli_writes_a_loadable_checkpoint_with_provenance(setup, tmp_path,
     out, js = tmp_path / "site", tmp_path / "summary.json"
     rc = main(["--checkpoint", str(setup / "ckpt"), "--dataset", str(setup / "room"), "--out", str(out),
                "--labels-map", str(setup / "map.yaml"), "--views", "0::2", "--eval-views", "1::2",
-               "--steps", "5", "--pixels-per-view", "200", "--views-per-step", "1", "--no-progress",
+               "--steps", "5", "--pixels-per-view", "200", "--views-per-step", "1", "--no-progress", "--replay-seeds",
                "--json", str(js)])
     text = capsys.readouterr().out
     assert rc == 0, text

@@ -44,6 +44,10 @@ class LossWeights:
     preserve: float = 1.0
     """Heads without a 2D target are held to the base model's outputs on the scene: relative
     mean squared change, times this weight (keeps e.g. the object head's instance grouping)."""
+    replay: float = 1.0
+    """Every head is held to the base model's outputs on replay scenes of the training
+    distribution (``AdaptConfig.replay_seeds``): relative mean squared change, times this
+    weight, so adapting to one site does not wreck what the checkpoint knew."""
 
 
 @dataclass
@@ -89,6 +93,14 @@ class AdaptConfig:
     """Pixels whose rendered alpha is below this give no target (and are unlabeled in evaluation)."""
     temperature: float | None = None
     """Softmax temperature of the class scores; None: the decoder's (pipeline default 0.05)."""
+    replay_seeds: list[int] = field(default_factory=lambda: [0])
+    """Synthetic training-distribution scenes (chorus_ros.core.synthetic seeds; the demo checkpoint
+    trained on seeds 0-31) on which the base model's outputs are kept (``loss.replay``); empty:
+    no replay."""
+    replay_gaussians: int = 20000
+    """Gaussians per replay scene."""
+    replay_batch: int = 4096
+    """Replay Gaussians per step."""
     seed: int = 0
     """Seed of view/pixel sampling and of the adapters' initialisation."""
     device: str = "cpu"

@@ -14,8 +14,10 @@ Protocol (one scene, a fixed map ``G`` of N Gaussians, training views ``V``):
 3. **Step**: sample ``views_per_step`` views; class probabilities ``softmax(cos(f_lang, t_k) /
    T)`` over the text embeddings of the adaptation label set, head features, and an auxiliary
    colour are splatted at the views' pixels, alpha-normalised and compared with the targets
-   (:mod:`.losses`); heads without targets are held to the base model's outputs
-   (``preserve``). AdamW on the trainable parameters.
+   (:mod:`.losses`); heads without targets are held to the base model's outputs on the scene
+   (``preserve``), and every head to the base model's outputs on replay scenes of the
+   training distribution (``replay``), so the site does not overwrite what the checkpoint
+   knew. AdamW on the trainable parameters.
 4. **Output** (:func:`save_adapted`): a normal encoder checkpoint (adapters merged) with the
    adaptation label set, the base checkpoint's text encoder and teachers, and the provenance
    (base checkpoint and its digest, scene, views, steps, losses, config) under
@@ -218,14 +220,19 @@ class EncoderRunner(nn.Module):
         cfg: the adaptation config (``train``, ``lora_*``).
     """
 
-    def __init__(self, model, gaussians: GaussianArrays, cfg: AdaptConfig) -> None:
+    def __init__(self, model, gaussians: GaussianArrays, cfg: AdaptConfig, adapters: bool = True) -> None:
         super().__init__()
         self.model = model
         self.gaussians = gaussians
         self.cfg = cfg
+        params: list[nn.Parameter] = []
+        self.trunk_frozen = cfg.train == "heads" or (cfg.train == "lora" and not cfg.lora_convs)
+        self._trunk: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.params = params
+        if not adapters:  # a second view of an already prepared model (replay scenes)
+            return
         for p in model.parameters():
             p.requires_grad_(False)
-        params: list[nn.Parameter] = []
         if cfg.train == "all":
             for p in model.parameters():
                 p.requires_grad_(True)
@@ -240,8 +247,6 @@ class EncoderRunner(nn.Module):
             params = lora.add_adapters(model, names, cfg.lora_rank, cfg.lora_alpha, cfg.seed)
         self.aux_rgb = nn.Linear(model.config.embed_dim, 3)
         self.params = params
-        self.trunk_frozen = cfg.train == "heads" or (cfg.train == "lora" and not cfg.lora_convs)
-        self._trunk: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def trunk(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(interp [N, C0], h [N, point_hidden])``: the inputs of the per-Gaussian decoder."""
@@ -267,6 +272,16 @@ class EncoderRunner(nn.Module):
         if idx is not None:
             interp, h = interp[idx], h[idx]
         return self.model.gaussian_head(interp, h)
+
+
+def replay_scenes(cfg: AdaptConfig) -> list[GaussianArrays]:
+    """The replay scenes of ``cfg.replay_seeds`` (synthetic, ground truth stripped)."""
+    from chorus_ros.core.synthetic import SceneConfig, generate_scene
+    out = []
+    for s in cfg.replay_seeds:
+        g = generate_scene(SceneConfig(seed=int(s), target_gaussians=int(cfg.replay_gaussians))).gaussians
+        out.append(GaussianArrays(g.means, g.sh, g.opacities, g.log_scales, g.quats, g.ids))
+    return out
 
 
 def class_probabilities(lang: torch.Tensor, text_emb: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -415,6 +430,13 @@ def adapt(model, gaussians: GaussianArrays, scene, train_positions: Sequence[int
     with torch.no_grad():
         _, base_heads = runner()
     base_heads = {k: v.detach() for k, v in base_heads.items()}
+    replays = []
+    if cfg.loss.replay > 0:
+        for rg in replay_scenes(cfg):
+            r = EncoderRunner(model, rg.to(dev), cfg, adapters=False)
+            with torch.no_grad():
+                _, rb = r()
+            replays.append((r, {k: v.detach() for k, v in rb.items()}))
     targeted = ({"language"} if use_labels else set()) | {t.kind for t in teachers}
     preserve = [k for k in base_heads if k not in targeted]
     params = list(runner.params)
@@ -483,6 +505,14 @@ def adapt(model, gaussians: GaussianArrays, scene, train_positions: Sequence[int
             base = {k: (base_heads[k] if gsel is None else base_heads[k][gsel]) for k in preserve}
             terms["preserve"] = cfg.loss.preserve * sum(
                 (hd[k] - base[k]).pow(2).mean() / base[k].pow(2).mean().clamp_min(1e-8) for k in preserve) / len(preserve)
+        if replays:
+            rl = 0.0
+            for r, rb in replays:
+                idx = torch.randint(len(r.gaussians), (cfg.replay_batch,), generator=gen).to(dev)
+                _, rh = r(idx)
+                rl = rl + sum((rh[k] - rb[k][idx]).pow(2).mean() / rb[k][idx].pow(2).mean().clamp_min(1e-8)
+                              for k in rb) / len(rb)
+            terms["replay"] = cfg.loss.replay * rl / len(replays)
         loss = sum(terms.values())
         opt.zero_grad(set_to_none=True)
         loss.backward()
