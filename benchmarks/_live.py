@@ -101,6 +101,7 @@ class LiveRig:
         self.g = g
         self.rng = np.random.default_rng(0)
         self.sign = 1.0
+        self.seq += 1                   # a new sequence: wait_encoded waits for this very update
         self.map_pub.publish(map_update_to_msg(g, map_id="bench", sequence=self.seq, full=True))
 
     def wait_encoded(self, timeout: float = 900.0) -> None:

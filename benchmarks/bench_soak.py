@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -93,12 +94,29 @@ def main(quick: bool = False, minutes: float | None = None, big: int | None = No
             node = rig.node
             drops = node.drops.snapshot()
             view_drops = sum(v for k, v in drops.items() if k.startswith("view_") and k != "view_stamp_rewind")
-            # ---- residue after one very large FULL
+            # ---- residue after one very large FULL (RSS sampled every 0.2 s for the peak). The
+            # map topic is latched with depth 16 on both sides: 16 small DELTAs after the return
+            # to 20K push the big message out of the probe's and the node's DDS histories, which
+            # would otherwise keep it (that memory is the transport's, not the node's).
             before = live.rss_mib()
+            peak_box, stop = [before], threading.Event()
+
+            def sampler():
+                while not stop.is_set():
+                    peak_box[0] = max(peak_box[0], live.rss_mib())
+                    time.sleep(0.2)
+            th = threading.Thread(target=sampler, daemon=True)
+            th.start()
             rig.send_full(_scaled(g, big, 5))
             rig.wait_encoded(3600)
-            peak = live.rss_mib()
             rig.send_full(g)
+            rig.wait_encoded(600)
+            stop.set()
+            th.join()
+            peak = peak_box[0]
+            for _ in range(16):
+                rig.send_delta(0.01)
+                time.sleep(0.05)
             rig.wait_encoded(600)
             time.sleep(1.0)
             after = live.rss_mib()
@@ -122,7 +140,7 @@ def main(quick: bool = False, minutes: float | None = None, big: int | None = No
               f"Queries: {len(rig.query_lat)} answered, {rig.query_fail} failed, p50 "
               f"{1000 * live.percentile(rig.query_lat, 50):.0f} ms, p99 {1000 * live.percentile(rig.query_lat, 99):.0f} ms.",
               "", f"**Residue of one large FULL**: {len(g)} Gaussians {before:.0f} MiB -> FULL of {big} Gaussians "
-              f"{peak:.0f} MiB -> back to {len(g)}: **{after:.0f} MiB** ({after - before:+.0f} MiB).", ""]
+              f"{peak:.0f} MiB (peak) -> back to {len(g)} (and 16 DELTAs): **{after:.0f} MiB** ({after - before:+.0f} MiB).", ""]
     return "\n".join(lines)
 
 
