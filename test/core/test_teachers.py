@@ -283,7 +283,7 @@ def test_oracle_object_class_mix():
 
 
 # ----------------------------------------------------------------------------- mobilesam (TinyViT)
-TINY_VIT = {"widths": [8, 16, 16, 24], "depths": [1, 1, 1, 1], "heads": [1, 2, 2, 3], "windows": [2, 2, 2, 2],
+TINY_TINYVIT = {"widths": [8, 16, 16, 24], "depths": [1, 1, 1, 1], "heads": [1, 2, 2, 3], "windows": [2, 2, 2, 2],
             "neck_dim": 12}
 
 
@@ -296,16 +296,16 @@ def _mobilesam_file():
 
 
 def test_mobilesam_tiny_random_init_shapes_and_determinism():
-    spec = TeacherSpec("object", "mobilesam", {"random_init": True, "config": TINY_VIT, "image_size": [64, 96]})
+    spec = TeacherSpec("object", "mobilesam", {"random_init": True, "config": TINY_TINYVIT, "image_size": [64, 96]})
     t = build_teacher(spec)
     img = torch.rand(40, 50, 3, generator=torch.Generator().manual_seed(0))
     f = t(img)
     assert f.shape == (4, 6, 12) and t.dim == 12 and torch.isfinite(f).all()
     torch.testing.assert_close(build_teacher(spec)(img), f)
     with pytest.raises(CheckpointError, match="local mobile_sam.pt"):
-        build_teacher(TeacherSpec("object", "mobilesam", {"config": TINY_VIT}))
+        build_teacher(TeacherSpec("object", "mobilesam", {"config": TINY_TINYVIT}))
     with pytest.raises(InvalidInputError, match="multiples of 32"):
-        build_teacher(TeacherSpec("object", "mobilesam", {"random_init": True, "config": TINY_VIT, "image_size": 100}))
+        build_teacher(TeacherSpec("object", "mobilesam", {"random_init": True, "config": TINY_TINYVIT, "image_size": 100}))
 
 
 def test_tinyvit_window_attention_matches_naive_reference():
@@ -359,18 +359,18 @@ def test_tinyvit_block_padded_windows_equal_explicit_windows():
 def test_mobilesam_loads_release_layout_strictly(tmp_path):
     from chorus_ros.core.teachers.tinyvit import TinyViTConfig, TinyViTEncoder, load_mobilesam_encoder
     torch.manual_seed(1)
-    m = TinyViTEncoder(TinyViTConfig(**TINY_VIT))
+    m = TinyViTEncoder(TinyViTConfig(**TINY_TINYVIT))
     sd = {f"image_encoder.{k}": v for k, v in m.state_dict().items()}
     sd["image_encoder.head.weight"] = torch.zeros(5, 24)      # classifier of the release: dropped
     sd["mask_decoder.x"] = torch.zeros(1)                      # other SAM parts: ignored
     torch.save(sd, tmp_path / "ms.pt")
-    loaded = load_mobilesam_encoder(str(tmp_path / "ms.pt"), TinyViTConfig(**TINY_VIT))
+    loaded = load_mobilesam_encoder(str(tmp_path / "ms.pt"), TinyViTConfig(**TINY_TINYVIT))
     x = torch.randn(1, 3, 64, 64)
     torch.testing.assert_close(loaded(x), m.eval()(x))
     del sd["image_encoder.neck.0.weight"]
     torch.save(sd, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match="missing keys.*neck.0.weight"):
-        load_mobilesam_encoder(str(tmp_path / "bad.pt"), TinyViTConfig(**TINY_VIT))
+        load_mobilesam_encoder(str(tmp_path / "bad.pt"), TinyViTConfig(**TINY_TINYVIT))
 
 
 @pytest.mark.skipif(_mobilesam_file() is None,
