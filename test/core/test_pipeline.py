@@ -239,11 +239,18 @@ def test_removal_retires_and_snapshot_keeps_ids(text):
 def test_query_and_relevance(encoded):
     pipe, _ = encoded
     hits = pipe.query("chair", top_k=2)
-    assert len(hits) == 2 and hits[0].record.label == "chair" and hits[0].score == pytest.approx(1.0, abs=1e-4)
+    assert len(hits) == 2 and hits[0].record.label == "chair" and hits[0].cosine == pytest.approx(1.0, abs=1e-4)
     rec, score = hits[0]
     assert score > hits[1].score
-    assert pipe.query("chair", top_k=5, min_score=0.999)[0].record.instance_id == 2
-    assert len(pipe.query("chair", top_k=5, min_score=0.999)) == 1
+    # the score is the cosine weighted by the object's support (chorus_ros.core.objects.support)
+    from chorus_ros.core.objects import support_scores
+    recs = [r for r in pipe.objects() if r.embedding.size]
+    q = pipe.embed_text(["chair"])[0].numpy()
+    ref = support_scores(np.stack([r.embedding for r in recs]) @ q, [r.gaussian_count for r in recs],
+                         pipe.config.support)
+    assert score == pytest.approx(float(ref.max()), abs=1e-5) and 0 < score <= hits[0].cosine
+    assert pipe.query("chair", top_k=5, min_score=score - 1e-6)[0].record.instance_id == 2
+    assert len(pipe.query("chair", top_k=5, min_score=score - 1e-6)) == 1
     cam = camera()
     rel = pipe.relevance_view(pipe.embed_text(["chair"])[0].numpy(), cam)
     v = pipe.render_view(cam)
