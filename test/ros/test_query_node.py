@@ -64,7 +64,11 @@ def test_class_name_queries_rank_the_matching_object_first(harness, query, text_
         assert res.objects[0].label == name and res.map_sequence == 12 and res.frame_id == "map"
         assert res.scores[0] >= res.scores[1] and res.objects[0].score == pytest.approx(res.scores[0])
         q = text_encoder.encode([name])[0].numpy()
-        expect = query.table.embeddings[i] @ q
+        # scores are cosines weighted by the objects' support (Gaussian counts vs the median)
+        from chorus_ros.core.objects import SupportConfig, support_scores
+        counts = [o.gaussian_count for o in query.table.msg.objects]
+        expect = support_scores(query.table.embeddings @ q, counts,
+                                SupportConfig(half=query.config.support_half))[i]
         assert res.scores[0] == pytest.approx(float(expect), abs=1e-5)
     default = _ask(harness, "lamp")                       # top_k = 0 -> default_top_k (5)
     assert len(default.objects) == 5
