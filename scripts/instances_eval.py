@@ -48,6 +48,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", required=True)
     ap.add_argument("--plots", default=None, help="folder for each run's contact sheet")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--chunks", type=int, default=1, help="held-out: add each scene in N slabs (id consistency "
+                    "then also spans map growth)")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     out = {}
@@ -61,7 +63,7 @@ def main(argv=None) -> int:
             return PerceptionPipeline.from_checkpoint(ckpt, pc)
         if a.suite == "heldout":
             from chorus_ros.core.metrics.evaluation import EvalConfig, evaluate_checkpoint
-            cfg = EvalConfig(seeds=a.seeds, device=a.device)
+            cfg = EvalConfig(seeds=a.seeds, device=a.device, chunks=a.chunks)
             res = {"heldout": evaluate_checkpoint(name, make, cfg, cache).dataset}
         else:
             from chorus_ros.core.metrics.shift_suite import ShiftSuiteConfig, evaluate_shift_suite
