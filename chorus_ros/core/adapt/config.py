@@ -46,8 +46,9 @@ class LossWeights:
     mean squared change, times this weight (keeps e.g. the object head's instance grouping)."""
     replay: float = 1.0
     """Every head is held to the base model's outputs on replay scenes of the training
-    distribution (``AdaptConfig.replay_seeds``): relative mean squared change, times this
-    weight, so adapting to one site does not wreck what the checkpoint knew."""
+    distribution (``AdaptConfig.replay_seeds``), times this weight, so adapting to one site
+    does not wreck what the checkpoint knew: the language head by the KL divergence of its
+    class probabilities over the base label set, the others by relative mean squared change."""
 
 
 @dataclass

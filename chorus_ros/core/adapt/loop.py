@@ -382,7 +382,7 @@ def _resolve_splat(cfg: AdaptConfig) -> str:
 
 def adapt(model, gaussians: GaussianArrays, scene, train_positions: Sequence[int], cfg: AdaptConfig, *,
           label_set: LabelSet, lut: np.ndarray | None, text_encoder, teachers: Sequence = (),
-          temperature: float = 0.05) -> AdaptResult:
+          temperature: float = 0.05, replay_labels: LabelSet | None = None) -> AdaptResult:
     """Adapt ``model`` (in place) to ``scene`` (see the module docstring).
 
     Args:
@@ -396,6 +396,9 @@ def adapt(model, gaussians: GaussianArrays, scene, train_positions: Sequence[int
         text_encoder: encodes ``label_set.names`` for the class scores.
         teachers: built teachers (``cfg.targets`` 'teachers'/'both').
         temperature: softmax temperature of the class scores.
+        replay_labels: the base checkpoint's label set; on replay scenes the language head is
+            then held to the base class probabilities over it (KL divergence) rather than to its
+            raw features.
     """
     import resource
 
@@ -431,6 +434,9 @@ def adapt(model, gaussians: GaussianArrays, scene, train_positions: Sequence[int
         _, base_heads = runner()
     base_heads = {k: v.detach() for k, v in base_heads.items()}
     replays = []
+    replay_temb = None
+    if replay_labels is not None:
+        replay_temb = F.normalize(text_encoder.encode(list(replay_labels.names)).float(), dim=-1).to(dev)
     if cfg.loss.replay > 0:
         for rg in replay_scenes(cfg):
             r = EncoderRunner(model, rg.to(dev), cfg, adapters=False)
@@ -510,8 +516,16 @@ def adapt(model, gaussians: GaussianArrays, scene, train_positions: Sequence[int
             for r, rb in replays:
                 idx = torch.randint(len(r.gaussians), (cfg.replay_batch,), generator=gen).to(dev)
                 _, rh = r(idx)
-                rl = rl + sum((rh[k] - rb[k][idx]).pow(2).mean() / rb[k][idx].pow(2).mean().clamp_min(1e-8)
-                              for k in rb) / len(rb)
+                parts = []
+                for k in rb:
+                    if k == "language" and replay_temb is not None:
+                        # what the language head is for: the class probabilities over the base label set
+                        pb = class_probabilities(rb[k][idx], replay_temb, temperature)
+                        logp = torch.log_softmax(F.normalize(rh[k], dim=-1) @ replay_temb.T / temperature, -1)
+                        parts.append((pb * (torch.log(pb.clamp_min(1e-12)) - logp)).sum(1).mean())
+                    else:
+                        parts.append((rh[k] - rb[k][idx]).pow(2).mean() / rb[k][idx].pow(2).mean().clamp_min(1e-8))
+                rl = rl + sum(parts) / len(parts)
             terms["replay"] = cfg.loss.replay * rl / len(replays)
         loss = sum(terms.values())
         opt.zero_grad(set_to_none=True)
@@ -635,7 +649,7 @@ def adapt_checkpoint(checkpoint: str | os.PathLike, scene, train_positions: Sequ
         teachers = [build_teacher(s, text_encoder=text) for s in specs]
     temperature = cfg.temperature if cfg.temperature is not None else 0.05
     res = adapt(ck.model, scene.gaussians, scene, list(train_positions), cfg, label_set=label_set, lut=lut,
-                text_encoder=text, teachers=teachers, temperature=temperature)
+                text_encoder=text, teachers=teachers, temperature=temperature, replay_labels=base_labels)
     if out_dir is not None:
         frames = [int(scene.frame_indices[int(p)]) for p in train_positions]
         prov = {"scene": str(scene.root) if scene.root is not None else scene.name, "scene_name": scene.name,
