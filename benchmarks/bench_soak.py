@@ -136,11 +136,14 @@ def main(quick: bool = False, minutes: float | None = None, big: int | None = No
               f"{max(s[1] for s in samples):.0f} MiB).",
               f"View requests: {len(rig.views_sent)} sent, {node.views_received} paired, {node.views_published} "
               f"published, {view_drops} counted as dropped ({', '.join(f'{k} {v}' for k, v in drops.items() if v)}"
-              f"); every paired request published or counted: **{node.views_received == node.views_published + view_drops}**. "
+              f"); every paired request published or counted: "
+              f"**{node.views_received == node.views_published + view_drops}**. "
               f"Queries: {len(rig.query_lat)} answered, {rig.query_fail} failed, p50 "
-              f"{1000 * live.percentile(rig.query_lat, 50):.0f} ms, p99 {1000 * live.percentile(rig.query_lat, 99):.0f} ms.",
+              f"{1000 * live.percentile(rig.query_lat, 50):.0f} ms, "
+              f"p99 {1000 * live.percentile(rig.query_lat, 99):.0f} ms.",
               "", f"**Residue of one large FULL**: {len(g)} Gaussians {before:.0f} MiB -> FULL of {big} Gaussians "
-              f"{peak:.0f} MiB (peak) -> back to {len(g)} (and 16 DELTAs): **{after:.0f} MiB** ({after - before:+.0f} MiB).", ""]
+              f"{peak:.0f} MiB (peak) -> back to {len(g)} (and 16 DELTAs): **{after:.0f} MiB** "
+              f"({after - before:+.0f} MiB).", ""]
     return "\n".join(lines)
 
 

@@ -24,7 +24,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 from hypothesis import strategies as st
 

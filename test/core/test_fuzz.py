@@ -22,15 +22,12 @@ def test_ply_reading_never_fails_unexpectedly(case):
 
 @pytest.fixture(scope="module")
 def save_fixture():
-    import torch
-
-    from test.core.test_persist import _pipeline, _scene
     from chorus_ros.core.text import TextEncoderSpec, build_text_encoder
+    from test.core.test_persist import _pipeline, _scene
     text = build_text_encoder(TextEncoderSpec(tiny=True, seed=0))
     fx = fc.SaveFixture(lambda: _pipeline(text), _scene(60))
     yield fx
     fx.close()
-    del torch
 
 
 def test_save_format_fuzz(save_fixture):
