@@ -149,8 +149,9 @@ def tables(path: str) -> None:
         print(f"\n### {scene} ({rs[0]['gaussians']} Gaussians, {rs[0]['classes']} classes, "
               f"{rs[0]['held_out']} held-out views at {rs[0]['size'][0]}x{rs[0]['size'][1]}; before adaptation "
               f"{before:.1f})\n")
-        print("| training views | " + " | ".join(methods) + " |")
-        print("|---" * (len(methods) + 1) + "|")
+        print("| training views | before | " + " | ".join("lifting baseline" if m == "lift" else m for m in methods)
+              + " |")
+        print("|---" * (len(methods) + 2) + "|")
         for n in counts:
             cells = []
             for m in methods:
@@ -161,7 +162,7 @@ def tables(path: str) -> None:
                     cells.append(f"{r['miou']:.1f} ({100 * r['never_labelled']:.0f} % unlabelled)")
                 else:
                     cells.append(f"{r['miou']:.1f}")
-            print(f"| {n} | " + " | ".join(cells) + " |")
+            print(f"| {n} | {before:.1f} | " + " | ".join(cells) + " |")
         print("\n| method | views | steps | wall s | CPU s | peak RSS MiB | loss first -> last | in-dist. mIoU |")
         print("|---|---|---|---|---|---|---|---|")
         for r in rs:
