@@ -3,7 +3,9 @@
 :class:`PerceptionPipeline` owns a :class:`~chorus_ros.core.map.GaussianMap`, the Chorus encoder
 (through :class:`~chorus_ros.core.encoder.incremental.IncrementalEncoder`), the text encoder, a
 :class:`~chorus_ros.core.decode.SemanticDecoder` and an
-:class:`~chorus_ros.core.decode.InstanceDecoder` (with its persistent object codebook).
+:class:`~chorus_ros.core.decode.InstanceDecoder` (with its persistent id tracker,
+:class:`~chorus_ros.core.decode.instances.IdTracker`; saved as ``codebook.safetensors``, the
+format's historical name).
 
 Per-Gaussian state lives in map attributes, so it moves with its Gaussian:
 
@@ -268,7 +270,7 @@ def _check_pipeline_json(path: Path) -> dict:
 
 
 def _load_codebook(path: Path, meta: dict):
-    """Read and check ``codebook.safetensors``; returns a filled ObjectCodebook."""
+    """Read and check ``codebook.safetensors``; returns a filled IdTracker (formerly ObjectCodebook)."""
     from safetensors.torch import load_file
 
     from chorus_ros.core.decode.instances import ObjectCodebook
