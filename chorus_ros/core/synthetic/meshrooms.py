@@ -4,7 +4,7 @@
 (stuff more sparsely than things) and gives each sample a flat Gaussian sized to its grid cell,
 with per-material palettes and textures. This module shares none of that: furniture is built from
 *triangle meshes* of other shapes (round pedestal tables, slanted-back chairs with round legs,
-L-free low sofas with cushions, platform beds, pole lamps with cone shades, icosphere plants,
+low sofas with cushions, platform beds, pole lamps with cone shades, icosphere plants,
 tall wardrobes, wall-mounted screens), placed by its own layout, and sampled **uniformly at
 random by area** over all triangles of the room at one spacing, each sample a flat Gaussian of
 the **same size** on every surface (floor, walls and objects alike). Colours are per-instance HSV
@@ -170,7 +170,8 @@ def _table(rng) -> Mesh:
 def _sofa(rng) -> Mesh:
     w, d = rng.uniform(1.6, 2.2), rng.uniform(0.8, 0.95)
     base = box([-w / 2, -d / 2, 0.08], [w / 2, d / 2, 0.38])
-    feet = [cylinder([x, y, 0], 0.03, 0.02, 0.08, 8) for x in (-w / 2 + 0.08, w / 2 - 0.08) for y in (-d / 2 + 0.08, d / 2 - 0.08)]
+    feet = [cylinder([x, y, 0], 0.03, 0.02, 0.08, 8)
+            for x in (-w / 2 + 0.08, w / 2 - 0.08) for y in (-d / 2 + 0.08, d / 2 - 0.08)]
     back = box([-w / 2, d / 2 - 0.2, 0.38], [w / 2, d / 2, 0.8])
     cushions = [ellipsoid([x, 0.0, 0.44], [w / 4.5, d / 3, 0.07], 1) for x in (-w / 4, w / 4)]
     return Mesh.join([base, back] + feet + cushions)
@@ -212,7 +213,8 @@ def _books(rng, w: float, d: float, z: float) -> list[Mesh]:
 
 def _lamp(rng) -> Mesh:
     h = rng.uniform(1.3, 1.7)
-    return Mesh.join([cylinder([0, 0, 0], 0.15, 0.15, 0.02, 16), cylinder([0, 0, 0.02], 0.012, 0.012, h - 0.3, 8, caps=False),
+    return Mesh.join([cylinder([0, 0, 0], 0.15, 0.15, 0.02, 16),
+                      cylinder([0, 0, 0.02], 0.012, 0.012, h - 0.3, 8, caps=False),
                       cylinder([0, 0, h - 0.3], 0.22, 0.12, 0.28, 20, caps=False)])
 
 
@@ -231,8 +233,8 @@ def _screen(rng) -> Mesh:
 
 
 def _rug(rng) -> Mesh:
-    return box([-rng.uniform(0.8, 1.3), -rng.uniform(0.6, 1.0), 0], [rng.uniform(0.8, 1.3), rng.uniform(0.6, 1.0), 0.012],
-               skip_bottom=True)
+    lo = [-rng.uniform(0.8, 1.3), -rng.uniform(0.6, 1.0), 0]
+    return box(lo, [rng.uniform(0.8, 1.3), rng.uniform(0.6, 1.0), 0.012], skip_bottom=True)
 
 
 def _pillow(rng) -> Mesh:
@@ -415,8 +417,9 @@ def generate_mesh_room(config: MeshRoomConfig | None = None):
     lab = np.array([class_id(items[o].cls) for o in owner[tri]], dtype=np.int64)
     op = rng.uniform(0.6, 1.0, n)
     rgb = torch.from_numpy(cols).float()
-    g = GaussianArrays(torch.from_numpy(pts).float(), rgb_to_sh_dc(rgb)[:, None, :], torch.logit(torch.from_numpy(op).float()),
-                       torch.from_numpy(np.log(scales)).float(), torch.from_numpy(rotmats_to_quats_wxyz(frames)).float(),
+    g = GaussianArrays(torch.from_numpy(pts).float(), rgb_to_sh_dc(rgb)[:, None, :],
+                       torch.logit(torch.from_numpy(op).float()), torch.from_numpy(np.log(scales)).float(),
+                       torch.from_numpy(rotmats_to_quats_wxyz(frames)).float(),
                        torch.arange(n, dtype=torch.int64),
                        {"label": torch.from_numpy(lab), "instance": torch.from_numpy(inst.astype(np.int64))})
     table = {}

@@ -27,7 +27,6 @@ import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from chorus_ros.core.errors import InvalidInputError
