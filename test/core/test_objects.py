@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from chorus_ros.core.errors import InvalidInputError
-from chorus_ros.core.objects import (GOCL, CodebookConfig, GOCLConfig, PrototypeCodebook, SlotAttention,
+from chorus_ros.core.objects import (GOCL, CodebookConfig, GOCLConfig, PrototypeCodebook,
                                      SlotAttentionConfig, SupportConfig, support_scores, support_weight)
 from chorus_ros.core.objects.scores import adjusted_rand_index
 

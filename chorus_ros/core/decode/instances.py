@@ -359,7 +359,8 @@ def group_components(means: torch.Tensor, obj_feats: torch.Tensor, labels: torch
     src, dst = src[keep_pair], dst[keep_pair]
     sim = (node_feat[src] * node_feat[dst]).sum(-1)
     is_stuff = stuff_rank[node_lab_rank[src]]
-    stuff_ok = (sim > config.stuff_feature_threshold) if config.stuff_feature_threshold > -1 else torch.ones_like(is_stuff)
+    thr = config.stuff_feature_threshold
+    stuff_ok = (sim > thr) if thr > -1 else torch.ones_like(is_stuff)
     keep = torch.where(is_stuff, stuff_ok, sim > config.feature_threshold)
     root = connected_components(num_nodes, src[keep], dst[keep])
     _, node_comp = torch.unique(root, return_inverse=True)

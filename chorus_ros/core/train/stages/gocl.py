@@ -93,7 +93,8 @@ def collect_views(seeds, teacher, *, scene: dict | None = None, views: dict | No
         fs, ins, labs = [], [], []
         for v, cam in enumerate(traj.cameras):
             gt = render_ground_truth(sc.gaussians, cam, rs)
-            ctx = FrameContext(labels=gt.semantic, instances=gt.instance, label_set=sc.labels, seed=int(seed) * 1000 + v)
+            ctx = FrameContext(labels=gt.semantic, instances=gt.instance, label_set=sc.labels,
+                               seed=int(seed) * 1000 + v)
             f = teacher(gt.rgb.clamp(0, 1), ctx)
             fs.append(f)
             ins.append(_patch_majority(gt.instance, f.shape[0], f.shape[1]))
