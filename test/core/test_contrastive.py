@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from chorus_ros.core.gaussians import GaussianArrays, rgb_to_sh_dc
 from chorus_ros.core.geometry import Camera, look_at_pose

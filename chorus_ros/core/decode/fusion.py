@@ -34,7 +34,8 @@ from torch import nn
 
 from chorus_ros.core.errors import CheckpointError, InvalidInputError
 
-__all__ = ["FusionConfig", "FusionDecoder", "fusion_logits", "save_fusion", "load_fusion", "snap_instances", "PerViewConfig",
+__all__ = ["FusionConfig", "FusionDecoder", "fusion_logits", "save_fusion", "load_fusion", "snap_instances",
+           "PerViewConfig",
            "FUSION_DIR", "FUSION_MODES"]
 
 FUSION_DIR = "fusion"
@@ -132,7 +133,8 @@ class FusionDecoder(nn.Module):
     def project_gaussians(self, lang: torch.Tensor) -> torch.Tensor:
         """``[N, language_dim]`` per-Gaussian language features -> ``[N, feat_channels]`` to splat."""
         if lang.ndim != 2 or lang.shape[1] != self.config.language_dim:
-            raise InvalidInputError(f"language features must be [N, {self.config.language_dim}], got {tuple(lang.shape)}")
+            raise InvalidInputError(f"language features must be [N, {self.config.language_dim}], "
+                                    f"got {tuple(lang.shape)}")
         return self.proj(lang)
 
     def project_pixels(self, splat: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,6 @@ from torch import nn
 
 from chorus_ros.core.errors import CheckpointError, InvalidInputError
 from chorus_ros.core.lift import LiftConfig, LiftedScene, lift_synthetic_scenes
-from chorus_ros.core.train.augment import augment_scene
 from chorus_ros.core.train.config import TrainConfig
 from chorus_ros.core.train.losses import calibrate_gradients
 from chorus_ros.core.train.stages import Stage, StageLoss, build_stage

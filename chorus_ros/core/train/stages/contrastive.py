@@ -239,7 +239,8 @@ def info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> tuple[to
     cross-entropies in both directions with the diagonal as targets.
     """
     if z1.shape != z2.shape or z1.ndim != 2:
-        raise InvalidInputError(f"info_nce needs two [P, D] tensors of one shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
+        raise InvalidInputError(f"info_nce needs two [P, D] tensors of one shape, got {tuple(z1.shape)} "
+                                f"and {tuple(z2.shape)}")
     a, b = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
     logits = a @ b.T / temperature
     tgt = torch.arange(len(a), device=a.device)
