@@ -7,12 +7,11 @@ Grouping (:func:`group_components`), per call:
    feature bucket: signs of a few fixed random projections of the object feature, so that two
    touching objects of one class sharing a voxel stay apart). A node's feature is the
    normalised mean of its Gaussians' object-head features.
-2. Nodes of the same class in the same or 26-neighbouring voxels are joined by an edge when the cosine of
-   their features exceeds ``feature_threshold``; for *stuff* classes (wall, floor, ceiling) every
-   same-class neighbour is joined (one instance per connected surface).
-3. Connected components of that graph (vectorised hook-and-compress union-find in torch).
-   With ``stuff_feature_threshold > -1`` stuff neighbours must also agree in feature, so a door
-   or picture whose Gaussians were labelled wall still splits from the wall when its identity
+2. Nodes of the same class in the same or 26-neighbouring voxels are joined by an edge when the
+   cosine of their features exceeds ``feature_threshold``; for *stuff* classes (wall, floor,
+   ceiling) every same-class neighbour is joined (one instance per connected surface). With
+   ``stuff_feature_threshold > -1`` stuff neighbours must also agree in feature, so a door or
+   picture whose Gaussians were labelled wall still splits from the wall when its identity
    features differ (stuff surfaces split from the things that touch them).
 3. Connected components of that graph (vectorised hook-and-compress union-find in torch).
 4. *Minimum support*: components with fewer than ``min_gaussians`` Gaussians, or covering less
@@ -38,8 +37,9 @@ is greedy (largest overlap / similarity first), one-to-one. Unmatched components
 entries left without Gaussians are retired; ids are never given to a different object.
 
 Incremental (:meth:`InstanceDecoder.regroup` with ``region``): only Gaussians of the region,
-grown to whole instances and to instances touching it (one voxel of dilation), are regrouped;
-every other Gaussian keeps its id and every other entry its record.
+grown to whole instances and to instances touching it (one voxel of dilation) and to the
+Gaussians without an instance within that voxel, are regrouped; every other Gaussian keeps its
+id and every other entry its record.
 """
 from __future__ import annotations
 
