@@ -37,7 +37,8 @@ MESSAGES = {
         "header": "std_msgs/Header", "state": "string", "map_size": "uint64",
         "map_version": "uint64", "map_sequence": "uint64", "encoded_version": "uint64",
         "encode_lag_s": "float", "output_rate_hz": "float", "dropped_requests": "uint64",
-        "last_error": "string"},
+        "last_error": "string", "drop_reasons": "sequence<string>", "drop_counts": "sequence<uint64>",
+        "encode_error": "string", "checkpoint": "string"},
 }
 RESULT = {"success": "boolean", "message": "string"}
 SERVICES = {

@@ -67,8 +67,9 @@ class QueryNodeConfig:
     relative_temperature: float = 0.05
     """Softmax temperature of the 'relative' ranking (on cosines)."""
     support_half: float = 0.05
-    """Object support in the score: positive scores are multiplied by n / (n + support_half x the
-    median object Gaussian count), so a fragment cannot outrank a whole object; 0 disables."""
+    """Object support in the score: positive scores are multiplied by min(1, n / (2 x support_half x
+    the median object Gaussian count)), so a fragment cannot outrank a whole object while objects
+    of a tenth of the median or more keep their raw match; 0 disables."""
     perception_node: str = "chorus_node"
     """Name of the perception node whose ~/render_relevance service is called."""
     relevance_enabled: bool = False

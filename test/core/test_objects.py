@@ -152,7 +152,11 @@ def test_fragment_cannot_outrank_whole_object_score():
     # switched off, the raw cosine comes back
     assert np.allclose(support_scores(cos, counts, SupportConfig(half=0.0)), cos)
     w = support_weight(counts)
-    assert np.all(np.diff(w[np.argsort(counts)]) > 0) and np.all((w > 0) & (w < 1))
+    assert np.all(np.diff(w[np.argsort(counts)]) >= 0) and np.all((w > 0) & (w <= 1))
+    # saturating: objects of a tenth of the median support or more keep their raw cosine (a lamp
+    # with a slightly better match still outranks a sofa), a fragment is scaled down linearly
+    assert np.allclose(support_weight([50, 400, 500, 600, 2000]), 1.0)
+    assert support_weight([15, 500, 500, 500])[0] == pytest.approx(15 / 50)
     with pytest.raises(InvalidInputError):
         support_scores(cos, counts[:3])
 

@@ -5,12 +5,15 @@ fragment of a few Gaussians has a noisy mean that can match any text almost perf
 raw cosine lets a 15-Gaussian splinter outrank a whole chair. The ranked score is therefore
 
     score = cos * w(n)            (cos > 0; negative cosines are kept as they are)
-    w(n)  = n / (n + half * ref)
+    w(n)  = min(1, n / (2 * half * ref))
 
 with ``n`` the object's Gaussian count and ``ref`` the median count of the objects being ranked
 (so the weight does not depend on the map's density: a map ten times denser has ten times the
-counts everywhere). With the default ``half = 0.05`` an object of median support gets
-``w = 0.95``, a small object at a tenth of the median ``0.67``, a fragment at a fiftieth ``0.29``.
+counts everywhere). The weight saturates: every object with at least ``2 * half`` times the
+median support (a tenth of it with the default ``half = 0.05``) keeps its raw cosine, so genuinely
+small objects (a lamp beside a sofa) are ranked by their match alone; below that the score falls
+linearly, to 1/2 at ``half`` x the median and 0.25 for a fragment at a fortieth of it. (An earlier
+smooth weight ``n / (n + half * ref)`` also demoted lamps below sofas whose cosine was 2 % lower.)
 """
 from __future__ import annotations
 
@@ -28,8 +31,8 @@ class SupportConfig:
     """How object support weighs into query scores."""
 
     half: float = 0.05
-    """Support weight reaches 1/2 at ``half`` x the median object Gaussian count; 0 disables it.
-    (0.25 also demoted genuinely small objects such as lamps below large ones on held-out rooms.)"""
+    """Support weight is 1 from ``2 * half`` x the median object Gaussian count up, 1/2 at ``half`` x
+    the median, falling linearly to 0 below; 0 disables it."""
     min_reference: float = 8.0
     """Lower bound of the reference count (median), so a map of only fragments is not rescued."""
 
@@ -39,7 +42,7 @@ class SupportConfig:
 
 
 def support_weight(counts, config: SupportConfig | None = None, reference: float | None = None) -> np.ndarray:
-    """``[M]`` float32 weights in (0, 1) of objects with ``counts`` Gaussians (``[M]`` ints).
+    """``[M]`` float32 weights in [0, 1] of objects with ``counts`` Gaussians (``[M]`` ints).
 
     ``reference`` defaults to the median of ``counts`` (bounded below by ``config.min_reference``).
     """
@@ -52,7 +55,7 @@ def support_weight(counts, config: SupportConfig | None = None, reference: float
         return np.ones(n.shape, np.float32)
     ref = float(np.median(n)) if reference is None else float(reference)
     ref = max(ref, c.min_reference)
-    return (n / (n + c.half * ref)).astype(np.float32)
+    return np.minimum(1.0, n / (2.0 * c.half * ref)).astype(np.float32)
 
 
 def support_scores(cosine, counts, config: SupportConfig | None = None,
