@@ -191,7 +191,7 @@ class ObjectRecord:
     """Nearest prototype of the scene-agnostic GOCL codebook (-1: no codebook given)."""
     confidence: float = 1.0
     """How sure the object is, in [0, 1]: ``score`` x the support weight of its Gaussian count
-    relative to the map's median object (:func:`chorus_ros.core.objects.support_weight`)."""
+    relative to the map's median object (:func:`chorus_ros.core.objects.support_confidence`)."""
 
 
 @dataclass
@@ -724,10 +724,10 @@ class InstanceDecoder:
 
     def records(self, label_names: list[str]) -> list[ObjectRecord]:
         """Records of the active objects, sorted by id (with ``code_id`` and ``confidence``)."""
-        from chorus_ros.core.objects.support import support_weight
+        from chorus_ros.core.objects.support import support_confidence
         ids = self.tracker.active_ids()
         es = [self.tracker.entries[i] for i in ids]
-        w = support_weight([e.count for e in es]) if es else np.zeros(0, np.float32)
+        w = support_confidence([e.count for e in es]) if es else np.zeros(0, np.float32)
         codes = [-1] * len(es)
         cp = self.code_prototypes
         if cp is not None and es and es[0].prototype.numel() == cp.shape[1]:

@@ -11,8 +11,8 @@ Example::
 from chorus_ros.core.objects.codebook import CodeAssignment, CodebookConfig, PrototypeCodebook
 from chorus_ros.core.objects.gocl import GOCL, GOCLConfig, GOCLOutput, grid_coords
 from chorus_ros.core.objects.slots import SlotAttention, SlotAttentionConfig
-from chorus_ros.core.objects.support import SupportConfig, support_weight, support_scores
+from chorus_ros.core.objects.support import SupportConfig, support_confidence, support_weight, support_scores
 
 __all__ = ["CodeAssignment", "CodebookConfig", "PrototypeCodebook", "GOCL", "GOCLConfig", "GOCLOutput",
-           "grid_coords", "SlotAttention", "SlotAttentionConfig", "SupportConfig", "support_weight",
-           "support_scores"]
+           "grid_coords", "SlotAttention", "SlotAttentionConfig", "SupportConfig", "support_confidence",
+           "support_weight", "support_scores"]

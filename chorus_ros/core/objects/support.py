@@ -23,7 +23,7 @@ import numpy as np
 
 from chorus_ros.core.errors import InvalidInputError
 
-__all__ = ["SupportConfig", "support_weight", "support_scores"]
+__all__ = ["SupportConfig", "support_weight", "support_confidence", "support_scores"]
 
 
 @dataclass
@@ -56,6 +56,25 @@ def support_weight(counts, config: SupportConfig | None = None, reference: float
     ref = float(np.median(n)) if reference is None else float(reference)
     ref = max(ref, c.min_reference)
     return np.minimum(1.0, n / (2.0 * c.half * ref)).astype(np.float32)
+
+
+def support_confidence(counts, config: SupportConfig | None = None,
+                       reference: float | None = None) -> np.ndarray:
+    """``[M]`` float32 confidences in (0, 1) from object support: the smooth ``n / (n + half * ref)``.
+
+    Unlike :func:`support_weight` (which ranks queries and saturates, so that genuinely small
+    objects are not demoted), this keeps growing with support: an object record's confidence
+    says how much of the map holds it up, relative to the median object.
+    """
+    c = config or SupportConfig()
+    c.validate()
+    n = np.asarray(counts, dtype=np.float64).reshape(-1)
+    if n.size and (not np.isfinite(n).all() or (n < 0).any()):
+        raise InvalidInputError("object Gaussian counts must be finite and >= 0")
+    if c.half == 0 or n.size == 0:
+        return np.ones(n.shape, np.float32)
+    ref = max(float(np.median(n)) if reference is None else float(reference), c.min_reference)
+    return (n / (n + c.half * ref)).astype(np.float32)
 
 
 def support_scores(cosine, counts, config: SupportConfig | None = None,
