@@ -41,21 +41,29 @@ class SupportConfig:
             raise InvalidInputError(f"support half must be >= 0 and min_reference > 0, got {self}")
 
 
-def support_weight(counts, config: SupportConfig | None = None, reference: float | None = None) -> np.ndarray:
-    """``[M]`` float32 weights in [0, 1] of objects with ``counts`` Gaussians (``[M]`` ints).
-
-    ``reference`` defaults to the median of ``counts`` (bounded below by ``config.min_reference``).
-    """
+def _counts_and_scale(counts, config: SupportConfig | None, reference: float | None
+                      ) -> tuple[np.ndarray, float | None]:
+    """Validated ``[M]`` counts and ``half * ref`` (None when support is switched off or M = 0)."""
     c = config or SupportConfig()
     c.validate()
     n = np.asarray(counts, dtype=np.float64).reshape(-1)
     if n.size and (not np.isfinite(n).all() or (n < 0).any()):
         raise InvalidInputError("object Gaussian counts must be finite and >= 0")
     if c.half == 0 or n.size == 0:
+        return n, None
+    ref = max(float(np.median(n)) if reference is None else float(reference), c.min_reference)
+    return n, c.half * ref
+
+
+def support_weight(counts, config: SupportConfig | None = None, reference: float | None = None) -> np.ndarray:
+    """``[M]`` float32 weights in [0, 1] of objects with ``counts`` Gaussians (``[M]`` ints).
+
+    ``reference`` defaults to the median of ``counts`` (bounded below by ``config.min_reference``).
+    """
+    n, scale = _counts_and_scale(counts, config, reference)
+    if scale is None:
         return np.ones(n.shape, np.float32)
-    ref = float(np.median(n)) if reference is None else float(reference)
-    ref = max(ref, c.min_reference)
-    return np.minimum(1.0, n / (2.0 * c.half * ref)).astype(np.float32)
+    return np.minimum(1.0, n / (2.0 * scale)).astype(np.float32)
 
 
 def support_confidence(counts, config: SupportConfig | None = None,
@@ -66,15 +74,10 @@ def support_confidence(counts, config: SupportConfig | None = None,
     objects are not demoted), this keeps growing with support: an object record's confidence
     says how much of the map holds it up, relative to the median object.
     """
-    c = config or SupportConfig()
-    c.validate()
-    n = np.asarray(counts, dtype=np.float64).reshape(-1)
-    if n.size and (not np.isfinite(n).all() or (n < 0).any()):
-        raise InvalidInputError("object Gaussian counts must be finite and >= 0")
-    if c.half == 0 or n.size == 0:
+    n, scale = _counts_and_scale(counts, config, reference)
+    if scale is None:
         return np.ones(n.shape, np.float32)
-    ref = max(float(np.median(n)) if reference is None else float(reference), c.min_reference)
-    return (n / (n + c.half * ref)).astype(np.float32)
+    return (n / (n + scale)).astype(np.float32)
 
 
 def support_scores(cosine, counts, config: SupportConfig | None = None,
