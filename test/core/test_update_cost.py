@@ -3,6 +3,7 @@ from the dirty region and re-encodes the whole map when that is cheaper, so no u
 more than a full pass (with a margin); the result is the same either way."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from chorus_ros.core.encoder import ChorusEncoder, EncoderConfig, HeadSpec
@@ -95,3 +96,18 @@ def test_cost_factor_is_learned_within_bounds():
         _move(m, (m.arrays().means[:, 0] < 2.0).nonzero().squeeze(1), dx=0.01 * (-1) ** k)
         inc.update()
     assert 1.0 <= inc.cost_factor <= 10.0
+    # the learning rule itself, exactly: an exponential average of the measured per-Gaussian cost
+    # ratio, clamped to [1, 10], and no learning from updates too small to time
+    inc._full_unit, inc._cost_factor = 1e-5, 2.0
+    inc._learn_cost(cpu_s=0.12, affected=4000)            # ratio (0.12 / 4000) / 1e-5 = 3
+    assert inc.cost_factor == pytest.approx(0.7 * 2.0 + 0.3 * 3.0)
+    inc._learn_cost(cpu_s=0.04, affected=4000)            # under 0.05 s: ignored
+    inc._learn_cost(cpu_s=1.0, affected=1000)             # under 2000 Gaussians: ignored
+    assert inc.cost_factor == pytest.approx(2.3)
+    inc._learn_cost(cpu_s=40.0, affected=4000)            # ratio 1000 -> clamped
+    assert inc.cost_factor == 10.0
+    inc._learn_cost(cpu_s=0.05, affected=1_000_000)       # ratio 0.005 -> 0.7 * 10 + 0.0015 = 7.0015
+    assert inc.cost_factor == pytest.approx(7.0015)
+    inc._cost_factor = 1.0
+    inc._learn_cost(cpu_s=0.05, affected=1_000_000)       # below 1 -> clamped
+    assert inc.cost_factor == 1.0
