@@ -181,8 +181,9 @@ def _voxel_offsets(means: torch.Tensor, vox: Voxelization) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- the encodings
-def gaussian_features(g: GaussianArrays, vox: Voxelization) -> torch.Tensor:
-    """``[N, 24]`` encoding of full Gaussians (see the module docstring)."""
+def _sorted_axes(g: GaussianArrays) -> tuple[torch.Tensor, ...]:
+    """Per-axis log scales sorted descending ``[N, 3]``, the world axes of the largest and smallest
+    scale (``major``, ``normal``: ``[N, 3]``) and the shape ratios s2/s1, s3/s2 (``[N]`` each)."""
     log_s = g.log_scales.float()
     order = torch.argsort(log_s, dim=1, descending=True)
     ls = torch.gather(log_s, 1, order)
@@ -190,8 +191,12 @@ def gaussian_features(g: GaussianArrays, vox: Voxelization) -> torch.Tensor:
     # scale i acts along column i of R: pick the columns of the largest / smallest scales
     major = torch.gather(rot, 2, order[:, None, 0:1].expand(-1, 3, 1)).squeeze(-1)
     normal = torch.gather(rot, 2, order[:, None, 2:3].expand(-1, 3, 1)).squeeze(-1)
-    r21 = torch.exp(ls[:, 1] - ls[:, 0])
-    r32 = torch.exp(ls[:, 2] - ls[:, 1])
+    return ls, major, normal, torch.exp(ls[:, 1] - ls[:, 0]), torch.exp(ls[:, 2] - ls[:, 1])
+
+
+def gaussian_features(g: GaussianArrays, vox: Voxelization) -> torch.Tensor:
+    """``[N, 24]`` encoding of full Gaussians (see the module docstring)."""
+    ls, major, normal, r21, r32 = _sorted_axes(g)
     feats = [
         g.base_rgb.float(),
         g.opacity.float()[:, None],
@@ -279,14 +284,7 @@ def _vertical(c: torch.Tensor, axis: torch.Tensor) -> torch.Tensor:
 
 def gaussian_features_v2(g: GaussianArrays, vox: Voxelization) -> torch.Tensor:
     """``[N, 16]`` sampling- and yaw-independent encoding of full Gaussians (module docstring, v2)."""
-    log_s = g.log_scales.float()
-    order = torch.argsort(log_s, dim=1, descending=True)
-    ls = torch.gather(log_s, 1, order)
-    rot = quats_wxyz_to_rotmats(g.unit_quats.float())
-    major = torch.gather(rot, 2, order[:, None, 0:1].expand(-1, 3, 1)).squeeze(-1)
-    normal = torch.gather(rot, 2, order[:, None, 2:3].expand(-1, 3, 1)).squeeze(-1)
-    r21 = torch.exp(ls[:, 1] - ls[:, 0])
-    r32 = torch.exp(ls[:, 2] - ls[:, 1])
+    ls, major, normal, r21, r32 = _sorted_axes(g)
     op = g.opacity.float()
     # opacity-weighted (plus a floor so all-transparent neighbourhoods stay defined) mean of the
     # largest log scale around each voxel
