@@ -14,16 +14,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-
-def _live():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("chorus_bench_live", REPO / "benchmarks" / "_live.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+for _p in (REPO, REPO / "benchmarks"):  # the package, and the shared live rig (_live.py)
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
 
 
 def main(quick: bool = False, seconds: float | None = None, clients: int = 20,
@@ -39,7 +32,7 @@ def main(quick: bool = False, seconds: float | None = None, clients: int = 20,
             sys.setswitchinterval(old)
     from chorus_ros.core.gaussians import GaussianArrays
     from chorus_ros.core.synthetic import SceneConfig, generate_scene
-    live = _live()
+    import _live as live
     seconds = seconds if seconds is not None else (20.0 if quick else 60.0)
     scene = generate_scene(SceneConfig(seed=3, target_gaussians=20_000))
     g0 = scene.gaussians

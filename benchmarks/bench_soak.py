@@ -23,16 +23,9 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-
-def _live():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("chorus_bench_live", REPO / "benchmarks" / "_live.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+for _p in (REPO, REPO / "benchmarks"):  # the package, and the shared live rig (_live.py)
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
 
 
 def _scaled(g, n: int, seed: int):
@@ -53,7 +46,7 @@ def _scaled(g, n: int, seed: int):
 def main(quick: bool = False, minutes: float | None = None, big: int | None = None) -> str:
     from chorus_ros.core.gaussians import GaussianArrays
     from chorus_ros.core.synthetic import SceneConfig, generate_scene
-    live = _live()
+    import _live as live
     minutes = minutes if minutes is not None else (2.0 if quick else 30.0)
     big = big if big is not None else (400_000 if quick else 2_000_000)
     scene = generate_scene(SceneConfig(seed=3, target_gaussians=20_000))

@@ -23,7 +23,6 @@ import shutil
 import sys
 import tempfile
 import time
-import types
 from collections import Counter
 from pathlib import Path
 
@@ -42,28 +41,21 @@ from chorus_ros.core.text import TextEncoderSpec, build_text_encoder  # noqa: E4
 FILES = ["map.safetensors", "codebook.safetensors", "pipeline.json", MANIFEST]
 
 
-class _Features:
-    def __init__(self, gmap, dim):
-        self.map, self.dim = gmap, dim
-
-    def encode_full(self):
-        ids = self.map.arrays().ids
-        g = torch.Generator().manual_seed(0)
-        table = torch.nn.functional.normalize(torch.randn(8, self.dim, generator=g), dim=-1)
-        self.map.set_attribute("feat.language", table[(ids // 100) % 3])
-        self.map.set_attribute("feat.object", table[(ids // 100) % 8])
-        self.map.take_dirty()
-        n = len(self.map)
-        return types.SimpleNamespace(full=True, updated_slots=torch.arange(n), n_encoded=n)
-
-    update = encode_full
+def _stand_in_features():
+    """The test suite's deterministic stand-in encoder (features from Gaussian ids), so the probe and
+    test/core/test_persist.py exercise saves with the same pipeline."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("_chorus_test_persist", REPO / "test" / "core" / "test_persist.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod._Features
 
 
 def pipeline(text):
     cfg = PipelineConfig(incremental=None)
     cfg.instances.voxel_size = 0.2
     labels = LabelSet(["floor", "chair", "table"], [[1, 2, 3], [4, 5, 6], [7, 8, 9]])
-    return PerceptionPipeline(cfg, None, text, labels, incremental_factory=lambda m: _Features(m, text.dim))
+    return PerceptionPipeline(cfg, None, text, labels, incremental_factory=lambda m: _stand_in_features()(m, text.dim))
 
 
 def scene(n, seed=1):
