@@ -27,8 +27,8 @@ MESSAGES = {
     "ObjectRecord": {
         "instance_id": "uint32", "label_id": "uint16", "label": "string", "score": "float",
         "centroid": "geometry_msgs/Point", "bbox_min": "geometry_msgs/Point",
-        "bbox_max": "geometry_msgs/Point", "gaussian_count": "uint32",
-        "embedding": "sequence<float>"},
+        "bbox_max": "geometry_msgs/Point", "gaussian_count": "uint32", "code_id": "int32",
+        "confidence": "float", "embedding": "sequence<float>"},
     "ObjectMap": {
         "header": "std_msgs/Header", "map_id": "string", "map_sequence": "uint64",
         "map_version": "uint64", "embedding_dim": "uint32",

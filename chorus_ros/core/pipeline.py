@@ -388,7 +388,12 @@ class PerceptionPipeline:
         if (gd / "gocl.json").is_file():
             # the scene-agnostic GOCL codebook the object head was trained from: records get code ids
             from chorus_ros.core.objects.gocl import GOCL
-            pipe.instances.set_code_prototypes(GOCL.load(gd).codebook.unit_prototypes().detach())
+            protos = GOCL.load(gd).codebook.unit_prototypes().detach()
+            if dims.get("object") != protos.shape[1]:
+                # a codebook of another width cannot name the objects: refuse rather than publish -1
+                raise CheckpointError(f"{gd}: GOCL codebook width {protos.shape[1]} != the checkpoint's "
+                                      f"object head width {dims.get('object')} (heads: {dims})")
+            pipe.instances.set_code_prototypes(protos)
         return pipe
 
     # ------------------------------------------------------------------ helpers

@@ -227,17 +227,27 @@ def records_to_msgs(records: Iterable[Any], *, include_embeddings: bool = True) 
     0..65534, e.g. -1 for a class removed from the label set, becomes UNLABELED).
 
     A record needs ``instance_id, label_id, label, score, centroid [3], bbox_min [3],
-    bbox_max [3], gaussian_count`` and ``embedding [D]`` (duck-typed: the core
-    :class:`~chorus_ros.core.decode.instances.ObjectRecord` dataclass)."""
+    bbox_max [3], gaussian_count`` and ``embedding [D]``, and may have ``code_id`` (codebook
+    prototype index, -1 none; default -1) and ``confidence`` (in [0, 1]; default ``score``
+    clipped to [0, 1]) (duck-typed: the core
+    :class:`~chorus_ros.core.decode.instances.ObjectRecord` dataclass). A code id below -1 or a
+    confidence outside [0, 1] raises InvalidInputError naming the instance."""
     from chorus_ros.msg import ObjectRecord
     out = []
     for r in records:
         lid = int(r.label_id)
+        code = int(getattr(r, "code_id", ObjectRecord.CODE_NONE))
+        conf = getattr(r, "confidence", None)
+        conf = min(max(float(r.score), 0.0), 1.0) if conf is None else float(conf)
+        if code < ObjectRecord.CODE_NONE or not 0.0 <= conf <= 1.0:
+            raise InvalidInputError(f"object {r.instance_id}: code_id must be >= -1 and confidence in "
+                                    f"[0, 1], got code_id={code}, confidence={conf}")
         m = ObjectRecord(instance_id=int(r.instance_id), label_id=lid if 0 <= lid < UNLABELED else UNLABELED,
                          label=str(r.label or ""), score=float(r.score),
                          centroid=_point(_np(r.centroid)), bbox_min=_point(_np(r.bbox_min)),
                          bbox_max=_point(_np(r.bbox_max)),
-                         gaussian_count=int(getattr(r, "gaussian_count", None) or getattr(r, "count", 0)))
+                         gaussian_count=int(getattr(r, "gaussian_count", None) or getattr(r, "count", 0)),
+                         code_id=code, confidence=conf)
         if include_embeddings and getattr(r, "embedding", None) is not None:
             m.embedding = array.array("f", _np(r.embedding).astype(np.float32).ravel().tobytes())
         out.append(m)

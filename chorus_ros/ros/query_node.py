@@ -12,7 +12,8 @@ Services (own callback group):
     ~/query   chorus_ros/QueryObjects  objects ranked by cosine(object embedding, text embedding)
               (or, ``ranking: relative``, by the query's probability against the label table's
               class names), ``top_k`` (0 = ``default_top_k``), ``min_score``; reports the map
-              sequence used
+              sequence used. Each hit is the whole object's ObjectRecord (box, Gaussian count =
+              support, code id, confidence) with ``score`` set to its query score
     ~/embed   chorus_ros/EmbedText     unit text embeddings (cached per string)
 Clients:
     <perception_node>/render_relevance  chorus_ros/RenderRelevance, called asynchronously for
@@ -285,7 +286,8 @@ class QueryNode(Node):
                 o = table.msg.objects[i]
                 o = type(o)(instance_id=o.instance_id, label_id=o.label_id, label=o.label, score=float(s),
                             centroid=o.centroid, bbox_min=o.bbox_min, bbox_max=o.bbox_max,
-                            gaussian_count=o.gaussian_count, embedding=o.embedding)
+                            gaussian_count=o.gaussian_count, code_id=o.code_id, confidence=o.confidence,
+                            embedding=o.embedding)
                 objs.append(o)
             res.objects, res.scores = objs, [float(s) for s in scores]
             res.map_sequence, res.frame_id = int(table.msg.map_sequence), frame

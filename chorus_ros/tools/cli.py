@@ -165,7 +165,8 @@ def _query(a: argparse.Namespace) -> int:
             c, lo, hi = o["centroid"], o["bbox_min"], o["bbox_max"]
             print(f"  {i}. #{o['instance_id']} {o['class'] or '(unlabeled)'}  score {o['score']:+.3f}  "
                   f"centroid ({c[0]:.2f}, {c[1]:.2f}, {c[2]:.2f})  box ({lo[0]:.2f}, {lo[1]:.2f}, {lo[2]:.2f})"
-                  f"-({hi[0]:.2f}, {hi[1]:.2f}, {hi[2]:.2f})  support {o['support']} Gaussians")
+                  f"-({hi[0]:.2f}, {hi[1]:.2f}, {hi[2]:.2f})  support {o['support']} Gaussians  "
+                  f"confidence {o['confidence']:.2f}" + (f"  code {o['code_id']}" if o["code_id"] >= 0 else ""))
     return 0
 
 
@@ -175,7 +176,8 @@ def _hit_dict(hit) -> dict:
             "class_confidence": round(float(r.score), 4),
             "centroid": [round(float(v), 4) for v in r.centroid],
             "bbox_min": [round(float(v), 4) for v in r.bbox_min],
-            "bbox_max": [round(float(v), 4) for v in r.bbox_max], "support": int(r.gaussian_count)}
+            "bbox_max": [round(float(v), 4) for v in r.bbox_max], "support": int(r.gaussian_count),
+            "code_id": int(r.code_id), "confidence": round(float(r.confidence), 4)}
 
 
 def _make_bag(a: argparse.Namespace) -> int:

@@ -374,6 +374,9 @@ def test_records_carry_code_id_and_support_confidence():
     assert 0 < recs[3].confidence < recs[1].confidence <= 1
     with pytest.raises(InvalidInputError):
         dec.set_code_prototypes(torch.zeros(3))
+    dec.set_code_prototypes(torch.randn(3, E.shape[1] + 1))                  # another head's width
+    with pytest.raises(InvalidInputError, match="5-d but the objects' features are 4-d"):
+        dec.records(["floor", "chair", "table"])
 
 
 @pytest.mark.parametrize("cfg", [

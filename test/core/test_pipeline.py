@@ -352,3 +352,52 @@ def test_real_encoder_label_switch_does_not_run_the_encoder(text, tiny_model, mo
     expect = torch.where(before == UNLABELED, before, 3 - before)
     assert torch.equal(pipe.map.attribute(ATTR_LABEL), expect)
     torch.testing.assert_close(pipe.map.attribute("sem.probs"), probs.flip(1))
+
+
+def _checkpoint_with_gocl(tmp_path, text, tiny_model, code_dim):
+    """tiny_model saved as a checkpoint, with a random GOCL codebook of width ``code_dim`` in gocl/."""
+    from chorus_ros.core.encoder.checkpoint import save_checkpoint
+    from chorus_ros.core.objects.codebook import CodebookConfig
+    from chorus_ros.core.objects.gocl import GOCL, GOCLConfig
+    from chorus_ros.core.objects.slots import SlotAttentionConfig
+    text.save_weights(tmp_path / "text_encoder.safetensors")
+    spec = text.spec.to_dict()
+    spec["weights"] = "text_encoder.safetensors"
+    labels = LabelSet(NAMES, COLORS, [True, False, False, False])
+    save_checkpoint(tmp_path, tiny_model, {"labels": labels.to_dict(), "text_encoder": spec})
+    torch.manual_seed(3)
+    gocl = GOCL(GOCLConfig(in_dim=4, slots=SlotAttentionConfig(num_slots=3, dim=8, iters=1, mlp_hidden=8),
+                           codebook=CodebookConfig(num_codes=6, dim=code_dim), decoder_hidden=8))
+    gocl.save(tmp_path / "gocl")
+    return tmp_path, gocl.codebook.unit_prototypes().detach()
+
+
+def test_checkpoint_gocl_codebook_gives_each_object_its_nearest_code(text, tiny_model, tmp_path):
+    """A checkpoint with gocl/ names every object's code: the prototype nearest to the unit mean
+    object feature of the object's Gaussians (recomputed here from the map), and a confidence in
+    [0, 1]; a codebook whose width is not the object head's is refused at load time."""
+    from chorus_ros.core.errors import CheckpointError
+    path, protos = _checkpoint_with_gocl(tmp_path / "ok", text, tiny_model, code_dim=8)
+    cfg = PipelineConfig(map=MapConfig(sh_degree=0, block_size=0.5, initial_capacity=1024),
+                         render=RenderSettings(backend="reference"),
+                         instances=InstanceConfig(voxel_size=0.1, feature_threshold=0.8, min_gaussians=5))
+    pipe = PerceptionPipeline.from_checkpoint(path, cfg)
+    pipe.apply_update(base_scene(), None, full=True)
+    pipe.encode()
+    recs = pipe.objects()
+    assert recs
+    inst = pipe.map.attribute(ATTR_INSTANCE)
+    feats = pipe.map.attribute("feat.object").float()
+    for r in recs:
+        mean = torch.nn.functional.normalize(feats[inst == r.instance_id].mean(0), dim=0)
+        cos = protos @ mean
+        assert 0 <= r.code_id < 6
+        assert float(cos[r.code_id]) == pytest.approx(float(cos.max()), abs=1e-5)   # ties: any nearest
+        assert 0.0 <= r.confidence <= 1.0
+    no_codes = PerceptionPipeline(cfg, tiny_model, text, LabelSet(NAMES, COLORS, [True, False, False, False]))
+    no_codes.apply_update(base_scene(), None, full=True)
+    no_codes.encode()
+    assert all(r.code_id == -1 for r in no_codes.objects())
+    bad, _ = _checkpoint_with_gocl(tmp_path / "bad", text, tiny_model, code_dim=5)
+    with pytest.raises(CheckpointError, match="codebook width 5 != the checkpoint's object head width 8"):
+        PerceptionPipeline.from_checkpoint(bad, cfg)

@@ -130,6 +130,9 @@ def test_label_table_and_object_map_are_latched(harness, node, full_map, small_s
     recs = node.pipeline.objects()
     assert om.map_id == "m" and om.map_sequence == 0 and om.header.frame_id == "map"
     assert [o.instance_id for o in om.objects] == [r.instance_id for r in recs] and len(recs) > 3
+    assert [o.code_id for o in om.objects] == [r.code_id for r in recs]
+    np.testing.assert_allclose([o.confidence for o in om.objects], [r.confidence for r in recs], rtol=1e-6)
+    assert 0 < min(o.confidence for o in om.objects) < max(o.confidence for o in om.objects) <= 1
     assert om.embedding_dim == node.pipeline.text_encoder.dim
     assert {o.label for o in om.objects} <= set(small_scene.labels.names)
 

@@ -98,12 +98,14 @@ def test_query_on_a_map_file(tiny_scene_folder, random_checkpoint, capsys):
     assert len(objs) == len(expect) >= 1
     assert [ob["instance_id"] for ob in objs] == [int(h.record.instance_id) for h in expect]
     assert [ob["score"] for ob in objs] == [round(float(h.score), 4) for h in expect]
+    assert [(ob["code_id"], ob["confidence"]) for ob in objs] == [
+        (int(h.record.code_id), round(float(h.record.confidence), 4)) for h in expect]
     o = objs[0]
     assert set(o) >= {"instance_id", "score", "class", "centroid", "bbox_min", "bbox_max", "support"}
     assert all(lo <= c <= hi for lo, c, hi in zip(o["bbox_min"], o["centroid"], o["bbox_max"])) and o["support"] > 0
     assert main(["query", "--map", str(ply), "chair", "--checkpoint", str(random_checkpoint), "--top-k", "1"]) == 0
     text = capsys.readouterr().out
-    assert "'chair': 1 object(s)" in text and "support" in text and "centroid (" in text
+    assert "'chair': 1 object(s)" in text and "support" in text and "centroid (" in text and "confidence" in text
 
 
 def test_map_file_errors_name_the_file(tmp_path, tiny_scene_folder, random_checkpoint, capsys):

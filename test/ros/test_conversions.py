@@ -126,3 +126,22 @@ def test_object_map_roundtrip_to_table():
     assert table.has_embedding.all() and table.dim == 2
     slim = cv.objects_to_msg(recs, cv.header(11, "map"), include_embeddings=False)
     assert slim.embedding_dim == 0 and len(slim.objects[0].embedding) == 0
+    # records without code id / confidence: no code, confidence = the class score (clipped)
+    assert [(x.code_id, round(x.confidence, 6)) for x in msg.objects] == [(-1, 0.5), (-1, 0.6), (-1, 0.7)]
+
+
+def test_object_record_carries_code_id_and_confidence():
+    pytest.importorskip("chorus_ros.msg", reason="interfaces not built (make install)")
+    from chorus_ros.core.decode.instances import ObjectRecord
+    from chorus_ros.msg import ObjectRecord as ObjectRecordMsg
+    recs = [ObjectRecord(7, 1, "chair", 0.8, np.zeros(3), -np.ones(3), np.ones(3), 120,
+                         np.array([1.0, 0.0], np.float32), code_id=5, confidence=0.25),
+            ObjectRecord(8, 2, "lamp", 1.3, np.zeros(3), np.zeros(3), np.ones(3), 3,
+                         np.array([0.0, 1.0], np.float32))]          # dataclass defaults: no code, 1.0
+    a, b = cv.records_to_msgs(recs)
+    assert (a.code_id, a.confidence, a.gaussian_count) == (5, 0.25, 120)
+    assert (b.code_id, b.confidence) == (ObjectRecordMsg.CODE_NONE, 1.0) and ObjectRecordMsg().code_id == -1
+    for bad in ({"code_id": -2}, {"confidence": 1.5}, {"confidence": float("nan")}):
+        r = SimpleNamespace(**{**vars(recs[0]), **bad})
+        with pytest.raises(InvalidInputError, match="object 7: code_id must be >= -1 and confidence in"):
+            cv.records_to_msgs([r])

@@ -34,8 +34,8 @@ def _object_map(text_encoder, seq, rng):
         e = emb[i] + rng.normal(0, 0.02, emb.shape[1]).astype(np.float32)
         recs.append(SimpleNamespace(instance_id=10 + i, label_id=i, label=name, score=0.9,
                                     centroid=np.array([i, 0, 0.5]), bbox_min=np.zeros(3),
-                                    bbox_max=np.ones(3), gaussian_count=100 + i,
-                                    embedding=e / np.linalg.norm(e)))
+                                    bbox_max=np.ones(3) + i, gaussian_count=100 + i, code_id=2 * i,
+                                    confidence=0.5 + 0.1 * i, embedding=e / np.linalg.norm(e)))
     return cv.objects_to_msg(recs, cv.header(7, "map"), map_id="m", map_sequence=seq, map_version=3)
 
 
@@ -63,6 +63,10 @@ def test_class_name_queries_rank_the_matching_object_first(harness, query, text_
         assert [o.instance_id for o in res.objects][0] == 10 + i and len(res.objects) == 2
         assert res.objects[0].label == name and res.map_sequence == 12 and res.frame_id == "map"
         assert res.scores[0] >= res.scores[1] and res.objects[0].score == pytest.approx(res.scores[0])
+        # a hit is the whole object's record: its box, support, code id and confidence
+        top = res.objects[0]
+        assert (top.bbox_max.x, top.gaussian_count, top.code_id) == (1.0 + i, 100 + i, 2 * i)
+        assert top.confidence == pytest.approx(0.5 + 0.1 * i)
         q = text_encoder.encode([name])[0].numpy()
         # scores are cosines weighted by the objects' support (Gaussian counts vs the median)
         from chorus_ros.core.objects import SupportConfig, support_scores

@@ -730,8 +730,12 @@ class InstanceDecoder:
         w = support_confidence([e.count for e in es]) if es else np.zeros(0, np.float32)
         codes = [-1] * len(es)
         cp = self.code_prototypes
-        if cp is not None and es and es[0].prototype.numel() == cp.shape[1]:
-            codes = (torch.stack([e.prototype for e in es]).float() @ cp.T).argmax(1).tolist()
+        if cp is not None and es:
+            feats = torch.stack([e.prototype for e in es]).float()
+            if feats.shape[1] != cp.shape[1]:
+                raise InvalidInputError(f"code prototypes are {cp.shape[1]}-d but the objects' features are "
+                                        f"{feats.shape[1]}-d (set_code_prototypes of another object head?)")
+            codes = (feats @ cp.T).argmax(1).tolist()
         out = []
         for k, (iid, e) in enumerate(zip(ids, es)):
             name = label_names[e.label_id] if 0 <= e.label_id < len(label_names) else "unknown"
