@@ -15,6 +15,11 @@ rendered alpha is below 0.5 is a miss): the base checkpoint before adaptation, t
 baseline (no learning) and each adaptation mode. ``heads+ss`` adds the RGB self-supervision
 (weight 0.5) and the depth gate (0.5). In-distribution mIoU: the adapted checkpoint on the
 held-out synthetic seed 1000 (chorus_ros.core.metrics.evaluation), against the base.
+
+Model selection without the held-out views: ``--val K`` carves K of the N training views
+(evenly spaced) as validation views; the run trains on the other N - K, scores the validation
+views every ``--val-every`` steps and keeps the best step's weights. Its record holds the
+validation curve, from which the number of epochs of a run on all N views is chosen.
 """
 from __future__ import annotations
 
@@ -34,6 +39,7 @@ MODES = {
     "lora+convs": dict(train="lora", lora_convs=True),
     "all": dict(train="all"),
 }
+
 
 
 def _shift_scene(name: str, seed: int, width: int, height: int, views: int):
@@ -83,7 +89,7 @@ def run(a) -> None:
     import torch.nn.functional as F
 
     from chorus_ros.core.adapt import AdaptConfig, adapt_checkpoint, adaptation_label_set, evaluate_views, lift_baseline
-    from chorus_ros.core.adapt.loop import class_probabilities
+    from chorus_ros.core.adapt.loop import carve_validation, class_probabilities
     from chorus_ros.core.encoder.checkpoint import load_checkpoint
     from chorus_ros.core.pipeline import labels_from_meta, text_spec_from_meta
     from chorus_ros.core.text import build_text_encoder
@@ -103,26 +109,36 @@ def run(a) -> None:
     base = {"scene": a.scene, "gaussians": len(scene.gaussians), "classes": len(ls), "held_out": len(held),
             "size": [scene.camera.width, scene.camera.height]}
     _emit(dict(base, method="before", miou=100 * evaluate_views(scene.gaussians, scene, held, before, lut, ls).miou))
+    if not a.counts:
+        return
     print(f"scene ready in {time.time() - t0:.0f} s", flush=True)
     for n in a.counts:
         idx = np.unique(np.round(np.linspace(0, len(even) - 1, n)).astype(int))
         train = [even[i] for i in idx]
         one_hot, unseen = lift_baseline(scene.gaussians, scene, train, lut, len(ls))
         s = evaluate_views(scene.gaussians, scene, held, one_hot, lut, ls)
-        _emit(dict(base, method="lift", n=n, miou=100 * s.miou, never_labelled=unseen))
+        _emit(dict(base, method="lift", n=n, miou=100 * s.miou, miou_present=100 * s.miou_present,
+                   never_labelled=unseen))
         for mode in a.modes:
             kw = dict(MODES[mode])
             kw.setdefault("loss", {})
-            kw["loss"] = dict(kw["loss"], replay=a.replay)
+            kw["loss"] = dict(kw["loss"], replay=a.replay, absent=a.absent)
             cfg = AdaptConfig(steps=a.steps, budget_s=a.budget_s, progress=False, pixels_per_view=a.pixels_per_view,
-                              lr=a.lr, **kw)
+                              lr=a.lr, epochs=a.epochs, lr_schedule=a.lr_schedule, val_every=a.val_every, **kw)
+            fit, val = carve_validation(train, a.val)
             out = Path(a.ckpt_dir) / f"{Path(a.scene).name.replace(':', '_')}_{mode}{a.tag}_{n}"
-            res = adapt_checkpoint(a.checkpoint, scene, train, cfg, out_dir=out)
+            res = adapt_checkpoint(a.checkpoint, scene, fit, cfg, out_dir=out, val_positions=val)
             s = evaluate_views(scene.gaussians, scene, held, res.scores, lut, ls)
-            rec = dict(base, method=mode + a.tag, n=n, miou=100 * s.miou, steps=res.steps,
-                       wall_s=res.seconds_prepare + res.seconds_train,
+            rec = dict(base, method=mode + a.tag, n=n, miou=100 * s.miou, miou_present=100 * s.miou_present,
+                       steps=res.steps, wall_s=res.seconds_prepare + res.seconds_train,
                        cpu_s=res.cpu_seconds_prepare + res.cpu_seconds_train, peak_rss_mib=res.peak_rss_mib,
-                       loss_first=res.history[0]["loss"], loss_last=res.history[-1]["loss"], ckpt=str(out))
+                       loss_first=res.history[0]["loss"], loss_last=res.history[-1]["loss"], ckpt=str(out),
+                       absent_classes=len(res.absent_classes), config=cfg.to_dict())
+            if val:
+                rec.update(val_views=val, train_views_used=len(fit), best_step=res.best_step,
+                           val_miou=100 * res.val_miou,
+                           val_curve=[[h["step"], round(100 * h["val_miou"], 2)] for h in res.history
+                                      if "val_miou" in h])
             if a.indist and mode != "all" and n == max(a.counts):
                 rec["indist_miou"] = _indist(str(out))
                 rec["indist_base_same_labels"] = _indist(a.checkpoint, str(out / "labels.yaml"))
@@ -136,7 +152,7 @@ def _emit(rec: dict) -> None:
     rec["time"] = time.strftime("%H:%M:%S")
     with open(OUT, "a", encoding="utf-8") as f:
         f.write(json.dumps(rec) + "\n")
-    print(json.dumps(rec), flush=True)
+    print(json.dumps({k: v for k, v in rec.items() if k != "config"}), flush=True)
 
 
 def tables(path: str) -> None:
@@ -163,27 +179,31 @@ def tables(path: str) -> None:
                 else:
                     cells.append(f"{r['miou']:.1f}")
             print(f"| {n} | {before:.1f} | " + " | ".join(cells) + " |")
-        print("\n| method | views | steps | wall s | CPU s | peak RSS MiB | loss first -> last | in-dist. mIoU |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("\n| method | views | steps | wall s | CPU s | peak RSS MiB | loss first -> last | in-dist. mIoU "
+              "| held-out mIoU, present classes | validation: views, best step (mIoU) |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for r in rs:
             if r["method"] in ("before", "lift", "base_indist"):
                 continue
             ind = f"{r['indist_miou']:.1f}" if "indist_miou" in r else "n/a"
             if "indist_base_same_labels" in r:
                 ind += f" (base {r['indist_base_same_labels']:.1f})"
+            pres = f"{r['miou_present']:.1f}" if "miou_present" in r else "n/a"
+            val = f"{len(r['val_views'])} of {r['n']}, {r['best_step']} ({r['val_miou']:.1f})" if "val_views" in r else ""
             print(f"| {r['method']} | {r['n']} | {r['steps']} | {r['wall_s']:.0f} | {r['cpu_s']:.0f} | "
-                  f"{r['peak_rss_mib']:.0f} | {r['loss_first']:.3f} -> {r['loss_last']:.3f} | {ind} |")
+                  f"{r['peak_rss_mib']:.0f} | {r['loss_first']:.3f} -> {r['loss_last']:.3f} | {ind} | {pres} | {val} |")
         b = next((r for r in rs if r["method"] == "base_indist"), None)
         if b:
             print(f"\nIn-distribution mIoU of the base checkpoint on the same evaluation: {b['miou']:.1f}")
 
 
 def main() -> None:
+    global OUT
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scene", help="real:DIR or shift:NAME:SEED")
     ap.add_argument("--labels-map")
     ap.add_argument("--checkpoint", default="checkpoints/demo")
-    ap.add_argument("--counts", type=int, nargs="+", default=[5, 10, 30])
+    ap.add_argument("--counts", type=int, nargs="*", default=[5, 10, 30])
     ap.add_argument("--modes", nargs="+", default=["heads"], choices=sorted(MODES))
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--budget-s", type=float, default=600.0)
@@ -193,11 +213,18 @@ def main() -> None:
     ap.add_argument("--pixels-per-view", type=int, default=4096)
     ap.add_argument("--replay", type=float, default=1.0, help="weight of the replay term (0: off)")
     ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--epochs", type=float, default=0.0, help="visits per training view (0: --steps)")
+    ap.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant")
+    ap.add_argument("--absent", type=float, default=0.0, help="weight of the absent-class term (0: off)")
+    ap.add_argument("--val", type=int, default=0, help="validation views carved from the training views")
+    ap.add_argument("--val-every", type=int, default=50)
+    ap.add_argument("--jsonl", default=str(OUT), help="results file to append to")
     ap.add_argument("--tag", default="", help="suffix of the method names in the tables")
     ap.add_argument("--indist", action="store_true")
     ap.add_argument("--ckpt-dir", default=".cache/h5/ckpts")
     ap.add_argument("--tables", metavar="JSONL")
     a = ap.parse_args()
+    OUT = Path(a.jsonl)
     if a.tables:
         tables(a.tables)
     else:

@@ -44,6 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--targets", choices=TARGETS, default=d.targets)
     ap.add_argument("--train", choices=TRAIN_MODES, default=d.train)
     ap.add_argument("--steps", type=int, default=d.steps)
+    ap.add_argument("--epochs", type=float, default=d.epochs,
+                    help="visits per training view; steps = ceil(epochs * views / views-per-step) (0: --steps)")
+    ap.add_argument("--lr-schedule", choices=("constant", "cosine"), default=d.lr_schedule)
+    ap.add_argument("--val-views", type=int, default=0, metavar="K",
+                    help="keep K of the training views (evenly spaced) for model selection: scored every "
+                         "--val-every steps, the best step's weights are kept")
+    ap.add_argument("--val-every", type=int, default=50)
     ap.add_argument("--budget-s", type=float, default=d.budget_s, help="wall-clock budget, seconds (0: none)")
     ap.add_argument("--lr", type=float, default=d.lr)
     ap.add_argument("--lora-rank", type=int, default=d.lora_rank)
@@ -54,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--depth-gate", type=float, default=dl.depth_gate, help="depth gate strength in [0, 1]")
     ap.add_argument("--boundary", type=float, default=dl.boundary, help="extra weight near label borders")
     ap.add_argument("--replay", type=float, default=dl.replay, help="weight of the replay term (0: off)")
+    ap.add_argument("--absent", type=float, default=dl.absent,
+                    help="weight of the term holding classes no training view shows off the map (0: off)")
     ap.add_argument("--replay-seeds", type=int, nargs="*", default=d.replay_seeds,
                     help="synthetic training-distribution scenes kept by the replay term (none: off)")
     ap.add_argument("--min-alpha", type=float, default=d.min_alpha)
@@ -65,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
 
     from chorus_ros.core.adapt import adapt_checkpoint, evaluate_views, lift_baseline
+    from chorus_ros.core.adapt.loop import carve_validation
     from chorus_ros.core.datasets import load_labels_map, open_scene
     from chorus_ros.core.errors import ChorusError
     try:
@@ -77,16 +87,18 @@ def main(argv: list[str] | None = None) -> int:
             from chorus_ros.core.errors import InvalidInputError
             raise InvalidInputError(f"--eval-views overlap the training views at positions {both[:10]}: "
                                     "held-out views must never provide targets")
+        train, val = carve_validation(train, a.val_views)
         cfg = AdaptConfig(targets=a.targets, train=a.train, steps=a.steps, budget_s=a.budget_s, lr=a.lr,
+                          epochs=a.epochs, lr_schedule=a.lr_schedule, val_every=a.val_every,
                           lora_rank=a.lora_rank, lora_convs=a.lora_convs, views_per_step=a.views_per_step,
                           pixels_per_view=a.pixels_per_view, min_alpha=a.min_alpha, splat=a.splat,
                           device=a.device, seed=a.seed, progress=not a.no_progress, replay_seeds=list(a.replay_seeds),
                           loss=LossWeights(rgb=a.rgb, depth_gate=a.depth_gate, boundary=a.boundary,
-                                           replay=a.replay))
+                                           replay=a.replay, absent=a.absent))
         summary: dict = {}
         if held:
             summary.update(_before(a.checkpoint, scene, train, held, cfg))
-        res = adapt_checkpoint(a.checkpoint, scene, train, cfg, out_dir=a.out)
+        res = adapt_checkpoint(a.checkpoint, scene, train, cfg, out_dir=a.out, val_positions=val)
         if held:
             lut = scene.class_map_to(res.label_set)
             after = evaluate_views(scene.gaussians, scene, held, res.scores, lut, res.label_set, cfg.min_alpha)
@@ -101,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     summary.update({"checkpoint": a.out, "steps": res.steps, "stopped_by_budget": res.stopped_by_budget,
                     "seconds_prepare": round(res.seconds_prepare, 2), "seconds_train": round(res.seconds_train, 2),
                     "loss_first": first.get("loss"), "loss_last": last.get("loss"),
-                    "peak_rss_mib": round(res.peak_rss_mib, 1), "train_views": len(train), "eval_views": len(held)})
+                    "peak_rss_mib": round(res.peak_rss_mib, 1), "train_views": len(train), "eval_views": len(held),
+                    "val_views": len(val), "best_step": res.best_step,
+                    "val_miou": None if res.val_miou is None else 100 * res.val_miou})
     print(f"chorus-adapt: {res.steps} steps in {res.seconds_train:.1f} s (+{res.seconds_prepare:.1f} s preparing); "
           f"checkpoint in {a.out}")
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()}, sort_keys=True))

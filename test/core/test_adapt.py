@@ -281,3 +281,83 @@ def test_render_splatting_gives_the_cached_losses(tiny_setup):
     for a, b in zip(hist["cached"], hist["render"]):
         for k in ("labels", "rgb"):
             assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), (k, a, b)
+
+
+# ----------------------------------------------------------------------------- coverage and selection
+def test_epoch_batches_visit_every_view_equally_and_steps_scale_with_views():
+    from chorus_ros.core.adapt import AdaptConfig
+    from chorus_ros.core.adapt.loop import epoch_batches, planned_steps
+    gen = torch.Generator().manual_seed(0)
+    it = epoch_batches(7, 3, gen)
+    batches = [next(it) for _ in range(3 * 4)]  # 4 epochs of ceil(7/3) = 3 batches
+    assert [len(b) for b in batches[:3]] == [3, 3, 1]
+    assert all(len(set(b)) == len(b) for b in batches)
+    counts = np.bincount(np.concatenate(batches), minlength=7)
+    assert counts.tolist() == [4] * 7
+    assert planned_steps(AdaptConfig(steps=123), 30) == 123
+    assert planned_steps(AdaptConfig(epochs=10, views_per_step=4), 30) == 80
+    assert planned_steps(AdaptConfig(epochs=2.5, views_per_step=4), 10) == 8
+    with pytest.raises(InvalidInputError, match="epochs"):
+        AdaptConfig(epochs=-1)
+    with pytest.raises(InvalidInputError, match="lr_schedule"):
+        AdaptConfig(lr_schedule="linear")
+
+
+def test_absent_classes_are_found_and_held_off(tiny_setup):
+    """Classes that no training label image shows are exactly the ones the term holds off, and
+    the term lowers their probability mass on the scene's Gaussians."""
+    from chorus_ros.core.adapt import AdaptConfig, adapt_checkpoint, adaptation_label_set
+    from chorus_ros.core.encoder.checkpoint import load_checkpoint
+    from chorus_ros.core.pipeline import labels_from_meta
+
+    base, scene = tiny_setup
+    train = [0, 2]
+    ls = adaptation_label_set(scene, labels_from_meta(load_checkpoint(base / "ckpt").meta))
+    lut = scene.class_map_to(ls)
+    shown = set()
+    for p in train:
+        lab = lut[scene.frame(p).semantic.astype(np.int64)]
+        shown |= set(np.unique(lab[lab != 65535]).tolist())
+    expect = sorted(set(range(len(ls))) - shown)
+    assert expect, "the tiny room's two views should miss some classes"
+    mass = {}
+    for w in (0.0, 1.0):
+        cfg = AdaptConfig(train="heads", steps=25, lr=3e-2, views_per_step=2, pixels_per_view=300, progress=False,
+                          replay_seeds=[], absent_batch=500, loss={"absent": w})
+        res = adapt_checkpoint(base / "ckpt", scene, train, cfg)
+        assert res.absent_classes == (expect if w > 0 else [])
+        mass[w] = float(res.scores[:, expect].sum(1).mean())
+        if w > 0:
+            assert "absent" in res.history[-1]
+    assert mass[1.0] < 0.75 * mass[0.0], mass
+
+
+def test_validation_views_keep_the_best_step(tiny_setup):
+    """With validation views the returned weights are those of the best-scoring step: scoring
+    them again on the same validation pool gives the best recorded mIoU; overlap is refused."""
+    from chorus_ros.core.adapt import AdaptConfig, adapt_checkpoint
+    from chorus_ros.core.adapt.loop import EncoderRunner, _validation_miou, prepare_views
+    from chorus_ros.core.render import RenderSettings
+    import torch.nn.functional as F
+    from chorus_ros.core.text import build_text_encoder
+    from chorus_ros.core.pipeline import text_spec_from_meta
+    from chorus_ros.core.encoder.checkpoint import load_checkpoint
+
+    base, scene = tiny_setup
+    cfg = AdaptConfig(train="heads", steps=12, lr=1e-1, views_per_step=2, pixels_per_view=300, progress=False,
+                      replay_seeds=[], val_every=1, lr_schedule="cosine")
+    with pytest.raises(InvalidInputError, match="overlap"):
+        adapt_checkpoint(base / "ckpt", scene, [0, 2], cfg, val_positions=[2, 5])
+    res = adapt_checkpoint(base / "ckpt", scene, [0, 2, 4], cfg, val_positions=[6])
+    curve = [h["val_miou"] for h in res.history]
+    assert len(curve) == 12 and res.val_miou == max(curve)
+    assert res.history[res.best_step - 1]["val_miou"] == res.val_miou
+    ck = load_checkpoint(base / "ckpt")
+    text = build_text_encoder(text_spec_from_meta(ck.meta, base / "ckpt"))
+    temb = F.normalize(text.encode(list(res.label_set.names)).float(), dim=-1)
+    lut = scene.class_map_to(res.label_set)
+    g = scene.gaussians
+    val = prepare_views(scene, g, [6], cfg, lut, res.label_set, (), "cached", border_share=0.0)
+    runner = EncoderRunner(res.model, g, cfg, adapters=False)
+    again = _validation_miou(runner, val, temb, 0.05, "cached", g, RenderSettings())
+    assert again == pytest.approx(res.val_miou, abs=1e-9)

@@ -89,3 +89,22 @@ def test_adapt_cli_errors_exit_2_naming_the_problem(setup, tmp_path, capsys):
     assert "scene folder not found" in capsys.readouterr().err
     assert main(common + ["--dataset", str(setup / "room"), "--views", "7:9"]) == 2
     assert "--views" in capsys.readouterr().err
+
+
+def test_adapt_cli_validation_views_and_epochs(setup, tmp_path, capsys):
+    """--val-views carves validation views out of --views (never trained on, recorded in the
+    provenance with the kept step); --epochs sets the steps from the training view count."""
+    from chorus_ros.core.encoder.checkpoint import load_checkpoint
+    from chorus_ros.tools.adapt import main
+
+    out, js = tmp_path / "site", tmp_path / "summary.json"
+    rc = main(["--checkpoint", str(setup / "ckpt"), "--dataset", str(setup / "room"), "--out", str(out),
+               "--labels-map", str(setup / "map.yaml"), "--views", "0:3", "--val-views", "1", "--val-every", "2",
+               "--epochs", "3", "--views-per-step", "1", "--pixels-per-view", "200", "--lr-schedule", "cosine",
+               "--no-progress", "--replay-seeds", "--json", str(js)])
+    assert rc == 0, capsys.readouterr()
+    summary = json.loads(js.read_text())
+    assert summary["train_views"] == 2 and summary["val_views"] == 1 and summary["steps"] == 6
+    prov = load_checkpoint(out).meta["adaptation"]
+    assert prov["views"] == [0, 2] and prov["validation"]["views"] == [1]
+    assert 1 <= prov["validation"]["best_step"] <= 6 and prov["config"]["lr_schedule"] == "cosine"

@@ -5,8 +5,10 @@ from dataclasses import asdict, dataclass, field, fields
 
 from chorus_ros.core.errors import InvalidInputError
 
-__all__ = ["AdaptConfig", "LossWeights", "TARGETS", "TRAIN_MODES", "SPLAT_MODES"]
+__all__ = ["AdaptConfig", "LossWeights", "TARGETS", "TRAIN_MODES", "SPLAT_MODES", "LR_SCHEDULES"]
 
+LR_SCHEDULES = ("constant", "cosine")
+"""Learning-rate schedules: constant, or cosine decay to zero over the run's steps."""
 TARGETS = ("labels", "teachers", "both")
 """What the 2D targets are: label images, teacher feature maps, or both."""
 TRAIN_MODES = ("heads", "all", "lora")
@@ -44,6 +46,13 @@ class LossWeights:
     preserve: float = 1.0
     """Heads without a 2D target are held to the base model's outputs on the scene: relative
     mean squared change, times this weight (keeps e.g. the object head's instance grouping)."""
+    absent: float = 1.0
+    """Classes of the adaptation label set that no training view's label image shows get no
+    positive evidence, yet a class score can drift onto them (one Gaussian of a class absent
+    from the held-out views costs that class a whole IoU of 0). This term, on a random batch of
+    the scene's Gaussians each step (seen by the pooled pixels or not), is the mean of
+    ``-log(1 - sum_{k absent} p_k)`` times this weight (labels targets only; batch size
+    ``AdaptConfig.absent_batch``)."""
     replay: float = 1.0
     """Every head is held to the base model's outputs on replay scenes of the training
     distribution (``AdaptConfig.replay_seeds``), times this weight, so adapting to one site
@@ -64,7 +73,14 @@ class AdaptConfig:
     'lora': low-rank adapters on the decoder's linear layers (and the sparse convolutions when
     ``lora_convs``), base weights frozen."""
     steps: int = 300
-    """Optimiser steps (the run stops earlier at ``budget_s``)."""
+    """Optimiser steps (the run stops earlier at ``budget_s``); ignored when ``epochs > 0``."""
+    epochs: float = 0.0
+    """If > 0, the number of steps scales with the training views: ``ceil(epochs * views /
+    views_per_step)``, so every view is visited ``epochs`` times whatever the view count.
+    Views are drawn epoch by epoch (a shuffled pass over all of them, then the next), never
+    at random with repeats."""
+    lr_schedule: str = "constant"
+    """'constant' or 'cosine' (decay to zero over the run's steps)."""
     budget_s: float = 0.0
     """Wall-clock budget in seconds for the training loop (0: none)."""
     lr: float = 3e-3
@@ -79,6 +95,13 @@ class AdaptConfig:
     """Adapter scale numerator: the update is ``(alpha / rank) B A``."""
     lora_convs: bool = False
     """Also put adapters on the sparse convolutions (then the U-Net runs every step)."""
+    val_every: int = 0
+    """With validation views (carved from the training views, :func:`~chorus_ros.core.adapt.adapt`
+    ``val_positions``): score them every this many steps (0: only at the end) on their own
+    uniformly pooled pixels (mIoU of the composited class probabilities)."""
+    keep_best: bool = True
+    """With validation views: return the trained weights of the step with the best validation
+    mIoU rather than the last."""
     views_per_step: int = 4
     """Training views sampled per step."""
     pixels_per_view: int = 4096
@@ -102,6 +125,8 @@ class AdaptConfig:
     """Gaussians per replay scene."""
     replay_batch: int = 4096
     """Replay Gaussians per step."""
+    absent_batch: int = 4096
+    """Scene Gaussians per step for the ``absent`` loss term."""
     seed: int = 0
     """Seed of view/pixel sampling and of the adapters' initialisation."""
     device: str = "cpu"
@@ -118,11 +143,16 @@ class AdaptConfig:
 
     def validate(self) -> None:
         """Raise :class:`InvalidInputError` naming the first bad field."""
-        for name, allowed in (("targets", TARGETS), ("train", TRAIN_MODES), ("splat", SPLAT_MODES)):
+        for name, allowed in (("targets", TARGETS), ("train", TRAIN_MODES), ("splat", SPLAT_MODES),
+                              ("lr_schedule", LR_SCHEDULES)):
             if getattr(self, name) not in allowed:
                 raise InvalidInputError(f"AdaptConfig.{name} {getattr(self, name)!r} unknown; known: {list(allowed)}")
         if self.steps < 0:
             raise InvalidInputError(f"AdaptConfig.steps must be >= 0, got {self.steps}")
+        if self.epochs < 0:
+            raise InvalidInputError(f"AdaptConfig.epochs must be >= 0, got {self.epochs}")
+        if self.val_every < 0:
+            raise InvalidInputError(f"AdaptConfig.val_every must be >= 0, got {self.val_every}")
         if self.budget_s < 0:
             raise InvalidInputError(f"AdaptConfig.budget_s must be >= 0, got {self.budget_s}")
         if not self.lr > 0:

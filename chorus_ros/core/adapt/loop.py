@@ -61,7 +61,7 @@ from chorus_ros.core.labels import UNLABELED, LabelSet
 from chorus_ros.core.metrics.semantic import ConfusionMatrix, SemanticScores
 from chorus_ros.core.render import RenderSettings, render
 
-__all__ = ["TrainView", "EncoderRunner", "AdaptResult", "adaptation_label_set", "prepare_views", "adapt",
+__all__ = ["carve_validation", "epoch_batches", "planned_steps", "TrainView", "EncoderRunner", "AdaptResult", "adaptation_label_set", "prepare_views", "adapt",
            "evaluate_views", "lift_baseline", "save_adapted", "class_probabilities", "load_with_adapter", "adapt_checkpoint", "ADAPTER_FILE"]
 
 ADAPTER_FILE = "adapter.safetensors"
@@ -120,17 +120,20 @@ class TrainView:
     """head -> [P, C] teacher features at the pixels."""
     blend: PixelBlend | None = None
     """Cached blending weights (``splat='cached'``)."""
+    classes: torch.Tensor | None = None
+    """[C] int64 adaptation class ids shown anywhere in the view's label image (all its
+    pixels, not only the pool)."""
 
 
 def _sample_pool(labels: np.ndarray | None, border: np.ndarray | None, h: int, w: int, n: int,
-                 gen: torch.Generator) -> torch.Tensor:
+                 gen: torch.Generator, border_share: float = 0.5) -> torch.Tensor:
     if labels is None:
         cand = torch.arange(h * w)
         return cand[torch.randperm(len(cand), generator=gen)[:n]]
     lab = torch.from_numpy(labels.reshape(-1) != UNLABELED)
     bor = torch.from_numpy(border.reshape(-1)) & lab
     b_idx = bor.nonzero().squeeze(1)
-    b_idx = b_idx[torch.randperm(len(b_idx), generator=gen)[: n // 2]]
+    b_idx = b_idx[torch.randperm(len(b_idx), generator=gen)[: int(n * border_share)]]
     rest = lab.clone()
     rest[b_idx] = False
     r_idx = rest.nonzero().squeeze(1)
@@ -140,7 +143,7 @@ def _sample_pool(labels: np.ndarray | None, border: np.ndarray | None, h: int, w
 
 def prepare_views(scene, gaussians: GaussianArrays, positions: Sequence[int], cfg: AdaptConfig,
                   lut: np.ndarray | None, label_set: LabelSet, teachers: Sequence = (),
-                  splat: str = "cached") -> list[TrainView]:
+                  splat: str = "cached", border_share: float = 0.5) -> list[TrainView]:
     """Targets of the training views (see the module docstring, step 1).
 
     Args:
@@ -151,6 +154,8 @@ def prepare_views(scene, gaussians: GaussianArrays, positions: Sequence[int], cf
         label_set: the adaptation label set (the oracle teachers' context).
         teachers: built teachers (each supervises head ``teacher.kind``).
         splat: 'cached' computes the pixels' blending weights now.
+        border_share: fraction of the pool drawn near label borders (validation views: 0,
+            i.e. uniform over labelled pixels like the evaluation).
     """
     from chorus_ros.core.lift import upsample_map
     from chorus_ros.core.teachers import FrameContext
@@ -169,7 +174,7 @@ def prepare_views(scene, gaussians: GaussianArrays, positions: Sequence[int], cf
                                         "(semantic_class/), needed for label targets")
             labels = lut[fr.semantic.astype(np.int64)]
         border = boundary_mask(torch.from_numpy(labels), cfg.loss.boundary_px).numpy() if labels is not None else None
-        pix = _sample_pool(labels, border, h, w, cfg.pixels_per_view, gen)
+        pix = _sample_pool(labels, border, h, w, cfg.pixels_per_view, gen, border_share)
         blend = None
         if splat == "cached":
             blend = blend_weights(gaussians, cam, pix, settings)
@@ -191,6 +196,8 @@ def prepare_views(scene, gaussians: GaussianArrays, positions: Sequence[int], cf
         if labels is not None:
             tv.labels = torch.from_numpy(labels.reshape(-1)[pix.numpy()]).long()
             tv.border = torch.from_numpy(border.reshape(-1)[pix.numpy()])
+            shown = np.unique(labels)
+            tv.classes = torch.from_numpy(shown[shown != UNLABELED].astype(np.int64))
         img = None
         if fr.rgb is not None:
             img = torch.from_numpy(fr.rgb.astype(np.float32) / 255.0)
@@ -372,6 +379,70 @@ class AdaptResult:
     also counts waiting for a core."""
     cpu_seconds_train: float = 0.0
     """Process CPU time of the training loop."""
+    best_step: int | None = None
+    """With validation views: the step whose weights were kept (``keep_best``) or would have been."""
+    val_miou: float | None = None
+    """With validation views: their best mIoU (pooled pixels)."""
+    absent_classes: list[int] = field(default_factory=list)
+    """Adaptation class ids no training view shows (held off by the ``absent`` term)."""
+
+
+def carve_validation(positions: Sequence[int], k: int) -> tuple[list[int], list[int]]:
+    """``(train, val)``: ``k`` of the labelled ``positions``, evenly spaced and never the first
+    or last, become validation views for model selection; the rest stay training views."""
+    positions = [int(p) for p in positions]
+    if k <= 0:
+        return positions, []
+    if k > len(positions) - 1:
+        raise InvalidInputError(f"{k} validation views leave no training view of {len(positions)}")
+    idx = set(np.round(np.linspace(0, len(positions) - 1, k + 2)[1:-1]).astype(int).tolist())
+    if len(idx) < k:
+        idx = set(range(1, k + 1))
+    return ([p for i, p in enumerate(positions) if i not in idx], [p for i, p in enumerate(positions) if i in idx])
+
+
+def epoch_batches(n_views: int, per_step: int, gen: torch.Generator):
+    """Endless view batches, epoch by epoch: each epoch is a shuffled pass over all ``n_views``
+    views cut into ``ceil(n_views / per_step)`` batches (the last may be smaller), so after
+    ``e`` epochs every view has been visited exactly ``e`` times."""
+    while True:
+        order = torch.randperm(n_views, generator=gen).tolist()
+        for i in range(0, n_views, per_step):
+            yield order[i:i + per_step]
+
+
+def planned_steps(cfg: AdaptConfig, n_views: int) -> int:
+    """Optimiser steps of a run with ``n_views`` training views: ``cfg.steps``, or with
+    ``cfg.epochs > 0`` ``ceil(epochs * ceil(n_views / views_per_step))`` (every view visited
+    ``epochs`` times)."""
+    if cfg.epochs <= 0:
+        return int(cfg.steps)
+    per_epoch = -(-n_views // cfg.views_per_step)
+    return int(np.ceil(cfg.epochs * per_epoch))
+
+
+@torch.no_grad()
+def _validation_miou(runner: "EncoderRunner", views: Sequence[TrainView], text_emb: torch.Tensor,
+                     temperature: float, splat: str, gaussians: GaussianArrays, settings: RenderSettings) -> float:
+    """mIoU (classes with a non-empty union, as :func:`evaluate_views`) of the argmax of the
+    composited class probabilities at the validation views' pooled pixels."""
+    dev = text_emb.device
+    cm = ConfusionMatrix(text_emb.shape[0])
+    full = None
+    for v in views:
+        if splat == "cached":
+            uniq, inv = v.blend.gaussians_used()
+            _, hd = runner(uniq.to(dev))
+            img = v.blend.composite(class_probabilities(hd["language"], text_emb, temperature), inv.to(dev))
+        else:
+            if full is None:
+                _, hd = runner()
+                full = class_probabilities(hd["language"], text_emb, temperature)
+            parts = [render(gaussians, v.camera, settings, features=full[:, i:i + 32].contiguous()).features
+                     for i in range(0, full.shape[1], 32)]
+            img = torch.cat(parts, -1).reshape(-1, full.shape[1])[v.pixels.to(dev)]
+        cm.update(img.argmax(1).cpu(), v.labels)
+    return float(cm.compute().miou)
 
 
 def _resolve_splat(cfg: AdaptConfig) -> str:
@@ -382,7 +453,8 @@ def _resolve_splat(cfg: AdaptConfig) -> str:
 
 def adapt(model, gaussians: GaussianArrays, scene, train_positions: Sequence[int], cfg: AdaptConfig, *,
           label_set: LabelSet, lut: np.ndarray | None, text_encoder, teachers: Sequence = (),
-          temperature: float = 0.05, replay_labels: LabelSet | None = None) -> AdaptResult:
+          temperature: float = 0.05, replay_labels: LabelSet | None = None,
+          val_positions: Sequence[int] = ()) -> AdaptResult:
     """Adapt ``model`` (in place) to ``scene`` (see the module docstring).
 
     Args:
@@ -399,6 +471,9 @@ def adapt(model, gaussians: GaussianArrays, scene, train_positions: Sequence[int
         replay_labels: the base checkpoint's label set; on replay scenes the language head is
             then held to the base class probabilities over it (KL divergence) rather than to its
             raw features.
+        val_positions: validation views carved from the labelled views (never trained on);
+            scored every ``cfg.val_every`` steps, and with ``cfg.keep_best`` the weights of the
+            best-scoring step are returned (label targets only).
     """
     import resource
 
@@ -417,6 +492,11 @@ def adapt(model, gaussians: GaussianArrays, scene, train_positions: Sequence[int
     if use_labels and "language" not in heads:
         raise InvalidInputError("label targets need the model's 'language' head")
     teachers = [t for t in teachers if t.kind in heads] if use_teachers else []
+    overlap = sorted(set(int(p) for p in val_positions) & set(int(p) for p in train_positions))
+    if overlap:
+        raise InvalidInputError(f"validation views overlap the training views at positions {overlap[:10]}")
+    if len(val_positions) and not use_labels:
+        raise InvalidInputError("validation views need label targets (targets 'labels' or 'both')")
     torch.manual_seed(cfg.seed)
     splat = _resolve_splat(cfg)
     dev = torch.device(cfg.device)
@@ -428,6 +508,17 @@ def adapt(model, gaussians: GaussianArrays, scene, train_positions: Sequence[int
     if not views:
         raise InvalidInputError("no training view has pixels with rendered alpha >= min_alpha (does the map "
                                 "face the cameras?)")
+    val_views = []
+    if len(val_positions):
+        val_views = prepare_views(scene, gaussians.cpu() if splat == "cached" else gaussians, val_positions, cfg,
+                                  lut, label_set, (), splat, border_share=0.0)
+        val_views = [v for v in val_views if len(v.pixels)]
+    absent = torch.empty(0, dtype=torch.long)
+    if use_labels and cfg.loss.absent > 0:
+        shown = torch.zeros(len(label_set), dtype=torch.bool)
+        for v in views:
+            shown[v.classes] = True
+        absent = (~shown).nonzero().squeeze(1).to(dev)
     text_emb = F.normalize(text_encoder.encode(list(label_set.names)).float(), dim=-1).to(dev)
     runner = EncoderRunner(model, gaussians, cfg).to(dev)
     with torch.no_grad():
@@ -450,32 +541,54 @@ def adapt(model, gaussians: GaussianArrays, scene, train_positions: Sequence[int
         params += list(runner.aux_rgb.parameters())
     lr = cfg.lr * (cfg.lr_all_factor if cfg.train == "all" else 1.0)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    n_steps = planned_steps(cfg, len(views))
+    sched = None
+    if cfg.lr_schedule == "cosine":
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1.0 + float(np.cos(np.pi * min(i, n_steps)
+                                                                                          / max(n_steps, 1)))))
     t_prep = time.perf_counter() - t_start
     c_prep = time.process_time() - c_start
     gen = torch.Generator().manual_seed(cfg.seed + 1)
+    batches = epoch_batches(len(views), cfg.views_per_step, gen)
     history: list[dict] = []
     bar = None
     if cfg.progress:
         from tqdm import tqdm
-        bar = tqdm(total=cfg.steps, desc="adapt", unit="step")
+        bar = tqdm(total=n_steps, desc="adapt", unit="step")
     settings = RenderSettings(backend=cfg.render_backend)
     stopped = False
     step = 0
-    for step in range(1, cfg.steps + 1):
+    best: tuple[float, int, list[torch.Tensor]] | None = None
+    n_all = len(gaussians)
+
+    def validate(at: int) -> None:
+        nonlocal best
+        score = _validation_miou(runner, val_views, text_emb, temperature, splat, gaussians, settings)
+        history[-1]["val_miou"] = score
+        if best is None or score > best[0]:
+            best = (score, at, [p.detach().clone() for p in params] if cfg.keep_best else [])
+
+    for step in range(1, n_steps + 1):
         if cfg.budget_s and time.perf_counter() - t_start > cfg.budget_s:
             stopped = True
             step -= 1
             break
-        pick = torch.randperm(len(views), generator=gen)[: cfg.views_per_step].tolist()
-        sel = [views[i] for i in pick]
+        sel = [views[i] for i in next(batches)]
+        aidx = None
+        if len(absent):
+            aidx = torch.randint(n_all, (cfg.absent_batch,), generator=gen)
         if splat == "cached":
             allg = torch.cat([v.blend.pair_gaussian for v in sel])
             uniq, inv = torch.unique(allg, return_inverse=True)
-            emb, hd = runner(uniq.to(dev))
+            n_u = len(uniq)
+            emb, hd = runner((uniq if aidx is None else torch.cat([uniq, aidx])).to(dev))
+            absent_lang = None if aidx is None else hd["language"][n_u:]
+            emb, hd = emb[:n_u], {k: v[:n_u] for k, v in hd.items()}
             inv = inv.to(dev).split([v.blend.nnz for v in sel])
             gsel = uniq.to(dev)
         else:
             emb, hd = runner()
+            absent_lang = None if aidx is None else hd["language"][aidx.to(dev)]
             inv = [None] * len(sel)
             gsel = None
         chans = {}
@@ -507,6 +620,10 @@ def adapt(model, gaussians: GaussianArrays, scene, train_positions: Sequence[int
             if cfg.loss.rgb > 0 and v.rgb is not None:
                 terms["rgb"] = terms.get("rgb", 0) + cfg.loss.rgb * rgb_loss(parts["rgb"], v.rgb.to(dev), wgt)
         terms = {k: val / len(sel) for k, val in terms.items()}
+        if absent_lang is not None:
+            # no training label shows these classes: keep their probability mass off every Gaussian
+            mass = class_probabilities(absent_lang, text_emb, temperature)[:, absent].sum(1)
+            terms["absent"] = cfg.loss.absent * -torch.log((1.0 - mass).clamp_min(1e-6)).mean()
         if preserve and cfg.loss.preserve > 0:
             base = {k: (base_heads[k] if gsel is None else base_heads[k][gsel]) for k in preserve}
             terms["preserve"] = cfg.loss.preserve * sum(
@@ -531,14 +648,27 @@ def adapt(model, gaussians: GaussianArrays, scene, train_positions: Sequence[int
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if sched is not None:
+            sched.step()
         rec = {"step": step, "loss": float(loss.detach())}
         rec.update({k: float(v.detach()) for k, v in terms.items()})
         history.append(rec)
+        if val_views and ((cfg.val_every and step % cfg.val_every == 0) or step == n_steps):
+            validate(step)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{rec['loss']:.4f}")
     if bar is not None:
         bar.close()
+    if val_views and history and "val_miou" not in history[-1]:
+        validate(step)  # stopped by the budget between validations
+    best_step = None
+    if best is not None:
+        best_step = best[1]
+        if cfg.keep_best:
+            with torch.no_grad():
+                for p, v in zip(params, best[2]):
+                    p.copy_(v)
     t_train = time.perf_counter() - t_start - t_prep
     c_train = time.process_time() - c_start - c_prep
     adapter = lora.adapter_state(model) if cfg.train == "lora" else {}
@@ -552,7 +682,8 @@ def adapt(model, gaussians: GaussianArrays, scene, train_positions: Sequence[int
         p.requires_grad_(False)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     return AdaptResult(model.eval(), label_set, history, step, t_prep, t_train, adapter, stopped,
-                       None if scores is None else scores.cpu(), rss, c_prep, c_train)
+                       None if scores is None else scores.cpu(), rss, c_prep, c_train, best_step,
+                       None if best is None else best[0], [int(c) for c in absent.tolist()])
 
 
 # ----------------------------------------------------------------------------- saving
@@ -626,9 +757,10 @@ def load_with_adapter(base_dir: str | os.PathLike, adapted_dir: str | os.PathLik
 
 
 def adapt_checkpoint(checkpoint: str | os.PathLike, scene, train_positions: Sequence[int], cfg: AdaptConfig,
-                     out_dir: str | os.PathLike | None = None) -> AdaptResult:
-    """Load ``checkpoint``, adapt it to ``scene`` from ``train_positions`` and (with ``out_dir``)
-    save the adapted checkpoint with its provenance. The whole of ``chorus-adapt``."""
+                     out_dir: str | os.PathLike | None = None, val_positions: Sequence[int] = ()) -> AdaptResult:
+    """Load ``checkpoint``, adapt it to ``scene`` from ``train_positions`` (``val_positions``:
+    labelled views kept for model selection, see :func:`adapt`) and (with ``out_dir``) save the
+    adapted checkpoint with its provenance. The whole of ``chorus-adapt``."""
     from chorus_ros.core.encoder.checkpoint import load_checkpoint
     from chorus_ros.core.pipeline import labels_from_meta, text_spec_from_meta
     from chorus_ros.core.text import build_text_encoder
@@ -649,12 +781,18 @@ def adapt_checkpoint(checkpoint: str | os.PathLike, scene, train_positions: Sequ
         teachers = [build_teacher(s, text_encoder=text) for s in specs]
     temperature = cfg.temperature if cfg.temperature is not None else 0.05
     res = adapt(ck.model, scene.gaussians, scene, list(train_positions), cfg, label_set=label_set, lut=lut,
-                text_encoder=text, teachers=teachers, temperature=temperature, replay_labels=base_labels)
+                text_encoder=text, teachers=teachers, temperature=temperature, replay_labels=base_labels,
+                val_positions=list(val_positions))
     if out_dir is not None:
         frames = [int(scene.frame_indices[int(p)]) for p in train_positions]
         prov = {"scene": str(scene.root) if scene.root is not None else scene.name, "scene_name": scene.name,
                 "views": frames, "train": cfg.train, "targets": cfg.targets,
                 "labels_map": dict(scene.labels_map) if scene.labels_map else None,
-                "peak_rss_mib": round(res.peak_rss_mib, 1), "config": cfg.to_dict()}
+                "peak_rss_mib": round(res.peak_rss_mib, 1), "config": cfg.to_dict(),
+                "absent_classes": [label_set.names[c] for c in res.absent_classes]}
+        if res.val_miou is not None:
+            prov["validation"] = {"views": [int(scene.frame_indices[int(p)]) for p in val_positions],
+                                  "best_step": res.best_step, "best_miou": round(float(res.val_miou), 4),
+                                  "kept_best": bool(cfg.keep_best)}
         save_adapted(out_dir, res, checkpoint, meta, prov)
     return res
