@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget-s", type=float, default=d.budget_s, help="wall-clock budget, seconds (0: none)")
     ap.add_argument("--lr", type=float, default=d.lr)
     ap.add_argument("--lora-rank", type=int, default=d.lora_rank)
+    ap.add_argument("--widen", type=int, default=d.widen, metavar="K",
+                    help="heads/all: add K hidden units to the per-Gaussian decoder (function-preserving)")
     ap.add_argument("--lora-convs", action="store_true", help="adapters on the sparse convolutions too")
     ap.add_argument("--views-per-step", type=int, default=d.views_per_step)
     ap.add_argument("--pixels-per-view", type=int, default=d.pixels_per_view)
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                                     "held-out views must never provide targets")
         train, val = carve_validation(train, a.val_views)
         cfg = AdaptConfig(targets=a.targets, train=a.train, steps=a.steps, budget_s=a.budget_s, lr=a.lr,
-                          epochs=a.epochs, lr_schedule=a.lr_schedule, val_every=a.val_every,
+                          epochs=a.epochs, lr_schedule=a.lr_schedule, val_every=a.val_every, widen=a.widen,
                           lora_rank=a.lora_rank, lora_convs=a.lora_convs, views_per_step=a.views_per_step,
                           pixels_per_view=a.pixels_per_view, min_alpha=a.min_alpha, splat=a.splat,
                           device=a.device, seed=a.seed, progress=not a.no_progress, replay_seeds=list(a.replay_seeds),

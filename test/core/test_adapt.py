@@ -361,3 +361,28 @@ def test_validation_views_keep_the_best_step(tiny_setup):
     runner = EncoderRunner(res.model, g, cfg, adapters=False)
     again = _validation_miou(runner, val, temb, 0.05, "cached", g, RenderSettings())
     assert again == pytest.approx(res.val_miou, abs=1e-9)
+
+
+def test_widened_decoder_computes_the_base_and_round_trips(tmp_path):
+    """Widening adds hidden units without changing any output; the gradient reaches the new
+    output weights; the widened model saves and loads as an ordinary checkpoint."""
+    from chorus_ros.core.adapt import AdaptConfig
+    from chorus_ros.core.adapt.widen import widen_decoder
+    from chorus_ros.core.datasets import strip_gaussians
+    from chorus_ros.core.encoder.checkpoint import load_checkpoint, save_checkpoint
+    g = strip_gaussians(_room().gaussians)
+    model = _tiny_encoder()
+    with torch.no_grad():
+        base = model(g)
+    widen_decoder(model, 40, seed=3)
+    assert model.out_mlp[0].out_features == 64 + 40 and model.config.head_hidden == 104
+    out = model(g)
+    assert torch.allclose(out.heads["language"], base.heads["language"], atol=1e-6)
+    out.heads["language"].pow(2).sum().backward()
+    assert float(model.out_mlp[2].weight.grad[:, 64:].abs().max()) > 0
+    save_checkpoint(tmp_path / "w", model, {})
+    with torch.no_grad():
+        again = load_checkpoint(tmp_path / "w").model(g).heads["language"]
+    assert torch.allclose(again, out.heads["language"].detach(), atol=1e-6)
+    with pytest.raises(InvalidInputError, match="widen"):
+        AdaptConfig(train="lora", widen=8)

@@ -10,6 +10,7 @@ checkpoint with its provenance. Sits over :mod:`chorus_ros.core.render` and
 * :mod:`.splat`: cached per-pixel blending weights of a fixed map (the CPU fast path).
 * :mod:`.losses`: cross-entropy with a boundary term, teacher cosine + L2, RGB.
 * :mod:`.lora`: low-rank adapters.
+* :mod:`.widen`: function-preserving widening of the per-Gaussian decoder (more site capacity).
 * :mod:`.loop`: targets, the training loop, held-out evaluation, the lifting baseline, saving.
 """
 from chorus_ros.core.adapt.config import AdaptConfig, LossWeights

@@ -89,6 +89,10 @@ class AdaptConfig:
     """Learning-rate factor for ``train='all'``."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
+    widen: int = 0
+    """'heads' and 'all': hidden units added to the per-Gaussian decoder before adapting
+    (function-preserving: new output weights zero, :mod:`chorus_ros.core.adapt.widen`), a site
+    head with more capacity; the checkpoint's ``head_hidden`` grows by this. 0: none."""
     lora_rank: int = 8
     """Rank of the low-rank adapters."""
     lora_alpha: float = 8.0
@@ -157,6 +161,10 @@ class AdaptConfig:
             raise InvalidInputError(f"AdaptConfig.budget_s must be >= 0, got {self.budget_s}")
         if not self.lr > 0:
             raise InvalidInputError(f"AdaptConfig.lr must be > 0, got {self.lr}")
+        if self.widen < 0:
+            raise InvalidInputError(f"AdaptConfig.widen must be >= 0, got {self.widen}")
+        if self.widen and self.train == "lora":
+            raise InvalidInputError("AdaptConfig.widen needs train 'heads' or 'all' (adapters keep the base shapes)")
         if self.lora_rank < 1:
             raise InvalidInputError(f"AdaptConfig.lora_rank must be >= 1, got {self.lora_rank}")
         if self.views_per_step < 1 or self.pixels_per_view < 1:

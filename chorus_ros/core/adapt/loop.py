@@ -238,6 +238,9 @@ class EncoderRunner(nn.Module):
         self.params = params
         if not adapters:  # a second view of an already prepared model (replay scenes)
             return
+        if cfg.widen:
+            from chorus_ros.core.adapt.widen import widen_decoder
+            widen_decoder(model, cfg.widen, cfg.seed)
         for p in model.parameters():
             p.requires_grad_(False)
         if cfg.train == "all":

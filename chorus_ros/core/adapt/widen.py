@@ -1,0 +1,51 @@
+"""Function-preserving widening of the encoder's per-Gaussian decoder (a site head with more
+capacity for ``train='heads'``).
+
+The decoder after the U-Net is ``out_mlp = Linear(C0 + Ph, H) -> GELU -> Linear(H, E)``. Widening
+by ``k`` adds ``k`` hidden units: their input weights are freshly initialised (as ``nn.Linear``
+does), their output weights are zero, so the widened model computes exactly what the base
+did until adaptation moves them (the gradient reaches the new output weights at once, and the
+new input weights after the first step). The widened model is an ordinary encoder whose
+config says ``head_hidden = H + k``: every loader builds it from its ``config.yaml``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from chorus_ros.core.errors import InvalidInputError
+
+__all__ = ["widen_decoder"]
+
+
+@torch.no_grad()
+def widen_decoder(model, extra: int, seed: int = 0):
+    """Add ``extra`` hidden units to ``model.out_mlp`` (in place, see the module docstring) and
+    set ``model.config.head_hidden`` accordingly. Returns ``model``.
+
+    Args:
+        model: a :class:`~chorus_ros.core.encoder.ChorusEncoder`.
+        extra: hidden units to add (>= 0; 0 leaves the model unchanged).
+        seed: seed of the new input weights.
+    """
+    if extra < 0:
+        raise InvalidInputError(f"decoder widening must be >= 0 hidden units, got {extra}")
+    if extra == 0:
+        return model
+    first, act, last = model.out_mlp
+    if not (isinstance(first, nn.Linear) and isinstance(last, nn.Linear)):
+        raise InvalidInputError("widen_decoder needs out_mlp = Linear, activation, Linear (adapters merged first)")
+    h = first.out_features
+    gen = torch.Generator().manual_seed(int(seed))
+    new_first = nn.Linear(first.in_features, h + extra).to(first.weight.device, first.weight.dtype)
+    new_last = nn.Linear(h + extra, last.out_features).to(last.weight.device, last.weight.dtype)
+    bound = 1.0 / first.in_features ** 0.5  # nn.Linear's default range
+    w = (torch.rand(extra, first.in_features, generator=gen) * 2 - 1) * bound
+    b = (torch.rand(extra, generator=gen) * 2 - 1) * bound
+    new_first.weight.copy_(torch.cat([first.weight, w.to(first.weight)], 0))
+    new_first.bias.copy_(torch.cat([first.bias, b.to(first.bias)], 0))
+    new_last.weight.copy_(torch.cat([last.weight, last.weight.new_zeros(last.out_features, extra)], 1))
+    new_last.bias.copy_(last.bias)
+    model.out_mlp = nn.Sequential(new_first, act, new_last)
+    model.config.head_hidden = h + extra
+    return model
