@@ -21,9 +21,10 @@ import pytest
 import torch
 
 from chorus_ros.core.errors import BackendUnavailableError
-from chorus_ros.core.gaussians import GaussianArrays, rgb_to_sh_dc
+from chorus_ros.core.gaussians import GaussianArrays
 from chorus_ros.core.geometry import Camera, look_at_pose
 from chorus_ros.core.render import RenderSettings, render, select_backend
+from chorus_ros.core.render.parity import PARITY_LIMITS, compare_backends, gradient_differences, random_gaussians
 
 # CHORUS_SHARED_DIR: the one variable naming the shared data folder (as in test_ply.py, bench_map.py)
 GUITAR = (Path(os.environ.get("CHORUS_SHARED_DIR") or Path(__file__).resolve().parents[3] / "shared")
@@ -45,15 +46,7 @@ def test_gsplat_backend_refused_on_cpu_tensors():
 
 # ----------------------------------------------------------------------------- GPU
 def _random_scene(n: int, seed: int, degree: int = 3) -> GaussianArrays:
-    gen = torch.Generator().manual_seed(seed)
-    means = torch.empty(n, 3)
-    means[:, 2].uniform_(1.5, 6.0, generator=gen)
-    means[:, :2] = (torch.rand(n, 2, generator=gen) * 2 - 1) * 0.7 * means[:, 2:3]
-    sh = torch.randn(n, (degree + 1) ** 2, 3, generator=gen) * 0.2
-    sh[:, 0] = rgb_to_sh_dc(torch.rand(n, 3, generator=gen))
-    return GaussianArrays(means=means, sh=sh, opacities=torch.randn(n, generator=gen) * 2,
-                          log_scales=torch.empty(n, 3).uniform_(-4.0, -2.0, generator=gen),
-                          quats=torch.randn(n, 4, generator=gen))
+    return random_gaussians(n, seed, degree)
 
 
 def _guitar_subset(n: int) -> tuple[GaussianArrays, Camera]:
@@ -69,30 +62,18 @@ def _guitar_subset(n: int) -> tuple[GaussianArrays, Camera]:
 
 
 def _compare(g: GaussianArrays, cam: Camera, settings: RenderSettings, feats: torch.Tensor, label: str):
-    ref = render(g, cam, replace(settings, backend="reference"), features=feats,
-                 return_weights=True, return_top_index=True)
-    gs = render(g.to("cuda"), cam, replace(settings, backend="gsplat"),
-                features=feats.cuda(), return_weights=True, return_top_index=True).cpu()
+    d, ref, gs = compare_backends(g, cam, settings, feats)
     assert gs.backend == "gsplat" and ref.backend == "reference"
-    both = (ref.alpha > 0.5) & (gs.alpha > 0.5)
-    diffs = {
-        "rgb": (gs.rgb - ref.rgb).abs().amax(-1),
-        "alpha": (gs.alpha - ref.alpha).abs(),
-        "depth(alpha>0.5)": ((gs.depth - ref.depth).abs() / ref.depth.clamp_min(1e-6))[both],
-        "features": (gs.features - ref.features).abs().amax(-1) / float(feats.abs().max()),
-        "weights(rel)": (gs.weights - ref.weights).abs() / ref.weights.abs().clamp_min(1.0),
-    }
-    stats = {k: (float(v.max()), float(torch.quantile(v.flatten().double(), 0.999))) for k, v in diffs.items()}
-    radii_equal = float((gs.radii == ref.radii).double().mean())
-    top_equal = float((gs.top_index == ref.top_index).double().mean())
+    stats = d["outputs"]
     msg = (f"{label}: largest |gsplat - reference| (max, 99.9th pct) per output: "
-           + ", ".join(f"{k}=({a:.2e}, {b:.2e})" for k, (a, b) in stats.items())
-           + f"; radii equal {radii_equal:.4f}; top_index equal {top_equal:.4f}")
+           + ", ".join(f"{k}=({v['max']:.2e}, {v['p999']:.2e})" for k, v in stats.items())
+           + f"; radii equal {d['radii_equal']:.4f}; top_index equal {d['top_index_equal']:.4f}")
     print(msg)
-    assert float(ref.alpha.mean()) > 0.2, msg
-    for k, (mx, p999) in stats.items():
-        assert mx < 1e-2 and p999 < 1e-4, msg
-    assert radii_equal > 0.99 and top_equal > 0.99, msg
+    assert set(stats) == {"rgb", "alpha", "depth(alpha>0.5)", "features", "weights(rel)"}, msg
+    assert d["ref_alpha_mean"] > 0.2, msg
+    for v in stats.values():
+        assert v["max"] < PARITY_LIMITS["max"] and v["p999"] < PARITY_LIMITS["p999"], msg
+    assert d["radii_equal"] > PARITY_LIMITS["equal_share"] and d["top_index_equal"] > PARITY_LIMITS["equal_share"], msg
     return ref, gs
 
 
@@ -119,23 +100,9 @@ def test_gsplat_gradients_match_reference():
     w, h = 64, 48
     cam = Camera.from_c2w(np.eye(4), Camera.intrinsics_from_fov(w, h, 60.0), w, h)
     feats = torch.randn(len(g), 4, generator=torch.Generator().manual_seed(5))
-    probes = [torch.randn(s, generator=torch.Generator().manual_seed(6 + i))
-              for i, s in enumerate([(h, w, 3), (h, w), (h, w, 4)])]
-    grads = {}
-    for backend, dev in (("reference", "cpu"), ("gsplat", "cuda")):
-        leaves = [t.clone().to(dev).requires_grad_(True)
-                  for t in (g.means, g.quats, g.log_scales, g.opacities, g.sh, feats)]
-        out = render(GaussianArrays(means=leaves[0], quats=leaves[1], log_scales=leaves[2],
-                                    opacities=leaves[3], sh=leaves[4]), cam,
-                     RenderSettings(backend=backend), features=leaves[5], return_weights=True)
-        loss = ((out.rgb * probes[0].to(dev)).sum() + (out.alpha * probes[1].to(dev)).sum()
-                + (out.features * probes[2].to(dev)).sum())
-        grads[backend] = [t.cpu() for t in torch.autograd.grad(loss, leaves)]
-    names = ("means", "quats", "log_scales", "opacities", "sh", "features")
-    rel = {n: float((a - b).norm() / b.norm().clamp_min(1e-12))
-           for n, a, b in zip(names, grads["gsplat"], grads["reference"])}
+    rel = gradient_differences(g, cam, feats, seed=6)
     print("relative gradient difference gsplat vs reference:", rel)
-    assert max(rel.values()) < 1e-2, rel
+    assert max(rel.values()) < PARITY_LIMITS["grad_rel"], rel
 
 
 # ------------------------------------------------- CPU: the backend's plumbing, gsplat stood in
