@@ -43,7 +43,7 @@ STAMP_INSTALL := $(VENV)/.chorus-install.stamp
 INTERFACE_INPUTS := CMakeLists.txt package.xml chorus_ros/__init__.py \
 	$(wildcard msg/*.msg srv/*.srv) $(shell find launch config -type f 2>/dev/null)
 
-.PHONY: help venv interfaces install test demo bench colcon-check clean
+.PHONY: help venv interfaces install test demo bench colcon-check clean gpu-pack gpu-check
 
 help:
 	@echo "make demo          set up (venv, interfaces, editable install) and run the demo"
@@ -51,6 +51,8 @@ help:
 	@echo "make bench         set up and run benchmarks/bench_*.py into docs/benchmarks.md"
 	@echo "                   (BENCH_ARGS='--quick name ...')"
 	@echo "make colcon-check  colcon build of this package against the venv's ROS prefix"
+	@echo "make gpu-pack      .gpu/: the packages a lent GPU machine lacks (docs/benchmarks.md, GPU)"
+	@echo "make gpu-check     the prepared GPU check (GPU_OUT=dir, GPU_ARGS='--device cpu --tiny' here)"
 	@echo "make venv | interfaces | install | clean"
 
 # --- venv: the pinned requirements (a no-op while requirements.txt is unchanged)
@@ -113,6 +115,18 @@ bench: install
 # prefix, in $(BUILD_DIR)/colcon, then imports from its install/ (scripts/colcon_check.py).
 colcon-check: venv
 	$(VPY) scripts/colcon_check.py --work-dir $(BUILD_DIR)/colcon
+
+# --- GPU check: `gpu-pack` here (needs PyPI), then `gpu-check` on the lent GPU machine through the
+# device tool (no venv there: its python3). Procedure and results: docs/benchmarks.md, "GPU".
+GPU_OUT ?= gpu_out
+GPU_ARGS ?=
+GPU_PYTHON ?= $(if $(wildcard $(VPY)),$(VPY),$(PYTHON))
+
+gpu-pack:
+	bash scripts/gpu_pack.sh
+
+gpu-check:
+	PYTHONUNBUFFERED=1 $(GPU_PYTHON) scripts/gpu_check.py --out $(GPU_OUT) $(GPU_ARGS)
 
 clean:
 	rm -rf $(BUILD_DIR) *.egg-info $(STAMP_IFACE) $(STAMP_INSTALL)

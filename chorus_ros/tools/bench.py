@@ -7,6 +7,11 @@ another in one process; a failing benchmark gets its error in its section and th
 
     chorus-bench                      # all benchmarks -> docs/benchmarks.md
     chorus-bench --quick render map   # bench_render.py and bench_map.py, reduced sizes
+    chorus-bench --gpu-results DIR    # only put scripts/gpu_check.py's results (DIR/gpu_results.json)
+                                      # into the document's GPU section
+
+The GPU section (:mod:`chorus_ros.tools.gpu_report`) is kept as it is when the CPU benchmarks
+are run again.
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ import sys
 import time
 import traceback
 
-from chorus_ros.tools import isolate_ros_env
+from chorus_ros.tools import gpu_report, isolate_ros_env
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -117,7 +122,21 @@ def main(argv: list[str] | None = None) -> int:
                     help="folder holding bench_*.py")
     ap.add_argument("--output", type=pathlib.Path, default=REPO / "docs" / "benchmarks.md",
                     help="markdown file to write")
+    ap.add_argument("--gpu-results", type=pathlib.Path, default=None, metavar="DIR",
+                    help="write the GPU section from DIR/gpu_results.json (scripts/gpu_check.py) "
+                         "into --output and exit; runs no benchmark")
     args = ap.parse_args(argv)
+    old = args.output.read_text() if args.output.is_file() else ""
+    if args.gpu_results is not None:
+        try:
+            results = gpu_report.load_results(args.gpu_results)
+        except (OSError, ValueError) as e:
+            ap.error(str(e))
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(gpu_report.merge_gpu_section(old, gpu_report.render_gpu_section(results)))
+        print(f"chorus-bench: GPU section of {args.output} written from {args.gpu_results} "
+              f"(GPU numbers: {'yes' if results['gpu_measured'] else 'none'})")
+        return 0
 
     domain = isolate_ros_env()  # before any benchmark can start rclpy
     try:
@@ -138,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         results.append((path, section, seconds, ok))
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(render(machine_info(), results, args.quick))
+    doc = render(machine_info(), results, args.quick)
+    gpu = gpu_report.extract_gpu_section(old) or gpu_report.render_gpu_section(None)
+    args.output.write_text(gpu_report.merge_gpu_section(doc, gpu))
     failed = [p.stem for p, _, _, ok in results if not ok]
     print(f"chorus-bench: wrote {args.output}" + (f"; FAILED: {failed}" if failed else ""))
     return 1 if failed else 0

@@ -57,7 +57,7 @@ def test_all_ok_exit_zero_and_selection(bench_dir, tmp_path):
     out = tmp_path / "b.md"
     assert bench.main(["gamma", "--bench-dir", str(bench_dir), "--output", str(out)]) == 0
     doc = out.read_text()
-    assert "## gamma" in doc and "alpha" not in doc and "--quick" not in doc
+    assert "## gamma" in doc and "## alpha" not in doc and "--quick" not in doc
 
 
 def test_unknown_name_is_a_usage_error(bench_dir, tmp_path):
