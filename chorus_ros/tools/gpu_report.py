@@ -30,32 +30,37 @@ RESULTS_FILE = "gpu_results.json"
 SECTION_FILE = "gpu_section.md"
 
 PROCEDURE = """\
-How it is run (one call of the device tool, ~9 minutes of the 15 a task with a GPU gets):
+How it is run: by a session whose task is lent a GPU machine (the device tool's `status` says
+`can_start_another: true`), in one call of about 12 of its 15 device minutes.
 
-1. Here, once per session: `make gpu-pack` (`scripts/gpu_pack.sh`: pinned cp312 wheels that
-   the GPU machine lacks -- gsplat, spconv-cu126/cumm-cu126, open_clip and their small
-   dependencies -- unpacked and re-packed as `.gpu/site.tar.xz`, ~40 MB, plus the real scene
-   `.gpu/shared/data/3dgs/guitar.ply` and `.gpu/COMMIT`). `.gpu/` is git-ignored; the machine has
-   no network and its `python3` is 3.12 with torch + CUDA but none of these packages.
-2. The device tool's `run`, with `carry: [".gpu"]` and `timeout_s: 600`:
+1. Here: `make gpu-pack` (`bash scripts/gpu_pack.sh`; ~10 minutes of xz the first time, seconds
+   later). It writes the git-ignored `.gpu/`: `site.tar.xz` (~45 MB: the pinned cp312 wheels the
+   GPU machine lacks -- gsplat 1.5.3, spconv-cu126 2.3.8 + cumm-cu126 0.7.11, open_clip_torch
+   3.3.0 and small dependencies -- unpacked and re-compressed, since the spconv wheel alone is
+   70 MB and the tree that travels is capped at 64 MiB), `shared/data/3dgs/guitar.ply` (a real
+   scene for a parity case) and `COMMIT`. The rest of the tree is ~10 MB: check the sum.
+2. One call of the device tool's `run` with `carry: [".gpu"]`, `timeout_s: 600` and the command
    `PYTHONUNBUFFERED=1 python3 scripts/gpu_check.py --out $OUT --budget 540`
-   (the same as `make gpu-check GPU_OUT=$OUT`). It unpacks the wheels into /tmp, then runs the
-   parts below in order, each in its own process with its own time cap, and writes
-   `gpu_results.json`, `gpu_section.md`, `gpu_check.log` and `pytest_junit.xml` into `$OUT`
-   after every part (a run stopped at its limit still returns what it measured). gsplat
-   compiles its CUDA extension on first use (nvcc there; MAX_JOBS = its core count); the build
-   lands in `.cache/torch_extensions`, which a second call on the still-warm machine reuses.
-3. Back here: `python -m chorus_ros.tools.bench --gpu-results <files_at>` writes this section.
+   (or `make gpu-check GPU_OUT=$OUT`). The machine has no network; its own `python3` (3.12,
+   torch + CUDA, nvcc) runs the check with the pack unpacked into /tmp first on PYTHONPATH.
+   gsplat compiles its CUDA extension (minutes; for this GPU's architecture only) in the
+   background while the encoder part runs pinned to 4 cores; the other parts follow one at a
+   time, each in its own process under its own time cap. After every part the check rewrites
+   `gpu_results.json`, `gpu_section.md` and `gpu_check.log` in `$OUT` (`pytest` adds
+   `pytest_junit.xml`), so a call stopped at its limit still returns what was measured. Plan for
+   no second call: the machine stays warm 30 s, and none starts with under 4 minutes left.
+3. Here: `python -m chorus_ros.tools.bench --gpu-results <files_at>` rewrites this section from
+   the returned `gpu_results.json`; commit docs/benchmarks.md.
 
-Parts: env (versions, GPU); encode (the default encoder on a 1M-Gaussian building map, full
-pass and incremental 0.1 % / 1 % local edits, spconv on CUDA); build (gsplat's extension);
+Parts: env (versions, GPU, spconv on CUDA); encode (the default encoder on a 1M-Gaussian
+building map: full pass, incremental 0.1 % / 1 % local edits); build (gsplat's extension);
 pytest (`pytest -m gpu` on the test files holding GPU tests); parity (gsplat against the
 reference: colour, alpha, depth, features, weights, gradients, at several sizes); render_fps
 (gsplat per view against map size, `benchmarks/bench_render.py`'s timing); fusion (the VDVI
-fusion decoder per view including its splat, issue 10's >= 100 FPS goal at 640x480); train
+fusion decoder per view including its splat: issue 10's >= 100 FPS goal at 640x480); train
 (`chorus-train` steps/s on `config/train/demo.yaml`, to size GPU training). The CPU dry run
-`python scripts/gpu_check.py --device cpu --tiny --out DIR` runs the same code at toy sizes
-(CUDA-only parts report `skipped: no CUDA`); its numbers are never written here."""
+`make gpu-check GPU_ARGS="--device cpu --tiny"` runs the same code at toy sizes (the CUDA-only
+parts report `skipped: no CUDA`); its numbers are never written here."""
 
 
 # ----------------------------------------------------------------------------- I/O

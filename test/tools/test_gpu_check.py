@@ -156,3 +156,11 @@ def test_bench_rerun_keeps_the_gpu_section(tmp_path):
     assert bench.main(["--bench-dir", str(d), "--output", str(out)]) == 0
     text = out.read_text()
     assert "## one" in text and gpu_report.extract_gpu_section(text) == section
+
+
+def test_docs_benchmarks_holds_the_gpu_section():
+    doc = (REPO / "docs" / "benchmarks.md").read_text()
+    section = gpu_report.extract_gpu_section(doc)
+    assert section is not None and doc.count(gpu_report.START) == 1
+    # either the placeholder of today's procedure (regenerate it when PROCEDURE changes) or a run's results
+    assert section == gpu_report.render_gpu_section(None) or "Measured by one run" in section
