@@ -62,13 +62,20 @@ def _random_room(seed: int, n: int) -> GaussianArrays:
                           torch.log(0.01 + 0.04 * torch.rand(n, 3, generator=gen)), torch.randn(n, 4, generator=gen))
 
 
-def building(n_total: int, per_room: int, seed: int = 100) -> GaussianArrays:
-    """Rooms on a grid (0.3 m apart), ``n_total`` Gaussians in all, ids 0..n-1."""
+def building(n_total: int, per_room: int, seed: int = 100, workers: int = 1) -> GaussianArrays:
+    """Rooms on a grid (0.3 m apart), ``n_total`` Gaussians in all, ids 0..n-1. ``workers`` > 1
+    generates the rooms in that many processes (same result; scripts/gpu_check.py's 1M map)."""
     k = max(1, round(n_total / per_room))
     cols = math.ceil(math.sqrt(k))
+    args = [(seed + i, n_total // k) for i in range(k)]
+    if workers > 1:
+        import multiprocessing
+        with multiprocessing.get_context("spawn").Pool(min(workers, k)) as pool:
+            rooms = pool.starmap(_room, args)
+    else:
+        rooms = (_room(*a) for a in args)
     parts, x0, y0, row_h = [], 0.0, 0.0, 0.0
-    for i in range(k):
-        g = _room(seed + i, n_total // k)
+    for i, g in enumerate(rooms):
         ext = g.means.max(0).values - g.means.min(0).values
         if i and i % cols == 0:
             x0, y0, row_h = 0.0, y0 + row_h + 0.3, 0.0

@@ -69,11 +69,24 @@ class Skipped(Exception):
 
 
 class Ctx:
-    """What a part gets: device ('cuda' | 'cpu'), tiny sizes, output and scratch folders, and the
-    time (``time.time()``) at which it will be stopped."""
+    """What a part gets: device ('cuda' | 'cpu'), tiny sizes, output and scratch folders, the time
+    (``time.time()``) at which it will be stopped, and :meth:`partial` to leave what it measured
+    so far where the orchestrator finds it if the part is stopped."""
 
-    def __init__(self, device: str, tiny: bool, out: Path, tmp: Path, deadline: float) -> None:
+    def __init__(self, device: str, tiny: bool, out: Path, tmp: Path, deadline: float,
+                 partial_file: Path | None = None) -> None:
         self.device, self.tiny, self.out, self.tmp, self.deadline = device, tiny, out, tmp, deadline
+        self.partial_file = partial_file
+        self.last_partial: dict = {}
+
+    def partial(self, data: dict) -> None:
+        """Save the data measured so far (reported with the status 'timeout' or 'failed' if the part
+        is stopped or fails later)."""
+        self.last_partial = data
+        if self.partial_file is not None:
+            tmp = self.partial_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(data, default=str))
+            tmp.replace(self.partial_file)
 
     @property
     def cuda(self) -> bool:
@@ -333,6 +346,7 @@ def part_parity(ctx: Ctx) -> dict:
         renders.append({"case": label, "gaussians": len(g), "width": c.width, "height": c.height, "channels": ch,
                         **d, "pass": bool(ok)})
         print("parity", json.dumps(renders[-1]), flush=True)
+        ctx.partial({"limits": lim, "renders": renders})
     gradients = []
     for label, n, w, h, ch in (("random 300, 64x48, 4 features", 300, 64, 48, 4),
                                ("random 5K, 160x120, 8 features", 5000, 160, 120, 8)):
@@ -341,6 +355,7 @@ def part_parity(ctx: Ctx) -> dict:
         rel = gradient_differences(g, cam(w, h), feats, seed=6)
         gradients.append({"case": label, "relative": rel, "pass": max(rel.values()) < lim["grad_rel"]})
         print("gradients", json.dumps(gradients[-1]), flush=True)
+        ctx.partial({"limits": lim, "renders": renders, "gradients": gradients})
     return {"limits": lim, "renders": renders, "gradients": gradients}
 
 
@@ -355,6 +370,9 @@ def part_render_fps(ctx: Ctx) -> dict:
     sizes = [2_000] if ctx.tiny else [10_000, 100_000, 300_000, 1_000_000]
     resolutions = [(64, 48)] if ctx.tiny else [(320, 240), (640, 480)]
     views, reps = (1, 2) if ctx.tiny else (4, 10)
+    what = (f"Synthetic rooms (seed 7), {views} views of the generator's camera loop x {reps} repetitions, "
+            f"RGB + depth + alpha, no gradients, backend {_render_backend(ctx)} "
+            f"(`benchmarks/bench_render.py` timing, synchronised per call).")
     rows = []
     for n in sizes:
         scene = generate_scene(SceneConfig(target_gaussians=n, seed=7))
@@ -370,12 +388,10 @@ def part_render_fps(ctx: Ctx) -> dict:
                          "runs": len(wall), "ms_median": med * 1e3, "ms_min": min(wall) * 1e3, "fps": 1.0 / med,
                          "peak_mib": _peak_mib(ctx)})
             print("render_fps", json.dumps(rows[-1]), flush=True)
+            ctx.partial({"rows": rows, "what": what})
         del scene
         if ctx.cuda:
             torch.cuda.empty_cache()
-    what = (f"Synthetic rooms (seed 7), {views} views of the generator's camera loop x {reps} repetitions, "
-            f"RGB + depth + alpha, no gradients, backend {_render_backend(ctx)} "
-            f"(`benchmarks/bench_render.py` timing, synchronised per call).")
     return {"rows": rows, "what": what}
 
 
@@ -406,7 +422,8 @@ def part_encode(ctx: Ctx) -> dict:
     reps = 1 if ctx.tiny else 3
     sync = _sync(ctx)
     t = time.perf_counter()
-    big = be.building(n, per_room)
+    workers = 1 if ctx.tiny else max(1, min(8, len(os.sched_getaffinity(0))))
+    big = be.building(n, per_room, workers=workers)
     print(f"encode: building map of {len(big):,} Gaussians in {time.perf_counter() - t:.1f} s", flush=True)
     torch.manual_seed(0)
     cfg = EncoderConfig()
@@ -420,6 +437,7 @@ def part_encode(ctx: Ctx) -> dict:
     full_ms = statistics.median(wall) * 1e3
     full = {"gaussians": len(g), "voxels": nv, "ms_median": full_ms, "runs": reps, "peak_mib": _peak_mib(ctx)}
     print("encode full", json.dumps(full), flush=True)
+    ctx.partial({"full": full})
     del g
     gmap = GaussianMap(MapConfig(sh_degree=0, block_size=0.25, initial_capacity=n + 1024, device=ctx.device))
     gmap.add(big)
@@ -441,6 +459,7 @@ def part_encode(ctx: Ctx) -> dict:
         rows.append({"change": f"local edit {frac * 100:g} %", "changed": k, "rewritten": int(res.updated_slots.numel()),
                      "full": bool(res.full), "ms_median": ms, "runs": len(wall), "full_over_update": full_ms / ms})
         print("encode incremental", json.dumps(rows[-1]), flush=True)
+        ctx.partial({"full": full, "first_update_ms": first * 1e3, "incremental": rows})
     what = (f"Default `EncoderConfig` (random weights: the cost does not depend on them), "
             f"{'CUDA' if ctx.cuda else 'CPU'}, a building of synthetic rooms "
             f"(`benchmarks/bench_encoder.py`'s `building`); full pass = `ChorusEncoder(g)` without gradients, "
@@ -471,6 +490,13 @@ def part_fusion(ctx: Ctx) -> dict:
     fd = FusionDecoder(FusionConfig()).eval().to(dev)
     text = torch.randn(k, fd.config.embed_dim, generator=gen).to(dev)
     settings = RenderSettings(backend=_render_backend(ctx))
+    what = (f"Per view on {'the GPU' if ctx.cuda else 'the CPU'} ({_render_backend(ctx)} backend), random weights "
+            f"(the cost does not depend on them): splat of the {k} class scores + the decoder's "
+            f"{fd.config.feat_channels} projected language features ({step} channels a pass, as the pipeline), "
+            "the top-index image the pipeline uses for instance ids (the reference rasteriser's, also on CUDA), then "
+            "`FusionDecoder` + cosine logits + softmax + arg-max. 'per view' = all of it end to end; medians over up "
+            f"to {views} views x {reps} (fewer where a view is slow: 'runs'). The pipeline's CPU post-processing "
+            "(instance snapping, colouring, message conversion) is not included.")
     rows = []
     for n in sizes:
         scene = generate_scene(SceneConfig(target_gaussians=n, seed=7))
@@ -497,30 +523,39 @@ def part_fusion(ctx: Ctx) -> dict:
         for w, h in resolutions:
             cams = br._cameras(scene, w, h, views)
             t = {"splat_top": [], "splat": [], "decoder": [], "decoder_bf16": [], "view": []}
-            for cam in cams:
+            # warm-up, and the time of one round of all measurements, to fit the runs into the cap
+            # (the top-index image comes from the pure-torch rasteriser and can be slow)
+            t0 = time.perf_counter()
+            out, feat_img = splat(cams[0], True)
+            splat(cams[0], False)
+            decode(out, feat_img)
+            decode(out, feat_img, True)
+            decode(*splat(cams[0], True))
+            sync()
+            one_round = 1.5 * (time.perf_counter() - t0)
+            configs_left = len(resolutions) * (len(sizes) - sizes.index(n)) - resolutions.index((w, h))
+            alloc = max(0.0, ctx.left() - 15.0) / configs_left
+            n_cams = max(1, min(len(cams), int(alloc / one_round)))
+            n_reps = max(1, min(reps, int(alloc / (one_round * n_cams))))
+            for cam in cams[:n_cams]:
                 out, feat_img = splat(cam, True)
-                decode(out, feat_img)
-                decode(out, feat_img, True)  # warm-up
-                t["splat_top"] += _timed(lambda: splat(cam, True), sync, reps)
-                t["splat"] += _timed(lambda: splat(cam, False), sync, reps)
-                t["decoder"] += _timed(lambda: decode(out, feat_img), sync, reps)
+                t["splat_top"] += _timed(lambda: splat(cam, True), sync, n_reps)
+                t["splat"] += _timed(lambda: splat(cam, False), sync, n_reps)
+                t["decoder"] += _timed(lambda: decode(out, feat_img), sync, n_reps)
                 if ctx.cuda:
-                    t["decoder_bf16"] += _timed(lambda: decode(out, feat_img, True), sync, reps)
-                t["view"] += _timed(lambda: decode(*splat(cam, True)), sync, reps)
+                    t["decoder_bf16"] += _timed(lambda: decode(out, feat_img, True), sync, n_reps)
+                t["view"] += _timed(lambda: decode(*splat(cam, True)), sync, n_reps)
             med = {key: statistics.median(v) * 1e3 if v else None for key, v in t.items()}
             rows.append({"gaussians": len(g), "width": w, "height": h, "channels": k + fd.config.feat_channels,
                          "passes": -(-(k + fd.config.feat_channels) // step),
                          **{f"{key}_ms": v for key, v in med.items()}, "view_fps": 1e3 / med["view"],
                          "goal_met": bool(1e3 / med["view"] >= 100.0) if (w, h) == (640, 480) else None,
-                         "runs": len(t["view"])})
+                         "views": n_cams, "runs": len(t["view"])})
             print("fusion", json.dumps(rows[-1]), flush=True)
+            ctx.partial({"rows": rows, "what": what})
         del g, scene, probs, lang
-    what = (f"Per view on {'the GPU' if ctx.cuda else 'the CPU'} ({_render_backend(ctx)} backend), random weights "
-            f"(the cost does not depend on them): splat of the {k} class scores + the decoder's "
-            f"{fd.config.feat_channels} projected language features ({step} channels a pass, as the pipeline), "
-            "the top-index image the pipeline uses for instance ids, then `FusionDecoder` + cosine logits + "
-            f"softmax + arg-max. 'per view' = all of it end to end; medians over {views} views x {reps}. "
-            "The pipeline's CPU post-processing (instance snapping, colouring, message conversion) is not included.")
+        if ctx.cuda:
+            torch.cuda.empty_cache()
     return {"rows": rows, "what": what}
 
 
@@ -577,7 +612,7 @@ def run_part(name: str, ctx: Ctx) -> dict:
         res = {"status": "skipped", "reason": str(e)}
     except Exception as e:  # noqa: BLE001 - reported in the results, the other parts still run
         traceback.print_exc()
-        res = {"status": "failed", "error": f"{type(e).__name__}: {e}"[:2000],
+        res = {**ctx.last_partial, "status": "failed", "error": f"{type(e).__name__}: {e}"[:2000],
                "traceback": traceback.format_exc(limit=6)[-3000:]}
     res["seconds"] = time.perf_counter() - t
     return res
@@ -625,6 +660,7 @@ class _Child:
         self.name, self.cap, self.t0 = name, cap, time.perf_counter()
         self.result_file = tmp / f"{name}.json"
         self.result_file.unlink(missing_ok=True)
+        self.result_file.with_suffix(".partial.json").unlink(missing_ok=True)
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--result", str(self.result_file),
                "--device", args.device, "--out", str(args.out), "--tmp", str(tmp),
                "--deadline", str(time.time() + cap)]
@@ -656,7 +692,10 @@ class _Child:
         self.reader.join(timeout=10)
         secs = time.perf_counter() - self.t0
         if timed_out:
-            return {"status": "timeout", "reason": f"stopped at its {self.cap:.0f} s cap", "seconds": secs}
+            partial = self.result_file.with_suffix(".partial.json")
+            data = json.loads(partial.read_text()) if partial.is_file() else {}
+            return {**data, "status": "timeout", "reason": f"stopped at its {self.cap:.0f} s cap"
+                    + (" (what it measured before is kept)" if data else ""), "seconds": secs}
         if self.result_file.is_file():
             res = json.loads(self.result_file.read_text())
             res["seconds"] = secs  # the child's own time plus its start-up
@@ -754,7 +793,8 @@ def orchestrate(args) -> int:
             res = {"status": "skipped", "reason": "no CUDA (--device cpu; the CPU dry run needs --tiny, CPU "
                    "numbers come from make bench)", "seconds": 0.0}
         elif cap < MIN_PART_S:
-            res = {"status": "skipped", "reason": f"time budget spent ({left:.0f} s left)", "seconds": 0.0}
+            res = {"status": "skipped", "reason": f"time budget spent (cap {cap:.0f} s < {MIN_PART_S:.0f} s; "
+                   f"{left:.0f} s of the budget left)", "seconds": 0.0}
         elif args.in_process:
             res = run_part(name, Ctx(args.device, args.tiny, args.out, tmp, time.time() + cap))
         else:
@@ -762,7 +802,7 @@ def orchestrate(args) -> int:
             if pinned and res["status"] == "ok":
                 res["what"] = (res.get("what", "") + f" Ran pinned to {len(pinned)} CPU cores while gsplat's "
                                "extension compiled on the others (the GPU was otherwise idle).").strip()
-        res["cap_s"] = cap
+        res["cap_s"] = max(cap, 0.0)
         results["parts"][name] = res
         if name == "build":
             env[BUILD_ENV] = "ok" if res["status"] == "ok" else f"build part: {res['status']}"
@@ -799,7 +839,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--deadline", type=float, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:  # one part, in a child process started by orchestrate()
-        ctx = Ctx(args.device, args.tiny, args.out, args.tmp, args.deadline or time.time() + CAPS_S[args.worker])
+        ctx = Ctx(args.device, args.tiny, args.out, args.tmp, args.deadline or time.time() + CAPS_S[args.worker],
+                  partial_file=args.result.with_suffix(".partial.json"))
         res = run_part(args.worker, ctx)
         args.result.write_text(json.dumps(res, default=str))
         return 0

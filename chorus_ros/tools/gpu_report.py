@@ -160,7 +160,9 @@ def _parity_lines(p: dict) -> list[str]:
 
 
 def _part_lines(name: str, part: dict) -> list[str]:
-    if part.get("status") != "ok":
+    """The part's tables: for 'ok', and for a part stopped or failed after measuring some of it."""
+    if part.get("status") in ("skipped",) or not (set(part) - {"status", "seconds", "cap_s", "reason", "error",
+                                                                  "traceback", "overlapped_with"}):
         return []
     if name == "pytest":
         head = (f"`pytest -m gpu` ({', '.join(part.get('files', []))}): **{part.get('passed', 0)} passed, "
