@@ -579,6 +579,7 @@ def part_train(ctx: Ctx) -> dict:
     trainer = Trainer(load_train_config(REPO / "config" / "train" / "demo.yaml", overrides))
     setup_s = time.perf_counter() - t
     print(f"train: setup (lifting {len(seeds)} scenes) {setup_s:.1f} s", flush=True)
+    ctx.partial({"setup_s": setup_s, "overrides": overrides})
     losses = [trainer.train_step()["loss"] for _ in range(2)]  # warm-up
     _peak_mib(ctx, reset=True)
     wall = []
@@ -589,6 +590,9 @@ def part_train(ctx: Ctx) -> dict:
         losses.append(trainer.train_step()["loss"])
         sync()
         wall.append(time.perf_counter() - t)
+        med = statistics.median(wall)
+        ctx.partial({"setup_s": setup_s, "steps_timed": len(wall), "step_ms_median": med * 1e3,
+                     "steps_per_s": 1.0 / med, "overrides": overrides})
     med = statistics.median(wall)
     what = (f"`chorus-train --config config/train/demo.yaml` (stage align, default encoder, oracle teachers) with "
             f"{len(seeds)} training scenes; setup = building the trainer, incl. lifting the scenes' teacher targets; "

@@ -38,7 +38,8 @@ How it is run: by a session whose task is lent a GPU machine (the device tool's 
    GPU machine lacks -- gsplat 1.5.3, spconv-cu126 2.3.8 + cumm-cu126 0.7.11, open_clip_torch
    3.3.0 and small dependencies -- unpacked and re-compressed, since the spconv wheel alone is
    70 MB and the tree that travels is capped at 64 MiB), `shared/data/3dgs/guitar.ply` (a real
-   scene for a parity case) and `COMMIT`. The rest of the tree is ~10 MB: check the sum.
+   scene for a parity case) and `COMMIT` (run it again right before the call: it then only
+   refreshes COMMIT and guitar.ply). The rest of the tree is ~10 MB: check the sum.
 2. One call of the device tool's `run` with `carry: [".gpu"]`, `timeout_s: 600` and the command
    `PYTHONUNBUFFERED=1 python3 scripts/gpu_check.py --out $OUT --budget 540`
    (or `make gpu-check GPU_OUT=$OUT`). The machine has no network; its own `python3` (3.12,
