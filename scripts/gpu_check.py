@@ -49,9 +49,13 @@ if str(REPO) not in sys.path:
 
 from chorus_ros.tools import gpu_report  # noqa: E402  (no torch import)
 
-CAPS_S = {"env": 60, "encode": 120, "build": 330, "pytest": 150, "parity": 90, "render_fps": 90,
+CAPS_S = {"env": 60, "encode": 120, "build": 360, "pytest": 150, "parity": 90, "render_fps": 90,
           "fusion": 60, "train": 120}
-"""Time cap per part (seconds); the budget left caps each part as well."""
+"""Time cap per part (seconds); the budget left, less the reserves of the parts after it, caps it too."""
+RESERVE_S = {"env": 0, "encode": 0, "build": 0, "pytest": 40, "parity": 30, "render_fps": 30, "fusion": 25,
+             "train": 0}
+"""Seconds kept back for each later part, so that a long gsplat build or a slow part still leaves
+the later parts time to measure something (train, the optional part, reserves nothing)."""
 CUDA_ONLY = ("build", "pytest", "parity")
 """Parts that cannot run without CUDA (gsplat); the others have a CPU dry run with --tiny."""
 assert tuple(CAPS_S) == gpu_report.PART_NAMES
@@ -772,10 +776,12 @@ def orchestrate(args) -> int:
     build = None  # the background build, while it runs
     for name in names:
         left = args.budget - (time.time() - t0)
-        cap = min(CAPS_S[name] * (0.5 if args.tiny else 1.0), left - 5.0)
+        later = names[names.index(name) + 1:]
+        cap = min(CAPS_S[name] * (0.5 if args.tiny else 1.0), left - 5.0 - sum(RESERVE_S[n] for n in later))
         pinned = None
         if overlap and build is None and name in OVERLAP_WITH_BUILD and "build" not in results["parts"]:
-            bcap = min(CAPS_S["build"], left - 5.0)
+            after = names[names.index("build") + 1:]
+            bcap = min(CAPS_S["build"], left - 5.0 - sum(RESERVE_S[n] for n in after))
             benv = dict(env, MAX_JOBS=str(len(cores) - MEASURE_CORES))
             say(f"\n===== build starts in the background (cap {bcap:.0f} s, cores {cores[MEASURE_CORES]}-{cores[-1]}); "
                 f"{name} runs meanwhile on cores {cores[:MEASURE_CORES]} =====")
