@@ -18,7 +18,8 @@ budget left caps it too), so one failing or hanging part does not stop the rest:
 
 After every part ``gpu_results.json`` (schema: chorus_ros.tools.gpu_report), ``gpu_section.md``
 (the docs/benchmarks.md section) and ``gpu_check.log`` are rewritten in ``--out``; ``pytest`` adds
-``pytest_junit.xml``. With ``--device cpu`` the CUDA-only parts (build, pytest, parity) report
+``pytest_junit.xml``, ``build`` gsplat's compiled extension (``gsplat_cuda.so.xz`` + ``.json``),
+which a later run loads instead of compiling (``--gsplat-so``, scripts/gpu_boot/sitecustomize.py). With ``--device cpu`` the CUDA-only parts (build, pytest, parity) report
 ``skipped: no CUDA``; the others run only with ``--tiny`` (toy sizes, on the CPU: a dry run of
 the code, never reported as GPU numbers) and are skipped otherwise. ``--pack`` (default
 ``.gpu/site.tar.xz`` with ``--device cuda``, made by scripts/gpu_pack.sh) is unpacked into
@@ -267,6 +268,8 @@ def part_build(ctx: Ctx) -> dict:
     build_s = time.perf_counter() - t
     if _C is None:
         raise RuntimeError("gsplat's CUDA extension did not build (see the log above)")
+    prebuilt = os.environ.get("CHORUS_GSPLAT_SO") if "gsplat.csrc" in sys.modules else None
+    source = f"prebuilt {prebuilt}" if prebuilt else ("an earlier build in " + str(ext) if cached else "compiled")
     import numpy as np
     import torch
     from chorus_ros.core.geometry import Camera
@@ -275,9 +278,34 @@ def part_build(ctx: Ctx) -> dict:
     cam = Camera.from_c2w(np.eye(4), Camera.intrinsics_from_fov(32, 24, 60.0), 32, 24)
     o = render(random_gaussians(100, seed=0).to("cuda"), cam, RenderSettings(backend="gsplat"))
     torch.cuda.synchronize()
-    return {"build_s": build_s, "cached": cached, "max_jobs": os.environ.get("MAX_JOBS"),
-            "arch_list": os.environ.get("TORCH_CUDA_ARCH_LIST"), "ext_dir": str(ext),
-            "smoke": f"gsplat render ok, alpha mean {float(o.alpha.mean()):.3f}"}
+    out = {"build_s": build_s, "cached": cached or bool(prebuilt), "source": source,
+           "max_jobs": os.environ.get("MAX_JOBS"), "arch_list": os.environ.get("TORCH_CUDA_ARCH_LIST"),
+           "ext_dir": str(ext), "smoke": f"gsplat render ok, alpha mean {float(o.alpha.mean()):.3f}"}
+    if not prebuilt:
+        out["returned"] = _return_extension(ctx, ext)
+    return out
+
+
+def _return_extension(ctx: Ctx, ext: Path) -> str:
+    """Put the built extension into --out as gsplat_cuda.so.xz + gsplat_cuda.json (torch, Python,
+    arch), for later calls to load instead of compiling (scripts/gpu_boot/sitecustomize.py)."""
+    import hashlib
+    import importlib.metadata as md
+    import lzma
+    import torch
+    built = sorted(ext.rglob("gsplat_cuda.so"), key=lambda q: q.stat().st_mtime)
+    if not built:
+        return "no gsplat_cuda.so found under " + str(ext)
+    so = built[-1]
+    data = lzma.compress(so.read_bytes(), preset=6)
+    if len(data) > 15 * 2**20:  # the device tool returns files of at most 16 MiB
+        return f"not returned: {so} is {len(data) / 2**20:.1f} MiB compressed"
+    (ctx.out / "gsplat_cuda.so.xz").write_bytes(data)
+    meta = {"torch": torch.__version__, "python": platform.python_version(), "gsplat": md.version("gsplat"),
+            "arch_list": os.environ.get("TORCH_CUDA_ARCH_LIST"), "sha256": hashlib.sha256(so.read_bytes()).hexdigest(),
+            "bytes": so.stat().st_size}
+    (ctx.out / "gsplat_cuda.json").write_text(json.dumps(meta, indent=1))
+    return f"gsplat_cuda.so.xz ({len(data) / 2**20:.1f} MiB) + gsplat_cuda.json"
 
 
 def part_pytest(ctx: Ctx) -> dict:
@@ -640,9 +668,25 @@ def _unpack(pack: Path, site: Path) -> str:
     return f"unpacked {pack} into {site} in {time.perf_counter() - t:.1f} s"
 
 
-def _child_env(site: Path | None, ext_dir: Path) -> dict:
+def _prebuilt_gsplat(xz: Path, site: Path) -> tuple[dict, str]:
+    """Environment that makes every part load ``xz`` (gsplat_cuda.so.xz + its .json beside it)
+    instead of compiling gsplat (scripts/gpu_boot/sitecustomize.py), and a line for the log."""
+    import lzma
+    meta_file = xz.with_name("gsplat_cuda.json")
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    so = site.parent / "chorus_gsplat_cuda.so"
+    so.parent.mkdir(parents=True, exist_ok=True)
+    so.write_bytes(lzma.decompress(xz.read_bytes()))
+    env = {"CHORUS_GSPLAT_SO": str(so), "CHORUS_GSPLAT_SO_TORCH": str(meta.get("torch", "")),
+           "CHORUS_BOOT": str(REPO / "scripts" / "gpu_boot")}
+    return env, f"prebuilt gsplat extension {xz} (torch {meta.get('torch', '?')}, arch {meta.get('arch_list', '?')})"
+
+
+def _child_env(site: Path | None, ext_dir: Path, extra: dict | None = None) -> dict:
     env = dict(os.environ)
-    paths = ([str(site)] if site else []) + [str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+    env.update(extra or {})
+    boot = [env.pop("CHORUS_BOOT")] if env.get("CHORUS_BOOT") else []
+    paths = boot + ([str(site)] if site else []) + [str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
     env["PYTHONPATH"] = os.pathsep.join(paths)
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("TORCH_EXTENSIONS_DIR", str(ext_dir))
@@ -766,9 +810,18 @@ def orchestrate(args) -> int:
             except (OSError, tarfile.TarError) as e:
                 results["setup"] = f"unpacking {pack} failed: {e}"
                 site = None
+    extra = {}
+    so = args.gsplat_so if args.gsplat_so is not None else (REPO / ".gpu" / "gsplat_cuda.so.xz"
+                                                            if args.device == "cuda" else None)
+    if so and str(so) != "none" and Path(so).is_file() and not args.in_process:
+        try:
+            extra, line = _prebuilt_gsplat(Path(so), args.site)
+            results["setup"] += f"; {line}"
+        except Exception as e:  # noqa: BLE001 - unreadable file, bad xz, bad json: compile instead
+            results["setup"] += f"; prebuilt gsplat extension {so} not used: {type(e).__name__}: {e}"
+    env = _child_env(site, args.ext_dir, extra)
     say(f"gpu_check: {results['setup'] or 'no pack'}; parts {names}; budget {args.budget:.0f} s; device {args.device}"
         f"{' (tiny)' if args.tiny else ''}")
-    env = _child_env(site, args.ext_dir)
     ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     overlap = (args.device == "cuda" and not args.in_process and not args.no_overlap and "build" in names
                and ncpu >= 2 * MEASURE_CORES)
@@ -840,6 +893,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--site", type=Path, default=Path("/tmp/chorus_gpu_site"), help="where --pack is unpacked")
     ap.add_argument("--ext-dir", type=Path, default=REPO / ".cache" / "torch_extensions",
                     help="TORCH_EXTENSIONS_DIR for gsplat's build (kept on a warm machine between calls)")
+    ap.add_argument("--gsplat-so", type=Path, default=None,
+                    help="prebuilt gsplat extension (gsplat_cuda.so.xz returned by an earlier run's build part, "
+                         "gsplat_cuda.json beside it); default .gpu/gsplat_cuda.so.xz if there; 'none'")
     ap.add_argument("--in-process", action="store_true", help="run the parts in this process (no caps; tests)")
     ap.add_argument("--no-overlap", action="store_true",
                     help=f"do not run {', '.join(OVERLAP_WITH_BUILD)} while gsplat compiles (one part at a time)")

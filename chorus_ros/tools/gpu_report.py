@@ -51,7 +51,11 @@ How it is run: by a session whose task is lent a GPU machine (the device tool's 
    `pytest_junit.xml`), so a call stopped at its limit still returns what was measured. Plan for
    no second call: the machine stays warm 30 s, and none starts with under 4 minutes left.
 3. Here: `python -m chorus_ros.tools.bench --gpu-results <files_at>` rewrites this section from
-   the returned `gpu_results.json`; commit docs/benchmarks.md.
+   the returned `gpu_results.json`; commit docs/benchmarks.md. If `gsplat_cuda.so.xz` and
+   `gsplat_cuda.json` came back too (the build part returns gsplat's compiled extension when
+   it is under 15 MiB compressed), copy both into `.gpu/`: later runs load it instead of
+   compiling (`scripts/gpu_boot/sitecustomize.py`; a machine with another torch compiles again).
+   Keep the travelling tree under 64 MiB (`.gpu/shared` can go if it does not fit).
 
 Parts: env (versions, GPU, spconv on CUDA); encode (the default encoder on a 1M-Gaussian
 building map: full pass, incremental 0.1 % / 1 % local edits); build (gsplat's extension);
@@ -174,10 +178,10 @@ def _part_lines(name: str, part: dict) -> list[str]:
     if name == "parity":
         return ["", "### gsplat parity"] + _parity_lines(part)
     if name == "build":
+        src = part.get("source") or ("an earlier build" if part.get("cached") else "compiled")
         return ["", "### gsplat build", "",
-                f"gsplat's CUDA extension: {'loaded from an earlier build' if part.get('cached') else 'compiled'} in "
-                f"{_f(part.get('build_s'), '.0f')} s (MAX_JOBS={part.get('max_jobs')}, "
-                f"TORCH_CUDA_ARCH_LIST={part.get('arch_list')})."]
+                f"gsplat's CUDA extension: {src}, {_f(part.get('build_s'), '.0f')} s (MAX_JOBS={part.get('max_jobs')}, "
+                f"TORCH_CUDA_ARCH_LIST={part.get('arch_list')}); returned for later runs: {part.get('returned', 'no')}."]
     if name == "render_fps":
         rows = [[f"{r['gaussians']:,}", f"{r['width']}x{r['height']}", _f(r.get("ms_median"), ".2f"),
                  _f(r.get("ms_min"), ".2f"), _f(r.get("fps"), ".0f"), _f(r.get("peak_mib"), ".0f"), str(r.get("runs"))]

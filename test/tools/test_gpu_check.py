@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import pathlib
 
 import pytest
@@ -164,3 +165,27 @@ def test_docs_benchmarks_holds_the_gpu_section():
     assert section is not None and doc.count(gpu_report.START) == 1
     # either the placeholder of today's procedure (regenerate it when PROCEDURE changes) or a run's results
     assert section == gpu_report.render_gpu_section(None) or "Measured by one run" in section
+
+
+def test_prebuilt_gsplat_hook_only_answers_when_asked_and_checks_torch(tmp_path):
+    """scripts/gpu_boot/sitecustomize.py: without CHORUS_GSPLAT_SO, ``gsplat.csrc`` is not found
+    (gsplat would compile as usual); with a file built for another torch, the import fails
+    with a message naming both versions (gsplat then compiles too). Loading a real extension
+    needs a GPU machine's build."""
+    import subprocess
+    import sys
+    fake = tmp_path / "gsplat_cuda.so"
+    fake.write_bytes(b"not an ELF file")
+    code = ("import os, sys\n"
+            "assert type(sys.meta_path[0]).__name__ == '_PrebuiltGsplat', sys.meta_path\n"
+            "try:\n    import gsplat.csrc\nexcept ModuleNotFoundError as e:\n    print('not found:', e.name)\n"
+            f"os.environ['CHORUS_GSPLAT_SO'] = {str(fake)!r}\n"
+            "os.environ['CHORUS_GSPLAT_SO_TORCH'] = '0.0.0-other'\n"
+            "try:\n    from gsplat import csrc\nexcept ImportError as e:\n    print('refused:', e)\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHORUS_GSPLAT")}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "scripts" / "gpu_boot"), str(REPO)])
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "not found: gsplat.csrc"
+    assert lines[1].startswith(f"refused: prebuilt gsplat extension {fake} was built for torch 0.0.0-other, this is ")
