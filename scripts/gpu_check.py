@@ -689,6 +689,8 @@ def _child_env(site: Path | None, ext_dir: Path, extra: dict | None = None) -> d
     paths = boot + ([str(site)] if site else []) + [str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
     env["PYTHONPATH"] = os.pathsep.join(paths)
     env["PYTHONUNBUFFERED"] = "1"
+    # torch's extension build runs `ninja` from PATH: the interpreter's own bin folder holds it
+    env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
     env.setdefault("TORCH_EXTENSIONS_DIR", str(ext_dir))
     env.setdefault("MAX_JOBS", str(os.cpu_count() or 4))
     shared = REPO / ".gpu" / "shared"
