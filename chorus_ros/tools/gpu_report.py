@@ -116,7 +116,10 @@ def _f(v, fmt: str = ".2f", none: str = "-") -> str:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+    def cell(c) -> str:  # a "|" inside a cell (test messages) would split it
+        return str(c).replace("|", "\\|")
+    return (["| " + " | ".join(map(cell, header)) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(map(cell, r)) + " |" for r in rows])
 
 
 def _note(part: dict) -> str:

@@ -101,7 +101,11 @@ def _measured() -> dict:
                        "incremental": [{"change": "local edit 1 %", "changed": 10_000, "rewritten": 40_000,
                                         "full": False, "ms_median": 20.0, "full_over_update": 6.17}]},
             "build": {"status": "timeout", "seconds": 330.0, "cap_s": 330.0, "reason": "stopped at its 330 s cap"},
-            "pytest": {"status": "skipped", "seconds": 0.0, "cap_s": 0.0, "reason": "time budget spent (4 s left)"},
+            "pytest": {"status": "ok", "seconds": 50.0, "cap_s": 150.0, "files": ["test/core/test_x.py"], "passed": 1,
+                       "failed": 0, "errors": 0, "skipped": 0,
+                       "cases": [{"name": "test_x::test_a", "outcome": "passed", "seconds": 2.0,
+                                  "message": "largest |gsplat - reference| rgb=1e-3"}]},
+            "parity": {"status": "skipped", "seconds": 0.0, "cap_s": 0.0, "reason": "time budget spent (4 s left)"},
             "render_fps": {**ok, "what": "w", "rows": [{"gaussians": 1_000_123, "width": 640, "height": 480,
                                                          "ms_median": 2.5, "ms_min": 2.0, "fps": 400.0,
                                                          "peak_mib": 900.0, "runs": 40}]},
@@ -122,7 +126,8 @@ def test_measured_section_renders_and_replaces_the_old_one(tmp_path):
                      "| full pass | 1,000,000 | 800,000 | 123 | 3 | 4000 |", "| local edit 1 % | 10,000 | 40,000 | no | 20 | 6.2 |",
                      "| 1,000,123 | 640x480 | 2.50 | 2.00 | 400 | 900 | 40 |",
                      "| 100,000 | 640x480 | 1 | 30.00 | 3.00 | 4.00 | 2.00 | 34.00 | 29 | no |",
-                     "| 20 | 40 | 250 | 4.00 | 3000 | 8 min |"):
+                     "| 20 | 40 | 250 | 4.00 | 3000 | 8 min |",
+                     "| test_x::test_a | passed | 2.0 | largest \\|gsplat - reference\\| rgb=1e-3 |"):
         assert expected in section, expected
     old = "# Benchmarks\n\nintro\n\n" + gpu_report.render_gpu_section(None) + "\n## After\n\ntail\n"
     merged = gpu_report.merge_gpu_section(old, section)
