@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The prepared GPU check: one command, within a time budget, on a lent GPU machine.
 
-    PYTHONUNBUFFERED=1 python3 scripts/gpu_check.py --out $OUT --budget 540     # on the GPU machine
+    PYTHONUNBUFFERED=1 python3 scripts/gpu_check.py --out $OUT --budget 480     # on the GPU machine
     python scripts/gpu_check.py --device cpu --tiny --out /tmp/gpu_dry           # plumbing, here
 
 Parts, in order (``--parts`` picks some), each in its own process with its own time cap (the
@@ -886,7 +886,7 @@ def orchestrate(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True, help="folder for gpu_results.json, gpu_section.md, logs")
-    ap.add_argument("--budget", type=float, default=540.0, help="seconds for all parts together (default 540)")
+    ap.add_argument("--budget", type=float, default=480.0, help="seconds for all parts together (default 480)")
     ap.add_argument("--parts", default="", help=f"comma-separated subset of {','.join(PARTS)} (default all, in order)")
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     ap.add_argument("--tiny", action="store_true", help="toy sizes (a dry run of the code, not a measurement)")

@@ -31,7 +31,7 @@ SECTION_FILE = "gpu_section.md"
 
 PROCEDURE = """\
 How it is run: by a session whose task is lent a GPU machine (the device tool's `status` says
-`can_start_another: true`), in one call of about 12 of its 15 device minutes.
+`can_start_another: true`), in one call of about 11 of its 15 device minutes.
 
 1. Here: `make gpu-pack` (`bash scripts/gpu_pack.sh`; ~10 minutes of xz the first time, seconds
    later). It writes the git-ignored `.gpu/`: `site.tar.xz` (~45 MB: the pinned cp312 wheels the
@@ -40,8 +40,8 @@ How it is run: by a session whose task is lent a GPU machine (the device tool's 
    70 MB and the tree that travels is capped at 64 MiB), `shared/data/3dgs/guitar.ply` (a real
    scene for a parity case) and `COMMIT` (run it again right before the call: it then only
    refreshes COMMIT and guitar.ply). The rest of the tree is ~10 MB: check the sum.
-2. One call of the device tool's `run` with `carry: [".gpu"]`, `timeout_s: 600` and the command
-   `PYTHONUNBUFFERED=1 python3 scripts/gpu_check.py --out $OUT --budget 540`
+2. One call of the device tool's `run` with `carry: [".gpu"]`, `timeout_s: 560` and the command
+   `PYTHONUNBUFFERED=1 python3 scripts/gpu_check.py --out $OUT --budget 480`
    (or `make gpu-check GPU_OUT=$OUT`). The machine has no network; its own `python3` (3.12,
    torch + CUDA, nvcc) runs the check with the pack unpacked into /tmp first on PYTHONPATH.
    gsplat compiles its CUDA extension (minutes; for this GPU's architecture only) in the

@@ -91,7 +91,7 @@ def _measured() -> dict:
     ok = {"status": "ok", "seconds": 1.0, "cap_s": 60.0}
     return {
         "schema": gpu_report.SCHEMA, "tool": "scripts/gpu_check.py", "started": "2026-12-06 18:00 UTC",
-        "finished": "2026-12-06 18:09 UTC", "wall_s": 500.0, "budget_s": 540.0, "device": "cuda", "tiny": False,
+        "finished": "2026-12-06 18:09 UTC", "wall_s": 470.0, "budget_s": 480.0, "device": "cuda", "tiny": False,
         "gpu_measured": True, "commit": "abc1234", "parts": {
             "env": {**ok, "gpu_name": "GPU-X", "gpu_capability": "9.0", "gpu_memory_gib": 79.2, "driver": "580",
                     "torch": "2.11.0", "torch_cuda": "13.0", "python": "3.12.3", "packages": {"gsplat": "gsplat 1.5.3"}},
