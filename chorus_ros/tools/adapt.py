@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lora-rank", type=int, default=d.lora_rank)
     ap.add_argument("--widen", type=int, default=d.widen, metavar="K",
                     help="heads/all: add K hidden units to the per-Gaussian decoder (function-preserving)")
+    ap.add_argument("--widen-only", action="store_true", help="with --widen and heads: train only the new units")
     ap.add_argument("--lora-convs", action="store_true", help="adapters on the sparse convolutions too")
     ap.add_argument("--views-per-step", type=int, default=d.views_per_step)
     ap.add_argument("--pixels-per-view", type=int, default=d.pixels_per_view)
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         train, val = carve_validation(train, a.val_views)
         cfg = AdaptConfig(targets=a.targets, train=a.train, steps=a.steps, budget_s=a.budget_s, lr=a.lr,
                           epochs=a.epochs, lr_schedule=a.lr_schedule, val_every=a.val_every, widen=a.widen,
+                          widen_only=a.widen_only,
                           lora_rank=a.lora_rank, lora_convs=a.lora_convs, views_per_step=a.views_per_step,
                           pixels_per_view=a.pixels_per_view, min_alpha=a.min_alpha, splat=a.splat,
                           device=a.device, seed=a.seed, progress=not a.no_progress, replay_seeds=list(a.replay_seeds),

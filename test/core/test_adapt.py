@@ -386,3 +386,26 @@ def test_widened_decoder_computes_the_base_and_round_trips(tmp_path):
     assert torch.allclose(again, out.heads["language"].detach(), atol=1e-6)
     with pytest.raises(InvalidInputError, match="widen"):
         AdaptConfig(train="lora", widen=8)
+
+
+def test_widen_only_moves_only_the_new_units(tiny_setup):
+    """--widen-only: after adaptation the base decoder's rows/columns, the layer norm and the heads
+    are exactly the base ones; the new units moved and the labels loss fell."""
+    from chorus_ros.core.adapt import AdaptConfig, adapt_checkpoint
+    from chorus_ros.core.encoder.checkpoint import load_checkpoint
+
+    base, scene = tiny_setup
+    cfg = AdaptConfig(train="heads", widen=16, widen_only=True, steps=20, lr=3e-2, views_per_step=2,
+                      pixels_per_view=300, progress=False, replay_seeds=[])
+    res = adapt_checkpoint(base / "ckpt", scene, [0, 2, 4], cfg)
+    ref = load_checkpoint(base / "ckpt").model.state_dict()
+    new = res.model.state_dict()
+    h = ref["out_mlp.0.weight"].shape[0]
+    assert torch.equal(new["out_mlp.0.weight"][:h], ref["out_mlp.0.weight"])
+    assert torch.equal(new["out_mlp.0.bias"][:h], ref["out_mlp.0.bias"])
+    assert torch.equal(new["out_mlp.2.weight"][:, :h], ref["out_mlp.2.weight"])
+    for k in ref:
+        if not k.startswith("out_mlp.0") and k != "out_mlp.2.weight":
+            assert torch.equal(new[k], ref[k]), k
+    assert float(new["out_mlp.2.weight"][:, h:].abs().max()) > 0
+    assert np.mean([r["labels"] for r in res.history[-3:]]) < np.mean([r["labels"] for r in res.history[:3]])

@@ -93,6 +93,10 @@ class AdaptConfig:
     """'heads' and 'all': hidden units added to the per-Gaussian decoder before adapting
     (function-preserving: new output weights zero, :mod:`chorus_ros.core.adapt.widen`), a site
     head with more capacity; the checkpoint's ``head_hidden`` grows by this. 0: none."""
+    widen_only: bool = False
+    """With ``train='heads'`` and ``widen``: train only the added units (their input weights and
+    biases and their output weights); the base decoder stays exactly as it was, so the site
+    enters as a residual that starts at zero."""
     lora_rank: int = 8
     """Rank of the low-rank adapters."""
     lora_alpha: float = 8.0
@@ -165,6 +169,8 @@ class AdaptConfig:
             raise InvalidInputError(f"AdaptConfig.widen must be >= 0, got {self.widen}")
         if self.widen and self.train == "lora":
             raise InvalidInputError("AdaptConfig.widen needs train 'heads' or 'all' (adapters keep the base shapes)")
+        if self.widen_only and not (self.widen and self.train == "heads"):
+            raise InvalidInputError("AdaptConfig.widen_only needs widen > 0 and train 'heads'")
         if self.lora_rank < 1:
             raise InvalidInputError(f"AdaptConfig.lora_rank must be >= 1, got {self.lora_rank}")
         if self.views_per_step < 1 or self.pixels_per_view < 1:

@@ -247,6 +247,9 @@ class EncoderRunner(nn.Module):
             for p in model.parameters():
                 p.requires_grad_(True)
             params = list(model.parameters())
+        elif cfg.train == "heads" and cfg.widen and cfg.widen_only:
+            from chorus_ros.core.adapt.widen import new_unit_parameters
+            params = new_unit_parameters(model, cfg.widen)
         elif cfg.train == "heads":
             for mod in (model.out_mlp, model.embed_norm, model.heads):
                 for p in mod.parameters():

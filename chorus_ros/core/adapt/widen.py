@@ -15,7 +15,7 @@ from torch import nn
 
 from chorus_ros.core.errors import InvalidInputError
 
-__all__ = ["widen_decoder"]
+__all__ = ["widen_decoder", "new_unit_parameters"]
 
 
 @torch.no_grad()
@@ -49,3 +49,24 @@ def widen_decoder(model, extra: int, seed: int = 0):
     model.out_mlp = nn.Sequential(new_first, act, new_last)
     model.config.head_hidden = h + extra
     return model
+
+
+def new_unit_parameters(model, extra: int) -> list[nn.Parameter]:
+    """The parameters of the last ``extra`` hidden units of a widened ``out_mlp``, made trainable
+    with a gradient mask so that only those units move: the input weights and biases of the new
+    rows and the output weights of the new columns (everything else keeps ``requires_grad``
+    as it is; the base rows/columns get zero gradient, so Adam without weight decay leaves
+    them exactly unchanged)."""
+    first, _, last = model.out_mlp
+    h = first.out_features - extra
+    if extra <= 0 or h <= 0:
+        raise InvalidInputError(f"{extra} new units do not fit a decoder of {first.out_features} hidden units")
+    row = torch.zeros(first.out_features, 1, dtype=first.weight.dtype, device=first.weight.device)
+    row[h:] = 1.0
+    col = torch.zeros(1, first.out_features, dtype=last.weight.dtype, device=last.weight.device)
+    col[:, h:] = 1.0
+    masks = ((first.weight, row), (first.bias, row[:, 0]), (last.weight, col))
+    for p, m in masks:
+        p.requires_grad_(True)
+        p.register_hook(lambda g, m=m: g * m)
+    return [p for p, _ in masks]
