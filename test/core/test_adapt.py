@@ -409,3 +409,12 @@ def test_widen_only_moves_only_the_new_units(tiny_setup):
             assert torch.equal(new[k], ref[k]), k
     assert float(new["out_mlp.2.weight"][:, h:].abs().max()) > 0
     assert np.mean([r["labels"] for r in res.history[-3:]]) < np.mean([r["labels"] for r in res.history[:3]])
+
+
+def test_replay_class_names_cover_the_site_classes():
+    from chorus_ros.core.adapt.loop import replay_class_names
+    from chorus_ros.core.labels import LabelSet
+    base = LabelSet(["floor", "wall", "chair"], np.zeros((3, 3)), np.zeros(3, bool), "base")
+    site = LabelSet(["wall", "whiteboard", "floor", "bag"], np.zeros((4, 3)), np.zeros(4, bool), "site")
+    assert replay_class_names(base, site) == ["floor", "wall", "chair", "whiteboard", "bag"]
+    assert replay_class_names(base, site, include_site=False) == ["floor", "wall", "chair"]

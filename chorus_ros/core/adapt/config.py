@@ -129,6 +129,10 @@ class AdaptConfig:
     """Synthetic training-distribution scenes (chorus_ros.core.synthetic seeds; the demo checkpoint
     trained on seeds 0-31) on which the base model's outputs are kept (``loss.replay``); empty:
     no replay."""
+    replay_site_classes: bool = True
+    """The replay KL of the language head covers the base label set *and* the site's class names
+    (the adapted checkpoint ships with the site's label set; on training-distribution scenes
+    its probabilities over those names should stay the base's); False: the base names only."""
     replay_gaussians: int = 20000
     """Gaussians per replay scene."""
     replay_batch: int = 4096

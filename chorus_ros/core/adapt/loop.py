@@ -61,7 +61,7 @@ from chorus_ros.core.labels import UNLABELED, LabelSet
 from chorus_ros.core.metrics.semantic import ConfusionMatrix, SemanticScores
 from chorus_ros.core.render import RenderSettings, render
 
-__all__ = ["carve_validation", "epoch_batches", "planned_steps", "TrainView", "EncoderRunner", "AdaptResult", "adaptation_label_set", "prepare_views", "adapt",
+__all__ = ["replay_class_names", "carve_validation", "epoch_batches", "planned_steps", "TrainView", "EncoderRunner", "AdaptResult", "adaptation_label_set", "prepare_views", "adapt",
            "evaluate_views", "lift_baseline", "save_adapted", "class_probabilities", "load_with_adapter", "adapt_checkpoint", "ADAPTER_FILE"]
 
 ADAPTER_FILE = "adapter.safetensors"
@@ -407,6 +407,17 @@ def carve_validation(positions: Sequence[int], k: int) -> tuple[list[int], list[
     return ([p for i, p in enumerate(positions) if i not in idx], [p for i, p in enumerate(positions) if i in idx])
 
 
+def replay_class_names(base: LabelSet, site: LabelSet, include_site: bool = True) -> list[str]:
+    """Class names of the replay KL: the base label set's, then (``include_site``) the site's
+    names the base lacks. The adapted checkpoint ships with the site's label set, so on
+    training-distribution scenes its class probabilities over *those* names must stay the
+    base's too, not only over the base names."""
+    names = list(base.names)
+    if include_site:
+        names += [n for n in site.names if n not in names]
+    return names
+
+
 def epoch_batches(n_views: int, per_step: int, gen: torch.Generator):
     """Endless view batches, epoch by epoch: each epoch is a shuffled pass over all ``n_views``
     views cut into ``ceil(n_views / per_step)`` batches (the last may be smaller), so after
@@ -533,7 +544,8 @@ def adapt(model, gaussians: GaussianArrays, scene, train_positions: Sequence[int
     replays = []
     replay_temb = None
     if replay_labels is not None:
-        replay_temb = F.normalize(text_encoder.encode(list(replay_labels.names)).float(), dim=-1).to(dev)
+        names = replay_class_names(replay_labels, label_set, cfg.replay_site_classes)
+        replay_temb = F.normalize(text_encoder.encode(names).float(), dim=-1).to(dev)
     if cfg.loss.replay > 0:
         for rg in replay_scenes(cfg):
             r = EncoderRunner(model, rg.to(dev), cfg, adapters=False)
