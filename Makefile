@@ -43,13 +43,14 @@ STAMP_INSTALL := $(VENV)/.chorus-install.stamp
 INTERFACE_INPUTS := CMakeLists.txt package.xml chorus_ros/__init__.py \
 	$(wildcard msg/*.msg srv/*.srv) $(shell find launch config -type f 2>/dev/null)
 
-.PHONY: help venv interfaces install test demo bench colcon-check clean gpu-pack gpu-check
+.PHONY: help venv interfaces install test demo bench train-demo colcon-check clean gpu-pack gpu-check
 
 help:
 	@echo "make demo          set up (venv, interfaces, editable install) and run the demo"
 	@echo "make test          set up and run the test suite (PYTEST_ARGS=... to pass options)"
 	@echo "make bench         set up and run benchmarks/bench_*.py into docs/benchmarks.md"
 	@echo "                   (BENCH_ARGS='--quick name ...')"
+	@echo "make train-demo    retrain checkpoints/demo (two chorus-train runs, ~1.5 h on 2 cores)"
 	@echo "make colcon-check  colcon build of this package against the venv's ROS prefix"
 	@echo "make gpu-pack      .gpu/: the packages a lent GPU machine lacks (docs/benchmarks.md, GPU)"
 	@echo "make gpu-check     the prepared GPU check (GPU_OUT=dir, GPU_ARGS='--device cpu --tiny' here)"
@@ -110,6 +111,11 @@ demo: install
 
 bench: install
 	$(VPY) -m chorus_ros.tools.bench $(BENCH_ARGS)
+
+# The shipped checkpoints/demo: two runs (docs/training.md); ~1.5 h on 2 CPU cores.
+train-demo: install
+	$(VENV)/bin/chorus-train --config config/train/robust.yaml $(TRAIN_ARGS)
+	$(VENV)/bin/chorus-train --config config/train/demo.yaml init_from=.cache/train/demo_stage1 $(TRAIN_ARGS)
 
 # --- colcon: the robot's build (`colcon build` of CMakeLists.txt) against the venv's ROS
 # prefix, in $(BUILD_DIR)/colcon, then imports from its install/ (scripts/colcon_check.py).
