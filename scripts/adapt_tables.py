@@ -125,7 +125,8 @@ def run(a) -> None:
             kw["loss"] = dict(kw["loss"], replay=a.replay, absent=a.absent)
             cfg = AdaptConfig(steps=a.steps, budget_s=a.budget_s, progress=False, pixels_per_view=a.pixels_per_view,
                               lr=a.lr, epochs=a.epochs, lr_schedule=a.lr_schedule, val_every=a.val_every,
-                              widen=a.widen, widen_only=a.widen_only, replay_site_classes=not a.replay_base_only, **kw)
+                              widen=a.widen, widen_only=a.widen_only, replay_site_classes=not a.replay_base_only,
+                              replay_seeds=list(a.replay_seeds), replay_batch=a.replay_batch, **kw)
             fit, val = carve_validation(train, a.val)
             out = Path(a.ckpt_dir) / f"{Path(a.scene).name.replace(':', '_')}_{mode}{a.tag}_{n}"
             res = adapt_checkpoint(a.checkpoint, scene, fit, cfg, out_dir=out, val_positions=val)
@@ -221,6 +222,8 @@ def main() -> None:
     ap.add_argument("--val-every", type=int, default=50)
     ap.add_argument("--widen", type=int, default=0, help="hidden units added to the decoder (heads)")
     ap.add_argument("--widen-only", action="store_true", help="train only the added decoder units")
+    ap.add_argument("--replay-seeds", type=int, nargs="*", default=[0], help="synthetic replay scenes")
+    ap.add_argument("--replay-batch", type=int, default=4096, help="replay Gaussians per scene and step")
     ap.add_argument("--replay-base-only", action="store_true", help="replay KL over the base names only")
     ap.add_argument("--jsonl", default=str(OUT), help="results file to append to")
     ap.add_argument("--tag", default="", help="suffix of the method names in the tables")
