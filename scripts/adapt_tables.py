@@ -157,16 +157,28 @@ def _emit(rec: dict) -> None:
     print(json.dumps({k: v for k, v in rec.items() if k != "config"}), flush=True)
 
 
+def _base_digest(ckpt: str | None) -> str:
+    """The SHA-256 prefix of the base checkpoint's weights, from the adapted checkpoint's provenance."""
+    import yaml
+    try:
+        with open(Path(ckpt) / "config.yaml", encoding="utf-8") as f:
+            return str(yaml.safe_load(f)["meta"]["adaptation"]["base_digest"])[:8]
+    except (OSError, TypeError, KeyError):
+        return "?"
+
+
 def tables(path: str) -> None:
     recs = [json.loads(line) for line in open(path, encoding="utf-8")]
     for scene in dict.fromkeys(r["scene"] for r in recs):
         rs = [r for r in recs if r["scene"] == scene]
-        before = next((r["miou"] for r in rs if r["method"] == "before"), float("nan"))
+        befores = list(dict.fromkeys(round(r["miou"], 1) for r in rs if r["method"] == "before"))
+        before = befores[0] if befores else float("nan")
         counts = sorted({r["n"] for r in rs if "n" in r})
         methods = [m for m in dict.fromkeys(r["method"] for r in rs) if m not in ("before", "base_indist")]
         print(f"\n### {scene} ({rs[0]['gaussians']} Gaussians, {rs[0]['classes']} classes, "
               f"{rs[0]['held_out']} held-out views at {rs[0]['size'][0]}x{rs[0]['size'][1]}; before adaptation "
-              f"{before:.1f})\n")
+              + " / ".join(f"{b:.1f}" for b in befores) + (" (one per base checkpoint, in run order)" if len(befores) > 1
+                                                            else "") + ")\n")
         print("| training views | before | " + " | ".join("lifting baseline" if m == "lift" else m for m in methods)
               + " |")
         print("|---" * (len(methods) + 2) + "|")
@@ -182,8 +194,8 @@ def tables(path: str) -> None:
                     cells.append(f"{r['miou']:.1f}")
             print(f"| {n} | {before:.1f} | " + " | ".join(cells) + " |")
         print("\n| method | views | steps | wall s | CPU s | peak RSS MiB | loss first -> last | in-dist. mIoU "
-              "| held-out mIoU, present classes | validation: views, best step (mIoU) |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+              "| held-out mIoU, present classes | validation: views, best step (mIoU) | base weights |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for r in rs:
             if r["method"] in ("before", "lift", "base_indist"):
                 continue
@@ -193,10 +205,12 @@ def tables(path: str) -> None:
             pres = f"{r['miou_present']:.1f}" if "miou_present" in r else "n/a"
             val = f"{len(r['val_views'])} of {r['n']}, {r['best_step']} ({r['val_miou']:.1f})" if "val_views" in r else ""
             print(f"| {r['method']} | {r['n']} | {r['steps']} | {r['wall_s']:.0f} | {r['cpu_s']:.0f} | "
-                  f"{r['peak_rss_mib']:.0f} | {r['loss_first']:.3f} -> {r['loss_last']:.3f} | {ind} | {pres} | {val} |")
-        b = next((r for r in rs if r["method"] == "base_indist"), None)
-        if b:
-            print(f"\nIn-distribution mIoU of the base checkpoint on the same evaluation: {b['miou']:.1f}")
+                  f"{r['peak_rss_mib']:.0f} | {r['loss_first']:.3f} -> {r['loss_last']:.3f} | {ind} | {pres} | {val} "
+                  f"| {_base_digest(r.get('ckpt'))} |")
+        bs = list(dict.fromkeys(round(r["miou"], 1) for r in rs if r["method"] == "base_indist"))
+        if bs:
+            print("\nIn-distribution mIoU of the base checkpoint on the same evaluation: "
+                  + " / ".join(f"{b:.1f}" for b in bs) + (" (one per base checkpoint, in run order)" if len(bs) > 1 else ""))
 
 
 def main() -> None:
