@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="weight of the term holding classes no training view shows off the map (0: off)")
     ap.add_argument("--replay-seeds", type=int, nargs="*", default=d.replay_seeds,
                     help="synthetic training-distribution scenes kept by the replay term (none: off)")
+    ap.add_argument("--replay-batch", type=int, default=d.replay_batch, help="replay Gaussians per scene and step")
     ap.add_argument("--min-alpha", type=float, default=d.min_alpha)
     ap.add_argument("--splat", choices=("auto", "cached", "render"), default=d.splat)
     ap.add_argument("--device", default=d.device)
@@ -97,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                           lora_rank=a.lora_rank, lora_convs=a.lora_convs, views_per_step=a.views_per_step,
                           pixels_per_view=a.pixels_per_view, min_alpha=a.min_alpha, splat=a.splat,
                           device=a.device, seed=a.seed, progress=not a.no_progress, replay_seeds=list(a.replay_seeds),
+                          replay_batch=a.replay_batch,
                           loss=LossWeights(rgb=a.rgb, depth_gate=a.depth_gate, boundary=a.boundary,
                                            replay=a.replay, absent=a.absent))
         summary: dict = {}
