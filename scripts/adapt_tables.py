@@ -42,13 +42,13 @@ MODES = {
 
 
 
-def _shift_scene(name: str, seed: int, width: int, height: int, views: int):
+def _shift_scene(name: str, seed: int, width: int, height: int, views: int, gaussians: int = 60000):
     from chorus_ros.core.datasets import Intrinsics, SceneFolder, SceneFrame
     from chorus_ros.core.render import RenderSettings
     from chorus_ros.core.synthetic.groundtruth import render_ground_truth
     from chorus_ros.core.synthetic.shifts import SHIFT_SUITE, generate_shifted_scene
     cfg = SHIFT_SUITE[name]
-    scene = None if cfg.density else {"target_gaussians": 60000}
+    scene = None if cfg.density else {"target_gaussians": gaussians}
     sh = generate_shifted_scene(name, seed, scene=scene,
                                 views={"loop_views": views * 2 // 3, "random_views": views - views * 2 // 3,
                                        "width": width, "height": height})
@@ -70,9 +70,9 @@ def _open(spec: str, labels_map: str | None, width: int, height: int, views: int
     if kind == "real":
         return open_scene(rest, labels_map=load_labels_map(labels_map) if labels_map else None)
     if kind == "shift":
-        name, seed = rest.split(":")
-        return _shift_scene(name, int(seed), width, height, views)
-    raise SystemExit(f"--scene {spec!r}: expected real:DIR or shift:NAME:SEED")
+        name, seed, *n = rest.split(":")
+        return _shift_scene(name, int(seed), width, height, views, *(int(v) for v in n[:1]))
+    raise SystemExit(f"--scene {spec!r}: expected real:DIR or shift:NAME:SEED[:GAUSSIANS]")
 
 
 def _indist(ckpt: str, labels_file: str = "") -> float:
@@ -216,7 +216,7 @@ def tables(path: str) -> None:
 def main() -> None:
     global OUT
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--scene", help="real:DIR or shift:NAME:SEED")
+    ap.add_argument("--scene", help="real:DIR or shift:NAME:SEED[:GAUSSIANS] (default 60000 Gaussians)")
     ap.add_argument("--labels-map")
     ap.add_argument("--checkpoint", default="checkpoints/demo")
     ap.add_argument("--counts", type=int, nargs="*", default=[5, 10, 30])
