@@ -92,10 +92,16 @@ def test_switch_over_follows_the_configured_fraction():
 
 def test_cost_factor_is_learned_within_bounds():
     m, inc = _setup(IncrementalConfig(mode="cached", full_fraction=1.0))
+    seen = []
+    learn = inc._learn_cost
+    inc._learn_cost = lambda cpu_s, affected: (seen.append((cpu_s, affected)), learn(cpu_s, affected))[1]
     for k in range(3):
         _move(m, (m.arrays().means[:, 0] < 2.0).nonzero().squeeze(1), dx=0.01 * (-1) ** k)
-        inc.update()
-    assert 1.0 <= inc.cost_factor <= 10.0
+        assert not inc.update().full
+    # every cached update hands its own CPU time and affected count to the learning rule, after
+    # the first full pass has measured the per-Gaussian unit cost
+    assert inc._full_unit is not None and inc._full_unit > 0
+    assert len(seen) == 3 and all(c >= 0 and 0 < a <= len(m) for c, a in seen)
     # the learning rule itself, exactly: an exponential average of the measured per-Gaussian cost
     # ratio, clamped to [1, 10], and no learning from updates too small to time
     inc._full_unit, inc._cost_factor = 1e-5, 2.0

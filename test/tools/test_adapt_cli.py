@@ -107,4 +107,6 @@ def test_adapt_cli_validation_views_and_epochs(setup, tmp_path, capsys):
     assert summary["train_views"] == 2 and summary["val_views"] == 1 and summary["steps"] == 6
     prov = load_checkpoint(out).meta["adaptation"]
     assert prov["views"] == [0, 2] and prov["validation"]["views"] == [1]
-    assert 1 <= prov["validation"]["best_step"] <= 6 and prov["config"]["lr_schedule"] == "cosine"
+    # validation runs every --val-every steps (and at the last), so the kept step is one of those
+    assert prov["validation"]["best_step"] in (2, 4, 6) and prov["config"]["lr_schedule"] == "cosine"
+    assert prov["validation"]["best_miou"] == pytest.approx(summary["val_miou"] / 100, abs=1e-3)
