@@ -130,14 +130,17 @@ def _timed(fn):
 
 
 def _nearest(means: torch.Tensor, point: torch.Tensor, k: int) -> torch.Tensor:
-    d = (means[:, :2] - point[:2]).norm(dim=1)
+    d = (means[:, :2] - point[:2].to(means.device)).norm(dim=1)
     return torch.topk(d, k, largest=False).indices
 
 
 def _local_edit(gmap: GaussianMap, centre: torch.Tensor, k: int, sign: float) -> None:
+    """Move the ``k`` Gaussians nearest to ``centre`` (xy) by 3 cm along x and recolour them
+    (on the map's device; also scripts/gpu_check.py's edits)."""
     g = gmap.arrays()
     idx = _nearest(g.means, centre, k)
-    upd = GaussianArrays(g.means[idx] + sign * torch.tensor([0.03, 0.0, 0.0]), g.sh[idx] + 0.1 * sign,
+    upd = GaussianArrays(g.means[idx] + sign * torch.tensor([0.03, 0.0, 0.0], device=g.means.device),
+                         g.sh[idx] + 0.1 * sign,
                          g.opacities[idx].clone(), g.log_scales[idx].clone(), g.quats[idx].clone(), g.ids[idx].clone())
     gmap.update(upd)
 

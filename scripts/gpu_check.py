@@ -64,8 +64,8 @@ MIN_PART_S = 10.0
 """A part that would get less time than this is skipped ('time budget spent')."""
 OVERLAP_WITH_BUILD = ("encode",)
 """Parts that run while gsplat compiles (they do not use gsplat): the build starts with the first of
-them, on all cores but the first MEASURE_CORES, and the part is pinned to those (saves the
-encoder's ~1 minute of a budget the build can take half of)."""
+them, on all cores but the first MEASURE_CORES, and the part is pinned to those (so the encoder's
+time does not add to the build's; neither has been timed on a GPU yet)."""
 MEASURE_CORES = 4
 
 
@@ -120,8 +120,9 @@ def _gsplat_build_failed() -> str | None:
 
 def _need_gsplat(ctx: Ctx) -> None:
     _need_cuda(ctx)
-    if _gsplat_build_failed():
-        raise Skipped(f"gsplat's CUDA extension is not built ({_gsplat_build_failed()})")
+    failed = _gsplat_build_failed()
+    if failed:
+        raise Skipped(f"gsplat's CUDA extension is not built ({failed})")
     from chorus_ros.core.render import available_backends
     if "gsplat" not in available_backends():
         raise Skipped("gsplat does not import here")
@@ -136,15 +137,8 @@ def _sync(ctx: Ctx):
 
 
 def _timed(fn, sync, reps: int) -> list[float]:
-    """Wall seconds of ``reps`` calls of ``fn`` (synchronised before and after each)."""
-    out = []
-    for _ in range(reps):
-        sync()
-        t = time.perf_counter()
-        fn()
-        sync()
-        out.append(time.perf_counter() - t)
-    return out
+    """Wall seconds of ``reps`` calls of ``fn``, synchronised (benchmarks/bench_render.py's timing)."""
+    return _bench_module("bench_render")._time(fn, reps, sync)[0]
 
 
 def _peak_mib(ctx: Ctx, reset: bool = False) -> float | None:
@@ -427,19 +421,6 @@ def part_render_fps(ctx: Ctx) -> dict:
     return {"rows": rows, "what": what}
 
 
-def _local_edit(gmap, centre, k: int, sign: float) -> None:
-    """Move the ``k`` Gaussians nearest to ``centre`` (xy) by 3 cm and recolour them (as
-    benchmarks/bench_encoder.py's edits, on the map's device)."""
-    import torch
-    from chorus_ros.core.gaussians import GaussianArrays
-    g = gmap.arrays()
-    d = (g.means[:, :2] - centre[:2].to(g.means.device)).norm(dim=1)
-    idx = torch.topk(d, k, largest=False).indices
-    shift = torch.tensor([0.03, 0.0, 0.0], device=g.means.device) * sign
-    gmap.update(GaussianArrays(g.means[idx] + shift, g.sh[idx] + 0.1 * sign, g.opacities[idx].clone(),
-                               g.log_scales[idx].clone(), g.quats[idx].clone(), g.ids[idx].clone()))
-
-
 def part_encode(ctx: Ctx) -> dict:
     """Encoder cost. full: gaussians, voxels, ms_median, runs, peak_mib; first_update_ms,
     cache_mib; incremental[]: change, changed, rewritten, full, ms_median, full_over_update."""
@@ -481,7 +462,7 @@ def part_encode(ctx: Ctx) -> dict:
         k = max(1, round(frac * n))
         res, wall = None, []
         for rep in range(max(reps, 2)):
-            _local_edit(gmap, centre, k, 1.0 if rep % 2 == 0 else -1.0)
+            be._local_edit(gmap, centre, k, 1.0 if rep % 2 == 0 else -1.0)
             sync()
             t = time.perf_counter()
             res = inc.update()
@@ -758,11 +739,6 @@ class _Child:
                 "result", "seconds": secs}
 
 
-def _run_child(name: str, args, cap: float, env: dict, tmp: Path, log, cores: list[int] | None = None) -> dict:
-    """Run one part in a child process for at most ``cap`` seconds."""
-    return _Child(name, args, cap, env, tmp, log, cores).finish()
-
-
 def _commit() -> str:
     try:
         r = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -841,17 +817,16 @@ def orchestrate(args) -> int:
             say(f"\n===== build starts in the background (cap {bcap:.0f} s, cores {cores[MEASURE_CORES]}-{cores[-1]}); "
                 f"{name} runs meanwhile on cores {cores[:MEASURE_CORES]} =====")
             build = _Child("build", args, bcap, benv, tmp, log, cores[MEASURE_CORES:])
-            build.cap_s = bcap
         if build is not None and name in OVERLAP_WITH_BUILD:
             pinned = cores[:MEASURE_CORES]
         if name == "build" and build is not None:
-            say(f"\n===== build: waiting for the background build (cap {build.cap_s:.0f} s from its start) =====")
+            say(f"\n===== build: waiting for the background build (cap {build.cap:.0f} s from its start) =====")
         else:
             say(f"\n===== {name} (cap {max(cap, 0):.0f} s, {left:.0f} s of the budget left) =====")
         if name == "build" and build is not None:
             res = build.finish()
             res["overlapped_with"] = [n for n in OVERLAP_WITH_BUILD if n in results["parts"]]
-            cap, build = build.cap_s, None
+            cap, build = build.cap, None
         elif args.device == "cpu" and name in CUDA_ONLY:
             res = {"status": "skipped", "reason": "no CUDA (--device cpu)", "seconds": 0.0}
         elif args.device == "cpu" and not args.tiny and name != "env":
@@ -863,7 +838,7 @@ def orchestrate(args) -> int:
         elif args.in_process:
             res = run_part(name, Ctx(args.device, args.tiny, args.out, tmp, time.time() + cap))
         else:
-            res = _run_child(name, args, cap, env, tmp, log, pinned)
+            res = _Child(name, args, cap, env, tmp, log, pinned).finish()
             if pinned and res["status"] == "ok":
                 res["what"] = (res.get("what", "") + f" Ran pinned to {len(pinned)} CPU cores while gsplat's "
                                "extension compiled on the others (the GPU was otherwise idle).").strip()

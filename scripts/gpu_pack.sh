@@ -5,7 +5,7 @@
 #                       wheels (its python3 is 3.12 with torch 2.11 + CUDA 13; see
 #                       /work/.library/device/KINDS.md). The spconv wheel alone is 70 MB zipped
 #                       (284 MB of multi-arch CUDA code) and the travelling tree is capped at
-#                       64 MiB, so the wheels are unpacked here and re-packed with xz (~40 MB).
+#                       64 MiB, so the wheels are unpacked here and re-packed with xz (~43 MB).
 #   .gpu/shared/data/3dgs/guitar.ply   the real 3DGS scene of the gsplat parity test (optional:
 #                       copied when ../shared has it; the device gets CHORUS_SHARED_DIR=.gpu/shared)
 #   .gpu/MANIFEST.txt   the wheels and their sha256;  .gpu/PKGS  the pinned list the pack was made from

@@ -45,10 +45,6 @@ def test_gsplat_backend_refused_on_cpu_tensors():
 
 
 # ----------------------------------------------------------------------------- GPU
-def _random_scene(n: int, seed: int, degree: int = 3) -> GaussianArrays:
-    return random_gaussians(n, seed, degree)
-
-
 def _guitar_subset(n: int) -> tuple[GaussianArrays, Camera]:
     from chorus_ros.core.ply import read_ply
     g, _ = read_ply(GUITAR)
@@ -79,7 +75,7 @@ def _compare(g: GaussianArrays, cam: Camera, settings: RenderSettings, feats: to
 
 @pytest.mark.gpu
 def test_gsplat_matches_reference_random_scene():
-    g = _random_scene(4000, seed=1)
+    g = random_gaussians(4000, seed=1)
     w, h = 128, 96
     cam = Camera.from_c2w(np.eye(4), Camera.intrinsics_from_fov(w, h, 60.0), w, h)
     feats = torch.randn(len(g), 8, generator=torch.Generator().manual_seed(2))
@@ -96,7 +92,7 @@ def test_gsplat_matches_reference_real_scene():
 
 @pytest.mark.gpu
 def test_gsplat_gradients_match_reference():
-    g = _random_scene(300, seed=4, degree=1)
+    g = random_gaussians(300, seed=4, degree=1)
     w, h = 64, 48
     cam = Camera.from_c2w(np.eye(4), Camera.intrinsics_from_fov(w, h, 60.0), w, h)
     feats = torch.randn(len(g), 4, generator=torch.Generator().manual_seed(5))
@@ -139,7 +135,7 @@ class _StandIn:
 def test_backend_plumbing_with_stand_in():
     """Channel layout, background, ED depth, the weights-by-backward trick and top_index."""
     from chorus_ros.core.render import gsplat_backend
-    g = _random_scene(400, seed=7, degree=2)
+    g = random_gaussians(400, seed=7, degree=2)
     w, h = 40, 30
     cam = Camera.from_c2w(np.eye(4), Camera.intrinsics_from_fov(w, h, 60.0), w, h)
     feats = torch.randn(len(g), 6, generator=torch.Generator().manual_seed(8))
