@@ -239,7 +239,7 @@ class SavedState:
     """A save read and checked by :meth:`PerceptionPipeline.read_saved`, not yet in use."""
 
     map: GaussianMap
-    codebook: "ObjectCodebook"
+    codebook: "IdTracker"
     labels: LabelSet
     """The label set the save was written with (codebook label ids refer to it)."""
     instance_voxel_size: float | None
@@ -273,7 +273,7 @@ def _load_codebook(path: Path, meta: dict):
     """Read and check ``codebook.safetensors``; returns a filled IdTracker (formerly ObjectCodebook)."""
     from safetensors.torch import load_file
 
-    from chorus_ros.core.decode.instances import ObjectCodebook
+    from chorus_ros.core.decode.instances import IdTracker
     try:
         t = load_file(str(path))
     except Exception as e:  # safetensors raises its own error types for corrupt files
@@ -299,7 +299,7 @@ def _load_codebook(path: Path, meta: dict):
                   if n in t and not (t[n].is_floating_point() and bool(torch.isfinite(t[n]).all()))]
         if floats:
             raise CheckpointError(f"{path}: tensors {floats} must hold finite floats")
-    cb = ObjectCodebook()
+    cb = IdTracker()
     cb.load_state_dict(t, meta)
     return cb
 

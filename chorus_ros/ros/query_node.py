@@ -284,11 +284,10 @@ class QueryNode(Node):
             objs = []
             for i, s in zip(idx.tolist(), scores.tolist()):
                 o = table.msg.objects[i]
-                o = type(o)(instance_id=o.instance_id, label_id=o.label_id, label=o.label, score=float(s),
-                            centroid=o.centroid, bbox_min=o.bbox_min, bbox_max=o.bbox_max,
-                            gaussian_count=o.gaussian_count, code_id=o.code_id, confidence=o.confidence,
-                            embedding=o.embedding)
-                objs.append(o)
+                # the whole record (every field, so none is dropped when the message grows), query score
+                hit = type(o)(**{f: getattr(o, f) for f in o.get_fields_and_field_types()})
+                hit.score = float(s)
+                objs.append(hit)
             res.objects, res.scores = objs, [float(s) for s in scores]
             res.map_sequence, res.frame_id = int(table.msg.map_sequence), frame
             res.success = True
