@@ -41,7 +41,6 @@ MODES = {
 }
 
 
-
 def _shift_scene(name: str, seed: int, width: int, height: int, views: int, gaussians: int = 60000):
     from chorus_ros.core.datasets import Intrinsics, SceneFolder, SceneFrame
     from chorus_ros.core.render import RenderSettings
@@ -119,6 +118,7 @@ def run(a) -> None:
         s = evaluate_views(scene.gaussians, scene, held, one_hot, lut, ls)
         _emit(dict(base, method="lift", n=n, miou=100 * s.miou, miou_present=100 * s.miou_present,
                    never_labelled=unseen))
+        fit, val = carve_validation(train, a.val)
         for mode in a.modes:
             kw = dict(MODES[mode])
             kw.setdefault("loss", {})
@@ -127,7 +127,6 @@ def run(a) -> None:
                               lr=a.lr, epochs=a.epochs, lr_schedule=a.lr_schedule, val_every=a.val_every,
                               widen=a.widen, widen_only=a.widen_only, replay_site_classes=not a.replay_base_only,
                               replay_seeds=list(a.replay_seeds), replay_batch=a.replay_batch, **kw)
-            fit, val = carve_validation(train, a.val)
             out = Path(a.ckpt_dir) / f"{Path(a.scene).name.replace(':', '_')}_{mode}{a.tag}_{n}"
             res = adapt_checkpoint(a.checkpoint, scene, fit, cfg, out_dir=out, val_positions=val)
             s = evaluate_views(scene.gaussians, scene, held, res.scores, lut, ls)
@@ -159,11 +158,11 @@ def _emit(rec: dict) -> None:
 
 def _base_digest(ckpt: str | None) -> str:
     """The SHA-256 prefix of the base checkpoint's weights, from the adapted checkpoint's provenance."""
-    import yaml
+    from chorus_ros.core.encoder.checkpoint import load_checkpoint_config
+    from chorus_ros.core.errors import CheckpointError
     try:
-        with open(Path(ckpt) / "config.yaml", encoding="utf-8") as f:
-            return str(yaml.safe_load(f)["meta"]["adaptation"]["base_digest"])[:8]
-    except (OSError, TypeError, KeyError):
+        return str(load_checkpoint_config(ckpt)[1]["adaptation"]["base_digest"])[:8]
+    except (CheckpointError, TypeError, KeyError):
         return "?"
 
 
@@ -215,6 +214,7 @@ def tables(path: str) -> None:
 
 def main() -> None:
     global OUT
+    from chorus_ros.core.adapt.config import LR_SCHEDULES
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scene", help="real:DIR or shift:NAME:SEED[:GAUSSIANS] (default 60000 Gaussians)")
     ap.add_argument("--labels-map")
@@ -230,7 +230,7 @@ def main() -> None:
     ap.add_argument("--replay", type=float, default=1.0, help="weight of the replay term (0: off)")
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--epochs", type=float, default=0.0, help="visits per training view (0: --steps)")
-    ap.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant")
+    ap.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant")
     ap.add_argument("--absent", type=float, default=0.0, help="weight of the absent-class term (0: off)")
     ap.add_argument("--val", type=int, default=0, help="validation views carved from the training views")
     ap.add_argument("--val-every", type=int, default=50)

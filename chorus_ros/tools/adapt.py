@@ -30,7 +30,7 @@ def _positions(n: int, text: str | None, what: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     from chorus_ros.core.adapt import AdaptConfig, LossWeights
-    from chorus_ros.core.adapt.config import TARGETS, TRAIN_MODES
+    from chorus_ros.core.adapt.config import LR_SCHEDULES, TARGETS, TRAIN_MODES
 
     d, dl = AdaptConfig(), LossWeights()
     ap = argparse.ArgumentParser(prog="chorus-adapt", description=__doc__.splitlines()[0])
@@ -45,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train", choices=TRAIN_MODES, default=d.train)
     ap.add_argument("--steps", type=int, default=d.steps)
     ap.add_argument("--epochs", type=float, default=d.epochs,
-                    help="visits per training view; steps = ceil(epochs * views / views-per-step) (0: --steps)")
-    ap.add_argument("--lr-schedule", choices=("constant", "cosine"), default=d.lr_schedule)
+                    help="visits per training view; steps = ceil(epochs * ceil(views / views-per-step)) (0: --steps)")
+    ap.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=d.lr_schedule)
     ap.add_argument("--val-views", type=int, default=0, metavar="K",
                     help="keep K of the training views (evenly spaced) for model selection: scored every "
                          "--val-every steps, the best step's weights are kept")

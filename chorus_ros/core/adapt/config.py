@@ -75,8 +75,9 @@ class AdaptConfig:
     steps: int = 300
     """Optimiser steps (the run stops earlier at ``budget_s``); ignored when ``epochs > 0``."""
     epochs: float = 0.0
-    """If > 0, the number of steps scales with the training views: ``ceil(epochs * views /
-    views_per_step)``, so every view is visited ``epochs`` times whatever the view count.
+    """If > 0, the number of steps scales with the training views: ``ceil(epochs *
+    ceil(views / views_per_step))`` (an epoch is ``ceil(views / views_per_step)`` batches), so
+    every view is visited ``epochs`` times whatever the view count.
     Views are drawn epoch by epoch (a shuffled pass over all of them, then the next), never
     at random with repeats."""
     lr_schedule: str = "constant"
@@ -95,8 +96,8 @@ class AdaptConfig:
     head with more capacity; the checkpoint's ``head_hidden`` grows by this. 0: none."""
     widen_only: bool = False
     """With ``train='heads'`` and ``widen``: train only the added units (their input weights and
-    biases and their output weights); the base decoder stays exactly as it was, so the site
-    enters as a residual that starts at zero."""
+    biases and their output weights); with ``weight_decay`` 0 (the default) the base decoder
+    stays exactly as it was, so the site enters as a residual that starts at zero."""
     lora_rank: int = 8
     """Rank of the low-rank adapters."""
     lora_alpha: float = 8.0

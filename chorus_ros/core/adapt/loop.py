@@ -11,7 +11,7 @@ Protocol (one scene, a fixed map ``G`` of N Gaussians, training views ``V``):
 2. **Model** (:class:`EncoderRunner`): the encoder's per-Gaussian outputs; with ``train='heads'``
    (and adapters on the decoder only) the U-Net runs once and its outputs are cached, each step
    runs only the per-Gaussian decoder, and only on the Gaussians that the step's pixels see.
-3. **Step**: sample ``views_per_step`` views; class probabilities ``softmax(cos(f_lang, t_k) /
+3. **Step**: take the next ``views_per_step`` views of a shuffled pass over all of them; class probabilities ``softmax(cos(f_lang, t_k) /
    T)`` over the text embeddings of the adaptation label set, head features, and an auxiliary
    colour are splatted at the views' pixels, alpha-normalised and compared with the targets
    (:mod:`.losses`); heads without targets are held to the base model's outputs on the scene
@@ -61,8 +61,8 @@ from chorus_ros.core.labels import UNLABELED, LabelSet
 from chorus_ros.core.metrics.semantic import ConfusionMatrix, SemanticScores
 from chorus_ros.core.render import RenderSettings, render
 
-__all__ = ["replay_class_names", "carve_validation", "epoch_batches", "planned_steps", "TrainView", "EncoderRunner", "AdaptResult", "adaptation_label_set", "prepare_views", "adapt",
-           "evaluate_views", "lift_baseline", "save_adapted", "class_probabilities", "load_with_adapter", "adapt_checkpoint", "ADAPTER_FILE"]
+__all__ = ["replay_class_names", "carve_validation", "epoch_batches", "planned_steps", "TrainView", "EncoderRunner",
+           "AdaptResult", "adaptation_label_set", "prepare_views", "adapt", "evaluate_views", "lift_baseline", "save_adapted", "class_probabilities", "load_with_adapter", "adapt_checkpoint", "ADAPTER_FILE"]
 
 ADAPTER_FILE = "adapter.safetensors"
 """Low-rank adapters of a ``train='lora'`` checkpoint (keys ``<module>.lora_A/B``)."""
@@ -247,7 +247,7 @@ class EncoderRunner(nn.Module):
             for p in model.parameters():
                 p.requires_grad_(True)
             params = list(model.parameters())
-        elif cfg.train == "heads" and cfg.widen and cfg.widen_only:
+        elif cfg.widen_only:  # validate(): implies train 'heads' and widen > 0
             from chorus_ros.core.adapt.widen import new_unit_parameters
             params = new_unit_parameters(model, cfg.widen)
         elif cfg.train == "heads":
@@ -304,17 +304,25 @@ def class_probabilities(lang: torch.Tensor, text_emb: torch.Tensor, temperature:
 
 
 # ----------------------------------------------------------------------------- evaluation
-@torch.no_grad()
-def _render_labels(gaussians: GaussianArrays, cam: Camera, scores: torch.Tensor, min_alpha: float,
-                   settings: RenderSettings) -> np.ndarray:
-    """Argmax label image of per-Gaussian ``scores [N, K]``; 65535 where alpha < min_alpha or no score."""
+def _render_scores(gaussians: GaussianArrays, cam: Camera, scores: torch.Tensor,
+                   settings: RenderSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """``([H, W, K] composited scores, [H, W] alpha)`` of per-Gaussian ``scores [N, K]``,
+    rendered 32 channels at a time."""
     parts, out = [], None
     for i in range(0, scores.shape[1], 32):
         out = render(gaussians, cam, settings, features=scores[:, i:i + 32].contiguous())
         parts.append(out.features)
-    img = torch.cat(parts, -1).cpu()
+    return torch.cat(parts, -1), out.alpha
+
+
+@torch.no_grad()
+def _render_labels(gaussians: GaussianArrays, cam: Camera, scores: torch.Tensor, min_alpha: float,
+                   settings: RenderSettings) -> np.ndarray:
+    """Argmax label image of per-Gaussian ``scores [N, K]``; 65535 where alpha < min_alpha or no score."""
+    img, alpha = _render_scores(gaussians, cam, scores, settings)
+    img = img.cpu()
     conf, lab = img.max(-1)
-    bad = (out.alpha.cpu() < min_alpha) | (conf <= 0)
+    bad = (alpha.cpu() < min_alpha) | (conf <= 0)
     return torch.where(bad, torch.full_like(lab, UNLABELED), lab).numpy()
 
 
@@ -395,7 +403,8 @@ class AdaptResult:
 
 def carve_validation(positions: Sequence[int], k: int) -> tuple[list[int], list[int]]:
     """``(train, val)``: ``k`` of the labelled ``positions``, evenly spaced and never the first
-    or last, become validation views for model selection; the rest stay training views."""
+    (nor the last while ``k < len(positions) - 1``), become validation views for model
+    selection; the rest stay training views."""
     positions = [int(p) for p in positions]
     if k <= 0:
         return positions, []
@@ -455,9 +464,7 @@ def _validation_miou(runner: "EncoderRunner", views: Sequence[TrainView], text_e
             if full is None:
                 _, hd = runner()
                 full = class_probabilities(hd["language"], text_emb, temperature)
-            parts = [render(gaussians, v.camera, settings, features=full[:, i:i + 32].contiguous()).features
-                     for i in range(0, full.shape[1], 32)]
-            img = torch.cat(parts, -1).reshape(-1, full.shape[1])[v.pixels.to(dev)]
+            img = _render_scores(gaussians, v.camera, full, settings)[0].reshape(-1, full.shape[1])[v.pixels.to(dev)]
         cm.update(img.argmax(1).cpu(), v.labels)
     return float(cm.compute().miou)
 
@@ -519,16 +526,17 @@ def adapt(model, gaussians: GaussianArrays, scene, train_positions: Sequence[int
     dev = torch.device(cfg.device)
     model = model.to(dev).eval()
     gaussians = gaussians.to(dev)
-    views = prepare_views(scene, gaussians.cpu() if splat == "cached" else gaussians, train_positions, cfg,
-                          lut if use_labels else None, label_set, teachers, splat)
+    view_gaussians = gaussians.cpu() if splat == "cached" else gaussians
+    views = prepare_views(scene, view_gaussians, train_positions, cfg, lut if use_labels else None, label_set,
+                          teachers, splat)
     views = [v for v in views if len(v.pixels)]
     if not views:
         raise InvalidInputError("no training view has pixels with rendered alpha >= min_alpha (does the map "
                                 "face the cameras?)")
     val_views = []
     if len(val_positions):
-        val_views = prepare_views(scene, gaussians.cpu() if splat == "cached" else gaussians, val_positions, cfg,
-                                  lut, label_set, (), splat, border_share=0.0)
+        val_views = prepare_views(scene, view_gaussians, val_positions, cfg, lut, label_set, (), splat,
+                                  border_share=0.0)
         val_views = [v for v in val_views if len(v.pixels)]
     absent = torch.empty(0, dtype=torch.long)
     if use_labels and cfg.loss.absent > 0:
@@ -562,8 +570,8 @@ def adapt(model, gaussians: GaussianArrays, scene, train_positions: Sequence[int
     n_steps = planned_steps(cfg, len(views))
     sched = None
     if cfg.lr_schedule == "cosine":
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1.0 + float(np.cos(np.pi * min(i, n_steps)
-                                                                                          / max(n_steps, 1)))))
+        from chorus_ros.core.train.trainer import lr_factor
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: lr_factor(i, n_steps, 0, 0.0))
     t_prep = time.perf_counter() - t_start
     c_prep = time.process_time() - c_start
     gen = torch.Generator().manual_seed(cfg.seed + 1)
@@ -700,8 +708,8 @@ def adapt(model, gaussians: GaussianArrays, scene, train_positions: Sequence[int
         p.requires_grad_(False)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     return AdaptResult(model.eval(), label_set, history, step, t_prep, t_train, adapter, stopped,
-                       None if scores is None else scores.cpu(), rss, c_prep, c_train, best_step,
-                       None if best is None else best[0], [int(c) for c in absent.tolist()])
+                       None if scores is None else scores.cpu(), rss, c_prep, c_train, best_step=best_step,
+                       val_miou=None if best is None else best[0], absent_classes=[int(c) for c in absent.tolist()])
 
 
 # ----------------------------------------------------------------------------- saving
