@@ -231,7 +231,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--epochs", type=float, default=0.0, help="visits per training view (0: --steps)")
     ap.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant")
-    ap.add_argument("--absent", type=float, default=0.0, help="weight of the absent-class term (0: off)")
+    ap.add_argument("--absent", type=float, default=0.0, help="weight of the absent-class term (0: off; this script keeps 0 so that the older "
+                    "tables reproduce, chorus-adapt defaults to 1.0)")
     ap.add_argument("--val", type=int, default=0, help="validation views carved from the training views")
     ap.add_argument("--val-every", type=int, default=50)
     ap.add_argument("--widen", type=int, default=0, help="hidden units added to the decoder (heads)")

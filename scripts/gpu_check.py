@@ -350,7 +350,7 @@ def part_parity(ctx: Ctx) -> dict:
     from chorus_ros.core.geometry import Camera, look_at_pose
     from chorus_ros.core.render import RenderSettings
     from chorus_ros.core.render.parity import (PARITY_LIMITS, compare_backends, gradient_differences,
-                                               random_gaussians)
+                                               parity_passes, random_gaussians)
 
     def cam(w, h, c2w=None):
         return Camera.from_c2w(np.eye(4) if c2w is None else c2w, Camera.intrinsics_from_fov(w, h, 60.0), w, h)
@@ -367,8 +367,7 @@ def part_parity(ctx: Ctx) -> dict:
     for label, g, c, ch in cases:
         feats = torch.randn(len(g), ch, generator=torch.Generator().manual_seed(ch))
         d, _, _ = compare_backends(g, c, RenderSettings(background=(0.1, 0.5, 0.9)), feats)
-        ok = (all(v["max"] < lim["max"] and v["p999"] < lim["p999"] for v in d["outputs"].values())
-              and d["radii_equal"] > lim["equal_share"] and d["top_index_equal"] > lim["equal_share"])
+        ok = parity_passes(d)
         renders.append({"case": label, "gaussians": len(g), "width": c.width, "height": c.height, "channels": ch,
                         **d, "pass": bool(ok)})
         print("parity", json.dumps(renders[-1]), flush=True)

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--val-views", type=int, default=0, metavar="K",
                     help="keep K of the training views (evenly spaced) for model selection: scored every "
                          "--val-every steps, the best step's weights are kept")
-    ap.add_argument("--val-every", type=int, default=50)
+    ap.add_argument("--val-every", type=int, default=d.val_every)
     ap.add_argument("--budget-s", type=float, default=d.budget_s, help="wall-clock budget, seconds (0: none)")
     ap.add_argument("--lr", type=float, default=d.lr)
     ap.add_argument("--lora-rank", type=int, default=d.lora_rank)

@@ -34,7 +34,7 @@ How it is run: by a session whose task is lent a GPU machine (the device tool's 
 `can_start_another: true`), in one call of about 11 of its 15 device minutes.
 
 1. Here: `make gpu-pack` (`bash scripts/gpu_pack.sh`; ~10 minutes of xz the first time, seconds
-   later). It writes the git-ignored `.gpu/`: `site.tar.xz` (~45 MB: the pinned cp312 wheels the
+   later). It writes the git-ignored `.gpu/`: `site.tar.xz` (~43 MB: the pinned cp312 wheels the
    GPU machine lacks -- gsplat 1.5.3, spconv-cu126 2.3.8 + cumm-cu126 0.7.11, open_clip_torch
    3.3.0 and small dependencies -- unpacked and re-compressed, since the spconv wheel alone is
    70 MB and the tree that travels is capped at 64 MiB), `shared/data/3dgs/guitar.ply` (a real

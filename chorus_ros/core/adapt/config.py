@@ -104,7 +104,7 @@ class AdaptConfig:
     """Adapter scale numerator: the update is ``(alpha / rank) B A``."""
     lora_convs: bool = False
     """Also put adapters on the sparse convolutions (then the U-Net runs every step)."""
-    val_every: int = 0
+    val_every: int = 50
     """With validation views (carved from the training views, :func:`~chorus_ros.core.adapt.adapt`
     ``val_positions``): score them every this many steps (0: only at the end) on their own
     uniformly pooled pixels (mIoU of the composited class probabilities)."""

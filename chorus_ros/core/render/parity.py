@@ -24,11 +24,19 @@ from chorus_ros.core.geometry import Camera
 from chorus_ros.core.render.api import RenderOutput, RenderSettings, render
 
 __all__ = ["random_gaussians", "output_differences", "compare_backends", "gradient_differences",
-           "PARITY_LIMITS"]
+           "PARITY_LIMITS", "parity_passes"]
 
 PARITY_LIMITS = {"max": 1e-2, "p999": 1e-4, "equal_share": 0.99, "grad_rel": 1e-2}
 """Tolerances of the GPU tests: every output's max < 1e-2 and 99.9th percentile < 1e-4; radii and
 top indices equal on > 99 % of Gaussians / pixels; gradients within 1 % (relative L2)."""
+
+
+def parity_passes(d: dict) -> bool:
+    """Whether one :func:`compare_backends` result ``d`` is within :data:`PARITY_LIMITS` (the rule
+    the GPU tests assert and ``scripts/gpu_check.py`` reports)."""
+    lim = PARITY_LIMITS
+    return bool(all(v["max"] < lim["max"] and v["p999"] < lim["p999"] for v in d["outputs"].values())
+                and d["radii_equal"] > lim["equal_share"] and d["top_index_equal"] > lim["equal_share"])
 
 
 def random_gaussians(n: int, seed: int, degree: int = 3) -> GaussianArrays:
