@@ -116,3 +116,32 @@ def test_init_from_copies_the_backbone_and_keeps_mismatched_heads_fresh(tmp_path
     cfg2.init_from = str(tmp_path / "pre")
     with pytest.raises(CheckpointError, match="backbone tensors"):
         Trainer(cfg2, scenes=[_toy_scene()])
+    # same shapes, other inputs: feature version 1 channels mean something else
+    cfg3 = _toy_cfg(tmp_path / "c")
+    cfg3.encoder = dict(tiny, feature_version=1)
+    cfg3.init_from = str(tmp_path / "pre")
+    with pytest.raises(CheckpointError, match="feature_version: checkpoint 2, config 1"):
+        Trainer(cfg3, scenes=[_toy_scene()])
+
+
+def test_committed_configs_match_the_committed_checkpoints_they_start_from():
+    """A config/train/*.yaml whose init_from names a committed checkpoint has that checkpoint's
+    encoder inputs (variant, feature version, voxel size) and widths, so it can actually start."""
+    from pathlib import Path
+    from chorus_ros.core.encoder.checkpoint import load_checkpoint_config
+    from chorus_ros.core.train.config import load_train_config
+    root = Path(__file__).resolve().parents[2]
+    checked = 0
+    for path in sorted((root / "config" / "train").glob("*.yaml")):
+        cfg = load_train_config(str(path))
+        ckpt = root / cfg.init_from if cfg.init_from else None
+        if ckpt is None or not (ckpt / "config.yaml").is_file():
+            continue
+        enc, _ = load_checkpoint_config(str(ckpt))
+        for k in ("variant", "feature_version", "voxel_size", "channels", "embed_dim"):
+            want = getattr(enc, k)
+            got = cfg.encoder.get(k, want)
+            assert (list(got) if isinstance(got, (list, tuple)) else got) == \
+                (list(want) if isinstance(want, (list, tuple)) else want), (path.name, k, got, want)
+        checked += 1
+    assert checked >= 1

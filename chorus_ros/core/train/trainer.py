@@ -231,7 +231,16 @@ class Trainer:
         backbone tensor must exist with the same shape (else :class:`CheckpointError` listing
         them); heads are copied where name and shape match and kept fresh otherwise."""
         from chorus_ros.core.encoder.checkpoint import load_checkpoint
-        theirs = load_checkpoint(str(path)).model.state_dict()
+        loaded = load_checkpoint(str(path))
+        # same tensor shapes do not make the same inputs: the input variant, feature version and
+        # voxel size change what every input channel means, so they must match
+        mine = self.model.config
+        differ = [f"{k}: checkpoint {getattr(loaded.config, k)!r}, config {getattr(mine, k)!r}"
+                  for k in ("variant", "feature_version", "voxel_size") if getattr(loaded.config, k) != getattr(mine, k)]
+        if differ:
+            raise CheckpointError(f"init_from {path}: the encoder inputs differ ({'; '.join(differ)}); "
+                                  f"set encoder.{differ[0].split(':')[0]} to the checkpoint's value")
+        theirs = loaded.model.state_dict()
         own = self.model.state_dict()
         bad = [k for k in own if not k.startswith("heads.") and (k not in theirs or theirs[k].shape != own[k].shape)]
         if bad:
