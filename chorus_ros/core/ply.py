@@ -16,6 +16,13 @@ property (``label``, ``instance``, ...) becomes an entry of :attr:`GaussianArray
 Formats: ``binary_little_endian`` (fast path: one ``np.frombuffer``), ``binary_big_endian`` and
 ``ascii`` (slower, for small files).
 
+Plain coloured point clouds (``x y z`` + ``red green blue`` uchar or ``r g b`` / ``red green
+blue`` float 0-1, optionally ``nx ny nz``) are read too: :func:`read_ply` detects the layout
+(:func:`chorus_ros.core.plain_cloud.detect_layout`), fills in the 3DGS parameters with the
+documented defaults of :class:`~chorus_ros.core.plain_cloud.PointCloudInputConfig` and says which
+layout it read in :attr:`PlyReadResult.layout` / :attr:`PlyReadResult.layout_note`. The 3DGS path
+is unchanged by this.
+
 Non-finite values (real scenes contain ``opacity = +inf``, a quantised opacity of 1.0) are
 handled by :func:`sanitize_gaussians`, applied by :func:`read_ply` unless ``sanitize=False``.
 Policy (:class:`SanitizeConfig`):
@@ -51,6 +58,8 @@ import torch
 
 from chorus_ros.core.errors import InvalidInputError
 from chorus_ros.core.gaussians import GaussianArrays
+from chorus_ros.core.plain_cloud import (LAYOUT_3DGS, NORMAL_FIELDS, PointCloudInputConfig,
+                                         colour_fields, colours_to_unit, detect_layout, points_to_gaussians)
 
 __all__ = [
     "PlyProperty",
@@ -62,9 +71,11 @@ __all__ = [
     "read_ply",
     "read_ply_header",
     "write_ply",
+    "write_point_cloud_ply",
     "sanitize_gaussians",
     "ply_property_names",
     "structured_to_gaussians",
+    "structured_points_to_gaussians",
     "gaussians_to_structured",
     "PARAM_FIELDS",
 ]
@@ -437,6 +448,11 @@ class PlyReadResult:
     """Non-finite values found and what was done with them."""
     header: PlyHeader
     """The parsed header (format, property order and types, comments)."""
+    layout: str = LAYOUT_3DGS
+    """Which layout the file had: '3dgs' (reference 3DGS parameters) or 'pointcloud' (a plain
+    coloured point cloud; the parameters are defaults, see :attr:`layout_note`)."""
+    layout_note: str = ""
+    """For 'pointcloud': one line naming the colour fields read and the defaults filled in."""
 
     def __iter__(self):
         yield self.gaussians
@@ -549,9 +565,63 @@ def structured_to_gaussians(table: np.ndarray, *, source: str = "array", noun: s
     return GaussianArrays(means, torch.from_numpy(sh), opac, log_scales, quats, ids, extras)
 
 
+def structured_points_to_gaussians(table: np.ndarray, config: PointCloudInputConfig | None = None, *,
+                                   source: str = "array", noun: str = "properties", require_id: bool = False,
+                                   colours: np.ndarray | None = None,
+                                   skip: tuple[str, ...] = ()) -> tuple[GaussianArrays, str]:
+    """Build :class:`GaussianArrays` from a structured array holding a plain coloured point cloud
+    (shared by the PLY reader and the PointCloud2 conversion), through
+    :func:`chorus_ros.core.plain_cloud.points_to_gaussians`.
+
+    Fields: ``x y z`` required; a colour set (:data:`~chorus_ros.core.plain_cloud.COLOUR_FIELD_SETS`)
+    required unless ``colours`` (``[N, 3]`` float in [0, 1], e.g. unpacked from a PointCloud2
+    ``rgb`` field) is given; ``nx ny nz`` optional; ``id`` optional unless ``require_id``; the
+    fields in ``skip`` are dropped; any other field -> ``extras``.
+
+    Returns:
+        ``(gaussians, note)``: ``note`` names the colour source and the defaults used.
+
+    Raises:
+        InvalidInputError: missing fields (listed), colours out of range, bad or duplicated ids.
+    """
+    cfg = config or PointCloudInputConfig()
+    names = list(table.dtype.names or ())
+    present = set(names)
+    missing = [nm for nm in ["x", "y", "z"] + (["id"] if require_id else []) if nm not in present]
+    if missing:
+        raise InvalidInputError(f"{source}: point cloud is missing required {noun} {missing} (has {names})")
+    cols = _Columns(table)
+    used = {"x", "y", "z", "id", *skip}
+    if colours is None:
+        cset = colour_fields(present)
+        if cset is None:
+            detect_layout(names, source=source, noun=noun)   # raises, naming what is missing
+        rgb = colours_to_unit([table[nm] for nm in cset], cset, source=source)
+        kinds = sorted({_NP_TO_PLY.get(table.dtype.fields[nm][0].str[1:], "?") for nm in cset})
+        what = f"{'/'.join(kinds)} {'/'.join(cset)}"
+        used |= set(cset)
+    else:
+        rgb, what = colours, "packed rgb"
+    normals = None
+    if all(nm in present for nm in NORMAL_FIELDS):
+        normals = torch.from_numpy(cols.floats(list(NORMAL_FIELDS)))
+        used |= set(NORMAL_FIELDS)
+    n = table.shape[0]
+    ids = (_ids_from_column(table["id"], source) if "id" in present
+           else torch.from_numpy(np.arange(n, dtype=np.int64)))
+    extras = {nm: torch.from_numpy(table[nm].astype(_torch_np(table.dtype.fields[nm][0])))
+              for nm in names if nm not in used}
+    g = points_to_gaussians(torch.from_numpy(cols.floats(["x", "y", "z"])), torch.from_numpy(rgb), cfg,
+                            normals=normals, ids=ids, extras=extras)
+    note = (f"plain point cloud ({n} points, colour from {what}"
+            + (", with normals" if normals is not None else "") + f"); 3DGS parameters filled in: {cfg.describe()}")
+    return g, note
+
+
 def read_ply(path: str | Path, *, sanitize: bool = True, sanitize_config: SanitizeConfig | None = None,
-             device: str | torch.device = "cpu") -> PlyReadResult:
-    """Read a 3DGS PLY file.
+             device: str | torch.device = "cpu",
+             point_cloud: PointCloudInputConfig | None = None) -> PlyReadResult:
+    """Read a 3DGS PLY file, or a plain coloured point cloud PLY (layout detected; module docstring).
 
     Args:
         path: the file.
@@ -559,24 +629,33 @@ def read_ply(path: str | Path, *, sanitize: bool = True, sanitize_config: Saniti
             still counts non-finite values, with ``sanitized=False``).
         sanitize_config: the sanitising policy.
         device: where the returned tensors live.
+        point_cloud: how a plain point cloud becomes Gaussians (default
+            :class:`~chorus_ros.core.plain_cloud.PointCloudInputConfig()`); unused for 3DGS files.
 
     Returns:
-        :class:`PlyReadResult` (``gaussians, report = read_ply(path)`` also works).
+        :class:`PlyReadResult` (``gaussians, report = read_ply(path)`` also works); its ``layout``
+        says which layout the file had.
 
     Raises:
-        InvalidInputError: not a PLY, truncated, required properties missing (listed), bad
-            ``f_rest`` count, bad or duplicated ids.
+        InvalidInputError: not a PLY, truncated, neither layout (the missing properties of both
+            listed), a partial 3DGS layout, bad ``f_rest`` count, bad or duplicated ids, float
+            colours outside [0, 1].
         FileNotFoundError: no such file.
     """
     source = str(path)
     data = Path(path).read_bytes()
     hdr = _parse_header(data, source)
     table = _read_vertex_table(data, hdr, source)
-    g = structured_to_gaussians(table, source=source, noun="PLY vertex properties")
+    layout = detect_layout(table.dtype.names or (), source=source, noun="PLY vertex properties")
+    note = ""
+    if layout == LAYOUT_3DGS:
+        g = structured_to_gaussians(table, source=source, noun="PLY vertex properties")
+    else:
+        g, note = structured_points_to_gaussians(table, point_cloud, source=source, noun="PLY vertex properties")
     g, rep = sanitize_gaussians(g, sanitize_config, apply=sanitize)
     if torch.device(device) != g.device:
         g = g.to(device)
-    return PlyReadResult(g, rep, hdr)
+    return PlyReadResult(g, rep, hdr, layout, note)
 
 
 # ---------------------------------------------------------------------------- write
@@ -733,3 +812,64 @@ def write_ply(path: str | Path, g: GaussianArrays, *, format: str = "binary_litt
             f.write(buf.getvalue().encode("ascii"))
         else:
             f.write(memoryview(table).cast("B") if table.flags.c_contiguous else table.tobytes())
+
+
+def write_point_cloud_ply(path: str | Path, means: torch.Tensor, rgb: torch.Tensor, *, colour_type: str = "uchar",
+                          normals: torch.Tensor | None = None, extras: dict[str, torch.Tensor] | None = None,
+                          format: str = "binary_little_endian", comments: list[str] | None = None) -> None:
+    """Write a plain coloured point cloud PLY (``x y z [nx ny nz] red green blue [extras]``), the
+    layout :func:`read_ply` reads as 'pointcloud'.
+
+    Args:
+        path: output file (overwritten).
+        means: ``[N, 3]`` positions, metres (written as float).
+        rgb: ``[N, 3]`` colours in [0, 1].
+        colour_type: 'uchar' (``round(255 * rgb)``, the usual point cloud layout) or 'float'
+            (written unchanged as float ``red green blue``).
+        normals: optional ``[N, 3]`` written as ``nx ny nz``.
+        extras: optional ``[N]`` per-point attributes (e.g. ``label``), typed as in :func:`write_ply`.
+        format: 'binary_little_endian', 'binary_big_endian' or 'ascii'.
+        comments: header comment lines.
+    """
+    if format not in _FORMATS:
+        raise InvalidInputError(f"unknown PLY format {format!r} (known: {_FORMATS})")
+    if colour_type not in ("uchar", "float"):
+        raise InvalidInputError(f"colour_type must be 'uchar' or 'float', got {colour_type!r}")
+    xyz = means.detach().to("cpu", torch.float32).numpy()
+    n = xyz.shape[0]
+    col = rgb.detach().to("cpu", torch.float32).numpy()
+    if xyz.shape != (n, 3) or col.shape != (n, 3):
+        raise InvalidInputError(f"means and rgb must both be [N, 3], got {xyz.shape} and {col.shape}")
+    if not np.all((col >= 0) & (col <= 1)):
+        raise InvalidInputError("rgb must be in [0, 1]")
+    cols: list[tuple[str, str, np.ndarray]] = [(nm, "f4", xyz[:, j]) for j, nm in enumerate("xyz")]
+    if normals is not None:
+        nrm = normals.detach().to("cpu", torch.float32).numpy()
+        cols += [(nm, "f4", nrm[:, j]) for j, nm in enumerate(("nx", "ny", "nz"))]
+    if colour_type == "uchar":
+        c8 = np.clip(np.round(col.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
+        cols += [(nm, "u1", c8[:, j]) for j, nm in enumerate(("red", "green", "blue"))]
+    else:
+        cols += [(nm, "f4", col[:, j]) for j, nm in enumerate(("red", "green", "blue"))]
+    for name, t in (extras or {}).items():
+        tt = t.detach().cpu()
+        if tt.ndim != 1 or tt.shape[0] != n:
+            raise InvalidInputError(f"extras[{name!r}] must be [{n}], got {tuple(tt.shape)}")
+        code = _code_for(name, tt)
+        cols.append((name, code, (tt.to(torch.uint8) if tt.dtype == torch.bool else tt).numpy()))
+    order = ">" if format == "binary_big_endian" else "<"
+    dt = np.dtype([(nm, order + code) for nm, code, _ in cols])
+    table = np.empty(n, dtype=dt)
+    for nm, _, a in cols:
+        table[nm] = a
+    head = ["ply", f"format {format} 1.0"] + [f"comment {c}" for c in (comments or [])]
+    head += [f"element vertex {n}"] + [f"property {_NP_TO_PLY[code]} {nm}" for nm, code, _ in cols] + ["end_header"]
+    with open(path, "wb") as f:
+        f.write(("\n".join(head) + "\n").encode("ascii"))
+        if format == "ascii":
+            fmts = ["%.9g" if code == "f4" else "%.17g" if code == "f8" else "%d" for _, code, _ in cols]
+            buf = io.StringIO()
+            np.savetxt(buf, table, fmt=fmts, delimiter=" ")
+            f.write(buf.getvalue().encode("ascii"))
+        else:
+            f.write(table.tobytes())
