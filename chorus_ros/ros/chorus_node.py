@@ -7,7 +7,10 @@ queue; callbacks only convert and enqueue.
 
 Subscriptions (relative names, so the node's namespace applies):
     map_updates                   chorus_ros/GaussianMapUpdate  reliable, transient-local, depth
-                                  ``map_update_depth`` (FULL snapshots and DELTAs, by sequence)
+                                  ``map_update_depth`` (FULL snapshots and DELTAs, by sequence);
+                                  its cloud may be a plain coloured point cloud (x y z + packed
+                                  rgb or r g b, ``point_cloud.*`` defaults; a 'gaussian'
+                                  checkpoint then logs a warning recommending checkpoints/pointcloud)
     <camera>/pose                 geometry_msgs/PoseStamped     best effort (matches reliable too)
     <camera>/camera_info          sensor_msgs/CameraInfo        best effort; paired with the pose
                                   by stamp (``pair_tolerance_s``), never "latest"
@@ -66,6 +69,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from chorus_ros.core import persist
 from chorus_ros.core.errors import ChorusError, CheckpointError, InvalidInputError
 from chorus_ros.core.memory import trim_heap
+from chorus_ros.core.plain_cloud import LAYOUT_POINTCLOUD, PointCloudInputConfig, variant_warning
 from chorus_ros.core.pipeline import PerceptionPipeline, PipelineConfig
 from chorus_ros.ros import conversions as cv
 from chorus_ros.ros import qos
@@ -174,6 +178,9 @@ class ChorusNodeConfig:
     deltas keep applying on top of the loaded map), 'reset' (deltas are refused until the next
     FULL update) or 'restore' (take the map id and sequence stored with the save, so the
     publisher's deltas after it apply; refused for a save of another map)."""
+    point_cloud: PointCloudInputConfig = field(default_factory=PointCloudInputConfig)
+    """How a map update that arrives as a plain coloured point cloud (no 3DGS fields) becomes
+    Gaussians (chorus_ros.core.plain_cloud)."""
 
 
 READ_ONLY = ["map_frame", "cameras", "pose_source", "queue_size", "save_root",
@@ -297,6 +304,7 @@ class ChorusNode(Node):
         self._dirty_since: float | None = None
         self._state = "waiting_for_map"
         self._map_stamp = None
+        self._plain_warned: set[tuple[str, str]] = set()   # (map id, checkpoint) warned about a plain cloud
 
         inputs = MutuallyExclusiveCallbackGroup()
         services = MutuallyExclusiveCallbackGroup()
@@ -356,6 +364,7 @@ class ChorusNode(Node):
             raise ValueError(f"load_sequence must be 'keep', 'reset' or 'restore', got {cfg.load_sequence!r}")
         if cfg.save_root and not Path(cfg.save_root).expanduser().is_absolute():
             raise ValueError(f"save_root must be an absolute path (or '' for the ROS home), got {cfg.save_root!r}")
+        cfg.point_cloud.validate()
         if "checkpoint" in names and getattr(self, "_worker", None) is not None:
             self._stage_checkpoint(cfg.checkpoint)   # a bad checkpoint raises: refused, old one kept
 
@@ -408,11 +417,13 @@ class ChorusNode(Node):
     def _on_map_update(self, msg) -> None:
         self.updates_received += 1
         try:
-            upd = map_update_from_msg(msg, self.config.map_frame)
+            upd = map_update_from_msg(msg, self.config.map_frame, self.config.point_cloud)
         except (ChorusError, ValueError) as e:
             self.drops.add("update_rejected")
             self.errors.report("map update rejected", e)
             return
+        if upd.layout == LAYOUT_POINTCLOUD:
+            self._warn_plain_cloud(upd)
         with self._updates_lock:
             if len(self._updates) >= self.config.max_pending_updates:
                 self.dropped_updates += 1
@@ -423,6 +434,16 @@ class ChorusNode(Node):
             self._updates.append(upd)
             self._enqueued += 1
         self._wake.set()
+
+    def _warn_plain_cloud(self, upd: MapUpdate) -> None:
+        """Log once per map and checkpoint that a plain cloud meets a 'gaussian' encoder."""
+        variant = getattr(getattr(self.pipeline.model, "config", None), "variant", None)
+        key = (upd.map_id, self._active_checkpoint)
+        text = variant_warning(variant, what=f"map {upd.map_id!r}") if variant else None
+        if text is None or key in self._plain_warned:
+            return
+        self._plain_warned.add(key)
+        self.get_logger().warning(f"{text} ({upd.note})")
 
     @guarded("pose callback")
     def _on_pose(self, camera: str, msg: PoseStamped) -> None:

@@ -3,6 +3,10 @@
 The Gaussians travel as a ``sensor_msgs/PointCloud2`` (see msg/GaussianMapUpdate.msg), converted
 by :mod:`chorus_ros.ros.pointcloud`. This module adds the update envelope: map id, sequence,
 FULL/DELTA and removed ids, and checks the envelope (frame, removed ids of a FULL update).
+The cloud may also be a plain coloured point cloud (x y z + packed ``rgb`` or ``r g b``): its
+Gaussians get the defaults of :class:`~chorus_ros.core.plain_cloud.PointCloudInputConfig`
+(:attr:`MapUpdate.layout` = 'pointcloud'); without an ``id`` field only a FULL update is
+accepted (ids ``0..N-1``), since a DELTA must name the Gaussians it replaces.
 Sequence rules are applied by :class:`chorus_ros.ros.runtime.SequenceTracker`.
 """
 from __future__ import annotations
@@ -17,8 +21,9 @@ import torch
 
 from chorus_ros.core.errors import InvalidInputError
 from chorus_ros.core.gaussians import GaussianArrays
+from chorus_ros.core.plain_cloud import LAYOUT_3DGS, PointCloudInputConfig
 from chorus_ros.ros.conversions import header as make_header
-from chorus_ros.ros.pointcloud import gaussians_to_pointcloud2, pointcloud2_to_gaussians
+from chorus_ros.ros.pointcloud import decode_pointcloud2, gaussians_to_pointcloud2
 from chorus_ros.ros.runtime import UPDATE_DELTA, UPDATE_FULL
 
 __all__ = ["MapUpdate", "map_update_from_msg", "map_update_to_msg"]
@@ -38,6 +43,8 @@ class MapUpdate:
         stamp: ``builtin_interfaces/Time`` of the map state.
         frame_id: map frame of the Gaussian positions.
         received: ``time.monotonic()`` when it was decoded (encode-lag measurement).
+        layout: '3dgs', or 'pointcloud' when the Gaussians came from a plain coloured cloud.
+        note: for 'pointcloud': the colour source and the defaults filled in.
     """
 
     map_id: str
@@ -48,6 +55,8 @@ class MapUpdate:
     stamp: Any = None
     frame_id: str = ""
     received: float = field(default_factory=time.monotonic)
+    layout: str = LAYOUT_3DGS
+    note: str = ""
 
     @property
     def full(self) -> bool:
@@ -63,8 +72,9 @@ def _empty() -> GaussianArrays:
                           torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64))
 
 
-def map_update_from_msg(msg, map_frame: str = "map") -> MapUpdate:
-    """Decode and check a ``GaussianMapUpdate``; raises InvalidInputError naming the problem."""
+def map_update_from_msg(msg, map_frame: str = "map", point_cloud: PointCloudInputConfig | None = None) -> MapUpdate:
+    """Decode and check a ``GaussianMapUpdate``; raises InvalidInputError naming the problem.
+    ``point_cloud``: the defaults for a plain coloured cloud (module docstring)."""
     if msg.update_type not in (UPDATE_FULL, UPDATE_DELTA):
         raise InvalidInputError(f"unknown update_type {msg.update_type} (0 = FULL, 1 = DELTA)")
     frame = msg.header.frame_id
@@ -76,8 +86,14 @@ def map_update_from_msg(msg, map_frame: str = "map") -> MapUpdate:
         raise InvalidInputError(f"FULL update carries {removed.size} removed_ids (must be empty)")
     cloud = msg.gaussians
     g = None
+    layout, note = LAYOUT_3DGS, ""
     if int(cloud.width) * int(cloud.height) > 0 or len(cloud.data):
-        g = pointcloud2_to_gaussians(cloud)
+        res = decode_pointcloud2(cloud, point_cloud=point_cloud)
+        g, layout, note = res.gaussians, res.layout, res.note
+        if not res.ids_from_message and msg.update_type != UPDATE_FULL:
+            raise InvalidInputError("DELTA update carries a plain point cloud without an 'id' field: a DELTA must "
+                                    "name the Gaussians it adds or replaces (only a FULL update may omit ids: "
+                                    "they become 0..N-1)")
         if len(g) == 0:
             g = None
     if g is None and msg.update_type == UPDATE_FULL:   # an empty snapshot clears the map
@@ -87,7 +103,7 @@ def map_update_from_msg(msg, map_frame: str = "map") -> MapUpdate:
         if len(u) != len(g):
             raise InvalidInputError(f"map update has duplicate Gaussian ids ({len(g) - len(u)} repeated)")
     return MapUpdate(str(msg.map_id), int(msg.sequence), int(msg.update_type), g,
-                     torch.from_numpy(removed), msg.header.stamp, frame)
+                     torch.from_numpy(removed), msg.header.stamp, frame, layout=layout, note=note)
 
 
 def map_update_to_msg(gaussians: GaussianArrays | None, *, map_id: str, sequence: int, full: bool,

@@ -21,6 +21,20 @@ field; optionally dropped instead), and values no float writer produces for a Ga
 :func:`implausible_values`): the sign of data written in the other byte order than
 ``is_bigendian`` says, which the error then names. Map limits (coordinate and scale ranges)
 are checked by the map (:class:`~chorus_ros.core.map.MapConfig`).
+
+Plain coloured point clouds (a SLAM system's ``PointXYZRGB`` map) are decoded too, through the
+same core function as plain PLY files
+(:func:`chorus_ros.core.ply.structured_points_to_gaussians`, defaults of
+:class:`~chorus_ros.core.plain_cloud.PointCloudInputConfig`): a cloud with no 3DGS parameter
+field, FLOAT32/FLOAT64 ``x y z`` and a colour, given as
+
+* the packed ``rgb`` (or ``rgba``) field of PCL: FLOAT32 (or UINT32) whose 4 bytes, read as a
+  uint32 in the message's byte order, are ``0xAARRGGBB``; or
+* separate ``r g b`` / ``red green blue`` fields: UINT8 (0-255) or FLOAT32 (0-1).
+
+``id`` is optional there (absent: ``0..N-1``, see :attr:`CloudDecodeResult.ids_from_message`);
+``nx ny nz`` are used as the config says; other fields become extras. The result's ``layout``
+says which layout was decoded.
 """
 from __future__ import annotations
 
@@ -35,7 +49,10 @@ from std_msgs.msg import Header
 
 from chorus_ros.core.errors import InvalidInputError
 from chorus_ros.core.gaussians import GaussianArrays
-from chorus_ros.core.ply import gaussians_to_structured, ply_property_names, structured_to_gaussians
+from chorus_ros.core.plain_cloud import (COLOUR_FIELD_SETS, LAYOUT_3DGS, LAYOUT_POINTCLOUD, PointCloudInputConfig,
+                                         colour_fields)
+from chorus_ros.core.ply import (gaussians_to_structured, ply_property_names, structured_points_to_gaussians,
+                                 structured_to_gaussians)
 
 __all__ = [
     "FieldSpec",
@@ -47,6 +64,7 @@ __all__ = [
     "pointcloud2_to_gaussians",
     "decode_pointcloud2",
     "CloudDecodeResult",
+    "PACKED_RGB_FIELDS",
     "implausible_values",
 ]
 
@@ -60,6 +78,9 @@ _PF_NAMES = {PointField.INT8: "INT8", PointField.UINT8: "UINT8", PointField.INT1
              PointField.UINT16: "UINT16", PointField.INT32: "INT32", PointField.UINT32: "UINT32",
              PointField.FLOAT32: "FLOAT32", PointField.FLOAT64: "FLOAT64"}
 _PARAM_FIELDS = frozenset(ply_property_names(3))
+_GS_ONLY = _PARAM_FIELDS - {"x", "y", "z"}
+PACKED_RGB_FIELDS = ("rgb", "rgba")
+"""PCL's packed colour fields (4 bytes: 0xAARRGGBB as a uint32), in order of preference."""
 
 
 class FieldSpec(NamedTuple):
@@ -145,6 +166,12 @@ class CloudDecodeResult:
     """Field name -> number of non-finite values found (only fields with some)."""
     dropped: int = 0
     """Points dropped because of non-finite parameters (``drop_nonfinite=True``)."""
+    layout: str = LAYOUT_3DGS
+    """'3dgs' (every 3DGS field) or 'pointcloud' (a plain coloured cloud, parameters defaulted)."""
+    ids_from_message: bool = True
+    """False when a plain cloud had no ``id`` field and got ids ``0..N-1``."""
+    note: str = ""
+    """For 'pointcloud': the colour source and the defaults filled in."""
 
 
 def _message_dtype(msg: PointCloud2) -> np.dtype:
@@ -244,12 +271,77 @@ def _check_byte_order(msg: PointCloud2, table: np.ndarray, dt: np.dtype) -> None
                             f"decoded exactly and is refused")
 
 
-def decode_pointcloud2(msg: PointCloud2, *, drop_nonfinite: bool = False) -> CloudDecodeResult:
-    """Like :func:`pointcloud2_to_gaussians`, also returning the non-finite counts per field."""
+def _is_plain_cloud(names: set[str]) -> bool:
+    """No 3DGS parameter field, ``x y z`` and a colour (a field set or a packed rgb field)."""
+    return (not (names & _GS_ONLY) and {"x", "y", "z"} <= names
+            and (colour_fields(names) is not None or any(nm in names for nm in PACKED_RGB_FIELDS)))
+
+
+def _unpack_rgb(msg: PointCloud2, dt: np.dtype, name: str, n: int) -> np.ndarray:
+    """``[N, 3]`` float32 colours in [0, 1] from a packed ``rgb``/``rgba`` field (module docstring)."""
+    code = dt.fields[name][0].str[1:]
+    if code not in ("f4", "u4", "i4"):
+        raise InvalidInputError(f"PointCloud2 packed colour field {name!r} must be FLOAT32 or UINT32 (4 bytes "
+                                f"0xAARRGGBB), got {_PF_NAMES[_CODE_TO_PF[code]]}")
+    order = ">" if msg.is_bigendian else "<"
+    off = dt.fields[name][1]
+    as_int = np.dtype({"names": [name], "formats": [order + "u4"], "offsets": [off], "itemsize": dt.itemsize})
+    v = (np.frombuffer(msg.data, dtype=as_int, count=n)[name].astype(np.uint32) if n
+         else np.zeros(0, np.uint32))
+    rgb = np.stack([(v >> 16) & 255, (v >> 8) & 255, v & 255], 1).astype(np.float32)
+    return rgb / np.float32(255.0)
+
+
+def _decode_plain(msg: PointCloud2, table: np.ndarray, dt: np.dtype, drop_nonfinite: bool,
+                  config: PointCloudInputConfig | None) -> CloudDecodeResult:
+    names = set(dt.names)
+    for nm in ("x", "y", "z"):
+        if dt.fields[nm][0].kind != "f":
+            raise InvalidInputError(f"PointCloud2 field {nm!r} must be FLOAT32 or FLOAT64, got "
+                                    f"{_PF_NAMES[_CODE_TO_PF[dt.fields[nm][0].str[1:]]]}")
+    if "id" in names and dt.fields["id"][0].kind not in "iu":
+        raise InvalidInputError(f"PointCloud2 field 'id' must be an integer datatype, got "
+                                f"{_PF_NAMES[_CODE_TO_PF[dt.fields['id'][0].str[1:]]]}")
+    _check_byte_order(msg, table, dt)
+    colours = None
+    if colour_fields(names) is None:
+        packed = next(nm for nm in PACKED_RGB_FIELDS if nm in names)
+        colours = _unpack_rgb(msg, dt, packed, len(table))
+    g, note = structured_points_to_gaussians(table, config, source="PointCloud2", noun="fields", colours=colours,
+                                             skip=PACKED_RGB_FIELDS)
+    if colours is not None:
+        note = note.replace("colour from packed rgb", f"colour from packed {packed}")
+    nonfinite = {k: v for k, v in _nonfinite_by_field(g).items() if k in ("x", "y", "z")}
+    nonfinite.update({nm: int(c) for nm in ("red", "green", "blue", "r", "g", "b") if nm in names
+                      and dt.fields[nm][0].kind == "f" and (c := np.count_nonzero(~np.isfinite(table[nm])))})
+    dropped = 0
+    if nonfinite:
+        if not drop_nonfinite:
+            raise InvalidInputError(f"PointCloud2 has non-finite values (count per field: {nonfinite}); "
+                                    "pass drop_nonfinite=True to drop those points")
+        keep = g.finite_mask()
+        dropped = int((~keep).sum())
+        g = g.index(keep)
+    return CloudDecodeResult(g, nonfinite, dropped, LAYOUT_POINTCLOUD, "id" in names, note)
+
+
+def decode_pointcloud2(msg: PointCloud2, *, drop_nonfinite: bool = False,
+                       point_cloud: PointCloudInputConfig | None = None) -> CloudDecodeResult:
+    """Like :func:`pointcloud2_to_gaussians`, also returning the non-finite counts per field and
+    the layout decoded (``point_cloud``: the defaults for a plain coloured cloud)."""
     if not isinstance(msg, PointCloud2):
         raise InvalidInputError(f"expected sensor_msgs/PointCloud2, got {type(msg).__name__}")
     names = {f.name for f in msg.fields}
-    if "id" not in names:
+    plain = _is_plain_cloud(names)
+    if not plain and not (names & _GS_ONLY):
+        have = [f.name for f in msg.fields]
+        missing_gs = [nm for nm in ply_property_names(0) if nm not in names]
+        missing_pc = [nm for nm in ("x", "y", "z") if nm not in names] + (
+            [] if {"x", "y", "z"} - names else
+            ["a colour: " + " | ".join(PACKED_RGB_FIELDS + tuple("/".join(c) for c in COLOUR_FIELD_SETS))])
+        raise InvalidInputError(f"PointCloud2 is neither a 3DGS map (missing required 3DGS fields {missing_gs}) "
+                                f"nor a plain coloured point cloud (missing {missing_pc}); fields: {have}")
+    if not plain and "id" not in names:
         raise InvalidInputError("PointCloud2 has no 'id' field: Gaussian ids are required "
                                 f"(fields: {[f.name for f in msg.fields]})")
     dt = _message_dtype(msg)
@@ -263,6 +355,8 @@ def decode_pointcloud2(msg: PointCloud2, *, drop_nonfinite: bool = False) -> Clo
                                 f"{w} * {h} * {step} = {w * h * step}")
     n = w * h
     table = np.frombuffer(msg.data, dtype=dt, count=n) if n else np.empty(0, dtype=dt)
+    if plain:
+        return _decode_plain(msg, table, dt, drop_nonfinite, point_cloud)
     for nm in ("id",):
         if dt.fields[nm][0].kind not in "iu":
             raise InvalidInputError(f"PointCloud2 field 'id' must be an integer datatype, got "
@@ -285,14 +379,18 @@ def decode_pointcloud2(msg: PointCloud2, *, drop_nonfinite: bool = False) -> Clo
     return CloudDecodeResult(g, nonfinite, dropped)
 
 
-def pointcloud2_to_gaussians(msg: PointCloud2, *, drop_nonfinite: bool = False) -> GaussianArrays:
+def pointcloud2_to_gaussians(msg: PointCloud2, *, drop_nonfinite: bool = False,
+                             point_cloud: PointCloudInputConfig | None = None) -> GaussianArrays:
     """Decode a PointCloud2 written by :func:`gaussians_to_pointcloud2` (or any cloud with the
-    same field names: order, padding, FLOAT64 and big-endian are handled).
+    same field names: order, padding, FLOAT64 and big-endian are handled), or a plain coloured
+    point cloud (module docstring).
 
     Args:
         msg: the cloud; ``x y z f_dc_0..2 opacity scale_0..2 rot_0..3 id`` required,
-            ``f_rest_*`` optional (SH degree from their count), other fields -> ``extras``.
+            ``f_rest_*`` optional (SH degree from their count), other fields -> ``extras``;
+            or ``x y z`` + packed ``rgb`` / ``r g b`` (``id`` optional).
         drop_nonfinite: drop points with a non-finite parameter instead of raising.
+        point_cloud: defaults for a plain cloud (:class:`~chorus_ros.core.plain_cloud.PointCloudInputConfig`).
 
     Returns:
         :class:`GaussianArrays` with float32 parameters and int64 ids, on the CPU.
@@ -300,4 +398,4 @@ def pointcloud2_to_gaussians(msg: PointCloud2, *, drop_nonfinite: bool = False) 
     Raises:
         InvalidInputError: malformed message (see the module docstring), naming the problem.
     """
-    return decode_pointcloud2(msg, drop_nonfinite=drop_nonfinite).gaussians
+    return decode_pointcloud2(msg, drop_nonfinite=drop_nonfinite, point_cloud=point_cloud).gaussians

@@ -21,19 +21,34 @@ import sys
 from chorus_ros.ros.bringup import LAUNCH_ARGUMENTS
 
 
-def load_map_file(path: str, log=print):
-    """A 3DGS PLY as the model may see it: every extra vertex property (ground-truth ``label`` /
-    ``instance``, anything else) is dropped and named through ``log``; non-finite values are
-    sanitised (reported). Raises DatasetError / InvalidInputError naming the file."""
+def load_map_file(path: str, log=print, checkpoint: str | None = None):
+    """A 3DGS PLY, or a plain coloured point cloud PLY (x y z + colour: 3DGS parameters filled in,
+    :mod:`chorus_ros.core.plain_cloud`), as the model may see it: every extra vertex property
+    (ground-truth ``label`` / ``instance``, anything else) is dropped and named through ``log``;
+    non-finite values are sanitised (reported). A plain cloud is said so through ``log``, with a
+    warning when ``checkpoint``'s encoder reads Gaussian parameters (variant 'gaussian').
+    Raises DatasetError / InvalidInputError naming the file."""
     from pathlib import Path
 
     from chorus_ros.core.datasets import strip_gaussians
     from chorus_ros.core.errors import DatasetError
+    from chorus_ros.core.plain_cloud import LAYOUT_POINTCLOUD, variant_warning
     from chorus_ros.core.ply import read_ply
     p = Path(path)
     if not p.is_file():
         raise DatasetError(f"map file not found: {p}")
     res = read_ply(p)
+    if res.layout == LAYOUT_POINTCLOUD:
+        log(f"{p}: {res.layout_note}")
+        if checkpoint:
+            from chorus_ros.core.encoder.checkpoint import load_checkpoint_config
+            from chorus_ros.core.errors import CheckpointError
+            try:
+                warning = variant_warning(load_checkpoint_config(checkpoint)[0].variant, what=str(p))
+            except CheckpointError:
+                warning = None      # loading the checkpoint itself reports what is wrong with it
+            if warning:
+                log(f"WARNING: {warning}")
     if res.gaussians.extras:
         log(f"{p}: ignored PLY properties {', '.join(sorted(res.gaussians.extras))} "
             f"(extras and ground truth never reach the model)")
@@ -56,7 +71,8 @@ def _up(a: argparse.Namespace) -> int:
     g = None
     if a.map:
         try:
-            g = load_map_file(a.map, log=lambda m: print(f"chorus-ros up: {m}", flush=True))
+            g = load_map_file(a.map, log=lambda m: print(f"chorus-ros up: {m}", flush=True),
+                              checkpoint=a.checkpoint)
         except InvalidInputError as e:
             print(f"chorus-ros up: {e}", file=sys.stderr)
             return 2
@@ -143,7 +159,7 @@ def _query(a: argparse.Namespace) -> int:
         print(f"chorus-ros query: --top-k must be >= 1, got {a.top_k}", file=sys.stderr)
         return 2
     try:
-        g = load_map_file(a.map, log=lambda m: log(f"chorus-ros query: {m}"))
+        g = load_map_file(a.map, log=lambda m: log(f"chorus-ros query: {m}"), checkpoint=a.checkpoint)
         pipe = PerceptionPipeline.from_checkpoint(a.checkpoint, PipelineConfig(device=a.device))
         pipe.apply_update(g, None, full=True)
         t0 = time.perf_counter()

@@ -220,3 +220,72 @@ def tiny_scene_folder(tmp_path_factory, small_scene):
     root = tmp_path_factory.mktemp("scenes") / "room"
     return write_scene_folder(root, gaussians=small_scene.gaussians, classes=mem.classes, intrinsics=mem.camera,
                               frames=list(mem), unlabeled_id=65535, instance_none_id=65535)
+
+
+# ------------------------------------------------------------------ plain coloured point clouds
+def make_plain_cloud(n=40, *, packed="rgb", big=False, seed=0, colour_fields=None, ids=False, extra_nan=False,
+                     xyz=None, c8=None, labels=None, instances=None):
+    """A hand-built plain cloud: PCL PointXYZRGB layout (x y z, 4 bytes padding, packed rgb at 16,
+    point_step 32) or separate colour fields (``colour_fields=(('r', 'g', 'b'), 'u1')`` etc.), optional
+    UINT32 ``id`` = 100.. and a NaN ``y`` in point 3. ``xyz`` [N, 3] / ``c8`` [N, 3] uint8 replace the
+    random points / colours; ``labels`` / ``instances`` [N] add UINT32 ``label`` / ``instance`` fields
+    (extras)."""
+    import array
+
+    import numpy as np
+    import torch
+    from sensor_msgs.msg import PointCloud2, PointField
+    U32, F32 = PointField.UINT32, PointField.FLOAT32
+    g = torch.Generator().manual_seed(seed)
+    if xyz is None:
+        xyz = (torch.rand(n, 3, generator=g) * torch.tensor([2.0, 2.0, 0.2])).numpy()
+    if c8 is None:
+        c8 = torch.randint(0, 256, (len(xyz), 3), generator=g).numpy().astype(np.uint8)
+    xyz, c8 = np.asarray(xyz, np.float32), np.asarray(c8, np.uint8)
+    n = len(xyz)
+    o = ">" if big else "<"
+    layout = [("x", 0, "f4"), ("y", 4, "f4"), ("z", 8, "f4")]
+    if colour_fields is None:
+        layout.append((packed, 16, "f4"))
+    else:
+        names, code = colour_fields
+        size = np.dtype(code).itemsize
+        layout += [(nm, 12 + j * size, code) for j, nm in enumerate(names)]
+    if ids:
+        layout.append(("id", 24, "u4"))
+    if labels is not None:
+        layout.append(("label", 28, "u4"))
+    if instances is not None:
+        layout.append(("instance", 32, "u4"))
+    step = 36 if instances is not None else 32
+    dt = np.dtype({"names": [nm for nm, _, _ in layout], "formats": [o + c for _, _, c in layout],
+                   "offsets": [off for _, off, _ in layout], "itemsize": step})
+    rows = np.zeros(n, dtype=dt)
+    for j, nm in enumerate("xyz"):
+        rows[nm] = xyz[:, j]
+    if colour_fields is None:   # PCL: 0x00RRGGBB as a uint32, stored in a FLOAT32 field
+        v = (c8[:, 0].astype(np.uint32) << 16) | (c8[:, 1].astype(np.uint32) << 8) | c8[:, 2].astype(np.uint32)
+        rows[packed] = v.astype(o + "u4").view(o + "f4")
+    else:
+        for j, nm in enumerate(colour_fields[0]):
+            rows[nm] = c8[:, j] if colour_fields[1] == "u1" else c8[:, j] / 255.0
+    if ids:
+        rows["id"] = np.arange(n) + 100
+    if labels is not None:
+        rows["label"] = np.asarray(labels)
+    if instances is not None:
+        rows["instance"] = np.asarray(instances)
+    if extra_nan:
+        rows["y"][3] = np.nan
+    code = {"u4": U32, "f4": F32, "u1": PointField.UINT8}
+    msg = PointCloud2(height=1, width=n, is_bigendian=big, point_step=step, row_step=n * step, is_dense=True)
+    msg.fields = [PointField(name=nm, offset=off, datatype=code[c], count=1) for nm, off, c in layout]
+    msg.data = array.array("B", rows.tobytes())
+    return msg, torch.from_numpy(xyz.astype(np.float32)), torch.from_numpy(c8)
+
+
+@pytest.fixture(scope="session")
+def plain_cloud():
+    """``plain_cloud(...)`` -> ``(PointCloud2, xyz [N, 3] float32, colours [N, 3] uint8)``:
+    :func:`make_plain_cloud` (a plain coloured cloud, packed PCL rgb or separate colour fields)."""
+    return make_plain_cloud

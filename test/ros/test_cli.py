@@ -108,6 +108,29 @@ def test_query_on_a_map_file(tiny_scene_folder, random_checkpoint, capsys):
     assert "'chair': 1 object(s)" in text and "support" in text and "centroid (" in text and "confidence" in text
 
 
+def test_query_on_a_plain_point_cloud_map(tmp_path, small_scene, random_checkpoint, capsys):
+    """`chorus-ros query --map` on a plain xyz + uchar rgb PLY: read as a point cloud (said so), a
+    'gaussian' checkpoint is warned about (recommending checkpoints/pointcloud), the query runs."""
+    import json
+    from pathlib import Path
+
+    from chorus_ros.core.ply import write_point_cloud_ply
+    from chorus_ros.tools.cli import load_map_file, main
+    g = small_scene.gaussians
+    ply = tmp_path / "cloud.ply"
+    write_point_cloud_ply(ply, g.means, g.base_rgb, extras={"label": g.extras["label"]})
+    assert main(["query", "--map", str(ply), "chair", "--checkpoint", str(random_checkpoint), "--json"]) == 0
+    cap = capsys.readouterr()
+    assert f"{ply}: plain point cloud ({len(g)} points, colour from uchar red/green/blue)" in cap.err
+    assert "WARNING:" in cap.err and "checkpoints/pointcloud" in cap.err
+    assert f"{ply}: ignored PLY properties label" in cap.err
+    assert json.loads(cap.out)["gaussians"] == len(g)
+    lines = []
+    pc = Path(__file__).resolve().parents[2] / "checkpoints" / "pointcloud"
+    assert len(load_map_file(str(ply), log=lines.append, checkpoint=str(pc))) == len(g)
+    assert not any("WARNING" in m for m in lines) and any("plain point cloud" in m for m in lines)
+
+
 def test_map_file_errors_name_the_file(tmp_path, tiny_scene_folder, random_checkpoint, capsys):
     from chorus_ros.tools.cli import main
     missing = tmp_path / "missing.ply"

@@ -57,3 +57,32 @@ def test_envelope_errors():
     bad.means[2, 1] = float("nan")
     with pytest.raises(InvalidInputError, match="non-finite"):
         map_update_from_msg(map_update_to_msg(bad, map_id="m", sequence=0, full=True))
+
+
+def _plain_update(make, full: bool, with_ids: bool):
+    """A GaussianMapUpdate whose cloud is a plain PCL-style xyz + packed rgb cloud."""
+    cloud, xyz, c8 = make(n=12, ids=with_ids)
+    msg = map_update_to_msg(None, map_id="slam", sequence=0 if full else 1, full=full)
+    cloud.header = msg.gaussians.header
+    msg.gaussians = cloud
+    return msg, xyz, c8
+
+
+def test_plain_point_cloud_full_update_gets_ids_and_defaults(plain_cloud):
+    from chorus_ros.core.plain_cloud import PointCloudInputConfig
+    msg, xyz, c8 = _plain_update(plain_cloud, full=True, with_ids=False)
+    u = map_update_from_msg(msg, "map")
+    assert u.layout == "pointcloud" and u.full and "packed rgb" in u.note
+    assert u.gaussians.ids.tolist() == list(range(12)) and torch.equal(u.gaussians.means, xyz)
+    assert torch.allclose(u.gaussians.opacity, torch.full((12,), 0.9))
+    fixed = map_update_from_msg(msg, "map", PointCloudInputConfig(scale_mode="fixed", fixed_scale=0.03))
+    assert torch.allclose(fixed.gaussians.scales, torch.full((12, 3), 0.03))
+
+
+def test_plain_point_cloud_delta_needs_ids(plain_cloud):
+    msg, _, _ = _plain_update(plain_cloud, full=False, with_ids=False)
+    with pytest.raises(InvalidInputError, match="DELTA update carries a plain point cloud without an 'id' field"):
+        map_update_from_msg(msg, "map")
+    msg, _, _ = _plain_update(plain_cloud, full=False, with_ids=True)
+    u = map_update_from_msg(msg, "map")
+    assert u.kind == "DELTA" and u.gaussians.ids.tolist() == list(range(100, 112))

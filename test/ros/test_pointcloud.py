@@ -249,3 +249,71 @@ def test_subnormal_and_huge_values_are_refused_whatever_the_byte_order():
     assert implausible_values(table) == {}
     table["x"][0] = -1e16
     assert implausible_values(table) == {"x": 1}
+
+
+# ------------------------------------------------------------------ plain coloured point clouds
+# (the cloud builder is the `plain_cloud` fixture of test/ros/conftest.py)
+
+
+@pytest.mark.parametrize("big", [False, True])
+def test_plain_cloud_with_packed_rgb_goes_through_the_core_conversion(big, plain_cloud):
+    from chorus_ros.core.plain_cloud import points_to_gaussians
+    msg, xyz, c8 = plain_cloud(big=big)
+    res = decode_pointcloud2(msg)
+    assert res.layout == "pointcloud" and not res.ids_from_message and "packed rgb" in res.note
+    ref = points_to_gaussians(xyz, c8.float() / 255)
+    same(res.gaussians, ref)                              # the same core function, field for field
+    assert torch.equal(torch.round(res.gaussians.base_rgb * 255).to(torch.uint8), c8)
+    assert not res.gaussians.extras                        # the packed field is colour, not an extra
+
+
+@pytest.mark.parametrize("fields", [(("r", "g", "b"), "u1"), (("red", "green", "blue"), "u1"),
+                                    (("r", "g", "b"), "f4")], ids=["r g b uint8", "red green blue uint8",
+                                                                   "r g b float"])
+def test_plain_cloud_with_separate_colour_fields(fields, plain_cloud):
+    msg, xyz, c8 = plain_cloud(colour_fields=fields, ids=True)
+    res = decode_pointcloud2(msg)
+    assert res.layout == "pointcloud" and res.ids_from_message
+    assert res.gaussians.ids.tolist() == list(range(100, 140))
+    assert torch.allclose(res.gaussians.base_rgb, c8.float() / 255, atol=1e-6)
+    assert torch.equal(res.gaussians.means, xyz)
+
+
+def test_packed_rgba_uint32_is_read_too(plain_cloud):
+    msg, _, c8 = plain_cloud(packed="rgba")
+    next(f for f in msg.fields if f.name == "rgba").datatype = U32
+    g = pointcloud2_to_gaussians(msg)
+    assert torch.equal(torch.round(g.base_rgb * 255).to(torch.uint8), c8)
+
+
+def _retype(msg, name, datatype):
+    next(f for f in msg.fields if f.name == name).datatype = datatype
+    return msg
+
+
+PLAIN_MALFORMED = [
+    ("no colour", lambda mk: setattr_ret(mk()[0], fields=[f for f in mk()[0].fields if f.name != "rgb"]),
+     r"neither a 3DGS map \(missing required 3DGS fields \['f_dc_0'.*nor a plain coloured point cloud "
+     r"\(missing \['a colour: rgb \| rgba \| red/green/blue"),
+    ("packed rgb uint8", lambda mk: _retype(mk()[0], "rgb", PointField.UINT8),
+     "packed colour field 'rgb' must be FLOAT32 or UINT32"),
+    ("x integer", lambda mk: _retype(mk()[0], "x", PointField.INT32), "field 'x' must be FLOAT32 or FLOAT64"),
+    ("non-finite position", lambda mk: mk(extra_nan=True)[0], r"non-finite values \(count per field: \{'y': 1\}\)"),
+]
+
+
+@pytest.mark.parametrize("name,build,pattern", PLAIN_MALFORMED, ids=[c[0] for c in PLAIN_MALFORMED])
+def test_malformed_plain_clouds_raise_invalid_input(name, build, pattern, plain_cloud):
+    with pytest.raises(InvalidInputError, match=pattern):
+        pointcloud2_to_gaussians(build(plain_cloud))
+
+
+def test_plain_cloud_float_colours_outside_unit_range_and_drop_option(plain_cloud):
+    msg, _, _ = plain_cloud(colour_fields=(("r", "g", "b"), "f4"))
+    a = np.frombuffer(msg.data, dtype=np.uint8).copy()
+    a[12:16] = np.frombuffer(np.float32(200.0).tobytes(), np.uint8)   # point 0, field r
+    msg.data = array.array("B", a.tobytes())
+    with pytest.raises(InvalidInputError, match=r"float colour field 'r' holds 1 values outside \[0, 1\]"):
+        pointcloud2_to_gaussians(msg)
+    res = decode_pointcloud2(plain_cloud(extra_nan=True)[0], drop_nonfinite=True)
+    assert res.dropped == 1 and len(res.gaussians) == 39 and 3 not in res.gaussians.ids.tolist()
