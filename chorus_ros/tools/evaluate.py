@@ -113,6 +113,22 @@ def _outputs(a, result, md_fn) -> None:
     _write(md_fn(plots), a.out, a.section)
 
 
+def _note_plain_maps(scenes, checkpoint: str) -> None:
+    """Name the scenes whose map PLY is a plain coloured point cloud (3DGS parameters are defaults),
+    with a warning when the checkpoint's encoder reads them (variant 'gaussian')."""
+    from chorus_ros.core.encoder.checkpoint import load_checkpoint_config
+    from chorus_ros.core.plain_cloud import LAYOUT_POINTCLOUD, detect_layout, variant_warning
+    from chorus_ros.core.ply import read_ply_header
+    plain = [s for s in scenes if s.map_path is not None
+             and detect_layout(read_ply_header(s.map_path).property_types) == LAYOUT_POINTCLOUD]
+    for s in plain:
+        print(f"{s.name}: the map {s.map_path} is a plain point cloud (3DGS parameters filled in by "
+              f"chorus_ros.core.plain_cloud defaults)", file=sys.stderr)
+    warning = variant_warning(load_checkpoint_config(checkpoint)[0].variant, what="a map") if plain else None
+    if warning:
+        print(f"chorus-eval: warning: {warning}", file=sys.stderr)
+
+
 def _dataset(a, cmd: str) -> int:
     from chorus_ros.core.datasets import check_labels_map, load_labels_map, open_scene, parse_views
     from chorus_ros.core.metrics.report import dataset_markdown
@@ -125,6 +141,7 @@ def _dataset(a, cmd: str) -> int:
     for s in scenes:
         print(f"{s.name}: {len(s)} views, {len(s.gaussians)} Gaussians ({s.layout} layout); not given to the "
               f"model: {', '.join(s.ignored_properties) or 'nothing'}", file=sys.stderr)
+    _note_plain_maps(scenes, a.checkpoint)
     res = evaluate_scenes(_factory(a.checkpoint, a.device), scenes,
                           SceneEvalConfig(min_alpha=a.min_alpha, chunks=a.chunks, contact_views=a.contact_views),
                           progress=not a.no_progress)

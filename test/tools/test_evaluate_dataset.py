@@ -152,3 +152,22 @@ def test_3d_only_folder(setup, tmp_path):
     assert d["mIoU"] is None and d["n_views"] == 0 and d["render_ms_per_view"] is None
     assert d["mIoU_3d"] is not None and 0 <= d["mIoU_3d"] <= 100 and d["n_gt_instances"] > 0
     assert cv2.imread(str(tmp_path / "p" / "confusion.png")) is not None
+
+
+def test_plain_point_cloud_map(setup, tmp_path, capsys):
+    """--map with a plain xyz + uchar rgb PLY: scored like any map (3D metrics from its label
+    property), named as a plain point cloud, and the 'gaussian' checkpoint is warned about."""
+    from chorus_ros.core.ply import read_ply, write_point_cloud_ply
+    from chorus_ros.tools.evaluate import main
+
+    g = read_ply(setup / "replica" / "gaussians.ply").gaussians
+    cloud = tmp_path / "cloud.ply"
+    write_point_cloud_ply(cloud, g.means, g.base_rgb, extras={"label": g.extras["label"]})
+    js = tmp_path / "r.json"
+    assert main(["--dataset", str(setup / "replica"), "--map", str(cloud), "--checkpoint", str(setup / "ckpt"),
+                 "--labels-map", str(setup / "map.yaml"), "--json", str(js), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert f"the map {cloud} is a plain point cloud" in err
+    assert "warning:" in err and "checkpoints/pointcloud" in err
+    d = json.loads(js.read_text())
+    assert d["n_views"] == 3 and d["mIoU"] is not None and d["mIoU_3d"] is not None
