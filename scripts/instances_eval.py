@@ -6,6 +6,8 @@ JSON object per run: PQ/SQ/RQ, id consistency, predicted objects / true instance
     python scripts/instances_eval.py --runs old=checkpoints/demo:old new=checkpoints/demo:new \
         --seeds 1000 1001 1002 --json /tmp/heldout.json
     python scripts/instances_eval.py --suite shift --shifts sparse dense mesh --runs ... --json /tmp/shift.json
+    python scripts/instances_eval.py --suite dataset --dataset /work/data/scannet/scene0451_01 \
+        --labels-map scripts/scannet/scannet20_to_demo.yaml --runs ... --json /tmp/s451.json
 
 Rules: 'old' = the grouping of commit 29d64d3 (no cross-class fragment merging, raw cosine query
 scores); 'new' = the current defaults (PipelineConfig()). A run may add dotted overrides after
@@ -41,7 +43,9 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", nargs="+", required=True, metavar="NAME=CKPT:RULES")
-    ap.add_argument("--suite", choices=["heldout", "shift"], default="heldout")
+    ap.add_argument("--suite", choices=["heldout", "shift", "dataset"], default="heldout")
+    ap.add_argument("--dataset", nargs="+", default=None, help="--suite dataset: scene folders")
+    ap.add_argument("--labels-map", default=None, help="--suite dataset: YAML 'gt name: model name'")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1000, 1001, 1002])
     ap.add_argument("--shifts", nargs="+", default=None)
     ap.add_argument("--suite-seeds", type=int, nargs="+", default=None)
@@ -65,6 +69,12 @@ def main(argv=None) -> int:
             from chorus_ros.core.metrics.evaluation import EvalConfig, evaluate_checkpoint
             cfg = EvalConfig(seeds=a.seeds, device=a.device, chunks=a.chunks)
             res = {"heldout": evaluate_checkpoint(name, make, cfg, cache).dataset}
+        elif a.suite == "dataset":
+            from chorus_ros.core.datasets import load_labels_map, open_scene
+            from chorus_ros.core.metrics.scenes import SceneEvalConfig, evaluate_scenes
+            lm = load_labels_map(a.labels_map) if a.labels_map else None
+            scenes = cache.setdefault("dataset", [open_scene(p, labels_map=lm) for p in a.dataset])
+            res = {"dataset": evaluate_scenes(make, scenes, SceneEvalConfig(), progress=False)}
         else:
             from chorus_ros.core.metrics.shift_suite import ShiftSuiteConfig, evaluate_shift_suite
             cfg = ShiftSuiteConfig(query=True)
@@ -77,7 +87,7 @@ def main(argv=None) -> int:
         for sname, r in res.items():
             j = results_json(r)
             out[name][sname] = {k: j.get(k) for k in ("mIoU", "PQ", "SQ", "RQ", "id_consistency", "id_consistency_px",
-                                                      "query_top1", "n_pred_objects", "n_gt_instances")}
+                                                      "query_top1", "n_pred_objects", "n_gt_instances", "PQ_3d", "mIoU_3d")}
             print(name, sname, json.dumps(out[name][sname]), file=sys.stderr, flush=True)
             if a.plots:
                 from chorus_ros.core.metrics.plots import write_plots

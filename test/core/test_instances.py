@@ -1,12 +1,15 @@
 """Instance grouping and persistent id association on hand-built scenes with exact answers."""
 import itertools
+import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from chorus_ros.core.decode.instances import (InstanceConfig, InstanceDecoder, connected_components,
-                                              feature_bucket, group_components)
+from chorus_ros.core.decode.instances import (InstanceConfig, InstanceDecoder, _absorb_fragments,
+                                              connected_components, feature_bucket, group_components,
+                                              median_knn_distance, support_area)
 from chorus_ros.core.errors import InvalidInputError
 
 VS = 0.1
@@ -140,7 +143,7 @@ def test_grouping_matches_slow_reference(seed, bits, stuff_thr):
     labels = torch.randint(0, 3, (n,), generator=gen)
     protos = torch.randn(3, 8, generator=gen)
     feats = protos[torch.randint(0, 3, (n,), generator=gen)] + 0.3 * torch.randn(n, 8, generator=gen)
-    cfg = InstanceConfig(voxel_size=0.1, feature_threshold=0.6, min_gaussians=1, feature_buckets=bits,
+    cfg = InstanceConfig(voxel_size=0.1, feature_threshold=0.6, min_gaussians=1, feature_buckets=bits, min_support_area=0,
                          stuff_feature_threshold=stuff_thr)
     g = group_components(means, feats, labels, cfg, stuff_label_ids=[0])
     ref = _reference_partition(means, feats, labels, cfg, {0})
@@ -288,15 +291,25 @@ def test_validation():
 
 def test_automatic_voxel_size_is_frozen_at_first_regroup():
     means, feats, labels, which, names = scene()
-    dec = InstanceDecoder(InstanceConfig(voxel_size=0, auto_voxel_factor=1.5, min_gaussians=3))
+    dec = InstanceDecoder(InstanceConfig(voxel_size=0, auto_voxel_factor=1.5, min_gaussians=3, spacing=-1))
     scales = torch.full((len(means), 3), 0.02)
     scales[:, 0] = 0.08                                      # largest std 0.08 -> voxel 0.12
     r = dec.regroup(means, feats, labels, torch.zeros(len(means), dtype=torch.long), stuff_label_ids=[FLOOR],
                     scales=scales)
-    assert dec.voxel_size == pytest.approx(0.12)
+    assert dec.voxel_size == pytest.approx(0.12) and dec.spacing is None
     assert len(set(r.instance_ids.tolist()) - {0}) == 4
     dec.regroup(means, feats, labels, r.instance_ids, stuff_label_ids=[FLOOR], scales=scales * 10)
     assert dec.voxel_size == pytest.approx(0.12)
+    # with the spacing measured (the default): the scene is a 0.1 m lattice, so the 8th nearest
+    # neighbour is a face diagonal away (sqrt(2) x 0.1) and bounds the voxel from below
+    auto = InstanceDecoder(InstanceConfig(voxel_size=0, auto_voxel_factor=1.5, min_gaussians=3))
+    auto.regroup(means, feats, labels, torch.zeros(len(means), dtype=torch.long), stuff_label_ids=[FLOOR],
+                 scales=scales)
+    assert auto.spacing == pytest.approx(0.1 * 2 ** 0.5, rel=1e-5)
+    assert auto.voxel_size == pytest.approx(auto.spacing)
+    auto.regroup(means * 3, feats, labels, torch.zeros(len(means), dtype=torch.long), stuff_label_ids=[FLOOR],
+                 scales=scales)
+    assert auto.spacing == pytest.approx(0.1 * 2 ** 0.5, rel=1e-5)        # frozen too
     with pytest.raises(InvalidInputError):
         group_components(torch.zeros(3, 3), torch.zeros(2, 4), torch.zeros(3), CFG)
 
@@ -318,7 +331,7 @@ def test_min_support_area_is_density_independent():
     assert set(gd.component[:-8].tolist()) == {0}
     # by count alone the dense speck (8 Gaussians) would survive
     g_count = group_components(dense, feats.repeat_interleave(8, 0), labels.repeat_interleave(8, 0),
-                               InstanceConfig(voxel_size=VS, min_gaussians=8, feature_buckets=0))
+                               InstanceConfig(voxel_size=VS, min_gaussians=8, feature_buckets=0, min_support_area=0))
     assert g_count.num_components == 2
 
 
@@ -437,3 +450,120 @@ def test_class_agnostic_things_keep_an_object_with_noisy_labels_whole():
     recs = dec.records(["floor", "chair", "table"])
     assert sorted(r.gaussian_count for r in recs) == [18, 32, 100]
     assert {r.gaussian_count: r.label for r in recs}[32] in ("chair", "table")
+
+
+# ------------------------------------------------------------- spacing, support area, fragment absorption
+def grid(nx, ny, h, z=0.0, x0=0.0, y0=0.0):
+    """``[nx*ny, 3]`` a flat square lattice of spacing ``h`` at height ``z``."""
+    x, y = torch.meshgrid(torch.arange(nx) * h + x0, torch.arange(ny) * h + y0, indexing="ij")
+    return torch.stack([x.reshape(-1), y.reshape(-1), torch.full((nx * ny,), z)], 1).double().float()
+
+
+def test_median_knn_distance_matches_brute_force():
+    gen = torch.Generator().manual_seed(0)
+    pts = torch.rand(500, 3, generator=gen)
+    d = torch.cdist(pts.double(), pts.double())
+    ref = float(d.sort(1).values[:, 8].median())            # column 0 is the point itself
+    assert median_knn_distance(pts, 8) == pytest.approx(ref, rel=1e-5)
+    # sampled queries (N > max_queries) are still exact on a lattice: 4 neighbours at h, 4 at sqrt(2) h
+    assert median_knn_distance(grid(60, 60, 0.03), 8, max_queries=256) == pytest.approx(0.03 * 2 ** 0.5, rel=1e-4)
+    with pytest.raises(InvalidInputError):
+        median_knn_distance(pts[:5], 8)
+
+
+def test_support_area_with_spacing_is_density_independent_and_weighted_by_confidence():
+    # one 0.4 m x 0.4 m patch sampled at 2 cm and at 4 cm: the same area; half confidence halves it
+    areas = []
+    for h in (0.02, 0.04):
+        m = grid(int(round(0.4 / h)), int(round(0.4 / h)), h)
+        sp = median_knn_distance(m, 8)
+        cfg = InstanceConfig(voxel_size=0.05, spacing=sp)
+        comp = group_components(m, torch.ones(len(m), 2), torch.zeros(len(m), dtype=torch.long), cfg, [0])
+        node = torch.arange(len(m))
+        areas.append(float(support_area(comp.component, 1, node, node, cfg)[0]))
+        half = float(support_area(comp.component, 1, node, node, cfg, torch.full((len(m),), 0.5))[0])
+        assert half == pytest.approx(areas[-1] / 2)
+    assert areas[0] == pytest.approx(areas[1], rel=1e-5)
+    # a lattice has pi/4 of the k-NN estimate's area per sample (pi * 2h^2 / 8 against h^2)
+    assert areas[0] == pytest.approx(0.16 * math.pi / 4, rel=1e-5)
+
+
+def test_a_surface_sampled_coarser_than_its_gaussians_stays_one_object():
+    # real/mesh maps: small Gaussians (std 1 cm) on a 5 cm lattice. A voxel from the Gaussians' size
+    # alone (1.5 cm) is finer than the spacing: every Gaussian is its own fragment. With the spacing
+    # as the voxel's lower bound the floor is one object.
+    m = grid(30, 30, 0.05)
+    feats = torch.randn(len(m), 4, generator=torch.Generator().manual_seed(1))
+    labels = torch.full((len(m),), FLOOR)
+    scales = torch.full((len(m), 3), 0.01)
+    zero = torch.zeros(len(m), dtype=torch.long)
+    old = InstanceDecoder(InstanceConfig(spacing=-1)).regroup(m, feats, labels, zero, stuff_label_ids=[FLOOR],
+                                                              scales=scales)
+    assert set(old.instance_ids.tolist()) == {0}                  # all fragments, nothing to join
+    dec = InstanceDecoder(InstanceConfig())
+    new = dec.regroup(m, feats, labels, zero, stuff_label_ids=[FLOOR], scales=scales)
+    assert dec.voxel_size == pytest.approx(0.05 * 2 ** 0.5, rel=1e-4)
+    assert len(set(new.instance_ids.tolist())) == 1 and int(new.instance_ids[0]) > 0
+
+
+def test_class_flip_fragments_join_the_object_they_touch_most():
+    # a wall (stuff) with a 'door' patch (class flip, 4 Gaussians) in its top corner, touching a real
+    # cabinet at one corner: the patch touches the wall most, so it joins the wall; a 'table' speck
+    # above the wall touches only the door patch (a chain of fragments) and follows it into the wall
+    WALL, DOOR, CAB, TAB = 0, 1, 2, 3
+    wall = block(0, 0, 0, 8, 1, 6, E[3], WALL)
+    cab = block(8, 0, 0, 3, 2, 4, E[0], CAB)
+    door = block(6, 0, 4, 2, 1, 2, E[1], DOOR)
+    tab = block(8, 0, 6, 1, 1, 1, E[2], TAB)
+    keep = ~((wall[0][:, None] - door[0][None]).abs().sum(-1) < 1e-6).any(1)
+    means = torch.cat([wall[0][keep], cab[0], door[0], tab[0]])
+    feats = torch.cat([wall[1][keep], cab[1], door[1], tab[1]])
+    labels = torch.cat([wall[2][keep], cab[2], door[2], tab[2]])
+    nw, nc, nd = int(keep.sum()), len(cab[0]), len(door[0])
+    cfg = InstanceConfig(voxel_size=VS, min_gaussians=5, feature_buckets=0)
+    g = group_components(means, feats, labels, cfg, [WALL]).component
+    assert set(g[nw + nc:].tolist()) == set(g[:nw].tolist()) and len(set(g[:nw].tolist())) == 1
+    assert set(g[nw:nw + nc].tolist()).isdisjoint(g[:nw].tolist())
+    # the older one-step rule looks only at supported neighbours: the chained speck is dropped
+    old = group_components(means, feats, labels, replace(cfg, absorb_by_contact=False), [WALL]).component
+    assert int(old[-1]) == -1
+
+
+def _absorb_reference(target, tiny, ca, cb, sim, comp_lab, across):
+    """Slow reference of the rounds of fragment absorption (python loops)."""
+    target = target.tolist()
+    pairs = [(int(a), int(b), float(s)) for a, b, s in zip(ca, cb, sim) if a != b]
+    pairs += [(b, a, s) for a, b, s in pairs]
+    while True:
+        cand = {}
+        for a, b, s in pairs:
+            if tiny[a] and target[a] < 0 and target[b] >= 0:
+                t = target[b]
+                same = int(comp_lab[a]) == int(comp_lab[t])
+                if not across and not same:
+                    continue
+                c = cand.setdefault(a, {}).setdefault(t, [0, -2.0, same])
+                c[0] += 1
+                c[1] = max(c[1], s)
+        if not cand:
+            return target
+        for a, ts in cand.items():
+            def key(t):
+                n, s, same = ts[t]
+                return (same, s if same else n, n if same else s, -t)
+            target[a] = max(ts, key=key)
+
+
+@pytest.mark.parametrize("seed,across", [(0, True), (1, True), (2, False), (3, True)])
+def test_absorb_fragments_matches_slow_reference(seed, across):
+    gen = torch.Generator().manual_seed(seed)
+    ncomp, npairs = 40, 120
+    ca = torch.randint(0, ncomp, (npairs,), generator=gen)
+    cb = torch.randint(0, ncomp, (npairs,), generator=gen)
+    sim = torch.round(torch.rand(npairs, generator=gen) * 4) / 4            # ties happen
+    comp_lab = torch.randint(0, 3, (ncomp,), generator=gen)
+    tiny = torch.rand(ncomp, generator=gen) < 0.6
+    target = torch.where(tiny, torch.full((ncomp,), -1), torch.arange(ncomp))
+    ref = _absorb_reference(target.clone(), tiny.tolist(), ca.tolist(), cb.tolist(), sim.tolist(), comp_lab, across)
+    _absorb_fragments(target, tiny, ca, cb, sim, comp_lab, across)
+    assert target.tolist() == ref

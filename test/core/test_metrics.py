@@ -378,3 +378,23 @@ def test_evaluate_scenes_exact_on_a_hand_built_view():
     assert r.query_top1 == 0.0 and set(r.query_details) == {"hand/wall", "hand/chair"}
     lower = evaluate_scenes(Stub, [scene], SceneEvalConfig(min_alpha=0.1), progress=False).total
     assert lower.semantic.num_pixels == 4 and lower.confusion[0, 0] == 2  # (0, 2) wall->wall counts now
+
+
+def test_per_gaussian_panoptic_quality(tiny_scene):
+    """PQ_3d scores the map's Gaussians against per-Gaussian ground truth (3D-only folders have no
+    views): an oracle is near perfect, calling chairs 'table' zeroes the chair class, and a scene
+    without per-Gaussian ground truth has none."""
+    from chorus_ros.core.datasets import SceneFolder
+    from chorus_ros.core.metrics.scenes import SceneEvalConfig, evaluate_scenes, results_json
+
+    scene, mem = tiny_scene
+    cfg = SceneEvalConfig(query=False)
+    good = evaluate_scenes(_oracle_factory(scene), [mem], cfg, progress=False)
+    assert good.total.panoptic_3d.pq > 0.9 and results_json(good)["PQ_3d"] == pytest.approx(
+        100 * good.total.panoptic_3d.pq, abs=0.01)
+    assert good.scenes[0].panoptic_3d.pq == pytest.approx(good.total.panoptic_3d.pq)
+    bad = evaluate_scenes(_oracle_factory(scene, {"chair": "table"}), [mem], cfg, progress=False).total
+    chair = scene.labels.index_of("chair")
+    assert bad.panoptic_3d.fn[chair] > 0 and bad.panoptic_3d.tp[chair] == 0 and bad.panoptic_3d.pq < good.total.panoptic_3d.pq
+    px = SceneFolder.in_memory(mem.name, mem.gaussians, mem.classes, [mem.frame(0)], instance_none_id=65535)
+    assert evaluate_scenes(_oracle_factory(scene), [px], cfg, progress=False).total.panoptic_3d is None

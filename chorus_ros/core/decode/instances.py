@@ -15,11 +15,16 @@ Grouping (:func:`group_components`), per call:
    features differ (stuff surfaces split from the things that touch them).
 3. Connected components of that graph (vectorised hook-and-compress union-find in torch).
 4. *Minimum support*: components with fewer than ``min_gaussians`` Gaussians, or covering less
-   than ``min_support_area`` square metres (occupied voxels x voxel area: a measure that does
-   not grow with the map's density), are fragments. A fragment merges into the most similar
-   adjacent supported component of its class; failing that (``merge_across_classes``), into
-   the most similar adjacent supported component of any class (its label is then outvoted by
-   the majority); failing both, it gets no instance.
+   than ``min_support_area`` square metres (:func:`support_area`: Gaussians x the area each stands
+   for at the map's sample spacing, weighted by semantic confidence; a measure that does not grow
+   with the map's density), are fragments. In rounds, a fragment touching a resolved object joins
+   the most similar one of its class; failing that (``merge_across_classes``), the object it
+   touches most, of any class (its label is then outvoted by the majority); a fragment touching
+   only fragments joins whatever they joined; one touching nothing gets no instance.
+
+The map's *sample spacing* (median distance to the 8th nearest Gaussian, measured once) is also a
+lower bound of the automatic voxel: real and mesh-sampled maps carry Gaussians smaller than their
+spacing, and a voxel smaller than the spacing cuts one surface into many pieces (docs/instances.md).
 
 The object features are the encoder's object (identity) head, trained from the scene-agnostic
 GOCL codebook (:mod:`chorus_ros.core.objects`); when the decoder is given the codebook's
@@ -54,7 +59,7 @@ from chorus_ros.core.labels import UNLABELED
 
 __all__ = ["InstanceConfig", "GroupingResult", "ComponentStats", "ObjectRecord", "TrackedObject",
            "IdTracker", "InstanceDecoder", "RegroupResult", "group_components",
-           "component_stats", "NO_INSTANCE", "ObjectCodebook", "CodebookEntry"]
+           "component_stats", "median_knn_distance", "support_area", "NO_INSTANCE", "ObjectCodebook", "CodebookEntry"]
 
 NO_INSTANCE = 0
 """Instance id meaning "no instance" (persistent ids start at 1; maps zero-fill new Gaussians)."""
@@ -72,9 +77,12 @@ class InstanceConfig:
 
     voxel_size: float = 0.0
     """Edge of the grouping voxels, metres (nodes of the adjacency graph); <= 0: automatic,
-    ``auto_voxel_factor`` x the median of the Gaussians' largest std (fixed at the first regrouping)."""
+    ``auto_voxel_factor`` x the median of the Gaussians' largest std, or the map's ``spacing`` when
+    larger (fixed at the first regrouping)."""
     auto_voxel_factor: float = 1.5
-    """Automatic voxel size as a multiple of the median largest Gaussian std (~ the sample spacing)."""
+    """Automatic voxel size as a multiple of the median largest Gaussian std; the automatic size is at
+    least the map's ``spacing`` too, so a surface sampled at that spacing stays connected in the
+    voxel graph (real and mesh-sampled maps have Gaussians smaller than their sample spacing)."""
     auto_voxel_range: tuple[float, float] = (0.01, 0.5)
     """Clamp of the automatic voxel size, metres."""
     voxel_quantum: float = 0.0
@@ -88,15 +96,37 @@ class InstanceConfig:
     """Within a voxel, Gaussians of one class are split into 2^bits nodes by the signs of fixed
     random projections of their object feature, so touching same-class objects sharing a voxel
     stay apart (same-voxel nodes are joined by the same similarity test as neighbours)."""
+    spacing: float = 0.0
+    """The map's sample spacing, metres: the median distance of a Gaussian to its ``spacing_knn``-th
+    nearest neighbour. Sets the area a Gaussian stands for in the minimum support and a lower
+    bound of the automatic voxel. 0: measured by the decoder on the Gaussians of the first
+    regrouping (then fixed, like the automatic voxel); < 0: not used (the voxel comes from the
+    Gaussians' sizes alone and support is measured by occupied voxels, the rule before 2026-12-06)."""
+    spacing_knn: int = 8
+    """k of the spacing's k-nearest-neighbour distance (8: a surface's 8-NN graph is connected
+    for random samples)."""
+    confidence_weighted_support: bool = True
+    """With a known ``spacing``, each Gaussian counts towards the minimum support in proportion to
+    its semantic confidence (an uncertain class flip is weaker evidence for an object of its own)."""
+    absorb_by_contact: bool = True
+    """Fragments (below the minimum support) join, in rounds, the most similar touching object of
+    their class, else the object they touch most (node contacts, any class, with
+    ``merge_across_classes``); a fragment touching only fragments joins whatever they joined.
+    False: the older one-step rule (most similar same-class neighbour, else most similar of any
+    class)."""
     min_gaussians: int = 8
     """Components with fewer Gaussians merge into a similar neighbour or get no instance."""
-    min_support_area: float = 0.01
-    """Components covering less than this many square metres (occupied grouping voxels x voxel
-    area, independent of the map's density) are fragments too; 0 disables. (0.01: no change on
-    held-out rooms, 402 -> 369 objects for 240 true on the 'dense' shift; docs/instances.md.)"""
+    min_support_area: float = 0.02
+    """Components covering less than this many square metres are fragments too; 0 disables. The
+    area is density-independent: Gaussians x the area each stands for (from ``spacing``, weighted
+    by confidence; :func:`support_area`), or occupied voxels x voxel area without a spacing.
+    0.02 m^2 (a 14 cm square) is below the surface of the smallest objects of the label set (a
+    book's cover alone is ~0.03 m^2); chosen from that, then checked on all sources
+    (docs/instances.md)."""
     merge_across_classes: bool = True
-    """A fragment with no supported neighbour of its class merges into the most similar supported
-    neighbour of any class (its Gaussians take that object's id; labels are kept)."""
+    """A fragment with no supported neighbour of its class merges into a supported neighbour of any
+    class (the one it touches most with ``absorb_by_contact``, else the most similar; its Gaussians
+    take that object's id; labels are kept)."""
     class_agnostic_things: bool = False
     """Group Gaussians of all thing classes together, by identity feature and adjacency alone (the
     object's class is its members' majority); stuff classes stay grouped per class. Keeps objects
@@ -126,6 +156,10 @@ class InstanceConfig:
             raise InvalidInputError(f"stuff_feature_threshold must be in [-1, 1], got {self.stuff_feature_threshold}")
         if not self.min_support_area >= 0:
             raise InvalidInputError(f"min_support_area must be >= 0, got {self.min_support_area}")
+        if self.spacing_knn < 1:
+            raise InvalidInputError(f"spacing_knn must be >= 1, got {self.spacing_knn}")
+        if not math.isfinite(self.spacing):
+            raise InvalidInputError(f"spacing must be finite, got {self.spacing}")
         if self.min_gaussians < 1:
             raise InvalidInputError(f"min_gaussians must be >= 1, got {self.min_gaussians}")
         if not 0 <= self.min_overlap_fraction <= 1:
@@ -226,6 +260,23 @@ def _encode(vox: torch.Tensor, dims: torch.Tensor) -> torch.Tensor:
     return (vox[..., 0] * dims[1] + vox[..., 1]) * dims[2] + vox[..., 2]
 
 
+def median_knn_distance(means: torch.Tensor, k: int = 8, max_queries: int = 2048, chunk: int = 16) -> float:
+    """Median distance (metres) of a Gaussian to its ``k``-th nearest other Gaussian: the map's
+    sample spacing, measured on up to ``max_queries`` Gaussians (a fixed-seed sample, exact when
+    N <= ``max_queries``) against all of ``means`` ([N, 3], world frame)."""
+    m = means.detach().float().cpu()
+    n = m.shape[0]
+    if n <= k:
+        raise InvalidInputError(f"median_knn_distance needs more than k={k} points, got {n}")
+    q = (torch.arange(n) if n <= max_queries
+         else torch.randperm(n, generator=torch.Generator().manual_seed(0))[:max_queries])
+    out = []
+    for i in range(0, q.numel(), chunk):
+        d = torch.cdist(m[q[i:i + chunk]], m)
+        out.append(d.topk(k + 1, largest=False).values[:, k])     # column 0 is the point itself
+    return float(torch.cat(out).median())
+
+
 def feature_bucket(f: torch.Tensor, bits: int) -> torch.Tensor:
     """``[N]`` int64 bucket of unit features ``f`` ([N, d]): signs of ``bits`` fixed random
     projections (seeded, so the same feature always lands in the same bucket)."""
@@ -258,6 +309,92 @@ def connected_components(num_nodes: int, src: torch.Tensor, dst: torch.Tensor) -
             parent = pp
 
 
+def _neighbour_pairs(node_cell: torch.Tensor, dims: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(src, dst)`` node pairs of any class in the same voxel or in 26-neighbouring voxels, each
+    unordered pair once (``node_cell`` [M] sorted voxel codes)."""
+    off = torch.cat([torch.zeros(1, dtype=torch.long), _encode(_HALF_OFFSETS, dims)])  # [14], self first
+    m = node_cell.numel()
+    tgt = (node_cell[:, None] + off[None, :]).reshape(-1)
+    lo = torch.searchsorted(node_cell, tgt, right=False)
+    hi = torch.searchsorted(node_cell, tgt, right=True)
+    cnt = hi - lo
+    src = torch.arange(m).repeat_interleave(off.numel()).repeat_interleave(cnt)
+    start = torch.cumsum(cnt, 0) - cnt
+    dst = lo.repeat_interleave(cnt) + (torch.arange(int(cnt.sum())) - start.repeat_interleave(cnt))
+    is_self = (torch.arange(m * off.numel()) % off.numel() == 0).repeat_interleave(cnt)
+    keep = ~is_self | (dst > src)
+    return src[keep], dst[keep]
+
+
+def support_area(node_comp: torch.Tensor, ncomp: int, node_cell: torch.Tensor, node_of: torch.Tensor,
+                 config: "InstanceConfig", confidence: torch.Tensor | None = None) -> torch.Tensor:
+    """``[C]`` float64 surface area (m^2) each component covers, independent of the map's density.
+
+    With ``config.spacing > 0``: every Gaussian stands for ``pi * spacing^2 / spacing_knn`` square
+    metres (a surface sampled with density rho has ``k`` samples within the median k-NN distance
+    ``s``: ``rho * pi * s^2 = k``), weighted by its semantic confidence when
+    ``confidence_weighted_support`` (an uncertain label is weaker evidence for an object of its own).
+    Otherwise: occupied grouping voxels x the voxel's face area.
+
+    Args:
+        node_comp: ``[M]`` component of each node. node_cell: ``[M]`` voxel code of each node.
+        node_of: ``[N']`` node of each grouped Gaussian. confidence: ``[N']`` or None.
+    """
+    if config.spacing > 0:
+        w = torch.ones(node_of.numel(), dtype=torch.float64)
+        if confidence is not None and config.confidence_weighted_support:
+            w = confidence.double().clamp(0.0, 1.0)
+        per_g = math.pi * config.spacing ** 2 / config.spacing_knn
+        return torch.zeros(ncomp, dtype=torch.float64).index_add_(0, node_comp[node_of], w) * per_g
+    cells = torch.unique(torch.stack([node_comp, node_cell], 1), dim=0)[:, 0]
+    return torch.bincount(cells, minlength=ncomp).double() * config.voxel_size ** 2
+
+
+def _absorb_fragments(target: torch.Tensor, tiny: torch.Tensor, ca: torch.Tensor, cb: torch.Tensor,
+                      sim: torch.Tensor, comp_lab: torch.Tensor, across: bool, max_rounds: int = 256) -> None:
+    """Point every fragment's ``target`` (in place) at the object it joins.
+
+    ``ca``/``cb`` [P] components of touching node pairs, ``sim`` [P] their features' cosine. In
+    rounds, every fragment still without a target that touches a resolved component (a supported
+    one, or a fragment resolved in an earlier round) joins: the most similar resolved neighbour of
+    its own class if there is one, else (``across``) the resolved object it touches most (node
+    contacts; ties: higher similarity, then the smaller index). Fragments touching nothing
+    resolved keep ``-1`` (no instance).
+    """
+    ncomp = target.numel()
+    diff = ca != cb
+    a0 = torch.cat([ca[diff], cb[diff]])
+    b0 = torch.cat([cb[diff], ca[diff]])
+    s0 = torch.cat([sim[diff], sim[diff]]).double()
+    keep = tiny[a0]
+    a0, b0, s0 = a0[keep], b0[keep], s0[keep]
+    for _ in range(max_rounds):
+        cand = (target[a0] < 0) & (target[b0] >= 0)
+        if not bool(cand.any()):
+            return
+        a, t, s = a0[cand], target[b0[cand]], s0[cand]
+        same = comp_lab[a] == comp_lab[t]
+        if not across:
+            a, t, s, same = a[same], t[same], s[same], same[same]
+            if a.numel() == 0:
+                return
+        key, inv = torch.unique(a * ncomp + t, return_inverse=True)           # sorted by (a, t)
+        contacts = torch.bincount(inv, minlength=key.numel()).double()
+        maxsim = torch.full((key.numel(),), -2.0, dtype=torch.float64).scatter_reduce(0, inv, s, reduce="amax")
+        ka, kt = key // ncomp, key % ncomp
+        ksame = comp_lab[ka] == comp_lab[kt]
+        # per fragment: same class first (by similarity), else most contacts (then similarity); stable
+        # sorts from the least to the most significant key keep the smaller t on full ties
+        order = torch.arange(key.numel())
+        for k, desc in ((torch.where(ksame, contacts, maxsim), True), (torch.where(ksame, maxsim, contacts), True),
+                        (ksame.double(), True), (ka.double(), False)):
+            order = order[torch.argsort(k[order], descending=desc, stable=True)]
+        ka_o = ka[order]
+        first = torch.ones_like(ka_o, dtype=torch.bool)
+        first[1:] = ka_o[1:] != ka_o[:-1]
+        target[ka_o[first]] = kt[order][first]
+
+
 def _merge_across_classes(target, rest, tiny, node_comp, node_cell, cell_lab, node_feat, nl, dims) -> None:
     """Point each ``rest`` fragment's ``target`` (in place) at the most similar supported component
     of any class with a node in the same or a 26-neighbouring voxel."""
@@ -287,8 +424,8 @@ def _merge_across_classes(target, rest, tiny, node_comp, node_cell, cell_lab, no
 
 
 def group_components(means: torch.Tensor, obj_feats: torch.Tensor, labels: torch.Tensor,
-                     config: InstanceConfig, stuff_label_ids=(), valid: torch.Tensor | None = None
-                     ) -> GroupingResult:
+                     config: InstanceConfig, stuff_label_ids=(), valid: torch.Tensor | None = None,
+                     confidence: torch.Tensor | None = None) -> GroupingResult:
     """Connected components of the same-class voxel graph (see the module docstring).
 
     Args:
@@ -298,6 +435,8 @@ def group_components(means: torch.Tensor, obj_feats: torch.Tensor, labels: torch
         config: grouping thresholds.
         stuff_label_ids: class ids grouped by connectivity alone.
         valid: optional ``[N]`` bool; False Gaussians are not grouped.
+        confidence: optional ``[N]`` semantic confidence in [0, 1] (weights the minimum support
+            when ``config.spacing > 0`` and ``confidence_weighted_support``).
     """
     n = means.shape[0]
     if not config.voxel_size > 0:
@@ -343,54 +482,49 @@ def group_components(means: torch.Tensor, obj_feats: torch.Tensor, labels: torch
     node_feat = torch.zeros(num_nodes, f.shape[1]).index_add_(0, node_of, f)
     node_feat = torch.nn.functional.normalize(node_feat, dim=-1)
     node_count = torch.bincount(node_of, minlength=num_nodes)
-    # candidate edges: same class, voxels in the 26-neighbourhood or the same voxel (other bucket)
+    # candidate pairs: nodes of any class in the same voxel or a 26-neighbouring one (each pair once)
     node_cell = cell_lab // nl
-    off = torch.cat([torch.zeros(1, dtype=torch.long), _encode(_HALF_OFFSETS, dims)])  # [14], self first
-    tgt = ((node_cell[:, None] + off[None, :]) * nl + node_lab_rank[:, None]).reshape(-1)
-    lo = torch.searchsorted(cell_lab, tgt, right=False)
-    hi = torch.searchsorted(cell_lab, tgt, right=True)
-    cnt = hi - lo
-    q_src = torch.arange(num_nodes).repeat_interleave(off.numel())
-    src = q_src.repeat_interleave(cnt)
-    start = torch.cumsum(cnt, 0) - cnt
-    dst = lo.repeat_interleave(cnt) + (torch.arange(int(cnt.sum())) - start.repeat_interleave(cnt))
-    is_self = (torch.arange(num_nodes * off.numel()) % off.numel() == 0).repeat_interleave(cnt)
-    keep_pair = ~is_self | (dst > src)
-    src, dst = src[keep_pair], dst[keep_pair]
-    sim = (node_feat[src] * node_feat[dst]).sum(-1)
+    src, dst = _neighbour_pairs(node_cell, dims)
+    same_class = node_lab_rank[src] == node_lab_rank[dst]
+    sim_all = (node_feat[src] * node_feat[dst]).sum(-1)
     is_stuff = stuff_rank[node_lab_rank[src]]
     thr = config.stuff_feature_threshold
-    stuff_ok = (sim > thr) if thr > -1 else torch.ones_like(is_stuff)
-    keep = torch.where(is_stuff, stuff_ok, sim > config.feature_threshold)
+    stuff_ok = (sim_all > thr) if thr > -1 else torch.ones_like(is_stuff)
+    keep = same_class & torch.where(is_stuff, stuff_ok, sim_all > config.feature_threshold)
     root = connected_components(num_nodes, src[keep], dst[keep])
     _, node_comp = torch.unique(root, return_inverse=True)
     ncomp = int(node_comp.max()) + 1
     size = torch.zeros(ncomp, dtype=torch.long).index_add_(0, node_comp, node_count)
     tiny = size < config.min_gaussians
     if config.min_support_area > 0:
-        cells = torch.unique(torch.stack([node_comp, node_cell], 1), dim=0)[:, 0]
-        area = torch.bincount(cells, minlength=ncomp).double() * config.voxel_size ** 2
-        tiny |= area < config.min_support_area
+        tiny |= support_area(node_comp, ncomp, node_cell, node_of, config,
+                            None if confidence is None else confidence[sel].cpu()) < config.min_support_area
     target = torch.arange(ncomp)
     if bool(tiny.any()):
         target[tiny] = -1
-        cs, cd = node_comp[src], node_comp[dst]
-        a = torch.cat([cs, cd])
-        b = torch.cat([cd, cs])
-        s = torch.cat([sim, sim])
-        cand = tiny[a] & ~tiny[b]
-        if bool(cand.any()):
-            a, b, s = a[cand], b[cand], s[cand]
-            order = torch.argsort(s, descending=True, stable=True)
-            a, b = a[order], b[order]
-            # first (most similar) large neighbour per tiny component
-            first = torch.full((ncomp,), a.numel(), dtype=torch.long)
-            first.scatter_reduce_(0, a, torch.arange(a.numel()), reduce="amin")
-            has = first < a.numel()
-            target[has] = b[first[has]]
-        rest = tiny & (target < 0)
-        if config.merge_across_classes and bool(rest.any()) and bool((~tiny).any()):
-            _merge_across_classes(target, rest, tiny, node_comp, node_cell, cell_lab, node_feat, nl, dims)
+        comp_lab = torch.zeros(ncomp, dtype=torch.long).index_put_((node_comp,), node_lab_rank)
+        if config.absorb_by_contact:
+            _absorb_fragments(target, tiny, node_comp[src], node_comp[dst], sim_all, comp_lab,
+                              config.merge_across_classes)
+        else:
+            sim = sim_all[same_class]
+            cs, cd = node_comp[src[same_class]], node_comp[dst[same_class]]
+            a = torch.cat([cs, cd])
+            b = torch.cat([cd, cs])
+            s = torch.cat([sim, sim])
+            cand = tiny[a] & ~tiny[b]
+            if bool(cand.any()):
+                a, b, s = a[cand], b[cand], s[cand]
+                order = torch.argsort(s, descending=True, stable=True)
+                a, b = a[order], b[order]
+                # first (most similar) large neighbour per tiny component
+                first = torch.full((ncomp,), a.numel(), dtype=torch.long)
+                first.scatter_reduce_(0, a, torch.arange(a.numel()), reduce="amin")
+                has = first < a.numel()
+                target[has] = b[first[has]]
+            rest = tiny & (target < 0)
+            if config.merge_across_classes and bool(rest.any()) and bool((~tiny).any()):
+                _merge_across_classes(target, rest, tiny, node_comp, node_cell, cell_lab, node_feat, nl, dims)
     node_target = target[node_comp]
     kept = node_target >= 0
     _, dense = torch.unique(node_target[kept], return_inverse=True)
@@ -609,6 +743,8 @@ class InstanceDecoder:
         """``[K, d_o]`` unit prototypes of the scene-agnostic GOCL codebook, or None."""
         self.voxel_size: float | None = self.config.voxel_size if self.config.voxel_size > 0 else None
         """Grouping voxel edge in use (resolved at the first regrouping when automatic)."""
+        self.spacing: float | None = self.config.spacing if self.config.spacing > 0 else None
+        """The map's sample spacing in use (measured at the first regrouping when automatic)."""
 
     @property
     def codebook(self) -> IdTracker:
@@ -628,8 +764,20 @@ class InstanceDecoder:
             prototypes = torch.nn.functional.normalize(prototypes.detach().float().cpu(), dim=-1)
         self.code_prototypes = prototypes
 
+    def resolve_spacing(self, means: torch.Tensor | None) -> float | None:
+        """The sample spacing in use; the automatic one is measured once from ``means`` ([N, 3])
+        (:func:`median_knn_distance`). None while there is nothing to measure."""
+        if self.config.spacing > 0:
+            self.spacing = float(self.config.spacing)
+        elif self.config.spacing < 0:
+            self.spacing = None
+        elif self.spacing is None and means is not None and means.shape[0] > self.config.spacing_knn:
+            self.spacing = median_knn_distance(means, self.config.spacing_knn)
+        return self.spacing
+
     def resolve_voxel_size(self, scales: torch.Tensor | None) -> float:
-        """The voxel size in use; the automatic one is computed once from ``scales`` ([N, 3] stds)."""
+        """The voxel size in use; the automatic one is computed once from ``scales`` ([N, 3] stds)
+        and the spacing (resolved first, :meth:`resolve_spacing`)."""
         if self.config.voxel_size > 0:
             self.voxel_size = float(self.config.voxel_size)
         elif self.voxel_size is None:
@@ -637,7 +785,7 @@ class InstanceDecoder:
                 return 0.05  # nothing to measure yet; not frozen
             med = float(scales.detach().float().max(dim=-1).values.median())
             lo, hi = self.config.auto_voxel_range
-            vs = self.config.auto_voxel_factor * med
+            vs = max(self.config.auto_voxel_factor * med, self.spacing or 0.0)
             q = self.config.voxel_quantum
             if q > 0 and vs > 0:
                 vs = q * 2.0 ** round(math.log2(vs / q))
@@ -645,7 +793,7 @@ class InstanceDecoder:
         return self.voxel_size
 
     def _cfg(self) -> InstanceConfig:
-        return replace(self.config, voxel_size=self.voxel_size or 0.05)
+        return replace(self.config, voxel_size=self.voxel_size or 0.05, spacing=self.spacing or 0.0)
 
     def expand_region(self, means: torch.Tensor, prev_ids: torch.Tensor, seed: torch.Tensor,
                       touched_ids=()) -> torch.Tensor:
@@ -693,6 +841,7 @@ class InstanceDecoder:
             scales: ``[N, 3]`` Gaussian stds (metres), for the automatic voxel size.
         """
         n = means.shape[0]
+        self.resolve_spacing(means)
         self.resolve_voxel_size(scales)
         prev_ids = prev_ids.long().cpu()
         if prev_ids.shape != (n,):
@@ -709,7 +858,7 @@ class InstanceDecoder:
         def sub(t):
             return None if t is None else t[idx.to(t.device)].cpu()
         g = group_components(sub(means), sub(obj_feats), sub(labels), self._cfg(), stuff_label_ids,
-                             sub(valid))
+                             sub(valid), sub(confidence))
         stats = component_stats(g.component, g.num_components, sub(means), sub(obj_feats), sub(labels),
                                 sub(lang_feats), sub(confidence), sub(gaussian_ids))
         before = {i for i, e in self.tracker.entries.items() if e.active}

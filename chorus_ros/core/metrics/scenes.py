@@ -20,7 +20,8 @@ Metrics (fractions here, percent in reports; definitions also in ``docs/evaluati
 * semantic (:mod:`.semantic`): mIoU (classes in the ground truth or predicted), ``mIoU_present``
   (classes present in the ground truth: the ScanNet protocol), mAcc, oAcc, per-class IoU/Acc,
   foreground variants (background = ``background`` classes);
-* panoptic quality over thing classes, cross-view id consistency (:mod:`.instance`);
+* panoptic quality over thing classes, cross-view id consistency (:mod:`.instance`); with
+  per-Gaussian ground-truth instances also ``PQ_3d`` over the map's Gaussians (3D-only folders);
 * per-Gaussian (3D) confusion when the scene has per-Gaussian ground-truth classes;
 * objects: ``n_pred_objects`` (decoded objects whose class is a thing) against
   ``n_gt_instances`` (ground-truth instances whose majority class maps to a thing);
@@ -109,6 +110,10 @@ class SceneScores:
     has_language: bool = True
     confusion_3d: np.ndarray | None = None
     """[K, K+1] int64 per-Gaussian confusion matrix, or None without per-Gaussian ground truth."""
+    panoptic_3d: PanopticScores | None = None
+    """Panoptic quality over the map's Gaussians (each Gaussian one "pixel": predicted class and
+    instance against its ground-truth class and instance; scenes with views or without, e.g.
+    3D-only folders), or None without per-Gaussian ground-truth instances."""
 
 
 @dataclass
@@ -246,6 +251,8 @@ def evaluate_scenes(pipeline_factory, scenes, cfg: SceneEvalConfig | None = None
             tot = _SceneRun(k, thing)
             tot_cm3 = ConfusionMatrix(k)
             tot_has3d = False
+            tot_pq3 = PanopticQuality(k, thing, gt_none=_GT_NONE)
+            tot_has_pq3 = False
         elif list(labels.names) != names:
             raise DatasetError(f"scene {scene.name}: the pipeline's label set differs from the first scene's")
         lut = scene.class_map_to(labels)
@@ -298,6 +305,7 @@ def evaluate_scenes(pipeline_factory, scenes, cfg: SceneEvalConfig | None = None
                         contact.append({"scene": scene.name, "index": f.index, **c})
         cm3 = None
         rows = None
+        pq3 = None
         if has3d and ATTR_LABEL in pipe.map.attribute_names():
             gl = torch.as_tensor(lut[np.clip(scene.gt_gaussian_labels, 0, UNLABELED)])
             rows = _rows_of(g.ids, len(g), pipe.map.arrays().ids)
@@ -305,6 +313,15 @@ def evaluate_scenes(pipeline_factory, scenes, cfg: SceneEvalConfig | None = None
             cm3.update(pipe.map.attribute(ATTR_LABEL).long().cpu(), gl[rows])
             tot_cm3.merge(cm3)
             tot_has3d = True
+            if scene.gt_gaussian_instances is not None and ATTR_INSTANCE in pipe.map.attribute_names():
+                # per-Gaussian panoptic quality: every Gaussian is one "pixel" of a single view
+                pq3 = PanopticQuality(k, thing, gt_none=_GT_NONE)
+                gi3 = _canon_instances(np.asarray(scene.gt_gaussian_instances), scene.instance_none_id)
+                pq3.update(pipe.map.attribute(ATTR_LABEL).long().cpu(), pipe.map.attribute(ATTR_INSTANCE).long().cpu(),
+                           gl[rows], torch.as_tensor(gi3)[rows])
+                for a in ("tp", "fp", "fn", "iou_sum"):
+                    getattr(tot_pq3, a)[:] += getattr(pq3, a)
+                tot_has_pq3 = True
         # objects and instances
         objs = pipe.objects()
         n_pred = sum(1 for o in objs if 0 <= o.label_id < k and thing[o.label_id])
@@ -341,7 +358,8 @@ def evaluate_scenes(pipeline_factory, scenes, cfg: SceneEvalConfig | None = None
                         run.cm.matrix.numpy().copy(), q, qd, n_pred, n_gt, t_enc,
                         float(np.mean(render_ms)) if render_ms else float("nan"), n_views, len(g),
                         list(scene.ignored_properties), mapping, min_alpha, has_lang,
-                        cm3.matrix.numpy().copy() if cm3 is not None else None)
+                        cm3.matrix.numpy().copy() if cm3 is not None else None,
+                        pq3.compute() if pq3 is not None else None)
         per.append(s)
         # pool
         tot.cm.merge(run.cm)
@@ -363,7 +381,8 @@ def evaluate_scenes(pipeline_factory, scenes, cfg: SceneEvalConfig | None = None
         _nanmean([s.render_ms_per_view for s in per], [s.n_views for s in per]),
         sum(s.n_views for s in per), int(round(np.mean([s.n_gaussians for s in per]))),
         sorted({p for s in per for p in s.ignored_properties}), {}, per[0].min_alpha,
-        all(s.has_language for s in per), tot_cm3.matrix.numpy().copy() if tot_has3d else None)
+        all(s.has_language for s in per), tot_cm3.matrix.numpy().copy() if tot_has3d else None,
+        tot_pq3.compute() if tot_has_pq3 else None)
     return DatasetEvalResult(per, total, names, contact)
 
 
@@ -425,6 +444,9 @@ def _scores_json(s: SceneScores, names: list[str]) -> dict:
         "id_consistency_px": _pct(s.consistency.pixel_weighted),
         "mIoU_3d": _pct(s.semantic_3d.miou) if s.semantic_3d is not None else None,
         "mIoU_3d_present": _pct(s.semantic_3d.miou_present) if s.semantic_3d is not None else None,
+        "PQ_3d": _pct(s.panoptic_3d.pq) if s.panoptic_3d is not None else None,
+        "SQ_3d": _pct(s.panoptic_3d.sq) if s.panoptic_3d is not None else None,
+        "RQ_3d": _pct(s.panoptic_3d.rq) if s.panoptic_3d is not None else None,
         "per_class_acc": {n: _pct(v) for n, v in zip(names, sem.acc) if math.isfinite(v)},
         "n_views": int(s.n_views), "n_gaussians": int(s.n_gaussians), "labelled_pixels": int(sem.num_pixels),
         "min_alpha": s.min_alpha, "ignored_properties": list(s.ignored_properties),
