@@ -67,14 +67,27 @@ def _finite_params(g: GaussianArrays) -> bool:
 # ---------------------------------------------------------------------------- PointCloud2
 _PF = {1: "i1", 2: "u1", 3: "i2", 4: "u2", 5: "i4", 6: "u4", 7: "f4", 8: "f8"}
 _NAMES = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2",
-          "rot_0", "rot_1", "rot_2", "rot_3", "id", "f_rest_0", "f_rest_1", "f_rest_2", "label", ""]
+          "rot_0", "rot_1", "rot_2", "rot_3", "id", "f_rest_0", "f_rest_1", "f_rest_2", "label", "",
+          "rgb", "r", "g", "b"]   # the last four: plain coloured point clouds (packed PCL rgb, separate channels)
 
 
 @st.composite
 def pointcloud_cases(draw):
-    """A PointCloud2 as a plain dict: either a valid cloud of random Gaussians with some
-    mutation, or a random layout with random bytes."""
-    if draw(st.booleans()):
+    """A PointCloud2 as a plain dict: a valid cloud of random Gaussians with some mutation, a
+    plain coloured point cloud (x y z + packed rgb or r g b) with the same mutations, or a random
+    layout with random bytes."""
+    kind = draw(st.sampled_from(["from_gaussians", "from_gaussians", "plain", "random", "random"]))
+    if kind == "plain":
+        n = draw(st.integers(0, 8))
+        return {"kind": "plain", "xyz": draw(st.lists(_FLOATS, min_size=3 * n, max_size=3 * n)),
+                "colour": draw(st.sampled_from(["packed", "u1", "f4"])),
+                "rgb": draw(st.lists(st.one_of(st.floats(0.0, 1.0, width=32), _FLOATS), min_size=3 * n,
+                                     max_size=3 * n)),
+                "ids": draw(st.booleans()), "mutation": draw(st.sampled_from(
+                    ["none", "none", "flip_endian", "truncate", "extend", "row_step", "width", "drop_field",
+                     "dup_field", "datatype", "offset", "count", "bytes"])), "arg": draw(st.integers(0, 1 << 16)),
+                "noise": draw(st.binary(min_size=0, max_size=64))}
+    if kind == "from_gaussians":
         g = draw(gaussians(max_n=8))
         return {"kind": "from_gaussians", "g": g, "mutation": draw(st.sampled_from(
             ["none", "flip_endian", "truncate", "extend", "row_step", "width", "drop_field", "dup_field",
@@ -100,14 +113,53 @@ def build_cloud(case):
     from std_msgs.msg import Header
 
     from chorus_ros.ros.pointcloud import gaussians_to_pointcloud2
+    if case["kind"] == "plain":
+        return _mutate(_plain_msg(case), case)
     if case["kind"] == "random":
         msg = PointCloud2(height=case["h"], width=case["w"], point_step=case["step"], row_step=case["row"],
                           is_bigendian=case["big"])
         msg.fields = [PointField(name=n, offset=o, datatype=d, count=c) for n, o, d, c in case["fields"]]
         msg.data = array.array("B", case["data"])
         return msg
-    g, m, arg = case["g"], case["mutation"], case["arg"]
-    msg = gaussians_to_pointcloud2(g, Header()) if g.ids is not None else PointCloud2()
+    g = case["g"]
+    return _mutate(gaussians_to_pointcloud2(g, Header()) if g.ids is not None else PointCloud2(), case)
+
+
+def _plain_msg(case):
+    """The unmutated plain cloud of a 'plain' case: FLOAT32 x y z, then packed FLOAT32 ``rgb``
+    (0x00RRGGBB) or UINT8 / FLOAT32 ``r g b``, then UINT32 ``id`` 0..N-1 when ``ids``."""
+    import array
+
+    import numpy as np
+    from sensor_msgs.msg import PointCloud2, PointField
+    n = len(case["xyz"]) // 3
+    xyz = np.asarray(case["xyz"], np.float32).reshape(n, 3)
+    rgb = np.asarray(case["rgb"], np.float32).reshape(n, 3)
+    c8 = np.nan_to_num(np.clip(rgb, 0, 1) * 255).round().astype(np.uint8)
+    cols = [("x", "<f4", xyz[:, 0]), ("y", "<f4", xyz[:, 1]), ("z", "<f4", xyz[:, 2])]
+    if case["colour"] == "packed":
+        v = (c8[:, 0].astype(np.uint32) << 16) | (c8[:, 1].astype(np.uint32) << 8) | c8[:, 2]
+        cols.append(("rgb", "<f4", v.astype("<u4").view("<f4")))
+    else:
+        cols += [(nm, "<" + case["colour"], c8[:, j] if case["colour"] == "u1" else rgb[:, j])
+                 for j, nm in enumerate("rgb")]
+    if case["ids"]:
+        cols.append(("id", "<u4", np.arange(n, dtype=np.uint32)))
+    dt = np.dtype([(nm, code) for nm, code, _ in cols])
+    table = np.empty(n, dtype=dt)
+    for nm, _, a in cols:
+        table[nm] = a
+    pf = {"<f4": PointField.FLOAT32, "<u1": PointField.UINT8, "<u4": PointField.UINT32}
+    msg = PointCloud2(height=1, width=n, point_step=dt.itemsize, row_step=n * dt.itemsize, is_bigendian=False)
+    msg.fields = [PointField(name=nm, offset=dt.fields[nm][1], datatype=pf[code], count=1) for nm, code, _ in cols]
+    msg.data = array.array("B", table.tobytes())
+    return msg
+
+
+def _mutate(msg, case):
+    """``msg`` with the case's mutation applied."""
+    import array
+    m, arg = case["mutation"], case["arg"]
     data = bytearray(bytes(msg.data))
     if m == "flip_endian":
         msg.is_bigendian = not msg.is_bigendian
@@ -140,7 +192,9 @@ def build_cloud(case):
 
 def check_pointcloud(case) -> str:
     """Decoding returns finite, plausible Gaussians with unique ids, one per point, or raises a
-    package exception; an unmutated cloud of finite, plausible Gaussians round-trips exactly."""
+    package exception; an unmutated cloud of finite, plausible Gaussians round-trips exactly; an
+    unmutated plain cloud is accepted exactly when its positions are finite and plausible and its
+    float colours in [0, 1], and then keeps its positions and colours."""
     from chorus_ros.ros.pointcloud import implausible_values, pointcloud2_to_gaussians
     msg = build_cloud(case)
     res, g = outcome(pointcloud2_to_gaussians, msg)
@@ -149,6 +203,20 @@ def check_pointcloud(case) -> str:
         assert _finite_params(g) and g.ids is not None and g.ids.dtype == torch.int64
         from chorus_ros.core.ply import gaussians_to_structured
         assert implausible_values(gaussians_to_structured(g, write_normals=False, write_ids=False)) == {}
+    if case["kind"] == "plain" and case["mutation"] == "none":
+        import numpy as np
+        xyz = torch.tensor(case["xyz"], dtype=torch.float32).reshape(-1, 3)
+        rgb = torch.tensor(case["rgb"], dtype=torch.float32).reshape(-1, 3)
+        with np.errstate(over="ignore", invalid="ignore"):
+            a = xyz.abs().double()
+            clean = bool(torch.isfinite(xyz).all()) and not bool((((a > 0) & (a < 1e-30)) | (a > 1e15)).any())
+        if case["colour"] == "f4":
+            clean = clean and bool((torch.isfinite(rgb) & (rgb >= 0) & (rgb <= 1)).all())
+        assert (res == "accepted") == clean, (res, clean)
+        if clean:
+            assert torch.equal(g.means, xyz)
+            want = rgb if case["colour"] == "f4" else torch.round(rgb.clamp(0, 1) * 255) / 255
+            assert torch.allclose(g.base_rgb, want, atol=1e-6)
     if case["kind"] == "from_gaussians" and case["mutation"] == "none":
         src = case["g"]
         from chorus_ros.core.ply import gaussians_to_structured
@@ -174,17 +242,22 @@ def ply_cases(draw):
     return {"g": g, "format": draw(st.sampled_from(["binary_little_endian", "binary_big_endian", "ascii"])),
             "mutation": draw(st.sampled_from(["none", "header_line", "truncate", "append", "bytes", "random"])),
             "arg": draw(st.integers(0, 1 << 16)), "line": draw(st.sampled_from(_HEADER_LINES)),
-            "noise": draw(st.binary(min_size=1, max_size=64))}
+            "noise": draw(st.binary(min_size=1, max_size=64)),
+            "plain": draw(st.sampled_from([None, None, "uchar", "float"]))}   # a plain point cloud PLY
 
 
 def build_ply(case, path: Path) -> bytes:
-    from chorus_ros.core.ply import write_ply
+    from chorus_ros.core.ply import write_ply, write_point_cloud_ply
     g, arg = case["g"], case["arg"]
     if case["mutation"] == "random":
         data = b"ply\n" + case["noise"] + b"\nend_header\n" + case["noise"][::-1]
         path.write_bytes(data)
         return data
-    write_ply(path, g, format=case["format"])
+    if case.get("plain"):
+        rgb = torch.nan_to_num(g.base_rgb, nan=0.5).clamp(0.0, 1.0)
+        write_point_cloud_ply(path, g.means, rgb, colour_type=case["plain"], format=case["format"])
+    else:
+        write_ply(path, g, format=case["format"])
     data = bytearray(path.read_bytes())
     m = case["mutation"]
     if m == "header_line":
@@ -206,7 +279,8 @@ def build_ply(case, path: Path) -> bytes:
 
 def check_ply(case) -> str:
     """``read_ply`` returns sanitised Gaussians (finite) or raises a package exception; an
-    unmutated file of Gaussians round-trips (raw values, ``sanitize=False``)."""
+    unmutated file of Gaussians round-trips (raw values, ``sanitize=False``); an unmutated plain
+    point cloud keeps its positions (ids 0..N-1)."""
     from chorus_ros.core.ply import read_ply
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "f.ply"
@@ -214,7 +288,13 @@ def check_ply(case) -> str:
         res, r = outcome(read_ply, p)
         if res == "accepted":
             assert _finite_params(r.gaussians)
-        if case["mutation"] == "none":
+        if case["mutation"] == "none" and case.get("plain"):
+            raw = read_ply(p, sanitize=False)
+            assert raw.layout == "pointcloud" and len(raw.gaussians) == len(case["g"])
+            a, b = raw.gaussians.means, case["g"].means
+            assert torch.equal(torch.nan_to_num(a, nan=7.0), torch.nan_to_num(b, nan=7.0))
+            assert torch.equal(raw.gaussians.ids, torch.arange(len(b)))
+        elif case["mutation"] == "none":
             raw = read_ply(p, sanitize=False).gaussians
             src = case["g"]
             assert len(raw) == len(src)

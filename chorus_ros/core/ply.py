@@ -270,7 +270,7 @@ def _read_vertex_ascii(data: bytes, hdr: PlyHeader, source: str) -> np.ndarray:
             with np.errstate(invalid="ignore"):
                 bad = ~np.isfinite(col) | (col != np.round(col)) | (col < info.min) | (col > info.max)
             if bad.any():
-                raise InvalidInputError(f"{source}: ASCII PLY property {prop.name!r} ({prop.type}) holds "
+                raise InvalidInputError(f"{source}: ASCII PLY property {prop.name!r} ({prop.ply_type}) holds "
                                         f"{int(bad.sum())} values that are not integers in its range, e.g. "
                                         f"{col[bad][0]!r}")
         out[prop.name] = col

@@ -195,3 +195,12 @@ def test_pointcloud_checkpoint_predicts_the_same_on_the_plain_cloud(tmp_path):
     assert torch.equal(a.embedding, c.embedding)
     for name in a.heads:
         assert torch.allclose(a.heads[name], b.heads[name], atol=1e-5), name
+
+
+def test_ascii_uchar_colour_that_is_not_an_integer_is_refused(tmp_path):
+    path = tmp_path / "a.ply"
+    path.write_text("ply\nformat ascii 1.0\nelement vertex 2\nproperty float x\nproperty float y\nproperty float z\n"
+                    "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n"
+                    "0 0 0 1 2 3\n1 0 0 3.5 2 3\n")
+    with pytest.raises(InvalidInputError, match=r"ASCII PLY property 'red' \(uchar\) holds 1 values that are not integers"):
+        read_ply(path)
