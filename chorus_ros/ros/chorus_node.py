@@ -417,13 +417,12 @@ class ChorusNode(Node):
     def _on_map_update(self, msg) -> None:
         self.updates_received += 1
         try:
-            upd = map_update_from_msg(msg, self.config.map_frame, self.config.point_cloud)
+            # a plain point cloud is decoded by the worker (its kNN spacing takes seconds on big maps)
+            upd = map_update_from_msg(msg, self.config.map_frame, self.config.point_cloud, defer_plain=True)
         except (ChorusError, ValueError) as e:
             self.drops.add("update_rejected")
             self.errors.report("map update rejected", e)
             return
-        if upd.layout == LAYOUT_POINTCLOUD:
-            self._warn_plain_cloud(upd)
         with self._updates_lock:
             if len(self._updates) >= self.config.max_pending_updates:
                 self.dropped_updates += 1
@@ -596,6 +595,9 @@ class ChorusNode(Node):
             try:
                 self._owner.check(upd.map_id, upd.update_type)
                 self._tracker.check(upd.map_id, upd.sequence, upd.update_type)
+                if upd.layout == LAYOUT_POINTCLOUD:
+                    upd.resolve()               # a deferred plain cloud: decoded here, off the executor
+                    self._warn_plain_cloud(upd)
                 with self._lock:
                     if upd.removed_ids.numel():   # the pipeline ignores unknown ids: refuse them here
                         known = self.pipeline.map.contains(upd.removed_ids)

@@ -6,7 +6,10 @@ FULL/DELTA and removed ids, and checks the envelope (frame, removed ids of a FUL
 The cloud may also be a plain coloured point cloud (x y z + packed ``rgb`` or ``r g b``): its
 Gaussians get the defaults of :class:`~chorus_ros.core.plain_cloud.PointCloudInputConfig`
 (:attr:`MapUpdate.layout` = 'pointcloud'); without an ``id`` field only a FULL update is
-accepted (ids ``0..N-1``), since a DELTA must name the Gaussians it replaces.
+accepted (ids ``0..N-1``), since a DELTA must name the Gaussians it replaces. Filling in a plain
+cloud's parameters costs a kNN search (about 1 s per 60K points on one core), so a node can defer
+it off its executor: ``map_update_from_msg(..., defer_plain=True)`` checks the envelope and the
+field names only, and :meth:`MapUpdate.resolve` (in the worker) decodes the cloud.
 Sequence rules are applied by :class:`chorus_ros.ros.runtime.SequenceTracker`.
 """
 from __future__ import annotations
@@ -21,9 +24,9 @@ import torch
 
 from chorus_ros.core.errors import InvalidInputError
 from chorus_ros.core.gaussians import GaussianArrays
-from chorus_ros.core.plain_cloud import LAYOUT_3DGS, PointCloudInputConfig
+from chorus_ros.core.plain_cloud import LAYOUT_3DGS, LAYOUT_POINTCLOUD, PointCloudInputConfig
 from chorus_ros.ros.conversions import header as make_header
-from chorus_ros.ros.pointcloud import decode_pointcloud2, gaussians_to_pointcloud2
+from chorus_ros.ros.pointcloud import decode_pointcloud2, gaussians_to_pointcloud2, is_plain_cloud
 from chorus_ros.ros.runtime import UPDATE_DELTA, UPDATE_FULL
 
 __all__ = ["MapUpdate", "map_update_from_msg", "map_update_to_msg"]
@@ -44,7 +47,9 @@ class MapUpdate:
         frame_id: map frame of the Gaussian positions.
         received: ``time.monotonic()`` when it was decoded (encode-lag measurement).
         layout: '3dgs', or 'pointcloud' when the Gaussians came from a plain coloured cloud.
-        note: for 'pointcloud': the colour source and the defaults filled in.
+        note: for 'pointcloud': the colour source and the defaults filled in (after decoding).
+        pending: a plain cloud not decoded yet (``defer_plain``); :meth:`resolve` decodes it.
+        point_cloud: the plain-cloud defaults :meth:`resolve` uses.
     """
 
     map_id: str
@@ -57,6 +62,8 @@ class MapUpdate:
     received: float = field(default_factory=time.monotonic)
     layout: str = LAYOUT_3DGS
     note: str = ""
+    pending: Any = None
+    point_cloud: PointCloudInputConfig | None = None
 
     @property
     def full(self) -> bool:
@@ -66,15 +73,40 @@ class MapUpdate:
     def kind(self) -> str:
         return "FULL" if self.full else "DELTA"
 
+    def resolve(self) -> "MapUpdate":
+        """Decode a deferred plain cloud into :attr:`gaussians` (no-op when nothing is pending).
+        Raises InvalidInputError naming the problem (the update is then unusable)."""
+        if self.pending is None:
+            return self
+        res = decode_pointcloud2(self.pending, point_cloud=self.point_cloud)
+        self.pending = None
+        self.gaussians, self.note = _checked(res.gaussians, self.full), res.note
+        return self
+
 
 def _empty() -> GaussianArrays:
     return GaussianArrays(torch.zeros(0, 3), torch.zeros(0, 1, 3), torch.zeros(0), torch.zeros(0, 3),
                           torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64))
 
 
-def map_update_from_msg(msg, map_frame: str = "map", point_cloud: PointCloudInputConfig | None = None) -> MapUpdate:
+def _checked(g: GaussianArrays | None, full: bool) -> GaussianArrays | None:
+    """None for an empty DELTA, an empty map for an empty FULL; refuses duplicated ids."""
+    if g is not None and len(g) == 0:
+        g = None
+    if g is None and full:   # an empty snapshot clears the map
+        g = _empty()
+    if g is not None:
+        u = torch.unique(g.ids)
+        if len(u) != len(g):
+            raise InvalidInputError(f"map update has duplicate Gaussian ids ({len(g) - len(u)} repeated)")
+    return g
+
+
+def map_update_from_msg(msg, map_frame: str = "map", point_cloud: PointCloudInputConfig | None = None, *,
+                        defer_plain: bool = False) -> MapUpdate:
     """Decode and check a ``GaussianMapUpdate``; raises InvalidInputError naming the problem.
-    ``point_cloud``: the defaults for a plain coloured cloud (module docstring)."""
+    ``point_cloud``: the defaults for a plain coloured cloud; ``defer_plain``: leave a plain
+    cloud undecoded in :attr:`MapUpdate.pending` for :meth:`MapUpdate.resolve` (module docstring)."""
     if msg.update_type not in (UPDATE_FULL, UPDATE_DELTA):
         raise InvalidInputError(f"unknown update_type {msg.update_type} (0 = FULL, 1 = DELTA)")
     frame = msg.header.frame_id
@@ -85,25 +117,27 @@ def map_update_from_msg(msg, map_frame: str = "map", point_cloud: PointCloudInpu
     if msg.update_type == UPDATE_FULL and removed.size:
         raise InvalidInputError(f"FULL update carries {removed.size} removed_ids (must be empty)")
     cloud = msg.gaussians
-    g = None
+    full = msg.update_type == UPDATE_FULL
+    g, pending = None, None
     layout, note = LAYOUT_3DGS, ""
     if int(cloud.width) * int(cloud.height) > 0 or len(cloud.data):
-        res = decode_pointcloud2(cloud, point_cloud=point_cloud)
-        g, layout, note = res.gaussians, res.layout, res.note
-        if not res.ids_from_message and msg.update_type != UPDATE_FULL:
-            raise InvalidInputError("DELTA update carries a plain point cloud without an 'id' field: a DELTA must "
-                                    "name the Gaussians it adds or replaces (only a FULL update may omit ids: "
-                                    "they become 0..N-1)")
-        if len(g) == 0:
-            g = None
-    if g is None and msg.update_type == UPDATE_FULL:   # an empty snapshot clears the map
-        g = _empty()
-    if g is not None:
-        u = torch.unique(g.ids)
-        if len(u) != len(g):
-            raise InvalidInputError(f"map update has duplicate Gaussian ids ({len(g) - len(u)} repeated)")
+        names = {f.name for f in cloud.fields}
+        if is_plain_cloud(names):
+            layout = LAYOUT_POINTCLOUD
+            if "id" not in names and not full:
+                raise InvalidInputError("DELTA update carries a plain point cloud without an 'id' field: a DELTA "
+                                        "must name the Gaussians it adds or replaces (only a FULL update may omit "
+                                        "ids: they become 0..N-1)")
+        if layout == LAYOUT_POINTCLOUD and defer_plain:
+            pending = cloud
+        else:
+            res = decode_pointcloud2(cloud, point_cloud=point_cloud)
+            g, note = res.gaussians, res.note
+    if pending is None:
+        g = _checked(g, full)
     return MapUpdate(str(msg.map_id), int(msg.sequence), int(msg.update_type), g,
-                     torch.from_numpy(removed), msg.header.stamp, frame, layout=layout, note=note)
+                     torch.from_numpy(removed), msg.header.stamp, frame, layout=layout, note=note,
+                     pending=pending, point_cloud=point_cloud)
 
 
 def map_update_to_msg(gaussians: GaussianArrays | None, *, map_id: str, sequence: int, full: bool,

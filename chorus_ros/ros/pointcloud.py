@@ -65,6 +65,7 @@ __all__ = [
     "decode_pointcloud2",
     "CloudDecodeResult",
     "PACKED_RGB_FIELDS",
+    "is_plain_cloud",
     "implausible_values",
 ]
 
@@ -271,8 +272,9 @@ def _check_byte_order(msg: PointCloud2, table: np.ndarray, dt: np.dtype) -> None
                             f"decoded exactly and is refused")
 
 
-def _is_plain_cloud(names: set[str]) -> bool:
-    """No 3DGS parameter field, ``x y z`` and a colour (a field set or a packed rgb field)."""
+def is_plain_cloud(names: set[str]) -> bool:
+    """True for the field names of a plain coloured point cloud: no 3DGS parameter field, ``x y z``
+    and a colour (a field set or a packed rgb field)."""
     return (not (names & _GS_ONLY) and {"x", "y", "z"} <= names
             and (colour_fields(names) is not None or any(nm in names for nm in PACKED_RGB_FIELDS)))
 
@@ -332,7 +334,7 @@ def decode_pointcloud2(msg: PointCloud2, *, drop_nonfinite: bool = False,
     if not isinstance(msg, PointCloud2):
         raise InvalidInputError(f"expected sensor_msgs/PointCloud2, got {type(msg).__name__}")
     names = {f.name for f in msg.fields}
-    plain = _is_plain_cloud(names)
+    plain = is_plain_cloud(names)
     if not plain and not (names & _GS_ONLY):
         have = [f.name for f in msg.fields]
         missing_gs = [nm for nm in ply_property_names(0) if nm not in names]

@@ -86,3 +86,21 @@ def test_plain_point_cloud_delta_needs_ids(plain_cloud):
     msg, _, _ = _plain_update(plain_cloud, full=False, with_ids=True)
     u = map_update_from_msg(msg, "map")
     assert u.kind == "DELTA" and u.gaussians.ids.tolist() == list(range(100, 112))
+
+
+def test_deferred_plain_cloud_resolves_to_the_same_update(plain_cloud):
+    msg, _, _ = _plain_update(plain_cloud, full=True, with_ids=False)
+    now = map_update_from_msg(msg, "map")
+    later = map_update_from_msg(msg, "map", defer_plain=True)
+    assert later.gaussians is None and later.pending is not None and later.layout == "pointcloud"
+    later.resolve()
+    assert later.pending is None and later.note == now.note
+    for f in ("means", "sh", "opacities", "log_scales", "quats", "ids"):
+        assert torch.equal(getattr(later.gaussians, f), getattr(now.gaussians, f)), f
+    bad, _, _ = _plain_update(plain_cloud, full=True, with_ids=False)
+    next(f for f in bad.gaussians.fields if f.name == "rgb").datatype = 2      # UINT8: refused on resolve
+    deferred = map_update_from_msg(bad, "map", defer_plain=True)
+    with pytest.raises(InvalidInputError, match="packed colour field 'rgb'"):
+        deferred.resolve()
+    with pytest.raises(InvalidInputError, match="DELTA update carries a plain point cloud"):   # names only
+        map_update_from_msg(_plain_update(plain_cloud, full=False, with_ids=False)[0], "map", defer_plain=True)
