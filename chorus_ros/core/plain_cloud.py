@@ -195,7 +195,8 @@ def knn_mean_distance(points: torch.Tensor, k: int = 3, *, block_points: int = 4
         q = ps[s0:s0 + m]
         cell_lo = (c[order[s0]] - 1).double() * bsize + lo
         cp = ps[cand]
-        inside = ((cp >= cell_lo - r) & (cp <= cell_lo + bsize + r)).all(1)
+        grow = r + 1e-6 * bsize          # a little more than r: a query on a cube face stays covered
+        inside = ((cp >= cell_lo - grow) & (cp <= cell_lo + bsize + grow)).all(1)
         cp = cp[inside]
         if cp.shape[0] < kk:
             fallback.append(order[s0:s0 + m])

@@ -29,12 +29,17 @@ def _raw_ply(path: Path, props: list[tuple[str, str]], rows: np.ndarray) -> Path
     return path
 
 
-def _brute_spacing(p: np.ndarray, k: int) -> np.ndarray:
-    """Reference: the full distance matrix in float64, self excluded by index, k smallest averaged."""
-    d = np.sqrt(((p[:, None, :].astype(np.float64) - p[None, :, :].astype(np.float64)) ** 2).sum(-1))
-    np.fill_diagonal(d, np.inf)
+def _brute_spacing(p: np.ndarray, k: int, chunk: int = 256) -> np.ndarray:
+    """Reference: every distance in float64 (rows of ``chunk`` points against all), self excluded
+    by index, the k smallest averaged."""
+    p = p.astype(np.float64)
     k = min(k, len(p) - 1)
-    return np.sort(d, axis=1)[:, :k].mean(1)
+    out = np.empty(len(p))
+    for i in range(0, len(p), chunk):
+        d = np.sqrt(((p[i:i + chunk, None, :] - p[None, :, :]) ** 2).sum(-1))
+        d[np.arange(d.shape[0]), np.arange(i, i + d.shape[0])] = np.inf
+        out[i:i + chunk] = np.sort(d, axis=1)[:, :k].mean(1)
+    return out
 
 
 def _cloud(n=200, seed=0):
@@ -90,7 +95,11 @@ def test_3dgs_files_still_read_as_3dgs(tmp_path):
     assert torch.equal(res.gaussians.log_scales, g.log_scales.float())
 
 
-def test_spacing_equals_brute_force_knn():
+def test_spacing_equals_brute_force_knn(monkeypatch):
+    import chorus_ros.core.plain_cloud as pc
+    calls = []
+    brute = pc._brute_knn
+    monkeypatch.setattr(pc, "_brute_knn", lambda q, *a, **kw: calls.append(len(q)) or brute(q, *a, **kw))
     g = torch.Generator().manual_seed(3)
     p = torch.cat([torch.rand(300, 3, generator=g) * torch.tensor([1.0, 1.0, 0.01]),  # a dense sheet
                    torch.rand(40, 3, generator=g) * 0.2 + 3.0,                        # a far cluster
@@ -100,8 +109,19 @@ def test_spacing_equals_brute_force_knn():
         got = knn_mean_distance(p, k).numpy()
         assert np.allclose(got, _brute_spacing(p.numpy(), k), rtol=1e-6, atol=0), k
     assert knn_mean_distance(p, 1)[4] == 0.0
+    # both paths ran: the blocked search, and the brute-force fallback for the isolated points
+    calls.clear()
+    knn_mean_distance(p, 3)
+    assert calls[0] == 256 and len(calls) == 2 and 2 <= calls[1] < 50   # radius sample, then fallback rows
     small = p[:3]
     assert np.allclose(knn_mean_distance(small, 5).numpy(), _brute_spacing(small.numpy(), 5), rtol=1e-6)
+
+
+def test_spacing_equals_brute_force_on_a_generator_room():
+    """A real surface cloud: thousands of points on walls, floor and furniture, many cube faces."""
+    from chorus_ros.core.synthetic import SceneConfig, generate_scene
+    p = generate_scene(SceneConfig(seed=7, target_gaussians=3000)).gaussians.means
+    assert np.allclose(knn_mean_distance(p, 3).numpy(), _brute_spacing(p.numpy(), 3), rtol=1e-6, atol=0)
 
 
 def test_scales_follow_the_spacing_and_the_config():
