@@ -143,7 +143,8 @@ def knn_mean_distance(points: torch.Tensor, k: int = 3, *, block_points: int = 4
     Args:
         points: ``[N, 3]`` positions, metres, N >= 2 (any float dtype; computed in float64).
         k: neighbours averaged; ``min(k, N - 1)`` are used.
-        block_points: query points per distance block (memory ~ block_points x candidates).
+        block_points: one block of distances holds about ``block_points x 4096`` float64 values
+            (queries of a cube x its candidates), which bounds the memory.
 
     Returns:
         ``[N]`` float32 mean distances (0 where a point has k duplicates).

@@ -596,6 +596,7 @@ def structured_points_to_gaussians(table: np.ndarray, config: PointCloudInputCon
         cset = colour_fields(present)
         if cset is None:
             detect_layout(names, source=source, noun=noun)   # raises, naming what is missing
+            raise InvalidInputError(f"{source}: no colour {noun} for a plain point cloud (has {names})")
         rgb = colours_to_unit([table[nm] for nm in cset], cset, source=source)
         kinds = sorted({_NP_TO_PLY.get(table.dtype.fields[nm][0].str[1:], "?") for nm in cset})
         what = f"{'/'.join(kinds)} {'/'.join(cset)}"
