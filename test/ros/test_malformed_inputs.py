@@ -99,7 +99,26 @@ def _set_float(msg, point, field, value):
     msg.gaussians.data = array.array("B", bytes(data))
 
 
+def _as_plain_cloud(msg, keep_id=True, rgb_type=None):
+    """Turn the update's cloud into a plain coloured point cloud: keep x y z (and id), the
+    FLOAT32 f_dc_0 becomes PCL's packed 'rgb' (optionally declared as ``rgb_type``)."""
+    fields = []
+    for f in msg.gaussians.fields:
+        if f.name in ("x", "y", "z") or (keep_id and f.name == "id"):
+            fields.append(f)
+        elif f.name == "f_dc_0":
+            f.name = "rgb"
+            if rgb_type is not None:
+                f.datatype = rgb_type
+            fields.append(f)
+    msg.gaussians.fields = fields
+
+
 MALFORMED_UPDATES = [
+    ("plain cloud DELTA without ids", lambda m: _as_plain_cloud(m, keep_id=False),
+     "DELTA update carries a plain point cloud without an 'id' field"),
+    ("plain cloud packed rgb as UINT8", lambda m: _as_plain_cloud(m, rgb_type=2),
+     "packed colour field 'rgb' must be FLOAT32 or UINT32"),
     ("missing fields", _mutate_missing_field, "missing"),
     ("wrong point_step", _mutate_point_step, "row_step"),
     ("point_step too small", _mutate_point_step_small, "point_step"),
