@@ -213,6 +213,95 @@ def test_photometric_fit_gives_real_3dgs_statistics():
     assert len(fit) == m + round(0.1 * m)  # initial points + floaters
 
 
+
+def test_screen_gradient_matches_the_projected_gradient_on_the_optical_axis():
+    """|dL/dx| * depth / fx * W/2 is the NDC gradient of L w.r.t. the projected centre: checked
+    with autograd through the pinhole projection for a point on the optical axis."""
+    from chorus_ros.core.geometry import Camera
+    from chorus_ros.core.synthetic.photometric import screen_gradient
+    cam = Camera.from_c2w(np.eye(4), Camera.intrinsics_from_fov(64, 48, 60.0), 64, 48)
+    x = torch.tensor([[0.0, 0.0, 2.5]], requires_grad=True)
+    vm, K = cam.viewmat, cam.K
+    pc = x @ vm[:3, :3].T + vm[:3, 3]
+    u = K[0, 0] * pc[:, 0] / pc[:, 2] + K[0, 2]
+    v = K[1, 1] * pc[:, 1] / pc[:, 2] + K[1, 2]
+    ndc_u, ndc_v = 2 * u / cam.width - 1, 2 * v / cam.height - 1
+    loss = (0.3 * ndc_u + 0.4 * ndc_v * cam.height / cam.width).sum()  # gradient (0.3, 0.4) in x-scaled NDC
+    loss.backward()
+    g = screen_gradient(x.grad, x.detach(), cam)
+    assert abs(float(g[0]) - 0.5) < 1e-4
+
+
+def _toy_fit_params(n=6):
+    from chorus_ros.core.gaussians import rgb_to_sh_dc
+    torch.manual_seed(0)
+    params = {"means": torch.randn(n, 3).requires_grad_(True),
+              "log_scales": torch.log(torch.full((n, 3), 0.01)).requires_grad_(True),
+              "quats": torch.tensor([1.0, 0.0, 0.0, 0.0]).repeat(n, 1).requires_grad_(True),
+              "opacities": torch.zeros(n).requires_grad_(True),
+              "dc": rgb_to_sh_dc(torch.rand(n, 3)).requires_grad_(True)}
+    opt = torch.optim.Adam([{"params": [params[k]], "lr": 0.01, "name": k} for k in params])
+    sum((p ** 2).sum() for p in params.values()).backward()
+    opt.step()
+    return params, opt
+
+
+def test_density_control_clones_splits_prunes_and_keeps_adam_moments():
+    """3DGS's rules on six Gaussians: 0 small + high gradient -> cloned; 1 large + high gradient ->
+    two children at scale / 1.6 drawn around it; 2 transparent -> pruned; the rest kept with their
+    Adam moments, new rows with zero moments; source indices follow."""
+    import math
+    from chorus_ros.core.synthetic.photometric import PhotometricFitConfig, _density_control
+    params, opt = _toy_fit_params()
+    with torch.no_grad():
+        params["log_scales"][1] = math.log(0.2)
+        params["opacities"][2] = -8.0
+    before = {k: v.detach().clone() for k, v in params.items()}
+    m_before = opt.state[params["means"]]["exp_avg"].clone()
+    grad = torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 0.0])
+    cfg = PhotometricFitConfig(densify=True, grad_threshold=0.5, percent_dense=0.01, prune_opacity=0.005)
+    idx = torch.arange(6) + 100
+    new = _density_control(params, opt, idx, grad, cfg, extent=5.0, cap=100, gen=torch.Generator().manual_seed(0),
+                           prune_big=False)
+    assert new.tolist() == [100, 103, 104, 105, 100, 101, 101]      # kept 0,3,4,5; clone of 0; children of 1
+    assert torch.equal(params["means"][4], before["means"][0])       # the clone starts where its parent is
+    for r in (5, 6):
+        torch.testing.assert_close(params["log_scales"][r], before["log_scales"][1] - math.log(1.6))
+        assert float((params["means"][r] - before["means"][1]).detach().norm()) < 1.5  # drawn from N(mu, 0.2^2)
+    st = opt.state[params["means"]]
+    assert st["exp_avg"].shape == (7, 3)
+    torch.testing.assert_close(st["exp_avg"][:4], m_before[[0, 3, 4, 5]])
+    assert float(st["exp_avg"][4:].abs().sum()) == 0.0
+    assert opt.param_groups[0]["params"][0] is params["means"]
+    # the cap bounds the growth: with room for one more, only the strongest gradient is densified
+    params, opt = _toy_fit_params()
+    new = _density_control(params, opt, torch.arange(6), torch.tensor([0.6, 0.9, 0.7, 0.0, 0.0, 0.0]), cfg,
+                           extent=5.0, cap=7, gen=torch.Generator().manual_seed(0), prune_big=False)
+    assert new.tolist() == [0, 1, 2, 3, 4, 5, 1]                     # one clone, of the strongest
+    # an opacity reset clamps every opacity to the ceiling and restarts its moments
+    from chorus_ros.core.synthetic.photometric import _reset_opacity
+    _reset_opacity(params, opt, 0.01)
+    assert float(torch.sigmoid(params["opacities"]).max()) <= 0.01 + 1e-6
+    assert float(opt.state[params["opacities"]]["exp_avg"].abs().sum()) == 0.0
+
+
+def test_photometric_fit_with_density_control_grows_and_labels_by_the_nearest_source():
+    """A short densifying fit: more Gaussians than it started with, the loss drops, and with
+    label_from='nearest' every fitted Gaussian has the label of the source Gaussian nearest to it."""
+    from chorus_ros.core.synthetic.photometric import PhotometricFitConfig, fit_gaussians
+    from chorus_ros.core.synthetic.trajectory import TrajectoryConfig, make_trajectory
+    sc = generate_scene(SceneConfig(seed=2, target_gaussians=1200))
+    traj = make_trajectory(sc, TrajectoryConfig(loop_views=2, random_views=0, width=32, height=24))
+    cfg = PhotometricFitConfig(steps=30, views=2, width=32, height=24, densify=True, densify_from=10,
+                               densify_until=25, densify_every=10, grad_threshold=1e-6, opacity_reset_every=0,
+                               label_from="nearest", floater_fraction=0.0)
+    res = fit_gaussians(sc.gaussians, traj.cameras, cfg)
+    fit = res.gaussians
+    assert len(fit) > round(0.7 * len(sc.gaussians))
+    assert np.mean(res.losses[-5:]) < np.mean(res.losses[:3])
+    d = torch.cdist(fit.means.float(), sc.gaussians.means.float())
+    assert torch.equal(fit.extras["label"], sc.gaussians.extras["label"][d.argmin(1)])
+
 def test_augment_shift_keeps_targets_with_their_gaussians(scene):
     from chorus_ros.core.lift import LiftedTargets
     from chorus_ros.core.train.augment import augment_scene

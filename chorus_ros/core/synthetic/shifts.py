@@ -36,6 +36,7 @@ import torch
 
 from chorus_ros.core.errors import InvalidInputError
 from chorus_ros.core.gaussians import GaussianArrays, rgb_to_sh_dc, sh_dc_to_rgb
+from chorus_ros.core.synthetic.photometric import GS3D_RECIPE
 
 __all__ = ["ShiftConfig", "ShiftedScene", "SHIFT_SUITE", "shift_gaussians", "generate_shifted_scene",
            "transform_camera", "rigid_transform", "rotation_yaw_tilt"]
@@ -86,6 +87,8 @@ class ShiftConfig:
     """Training views of the photometric fit."""
     photometric_size: list[int] = field(default_factory=lambda: [96, 72])
     """Width, height of the photometric fit's views, pixels."""
+    photometric_options: dict = field(default_factory=dict)
+    """Further :class:`~chorus_ros.core.synthetic.photometric.PhotometricFitConfig` fields (e.g. ``GS3D_RECIPE``: 3DGS's learning rates and density control)."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -113,6 +116,12 @@ class ShiftConfig:
             raise InvalidInputError("ShiftConfig.floater_fraction and dead_fraction must be <= 1")
         if len(self.photometric_size) != 2 or min(self.photometric_size) < 8:
             raise InvalidInputError(f"ShiftConfig.photometric_size must be [w, h] >= 8, got {self.photometric_size}")
+        if self.photometric_options:
+            from chorus_ros.core.synthetic.photometric import PhotometricFitConfig
+            known = set(PhotometricFitConfig.__dataclass_fields__) - {"steps", "views", "width", "height", "seed"}
+            bad = sorted(set(self.photometric_options) - known)
+            if bad:
+                raise InvalidInputError(f"ShiftConfig.photometric_options: unknown fit settings {bad}; known: {sorted(known)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -142,8 +151,8 @@ SHIFT_SUITE: dict[str, ShiftConfig] = {
     "dense": ShiftConfig(density=[150_000, 150_000]),
     "uniform_sizes": ShiftConfig(stuff_density=[1.0, 1.0], equal_sizes=True, size_jitter=0.25),
     "isotropic": ShiftConfig(isotropic_fraction=1.0),
-    "photometric": ShiftConfig(photometric_steps=250, photometric_views=12, photometric_size=[80, 60],
-                               density=[20_000, 20_000]),
+    "photometric": ShiftConfig(photometric_steps=2000, photometric_views=48, photometric_size=[160, 120],
+                               photometric_options=dict(GS3D_RECIPE), density=[20_000, 20_000]),
     "rotated": ShiftConfig(yaw_deg=[20.0, 70.0], tilt_deg=3.0),
     "colour": ShiftConfig(white_balance=0.25, exposure=0.8, shading=0.5, palette_deg=40.0),
     "noise": ShiftConfig(position_noise=0.01, low_opacity_fraction=0.3, floater_fraction=0.05,
@@ -349,7 +358,7 @@ def base_scene(seed: int, cfg: ShiftConfig, scene: dict | None = None, *, cache_
         from chorus_ros.core.synthetic.photometric import PhotometricFitConfig, fit_scene
         fc = PhotometricFitConfig(steps=cfg.photometric_steps, views=cfg.photometric_views,
                                   width=int(cfg.photometric_size[0]), height=int(cfg.photometric_size[1]),
-                                  seed=int(seed))
+                                  seed=int(seed), **cfg.photometric_options)
         sc = fit_scene(sc, fc, cache_dir=cache_dir)
     return sc
 
