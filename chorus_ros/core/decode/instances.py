@@ -260,7 +260,7 @@ def _encode(vox: torch.Tensor, dims: torch.Tensor) -> torch.Tensor:
     return (vox[..., 0] * dims[1] + vox[..., 1]) * dims[2] + vox[..., 2]
 
 
-def median_knn_distance(means: torch.Tensor, k: int = 8, max_queries: int = 2048, chunk: int = 16) -> float:
+def median_knn_distance(means: torch.Tensor, k: int = 8, max_queries: int = 1024, chunk: int = 16) -> float:
     """Median distance (metres) of a Gaussian to its ``k``-th nearest other Gaussian: the map's
     sample spacing, measured on up to ``max_queries`` Gaussians (a fixed-seed sample, exact when
     N <= ``max_queries``) against all of ``means`` ([N, 3], world frame)."""
