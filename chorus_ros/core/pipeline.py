@@ -244,6 +244,8 @@ class SavedState:
     """The label set the save was written with (codebook label ids refer to it)."""
     instance_voxel_size: float | None
     manifest: Manifest
+    instance_spacing: float | None = None
+    """The instance decoder's measured sample spacing, metres (None: not measured or older save)."""
 
 
 def _check_pipeline_json(path: Path) -> dict:
@@ -266,6 +268,9 @@ def _check_pipeline_json(path: Path) -> dict:
     v = meta.get("instance_voxel_size")
     if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) and v >= 0):
         raise CheckpointError(f"{path}: 'instance_voxel_size' must be a finite number >= 0 or null, got {v!r}")
+    v = meta.get("instance_spacing")
+    if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) and v > 0):
+        raise CheckpointError(f"{path}: 'instance_spacing' must be a finite number > 0 or null, got {v!r}")
     return meta
 
 
@@ -749,7 +754,8 @@ class PerceptionPipeline:
             save_file(t or {"empty": torch.zeros(0)}, str(tmp / "codebook.safetensors"))
             (tmp / "pipeline.json").write_text(json.dumps(
                 {"format": SAVE_KIND, "version": 1, "labels": self.labels.to_dict(),
-                 "codebook": cb_meta, "instance_voxel_size": self.instances.voxel_size}, indent=1), encoding="utf-8")
+                 "codebook": cb_meta, "instance_voxel_size": self.instances.voxel_size,
+                 "instance_spacing": self.instances.spacing}, indent=1), encoding="utf-8")
 
         with self.lock:
             write_save(Path(path), write, kind=SAVE_KIND, meta=meta)
@@ -781,7 +787,7 @@ class PerceptionPipeline:
             raise
         except Exception as e:  # a crafted or damaged file must not raise anything unexpected
             raise CheckpointError(f"saved state {p} cannot be read: {type(e).__name__}: {e}") from e
-        return SavedState(gmap, cb, saved, meta.get("instance_voxel_size"), manifest)
+        return SavedState(gmap, cb, saved, meta.get("instance_voxel_size"), manifest, meta.get("instance_spacing"))
 
     def install(self, state: "SavedState") -> None:
         """Swap a checked saved state in: map, codebook and label mapping change together;
@@ -797,6 +803,10 @@ class PerceptionPipeline:
                 instances.codebook.next_id = state.codebook.next_id
                 if state.instance_voxel_size and self.config.instances.voxel_size <= 0:
                     instances.voxel_size = float(state.instance_voxel_size)
+                if state.instance_spacing and self.config.instances.spacing == 0:
+                    # the measured spacing sets the minimum support: keep it, so a reloaded map
+                    # regroups like the map that was saved
+                    instances.spacing = float(state.instance_spacing)
                 remap = {i: (self.labels.names.index(n) if n in self.labels.names else -1)
                          for i, n in enumerate(state.labels.names)}
                 for e in instances.codebook.entries.values():

@@ -310,6 +310,12 @@ def test_automatic_voxel_size_is_frozen_at_first_regroup():
     auto.regroup(means * 3, feats, labels, torch.zeros(len(means), dtype=torch.long), stuff_label_ids=[FLOOR],
                  scales=scales)
     assert auto.spacing == pytest.approx(0.1 * 2 ** 0.5, rel=1e-5)        # frozen too
+    # a first regrouping of too few Gaussians to measure the spacing freezes neither
+    few = InstanceDecoder(InstanceConfig(voxel_size=0, auto_voxel_factor=1.5, min_gaussians=1))
+    few.regroup(means[:5], feats[:5], labels[:5], torch.zeros(5, dtype=torch.long), scales=scales[:5])
+    assert few.spacing is None and few.voxel_size is None
+    few.regroup(means, feats, labels, torch.zeros(len(means), dtype=torch.long), scales=scales)
+    assert few.spacing == pytest.approx(auto.spacing) and few.voxel_size == pytest.approx(auto.voxel_size)
     with pytest.raises(InvalidInputError):
         group_components(torch.zeros(3, 3), torch.zeros(2, 4), torch.zeros(3), CFG)
 

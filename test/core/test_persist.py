@@ -318,6 +318,7 @@ def test_pipeline_roundtrip_with_manifest_meta(saved, text):
     assert _state(other) == _state(pipe)
     assert [(r.instance_id, r.gaussian_count) for r in other.objects()] == \
            [(r.instance_id, r.gaussian_count) for r in pipe.objects()]
+    assert pipe.instances.spacing and other.instances.spacing == pipe.instances.spacing   # support scale kept
     pipe.save(path)                              # replacing our own save works
     verify_save(path, kind="chorus_ros.PerceptionPipeline")
 
@@ -349,6 +350,7 @@ def _map_with_meta(path, edit):
     ("codebook_bad_shapes", "wrong shapes"),
     ("codebook_next_id", "integer 'next_id'"),
     ("labels_not_a_set", "'labels' must be a label set"),
+    ("instance_spacing", "'instance_spacing' must be a finite number > 0 or null"),
 ])
 def test_crafted_saves_are_refused_and_the_pipeline_is_unchanged(saved, text, case, match):
     """The five crafted saves of issue 12 (and three more): a clear CheckpointError, nothing
@@ -376,6 +378,8 @@ def test_crafted_saves_are_refused_and_the_pipeline_is_unchanged(saved, text, ca
         d = json.loads((path / "pipeline.json").read_text())
         if case == "codebook_next_id":
             d["codebook"] = {"next_id": "x"}
+        elif case == "instance_spacing":
+            d["instance_spacing"] = -1.0
         else:
             d["labels"] = ["floor"]
         _craft(path, "pipeline.json", json.dumps(d).encode())

@@ -789,7 +789,10 @@ class InstanceDecoder:
             q = self.config.voxel_quantum
             if q > 0 and vs > 0:
                 vs = q * 2.0 ** round(math.log2(vs / q))
-            self.voxel_size = float(min(max(vs, lo), hi))
+            vs = float(min(max(vs, lo), hi))
+            if self.config.spacing == 0 and self.spacing is None:
+                return vs  # the spacing is not measurable yet (<= spacing_knn Gaussians): not frozen
+            self.voxel_size = vs
         return self.voxel_size
 
     def _cfg(self) -> InstanceConfig:
