@@ -176,7 +176,7 @@ def test_a_subscription_callback_that_raises_does_not_end_the_executor(harness, 
     from chorus_ros.ros import chorus_node
     from chorus_ros.ros.map_updates import map_update_to_msg
 
-    def boom(msg, frame):
+    def boom(msg, frame, *args, **kwargs):
         raise MemoryError("simulated")
     monkeypatch.setattr(chorus_node, "map_update_from_msg", boom)
     count = node.errors.count
