@@ -9,7 +9,7 @@ import torch
 
 from chorus_ros.core.decode.instances import (InstanceConfig, InstanceDecoder, _absorb_fragments,
                                               connected_components, feature_bucket, group_components,
-                                              median_knn_distance, support_area)
+                                              median_knn_distance, split_stuff_from_things, support_area)
 from chorus_ros.core.errors import InvalidInputError
 
 VS = 0.1
@@ -106,8 +106,7 @@ def _reference_partition(means, feats, labels, cfg, stuff):
         if la != lb or max(abs(x - y) for x, y in zip(va, vb)) > 1:
             continue
         sim = float(nf[a] @ nf[b])
-        if (la in stuff and (cfg.stuff_feature_threshold <= -1 or sim > cfg.stuff_feature_threshold)) or \
-                (la not in stuff and sim > cfg.feature_threshold):
+        if la in stuff or sim > cfg.feature_threshold:                    # stuff: connectivity alone
             adj[a].append(b)
             adj[b].append(a)
     comp = [-1] * len(keys)
@@ -135,8 +134,8 @@ def _same_partition(a, b):
     return len(pairs) == len(set(np.asarray(a).tolist())) == len(set(np.asarray(b).tolist()))
 
 
-@pytest.mark.parametrize("seed,bits,stuff_thr", [(0, 0, -1.0), (1, 3, -1.0), (2, 2, 0.2), (3, 1, 0.0)])
-def test_grouping_matches_slow_reference(seed, bits, stuff_thr):
+@pytest.mark.parametrize("seed,bits", [(0, 0), (1, 3), (2, 2), (3, 1)])
+def test_grouping_matches_slow_reference(seed, bits):
     gen = torch.Generator().manual_seed(seed)
     n = 300
     means = torch.rand(n, 3, generator=gen) * 0.6 - 0.3
@@ -144,7 +143,7 @@ def test_grouping_matches_slow_reference(seed, bits, stuff_thr):
     protos = torch.randn(3, 8, generator=gen)
     feats = protos[torch.randint(0, 3, (n,), generator=gen)] + 0.3 * torch.randn(n, 8, generator=gen)
     cfg = InstanceConfig(voxel_size=0.1, feature_threshold=0.6, min_gaussians=1, feature_buckets=bits, min_support_area=0,
-                         stuff_feature_threshold=stuff_thr)
+                         stuff_feature_threshold=-1.0)     # the graph alone (split_stuff_from_things has its own)
     g = group_components(means, feats, labels, cfg, stuff_label_ids=[0])
     ref = _reference_partition(means, feats, labels, cfg, {0})
     assert _same_partition(g.component.numpy(), ref)
@@ -362,21 +361,23 @@ def test_fragment_of_another_class_merges_into_the_touching_object():
     assert len(recs) == 1 and recs[0].label == "chair" and recs[0].gaussian_count == 20
 
 
-def test_stuff_splits_from_a_thing_labelled_as_stuff_by_its_identity_feature():
-    floor = block(0, 0, 0, 8, 8, 1, E[3], FLOOR)
-    rug = block(2, 2, 0, 3, 3, 1, E[1], FLOOR)                               # same voxels layer, other identity
-    keep = ~((floor[0][:, None] - rug[0][None]).abs().sum(-1) < 1e-6).any(1)
-    means = torch.cat([floor[0][keep], rug[0]])
-    feats = torch.cat([floor[1][keep], rug[1]])
-    labels = torch.cat([floor[2][keep], rug[2]])
-    by_conn = group_components(means, feats, labels, InstanceConfig(voxel_size=VS, min_gaussians=3), [FLOOR])
-    assert by_conn.num_components == 1
+def test_a_rug_labelled_floor_joins_the_rug_it_shares_an_identity_with():
+    # a 4x4 rug whose right half the semantic head called floor: that half has the rug's identity (E[1]),
+    # the floor its own (E[3]); a second rug-identity patch labelled floor touches no rug
+    floor = block(0, 0, 0, 10, 8, 1, E[3], FLOOR)
+    rug_edge = block(2, 2, 0, 2, 4, 1, E[1], CHAIR)                         # 'rug' stands in as a thing class
+    rug_mid = block(4, 2, 0, 2, 4, 1, E[1], FLOOR)
+    lone = block(8, 5, 0, 2, 2, 1, E[1], FLOOR)                            # rug identity, labelled floor, no rug
+    floor = _carve(floor, rug_edge, rug_mid, lone)
+    means, feats, labels = (torch.cat([floor[i], rug_edge[i], rug_mid[i], lone[i]]) for i in range(3))
+    nf, ne, nm = len(floor[0]), len(rug_edge[0]), len(rug_mid[0])
+    by_conn = group_components(means, feats, labels, InstanceConfig(voxel_size=VS, min_gaussians=3), [FLOOR]).component
+    assert set(by_conn[nf + ne:nf + ne + nm].tolist()) == {int(by_conn[0])}          # half in the floor
     split = group_components(means, feats, labels, InstanceConfig(voxel_size=VS, min_gaussians=3,
-                                                                  stuff_feature_threshold=0.5), [FLOOR])
-    assert split.num_components == 2
-    n_rug = len(rug[0])
-    assert len(set(split.component[-n_rug:].tolist())) == 1
-    assert set(split.component[-n_rug:].tolist()).isdisjoint(split.component[:-n_rug].tolist())
+                                                                  stuff_feature_threshold=0.5), [FLOOR]).component
+    assert split.unique().numel() == 2
+    assert set(split[nf:nf + ne + nm].tolist()) == {int(split[nf])} != {int(split[0])}  # the whole rug
+    assert set(split[nf + ne + nm:].tolist()) == {int(split[0])}    # the lone patch resembles no thing: stays
 
 
 def test_records_carry_code_id_and_support_confidence():
@@ -573,3 +574,124 @@ def test_absorb_fragments_matches_slow_reference(seed, across):
     ref = _absorb_reference(target.clone(), tiny.tolist(), ca.tolist(), cb.tolist(), sim.tolist(), comp_lab, across)
     _absorb_fragments(target, tiny, ca, cb, sim, comp_lab, across)
     assert target.tolist() == ref
+
+
+# ------------------------------------------------------------------ stuff split from the things touching it
+def _carve(base, *holes):
+    """``base`` block without the Gaussians at the positions of the ``holes`` blocks."""
+    gone = torch.cat([h[0] for h in holes])
+    keep = ~((base[0][:, None] - gone[None]).abs().sum(-1) < 1e-6).any(1)
+    return tuple(x[keep] for x in base)
+
+
+def test_wall_labelled_half_of_a_picture_joins_the_picture_not_the_wall():
+    # a wall (identity E[3]) with a 3x3 picture on it whose left column the semantic head called
+    # 'wall'; the picture's identity features (E[1]) are the same over the whole picture
+    WALL, PIC = 0, 1
+    pic = block(3, 0, 2, 2, 1, 3, E[1], PIC)
+    pic_as_wall = block(2, 0, 2, 1, 1, 3, E[1], WALL)
+    wall = _carve(block(0, 0, 0, 8, 1, 6, E[3], WALL), pic, pic_as_wall)
+    means, feats, labels = (torch.cat([wall[i], pic_as_wall[i], pic[i]]) for i in range(3))
+    nw, nh = len(wall[0]), len(pic_as_wall[0])
+    cfg = InstanceConfig(voxel_size=VS, min_gaussians=2, feature_buckets=0, stuff_feature_threshold=0.7)
+    g = group_components(means, feats, labels, cfg, [WALL]).component
+    assert g.unique().numel() == 2
+    assert set(g[nw:].tolist()) == {int(g[-1])}                        # the whole picture: one object
+    assert int(g[-1]) not in set(g[:nw].tolist())                      # the wall stays whole, apart
+    dec = InstanceDecoder(cfg)
+    dec.regroup(means, feats, labels, torch.zeros(len(means), dtype=torch.long), stuff_label_ids=[WALL])
+    pics = [r for r in dec.records(["wall", "picture"]) if r.label == "picture"]
+    assert len(pics) == 1 and pics[0].gaussian_count == 3 * nh           # class: its members' majority
+    # connectivity alone (the default) keeps the wall-labelled column in the wall
+    off = group_components(means, feats, labels, replace(cfg, stuff_feature_threshold=-1.0), [WALL]).component
+    assert set(off[nw:nw + nh].tolist()) == set(off[:nw].tolist())
+
+
+def test_a_floor_is_never_absorbed_into_a_thing_and_a_floor_fragment_on_it_joins_the_floor():
+    # the fragment rule only moves components under the minimum support: a supported floor touching a
+    # chair stays apart; a floor-labelled speck touching only the chair is a class flip on the chair
+    # and joins it (the intended rule, InstanceConfig.merge_across_classes)
+    chair = block(2, 2, 1, 2, 2, 3, E[0], CHAIR)
+    floor = _carve(block(0, 0, 0, 8, 8, 1, E[3], FLOOR), block(2, 2, 0, 2, 2, 1, None, FLOOR))
+    speck = block(2, 2, 4, 1, 1, 1, E[0], FLOOR)                         # on the chair's top, off the floor
+    # a floor-labelled column beside the chair, of neither's identity: split from the floor by feature
+    # (stuff_feature_threshold 0.7), it touches the chair more (16 node contacts) than the floor (7)
+    col = block(4, 2, 1, 1, 1, 4, E[2], FLOOR)
+    means, feats, labels = (torch.cat([floor[i], chair[i], speck[i], col[i]]) for i in range(3))
+    nf, nc = len(floor[0]), len(chair[0])
+    for thr in (-1.0, 0.7):
+        cfg = InstanceConfig(voxel_size=VS, min_gaussians=5, min_support_area=0, feature_buckets=0,
+                             stuff_feature_threshold=thr)
+        g = group_components(means, feats, labels, cfg, [FLOOR]).component
+        f_id, c_id = int(g[0]), int(g[nf])
+        assert set(g[:nf].tolist()) == {f_id} and set(g[nf:nf + nc].tolist()) == {c_id} and f_id != c_id
+        assert int(g[nf + nc]) == c_id                                  # isolated speck -> chair
+        assert set(g[nf + nc + 1:].tolist()) == {f_id}                 # column: fragment -> floor (own class first)
+    # the same contacts (floor 0: 7, chair 1: 16) decide by class first, else by contacts
+    for col_class, joins in ((0, 0), (2, 1)):
+        target = torch.tensor([0, 1, -1])
+        _absorb_fragments(target, torch.tensor([False, False, True]), torch.tensor([2] * 23),
+                          torch.tensor([0] * 7 + [1] * 16), torch.zeros(23), torch.tensor([0, 1, col_class]), True)
+        assert target.tolist() == [0, 1, joins]
+
+
+def _split_stuff_reference(node_comp, node_stuff, node_feat, node_count, src, dst, thr, join):
+    """Slow reference of :func:`split_stuff_from_things` (python loops, BFS over split nodes)."""
+    m = len(node_comp)
+    comps = sorted(set(node_comp))
+    proto = {}
+    for c in comps:
+        v = sum(node_feat[i] * node_count[i] for i in range(m) if node_comp[i] == c)
+        proto[c] = v / v.norm()
+    out = [bool(node_stuff[i]) and float(node_feat[i] @ proto[node_comp[i]]) < thr for i in range(m)]
+    nb = {i: set() for i in range(m)}
+    for a, b in zip(src, dst):
+        nb[a].add(b)
+        nb[b].add(a)
+    result = list(node_comp)
+    seen = set()
+    for s0 in range(m):
+        if not out[s0] or s0 in seen:
+            continue
+        piece, stack = [s0], [s0]
+        seen.add(s0)
+        while stack:
+            u = stack.pop()
+            for w in nb[u]:
+                if out[w] and w not in seen and node_comp[w] == node_comp[s0]:
+                    seen.add(w)
+                    piece.append(w)
+                    stack.append(w)
+        v = sum(node_feat[i] * node_count[i] for i in piece)
+        pp = v / v.norm()
+        own = float(pp @ proto[node_comp[s0]])
+        things = sorted({node_comp[w] for u in piece for w in nb[u] if not node_stuff[w]})
+        best = None
+        for t in things:
+            st = float(pp @ proto[t])
+            if st > join and st > own and (best is None or st > best[0]):
+                best = (st, t)
+        if best is not None:
+            for i in piece:
+                result[i] = best[1]
+    return result
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_split_stuff_from_things_matches_slow_reference(seed):
+    gen = torch.Generator().manual_seed(seed)
+    m, npairs, ncomp = 60, 200, 12
+    node_comp = torch.randint(0, ncomp, (m,), generator=gen)
+    comp_stuff = torch.arange(ncomp) < 4
+    node_stuff = comp_stuff[node_comp]
+    protos = torch.nn.functional.normalize(torch.randn(5, 4, generator=gen), dim=-1)
+    node_feat = torch.nn.functional.normalize(protos[torch.randint(0, 5, (m,), generator=gen)]
+                                              + 0.2 * torch.randn(m, 4, generator=gen), dim=-1)
+    node_count = torch.randint(1, 5, (m,), generator=gen)
+    src = torch.randint(0, m, (npairs,), generator=gen)
+    dst = torch.randint(0, m, (npairs,), generator=gen)
+    got = split_stuff_from_things(node_comp, node_stuff, node_feat, node_count, src, dst, 0.6, 0.3)
+    ref = _split_stuff_reference(node_comp.tolist(), node_stuff.tolist(), node_feat.double(), node_count.double(),
+                                 src.tolist(), dst.tolist(), 0.6, 0.3)
+    assert got.tolist() == ref
+    assert got.tolist() != node_comp.tolist()                                # the rule fired

@@ -10,9 +10,10 @@ Grouping (:func:`group_components`), per call:
 2. Nodes of the same class in the same or 26-neighbouring voxels are joined by an edge when the
    cosine of their features exceeds ``feature_threshold``; for *stuff* classes (wall, floor,
    ceiling) every same-class neighbour is joined (one instance per connected surface). With
-   ``stuff_feature_threshold > -1`` stuff neighbours must also agree in feature, so a door or
-   picture whose Gaussians were labelled wall still splits from the wall when its identity
-   features differ (stuff surfaces split from the things that touch them).
+   ``stuff_feature_threshold > -1`` the nodes of a surface whose identity feature differs from the
+   surface's prototype are split off, and a connected piece of them joins the touching thing whose
+   identity it shares (:func:`split_stuff_from_things`), so a picture whose Gaussians were half
+   labelled wall is one object; a surface is never merged into a thing.
 3. Connected components of that graph (vectorised hook-and-compress union-find in torch).
 4. *Minimum support*: components with fewer than ``min_gaussians`` Gaussians, or covering less
    than ``min_support_area`` square metres (:func:`support_area`: Gaussians x the area each stands
@@ -59,7 +60,8 @@ from chorus_ros.core.labels import UNLABELED
 
 __all__ = ["InstanceConfig", "GroupingResult", "ComponentStats", "ObjectRecord", "TrackedObject",
            "IdTracker", "InstanceDecoder", "RegroupResult", "group_components",
-           "component_stats", "median_knn_distance", "support_area", "NO_INSTANCE", "ObjectCodebook", "CodebookEntry"]
+           "component_stats", "median_knn_distance", "split_stuff_from_things", "support_area", "NO_INSTANCE",
+           "ObjectCodebook", "CodebookEntry"]
 
 NO_INSTANCE = 0
 """Instance id meaning "no instance" (persistent ids start at 1; maps zero-fill new Gaussians)."""
@@ -134,8 +136,15 @@ class InstanceConfig:
     stuff_classes: tuple[str, ...] = ("wall", "floor", "ceiling")
     """Class names grouped by connectivity (one instance per connected surface)."""
     stuff_feature_threshold: float = -1.0
-    """Stuff neighbours join only when the cosine of their object features exceeds this (-1:
-    connectivity alone), so a thing mislabelled as stuff still splits from the surface."""
+    """Splits stuff surfaces from the things that touch them (-1: off). Stuff is grouped by
+    connectivity; then the surface's nodes whose object feature has a cosine below this to the
+    surface's prototype (its mean identity) are split off, connected split nodes form pieces, and a
+    piece joins the touching thing it resembles most when that cosine exceeds ``feature_threshold``
+    and the piece's cosine to its surface (e.g. the wall-labelled half of a picture joins the
+    picture); a piece that resembles no touching thing stays in its surface. A surface is never
+    merged into a thing, and no new stuff object is made. 0.7 (the thing join test) is the
+    measured value; off by default because it moved PQ by only -0.1 to +0.5 across the measured
+    sources (docs/instances.md)."""
     min_overlap_fraction: float = 0.3
     """Id matching by overlap needs overlap >= this share of the smaller of (component's Gaussians
     that had an id, entry's previous count)."""
@@ -395,6 +404,60 @@ def _absorb_fragments(target: torch.Tensor, tiny: torch.Tensor, ca: torch.Tensor
         target[ka_o[first]] = kt[order][first]
 
 
+def split_stuff_from_things(node_comp: torch.Tensor, node_stuff: torch.Tensor, node_feat: torch.Tensor,
+                            node_count: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, threshold: float,
+                            join_threshold: float) -> torch.Tensor:
+    """``[M]`` new component of each node after moving pieces of stuff surfaces into the things
+    they belong to (``InstanceConfig.stuff_feature_threshold``).
+
+    Args:
+        node_comp: ``[M]`` component of each node (components are one class each).
+        node_stuff: ``[M]`` bool, the node's class is stuff.
+        node_feat: ``[M, d]`` unit node features. node_count: ``[M]`` Gaussians per node.
+        src, dst: ``[P]`` touching node pairs (each unordered pair once or more; any classes).
+        threshold: a stuff node is split off when its cosine to its component's prototype (the
+            count-weighted mean of its nodes' features, normalised) is below this.
+        join_threshold: a piece (connected split nodes of one component) joins the touching thing
+            component with the highest prototype cosine when that cosine exceeds this and the
+            piece's cosine to its own component (ties: the smaller component index); else it stays.
+
+    Things never move and a surface keeps every node that no thing takes, so one pass suffices and
+    the returned components are a subset of the input's indices (a surface cannot lose all nodes:
+    its prototype is their mean, and a piece must resemble a thing more than its surface).
+    """
+    m = node_comp.numel()
+    ncomp = int(node_comp.max()) + 1 if m else 0
+    w = node_feat * node_count[:, None].to(node_feat.dtype)
+    proto = torch.nn.functional.normalize(torch.zeros(ncomp, node_feat.shape[1]).index_add_(0, node_comp, w), dim=-1)
+    out_node = node_stuff & ((node_feat * proto[node_comp]).sum(-1) < threshold)
+    if not bool(out_node.any()):
+        return node_comp
+    inner = out_node[src] & out_node[dst] & (node_comp[src] == node_comp[dst])
+    piece = connected_components(m, src[inner], dst[inner])                  # root node of each piece
+    pproto = torch.nn.functional.normalize(torch.zeros(m, node_feat.shape[1]).index_add_(
+        0, piece[out_node], w[out_node]), dim=-1)
+    a = torch.cat([src, dst])
+    b = torch.cat([dst, src])
+    cand = out_node[a] & ~node_stuff[b]
+    if not bool(cand.any()):
+        return node_comp
+    p, t = torch.unique(torch.stack([piece[a[cand]], node_comp[b[cand]]], 1), dim=0).unbind(1)
+    s_t = (pproto[p] * proto[t]).sum(-1)
+    s_own = (pproto[p] * proto[node_comp[p]]).sum(-1)
+    ok = (s_t > join_threshold) & (s_t > s_own)
+    if not bool(ok.any()):
+        return node_comp
+    p, t, s_t = p[ok], t[ok], s_t[ok]                                       # sorted by (p, t): ties keep small t
+    order = torch.argsort(s_t, descending=True, stable=True)
+    p, t = p[order], t[order]
+    first = torch.full((m,), p.numel(), dtype=torch.long).scatter_reduce(0, p, torch.arange(p.numel()), reduce="amin")
+    goes = torch.full((m,), -1, dtype=torch.long)
+    has = first < p.numel()
+    goes[has] = t[first[has]]
+    dest = torch.where(out_node, goes[piece], torch.full_like(node_comp, -1))
+    return torch.where(dest >= 0, dest, node_comp)
+
+
 def _merge_across_classes(target, rest, tiny, node_comp, node_cell, cell_lab, node_feat, nl, dims) -> None:
     """Point each ``rest`` fragment's ``target`` (in place) at the most similar supported component
     of any class with a node in the same or a 26-neighbouring voxel."""
@@ -489,11 +552,17 @@ def group_components(means: torch.Tensor, obj_feats: torch.Tensor, labels: torch
     sim_all = (node_feat[src] * node_feat[dst]).sum(-1)
     is_stuff = stuff_rank[node_lab_rank[src]]
     thr = config.stuff_feature_threshold
-    stuff_ok = (sim_all > thr) if thr > -1 else torch.ones_like(is_stuff)
-    keep = same_class & torch.where(is_stuff, stuff_ok, sim_all > config.feature_threshold)
+    keep = same_class & (is_stuff | (sim_all > config.feature_threshold))     # stuff: connectivity alone
     root = connected_components(num_nodes, src[keep], dst[keep])
     _, node_comp = torch.unique(root, return_inverse=True)
     ncomp = int(node_comp.max()) + 1
+    # every component is one class here (edges join same-class nodes only)
+    comp_lab = torch.zeros(ncomp, dtype=torch.long).index_put_((node_comp,), node_lab_rank)
+    if thr > -1 and bool(stuff_rank.any()):
+        node_comp = split_stuff_from_things(node_comp, stuff_rank[node_lab_rank], node_feat, node_count, src, dst,
+                                            thr, config.feature_threshold)
+        used, node_comp = torch.unique(node_comp, return_inverse=True)
+        ncomp, comp_lab = int(used.numel()), comp_lab[used]
     size = torch.zeros(ncomp, dtype=torch.long).index_add_(0, node_comp, node_count)
     tiny = size < config.min_gaussians
     if config.min_support_area > 0:
@@ -502,7 +571,6 @@ def group_components(means: torch.Tensor, obj_feats: torch.Tensor, labels: torch
     target = torch.arange(ncomp)
     if bool(tiny.any()):
         target[tiny] = -1
-        comp_lab = torch.zeros(ncomp, dtype=torch.long).index_put_((node_comp,), node_lab_rank)
         if config.absorb_by_contact:
             _absorb_fragments(target, tiny, node_comp[src], node_comp[dst], sim_all, comp_lab,
                               config.merge_across_classes)
