@@ -21,7 +21,10 @@ Grouping (:func:`group_components`), per call:
    with the map's density), are fragments. In rounds, a fragment touching a resolved object joins
    the most similar one of its class; failing that (``merge_across_classes``), the object it
    touches most, of any class (its label is then outvoted by the majority); a fragment touching
-   only fragments joins whatever they joined; one touching nothing gets no instance.
+   only fragments joins whatever they joined; one touching nothing gets no instance. Only
+   fragments move: a supported surface is never absorbed into a thing, and a floor fragment that
+   touches the floor joins the floor however much it touches a chair; a floor-labelled speck
+   touching only a chair is taken for a class flip on the chair and joins it (intended).
 
 The map's *sample spacing* (median distance to the 8th nearest Gaussian, measured once) is also a
 lower bound of the automatic voxel: real and mesh-sampled maps carry Gaussians smaller than their
