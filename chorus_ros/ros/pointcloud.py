@@ -316,16 +316,21 @@ def _decode_plain(msg: PointCloud2, table: np.ndarray, dt: np.dtype, drop_nonfin
     nonfinite = {k: v for k, v in _nonfinite_by_field(g).items() if k in ("x", "y", "z")}
     nonfinite.update({nm: int(c) for nm in ("red", "green", "blue", "r", "g", "b") if nm in names
                       and dt.fields[nm][0].kind == "f" and (c := np.count_nonzero(~np.isfinite(table[nm])))})
-    dropped = 0
-    if nonfinite:
-        if not drop_nonfinite:
-            raise InvalidInputError(f"PointCloud2 has non-finite values (count per field: {nonfinite}); "
-                                    "pass drop_nonfinite=True to drop those points")
-        keep = g.finite_mask()
-        dropped = int((~keep).sum())
-        g = g.index(keep)
+    g, dropped = _drop_nonfinite(g, nonfinite, drop_nonfinite)
     return CloudDecodeResult(g, nonfinite, dropped, LAYOUT_POINTCLOUD, "id" in names, note)
 
+
+
+def _drop_nonfinite(g: GaussianArrays, nonfinite: dict, drop: bool) -> tuple[GaussianArrays, int]:
+    """Refuse a cloud with non-finite values (``nonfinite``: count per field), or with ``drop``
+    remove those points; returns the Gaussians kept and how many were dropped."""
+    if not nonfinite:
+        return g, 0
+    if not drop:
+        raise InvalidInputError(f"PointCloud2 has non-finite values (count per field: {nonfinite}); "
+                                "pass drop_nonfinite=True to drop those points")
+    keep = g.finite_mask()
+    return g.index(keep), int((~keep).sum())
 
 def decode_pointcloud2(msg: PointCloud2, *, drop_nonfinite: bool = False,
                        point_cloud: PointCloudInputConfig | None = None) -> CloudDecodeResult:
@@ -370,14 +375,7 @@ def decode_pointcloud2(msg: PointCloud2, *, drop_nonfinite: bool = False,
     _check_byte_order(msg, table, dt)
     g = structured_to_gaussians(table, source="PointCloud2", noun="fields", require_id=True)
     nonfinite = _nonfinite_by_field(g)
-    dropped = 0
-    if nonfinite:
-        if not drop_nonfinite:
-            raise InvalidInputError(f"PointCloud2 has non-finite values (count per field: {nonfinite}); "
-                                    "pass drop_nonfinite=True to drop those points")
-        keep = g.finite_mask()
-        dropped = int((~keep).sum())
-        g = g.index(keep)
+    g, dropped = _drop_nonfinite(g, nonfinite, drop_nonfinite)
     return CloudDecodeResult(g, nonfinite, dropped)
 
 

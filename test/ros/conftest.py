@@ -114,6 +114,15 @@ def harness(ros_context):
     h.shutdown()
 
 
+@pytest.fixture(scope="module")
+def rosout(harness):
+    """Every /rosout record of the module's nodes (reliable, transient local, depth 1000)."""
+    from rcl_interfaces.msg import Log
+    from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
+    return harness.collect(Log, "/rosout", QoSProfile(depth=1000, reliability=QoSReliabilityPolicy.RELIABLE,
+                                                      durability=QoSDurabilityPolicy.TRANSIENT_LOCAL))
+
+
 @pytest.fixture(scope="session")
 def wait_until():
     return until

@@ -23,14 +23,6 @@ def node(harness, pipeline_factory, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def rosout(harness):
-    from rcl_interfaces.msg import Log
-    from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
-    return harness.collect(Log, "/rosout", QoSProfile(depth=1000, reliability=QoSReliabilityPolicy.RELIABLE,
-                                                      durability=QoSDurabilityPolicy.TRANSIENT_LOCAL))
-
-
-@pytest.fixture(scope="module")
 def map_pub(harness, node, small_scene, wait_until):
     """The node holds the FULL scene map (map_id 'm', sequence 0), encoded."""
     from chorus_ros.msg import GaussianMapUpdate

@@ -25,14 +25,6 @@ def node(harness, pipeline_factory):
     harness.remove(n)
 
 
-@pytest.fixture(scope="module")
-def rosout(harness):
-    from rcl_interfaces.msg import Log
-    from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
-    return harness.collect(Log, "/rosout", QoSProfile(depth=1000, reliability=QoSReliabilityPolicy.RELIABLE,
-                                                      durability=QoSDurabilityPolicy.TRANSIENT_LOCAL))
-
-
 def _update(cloud, seq, full=True):
     from chorus_ros.ros.map_updates import map_update_to_msg
     msg = map_update_to_msg(None, map_id="slam", sequence=seq, full=full)
