@@ -146,7 +146,7 @@ class InstanceConfig:
     and the piece's cosine to its surface (e.g. the wall-labelled half of a picture joins the
     picture); a piece that resembles no touching thing stays in its surface. A surface is never
     merged into a thing, and no new stuff object is made. 0.7 (the thing join test) is the
-    measured value; off by default because it moved PQ by only -0.1 to +0.5 across the measured
+    measured value; off by default because it moved PQ by only -0.35 to +0.53 across the measured
     sources (docs/instances.md)."""
     min_overlap_fraction: float = 0.3
     """Id matching by overlap needs overlap >= this share of the smaller of (component's Gaussians
