@@ -476,6 +476,19 @@ def test_median_knn_distance_matches_brute_force():
     assert median_knn_distance(grid(60, 60, 0.03), 8, max_queries=256) == pytest.approx(0.03 * 2 ** 0.5, rel=1e-4)
     with pytest.raises(InvalidInputError):
         median_knn_distance(pts[:5], 8)
+    # far from the origin (a SLAM world frame) the centimetre spacing survives float32
+    far = grid(60, 60, 0.03) + torch.tensor([300.0, -200.0, 10.0])
+    assert median_knn_distance(far, 8, max_queries=256) == pytest.approx(0.03 * 2 ** 0.5, rel=1e-3)
+
+
+def test_a_map_of_duplicates_freezes_no_spacing():
+    """Mostly duplicated points measure spacing 0: nothing is frozen (a frozen 0 would make the
+    saved map unloadable), and a later map with real spacing is measured."""
+    from chorus_ros.core.decode.instances import InstanceConfig, InstanceDecoder
+    dec = InstanceDecoder(InstanceConfig())
+    dup = torch.rand(50, 3).repeat(10, 1)
+    assert dec.resolve_spacing(dup) is None and dec.spacing is None
+    assert dec.resolve_spacing(grid(30, 30, 0.05)) == pytest.approx(0.05 * 2 ** 0.5, rel=1e-4)
 
 
 def test_support_area_with_spacing_is_density_independent_and_weighted_by_confidence():

@@ -284,7 +284,9 @@ def median_knn_distance(means: torch.Tensor, k: int = 8, max_queries: int = 1024
          else torch.randperm(n, generator=torch.Generator().manual_seed(0))[:max_queries])
     out = []
     for i in range(0, q.numel(), chunk):
-        d = torch.cdist(m[q[i:i + chunk]], m)
+        # exact differences, not the |a|^2 + |b|^2 - 2ab shortcut, which loses the centimetre
+        # spacing of a map far from the origin (a SLAM world frame) to float32 rounding
+        d = torch.cdist(m[q[i:i + chunk]], m, compute_mode="donot_use_mm_for_euclid_dist")
         out.append(d.topk(k + 1, largest=False).values[:, k])     # column 0 is the point itself
     return float(torch.cat(out).median())
 
@@ -843,7 +845,10 @@ class InstanceDecoder:
         elif self.config.spacing < 0:
             self.spacing = None
         elif self.spacing is None and means is not None and means.shape[0] > self.config.spacing_knn:
-            self.spacing = median_knn_distance(means, self.config.spacing_knn)
+            measured = median_knn_distance(means, self.config.spacing_knn)
+            # a map of mostly duplicated points has no measurable spacing yet: nothing is frozen
+            # (a frozen 0 would also make the saved map unloadable)
+            self.spacing = measured if measured > 0 else None
         return self.spacing
 
     def resolve_voxel_size(self, scales: torch.Tensor | None) -> float:
