@@ -129,6 +129,12 @@ class PhotometricFitConfig:
         if not 0 < self.init_fraction <= 1 or not 0 < self.init_opacity < 1 or self.floater_fraction < 0:
             raise InvalidInputError("photometric fit: init_fraction in (0, 1], init_opacity in (0, 1), "
                                     "floater_fraction >= 0")
+        if not 0 < self.reset_opacity < 1 or self.opacity_reset_every < 0 or self.prune_opacity < 0:
+            raise InvalidInputError("photometric fit: reset_opacity in (0, 1), opacity_reset_every >= 0, "
+                                    f"prune_opacity >= 0; got {self.reset_opacity}, {self.opacity_reset_every}, "
+                                    f"{self.prune_opacity}")
+        if self.lr_means_final is not None and self.lr_means_final <= 0:
+            raise InvalidInputError(f"photometric fit: lr_means_final must be > 0 or None, got {self.lr_means_final}")
         if self.label_from not in ("init", "nearest"):
             raise InvalidInputError(f"photometric fit: label_from must be 'init' or 'nearest', got {self.label_from!r}")
         if self.densify and (self.densify_every < 1 or self.grad_threshold <= 0 or self.percent_dense <= 0):
@@ -154,12 +160,16 @@ def scene_extent(cameras: list) -> float:
 
 
 def screen_gradient(grad_means: torch.Tensor, means: torch.Tensor, camera) -> torch.Tensor:
-    """``[N]`` norm of the loss gradient w.r.t. each Gaussian's projected centre in NDC units
-    (``|dL/dx| * depth / fx * width / 2``), from the world-space gradient ``grad_means`` ``[N, 3]``.
+    """``[N]`` densification statistic of each Gaussian: ``|dL/dx| * depth / fx * width / 2``,
+    from the world-space loss gradient ``grad_means`` ``[N, 3]``.
 
     A screen displacement ``du`` (pixels) moves the centre by ``du * depth / fx`` parallel to the
-    image plane, so the screen gradient is the world gradient times ``depth / fx``; NDC spans the
-    width in 2 units.
+    image plane, and NDC spans the width in 2 units, so for a gradient parallel to the image plane
+    this is the norm of the gradient w.r.t. the projected centre in NDC units of the *width* (both
+    axes scaled by ``width / 2``; 3DGS scales y by ``height / 2``). The norm includes the component
+    along the viewing ray, so off the optical axis it reads somewhat higher than 3DGS's statistic
+    (about 1 % at 16 degrees, 11 % at 28 degrees): the 3DGS threshold densifies a little more
+    readily here. The statistic is only compared with ``grad_threshold``.
     """
     vm = camera.viewmat.to(means.dtype)
     depth = (means.detach() @ vm[:3, :3].T + vm[:3, 3])[:, 2].abs()
@@ -167,7 +177,7 @@ def screen_gradient(grad_means: torch.Tensor, means: torch.Tensor, camera) -> to
     return grad_means.norm(dim=1) * depth / fx * (camera.width / 2.0)
 
 
-def _nearest_index(query: torch.Tensor, ref: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
+def _nearest_index(query: torch.Tensor, ref: torch.Tensor, chunk: int = 256) -> torch.Tensor:
     """``[M]`` index of the nearest ``ref`` point ``[N, 3]`` to each ``query`` point ``[M, 3]``."""
     out = torch.empty(query.shape[0], dtype=torch.int64)
     for i in range(0, query.shape[0], chunk):
