@@ -358,5 +358,7 @@ def variant_warning(variant: str, *, what: str = "the map") -> str | None:
     if variant != "gaussian":
         return None
     return (f"{what} arrived as a plain point cloud (no Gaussian scales, opacities or rotations: they are "
-            f"defaults), but the checkpoint's encoder variant is 'gaussian', which reads them; use the "
-            f"point-cloud checkpoint ({POINTCLOUD_CHECKPOINT}, variant 'pointcloud') for plain point clouds")
+            f"defaults), but the checkpoint's encoder variant is 'gaussian', which reads them, so its results "
+            f"may differ from those on a 3DGS map; the point-cloud checkpoint ({POINTCLOUD_CHECKPOINT}, "
+            f"variant 'pointcloud') reads only centres and colours (which one is better depends on the "
+            f"site: docs/generalisation.md, 'Plain point-cloud input')")

@@ -10,7 +10,7 @@ Subscriptions (relative names, so the node's namespace applies):
                                   ``map_update_depth`` (FULL snapshots and DELTAs, by sequence);
                                   its cloud may be a plain coloured point cloud (x y z + packed
                                   rgb or r g b, ``point_cloud.*`` defaults; a 'gaussian'
-                                  checkpoint then logs a warning recommending checkpoints/pointcloud)
+                                  checkpoint then logs a warning that it reads defaults, naming checkpoints/pointcloud)
     <camera>/pose                 geometry_msgs/PoseStamped     best effort (matches reliable too)
     <camera>/camera_info          sensor_msgs/CameraInfo        best effort; paired with the pose
                                   by stamp (``pair_tolerance_s``), never "latest"
