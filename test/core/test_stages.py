@@ -128,6 +128,7 @@ def test_committed_configs_match_the_committed_checkpoints_they_start_from():
     """A config/train/*.yaml whose init_from names a committed checkpoint has that checkpoint's
     encoder inputs (variant, feature version, voxel size) and widths, so it can actually start."""
     from pathlib import Path
+    from chorus_ros.core.encoder import EncoderConfig
     from chorus_ros.core.encoder.checkpoint import load_checkpoint_config
     from chorus_ros.core.train.config import load_train_config
     root = Path(__file__).resolve().parents[2]
@@ -138,10 +139,10 @@ def test_committed_configs_match_the_committed_checkpoints_they_start_from():
         if ckpt is None or not (ckpt / "config.yaml").is_file():
             continue
         enc, _ = load_checkpoint_config(str(ckpt))
+        mine = EncoderConfig.from_dict(dict(cfg.encoder))       # keys the yaml omits take their defaults
         for k in ("variant", "feature_version", "voxel_size", "channels", "embed_dim"):
-            want = getattr(enc, k)
-            got = cfg.encoder.get(k, want)
+            want, got = getattr(enc, k), getattr(mine, k)
             assert (list(got) if isinstance(got, (list, tuple)) else got) == \
                 (list(want) if isinstance(want, (list, tuple)) else want), (path.name, k, got, want)
         checked += 1
-    assert checked >= 1
+    assert checked >= 2        # demo_gocl.yaml and demo_gocl_robust.yaml
