@@ -335,7 +335,8 @@ def detect_layout(names, *, source: str = "cloud", noun: str = "fields") -> str:
     missing_gs = [nm for nm in _GS_REQUIRED if nm not in have]
     if not missing_gs:
         return LAYOUT_3DGS
-    partial = sorted(have & _GS_ONLY)
+    # higher-order SH coefficients only exist in 3DGS maps, too (the PointCloud2 reader agrees)
+    partial = sorted((have & _GS_ONLY) | {nm for nm in have if nm.startswith("f_rest_")})
     if partial:
         raise InvalidInputError(f"{source}: missing required 3DGS {noun} {missing_gs} (has {names}); the "
                                 f"{noun} {partial} say it is a 3DGS map, so it is not read as a plain point cloud")

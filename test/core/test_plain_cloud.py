@@ -185,6 +185,9 @@ def test_layout_detection_and_variant_warning():
     assert detect_layout(["x", "y", "z", "red", "green", "blue", "alpha"]) == LAYOUT_POINTCLOUD
     assert detect_layout(["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2",
                           "rot_0", "rot_1", "rot_2", "rot_3", "red", "green", "blue"]) == LAYOUT_3DGS
+    # a half 3DGS layout (here only higher-order SH) is refused, as the PointCloud2 reader does
+    with pytest.raises(InvalidInputError, match="f_rest_0"):
+        detect_layout(["x", "y", "z", "red", "green", "blue", "f_rest_0"])
     w = variant_warning("gaussian")
     assert w and "checkpoints/pointcloud" in w and variant_warning("pointcloud") is None
 
