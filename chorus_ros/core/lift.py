@@ -317,7 +317,7 @@ class LiftedScene:
 
 
 def lift_synthetic_scene(seed: int, teachers: Sequence, *, scene: dict | None = None, views: dict | None = None,
-                         config: LiftConfig | None = None) -> LiftedScene:
+                         config: LiftConfig | None = None, photometric: dict | None = None) -> LiftedScene:
     """Generate synthetic scene ``seed``, render its ground-truth views and lift ``teachers``.
 
     Args:
@@ -326,6 +326,11 @@ def lift_synthetic_scene(seed: int, teachers: Sequence, *, scene: dict | None = 
         scene: overrides of :class:`~chorus_ros.core.synthetic.SceneConfig` (not ``seed``).
         views: overrides of :class:`~chorus_ros.core.synthetic.trajectory.TrajectoryConfig`.
         config: lifting settings (cache dir...). Ground truth is only rendered on a cache miss.
+        photometric: when not None (an empty dict too), the room is replaced by its photometric
+            3DGS fit before lifting: ``photometric_*`` fields of :class:`~chorus_ros.core.synthetic.shifts.ShiftConfig`
+            (missing ones from the shift suite's ``photometric`` shift) and ``cache_dir`` of the
+            fits (default ``.cache/shifts``). The fitted Gaussians carry the labels of the nearest
+            source surface, and the views are rendered from the fitted map.
 
     The teacher input image of each view is the rendered RGB of the scene; the per-view
     noise seed of the oracles is ``seed * 1000 + view``.
@@ -340,6 +345,10 @@ def lift_synthetic_scene(seed: int, teachers: Sequence, *, scene: dict | None = 
     if "seed" in scene:
         raise InvalidInputError("scene overrides must not set 'seed' (pass it as the seed argument)")
     sc = generate_scene(SceneConfig(seed=int(seed), **scene))
+    if photometric is not None:
+        from chorus_ros.core.synthetic.photometric import fit_scene
+        sc = fit_scene(sc, photometric_fit_config(photometric, int(seed)),
+                       cache_dir=photometric.get("cache_dir", ".cache/shifts"))
     traj = make_trajectory(sc, TrajectoryConfig(**views))
     config = config or LiftConfig()
     rs = RenderSettings(backend=config.backend, near=config.near)
@@ -349,11 +358,40 @@ def lift_synthetic_scene(seed: int, teachers: Sequence, *, scene: dict | None = 
         return gt.rgb.clamp(0, 1), FrameContext(labels=gt.semantic, instances=gt.instance, label_set=sc.labels,
                                                 seed=int(seed) * 1000 + v)
 
-    sid = "synthetic:" + json.dumps({"seed": int(seed), "scene": scene}, sort_keys=True)
+    key = {"seed": int(seed), "scene": scene}
+    if photometric is not None:
+        key["photometric"] = {k: v for k, v in photometric.items() if k != "cache_dir"}
+    sid = "synthetic:" + json.dumps(key, sort_keys=True)
     digest = "synthetic-gt:" + json.dumps(views, sort_keys=True)
     targets = lift_scene(sc.gaussians, traj.cameras, teachers, frame_fn=frame, config=config, scene_id=sid,
                          images_digest=digest)
     return LiftedScene(sid, sc.gaussians, targets)
+
+
+def photometric_fit_config(photometric: dict, seed: int):
+    """The :class:`~chorus_ros.core.synthetic.photometric.PhotometricFitConfig` of room ``seed``
+    from ``photometric_*`` overrides of the shift suite's ``photometric`` shift (the same fit, so
+    training rooms and the suite's held-out rooms are made alike)."""
+    import dataclasses
+
+    from chorus_ros.core.synthetic.photometric import PhotometricFitConfig
+    from chorus_ros.core.synthetic.shifts import SHIFT_SUITE
+    over = {k: v for k, v in photometric.items() if k != "cache_dir"}
+    bad = sorted(k for k in over if not k.startswith("photometric_"))
+    if bad:
+        raise InvalidInputError(f"photometric fit overrides must be ShiftConfig photometric_* fields, got {bad}")
+    cfg = dataclasses.replace(SHIFT_SUITE["photometric"], **over)
+    return PhotometricFitConfig(steps=cfg.photometric_steps, views=cfg.photometric_views,
+                                width=int(cfg.photometric_size[0]), height=int(cfg.photometric_size[1]),
+                                seed=int(seed), **cfg.photometric_options)
+
+
+def photometric_selected(seed: int, fraction: float) -> bool:
+    """Whether training room ``seed`` is replaced by its photometric fit (deterministic per seed)."""
+    if not 0.0 <= fraction <= 1.0:
+        raise InvalidInputError(f"photometric_fraction must be in [0, 1], got {fraction}")
+    u = int(hashlib.sha256(f"photometric:{int(seed)}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return u < fraction
 
 
 def scene_density(seed: int, density_range: Sequence[int]) -> int:
@@ -367,10 +405,13 @@ def scene_density(seed: int, density_range: Sequence[int]) -> int:
 
 def lift_synthetic_scenes(seeds: Sequence[int], teachers: Sequence, *, scene: dict | None = None,
                           views: dict | None = None, config: LiftConfig | None = None,
-                          progress: bool = False, density_range: Sequence[int] | None = None) -> list[LiftedScene]:
+                          progress: bool = False, density_range: Sequence[int] | None = None,
+                          photometric_fraction: float = 0.0, photometric_fit: dict | None = None) -> list[LiftedScene]:
     """:func:`lift_synthetic_scene` for every seed (cached ones load from disk).
 
-    ``density_range=[lo, hi]`` sets each scene's ``target_gaussians`` with :func:`scene_density`.
+    ``density_range=[lo, hi]`` sets each scene's ``target_gaussians`` with :func:`scene_density`;
+    the rooms :func:`photometric_selected` picks for ``photometric_fraction`` are replaced by their
+    photometric fit (``photometric_fit``: overrides, see :func:`lift_synthetic_scene`).
     """
     seeds = list(seeds)
     it = seeds
@@ -382,5 +423,6 @@ def lift_synthetic_scenes(seeds: Sequence[int], teachers: Sequence, *, scene: di
         sc = dict(scene or {})
         if density_range:
             sc["target_gaussians"] = scene_density(s, density_range)
-        out.append(lift_synthetic_scene(s, teachers, scene=sc, views=views, config=config))
+        photo = dict(photometric_fit or {}) if photometric_selected(s, photometric_fraction) else None
+        out.append(lift_synthetic_scene(s, teachers, scene=sc, views=views, config=config, photometric=photo))
     return out

@@ -185,3 +185,29 @@ def test_lift_rejects_bad_input():
         lift_scene(g, [_camera()], [t, t])
     with pytest.raises(InvalidInputError, match="contexts has 2 entries"):
         lift_scene(g, [_camera()], [t], contexts=[None, None])
+
+
+def test_photometric_training_rooms_are_fitted_rooms(tmp_path):
+    """data.photometric_fraction: the selected training rooms are lifted on their photometric fit
+    (the shift suite's recipe, here shortened), the others on the generated room; selection is
+    deterministic per seed and follows the fraction."""
+    from chorus_ros.core.lift import lift_synthetic_scenes, photometric_selected
+    from chorus_ros.core.synthetic import SceneConfig, generate_scene
+    from chorus_ros.core.teachers import build_teacher
+    assert [photometric_selected(s, 0.0) for s in range(5)] == [False] * 5
+    assert [photometric_selected(s, 1.0) for s in range(5)] == [True] * 5
+    share = sum(photometric_selected(s, 0.3) for s in range(2000)) / 2000
+    assert 0.25 < share < 0.35 and photometric_selected(7, 0.3) == photometric_selected(7, 0.3)
+    t = build_teacher(TeacherSpec("generalist", "oracle_generalist", {"dim": 4, "patch_size": 4}))
+    kw = dict(scene={"target_gaussians": 1200}, views={"loop_views": 1, "random_views": 0, "width": 32, "height": 24},
+              config=LiftConfig(cache_dir=str(tmp_path / "lift"), backend="reference"))
+    fit = {"photometric_steps": 2, "photometric_views": 1, "photometric_size": [16, 12],
+           "photometric_options": {"floater_fraction": 0.0}, "cache_dir": str(tmp_path / "fits")}
+    plain, = lift_synthetic_scenes([3], [t], **kw)
+    fitted, = lift_synthetic_scenes([3], [t], photometric_fraction=1.0, photometric_fit=fit, **kw)
+    n = len(generate_scene(SceneConfig(seed=3, target_gaussians=1200)).gaussians)
+    assert len(plain.gaussians) == n and len(fitted.gaussians) == round(0.7 * n)
+    assert fitted.scene_id != plain.scene_id and len(fitted.targets.valid) == len(fitted.gaussians)
+    assert len(list((tmp_path / "fits").glob("photometric_*.safetensors"))) == 1
+    with pytest.raises(InvalidInputError, match="photometric_"):
+        lift_synthetic_scenes([3], [t], photometric_fraction=1.0, photometric_fit={"steps": 2}, **kw)

@@ -40,6 +40,10 @@ class DataConfig:
     """Minimum total blending weight for a Gaussian to carry a target."""
     render_backend: str = "auto"
     """Render backend used while lifting."""
+    photometric_fraction: float = 0.0
+    """Share of the training rooms replaced by their photometric 3DGS fit (the shift suite's 'photometric' recipe, chorus_ros.core.synthetic.photometric; chosen per seed, deterministically; fits cached under .cache/shifts, about 12 CPU minutes per room)."""
+    photometric_fit: dict = field(default_factory=dict)
+    """Overrides of the fit's ShiftConfig fields (photometric_steps, photometric_views, photometric_size, photometric_options); empty: the shift suite's."""
 
 
 @dataclass

@@ -200,7 +200,9 @@ class Trainer:
         lc = LiftConfig(eps=d.lift_eps, cache_dir=d.cache_dir or None, backend=d.render_backend)
         return lift_synthetic_scenes(seeds, teachers, scene=d.scene, views=d.views, config=lc,
                                      progress=self.cfg.log.progress and self.dist.main,
-                                     density_range=d.density_range or None)
+                                     density_range=d.density_range or None,
+                                     photometric_fraction=d.photometric_fraction,
+                                     photometric_fit=d.photometric_fit or None)
 
     def default_heads(self) -> list[str]:
         """``config.heads`` (or every teacher kind) checked against the scenes' lifted targets."""
