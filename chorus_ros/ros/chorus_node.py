@@ -288,6 +288,7 @@ class ChorusNode(Node):
         self.drops = DropCounter(DROP_REASONS)
         """Dropped work by reason (published in ~/status drop_reasons/drop_counts)."""
         self.encode_error = ""                  # '' or why the last encode failed
+        self._state_lock = threading.Lock()     # ~/status reads state and encode_error as one pair
         self._active_checkpoint = cfg.checkpoint  # the checkpoint the features come from
         self._failed_version: int | None = None  # map version whose encode failed (not retried)
         self._last_trim = time.monotonic()
@@ -638,12 +639,13 @@ class ChorusNode(Node):
         except Exception as e:      # noqa: BLE001 - any failure: report, keep the last good encoding
             self._failed_version = version
             ids = list(getattr(e, "ids", []) or [])
-            self.encode_error = (f"encode of map version {version} failed: {type(e).__name__}: {e}"
-                                 + (f"; offending Gaussian ids {ids[:20]}" if ids else "")
-                                 + f"; serving views of the last good encoding (version {self.encoded_version}) "
-                                   "until the map changes")
-            self.errors.report("encode", self.encode_error)
-            self._state = "encode_failed"
+            error = (f"encode of map version {version} failed: {type(e).__name__}: {e}"
+                     + (f"; offending Gaussian ids {ids[:20]}" if ids else "")
+                     + f"; serving views of the last good encoding (version {self.encoded_version}) "
+                       "until the map changes")
+            with self._state_lock:  # a status never shows the error with the state of before
+                self.encode_error, self._state = error, "encode_failed"
+            self.errors.report("encode", error)
             return
         self._failed_version = None
         self.encode_error = ""
@@ -739,8 +741,10 @@ class ChorusNode(Node):
         from chorus_ros.msg import Status
         p = self.pipeline
         msg = Status(header=cv.header(self.get_clock().now().to_msg(), self.config.map_frame))
+        with self._state_lock:
+            state, encode_error = self._state, self.encode_error
         msg.state = ("waiting_for_map" if self._tracker.waiting_for_full and len(p.map) == 0
-                     else self._state)
+                     else state)
         msg.map_size, msg.map_version = len(p.map), int(p.map.version)
         msg.map_sequence = int(self._tracker.last_sequence or 0)
         msg.encoded_version = int(self.encoded_version)
@@ -751,7 +755,7 @@ class ChorusNode(Node):
         counts = self.drops.snapshot()
         msg.drop_reasons = list(counts)
         msg.drop_counts = [int(v) for v in counts.values()]
-        msg.encode_error = self.encode_error
+        msg.encode_error = encode_error
         msg.checkpoint = str(getattr(self, "_active_checkpoint", ""))
         self._status_pub.publish(msg)
 
