@@ -798,6 +798,12 @@ def write_ply(path: str | Path, g: GaussianArrays, *, format: str = "binary_litt
         raise InvalidInputError(f"unknown PLY format {format!r} (known: {_FORMATS})")
     table = gaussians_to_structured(g, byte_order=">" if format == "binary_big_endian" else "<",
                                     write_normals=write_normals, write_ids=write_ids, extra_types=extra_types)
+    _write_vertex_table(path, table, format, comments)
+
+
+def _write_vertex_table(path: str | Path, table: np.ndarray, format: str, comments: list[str] | None) -> None:
+    """Write a structured vertex ``table`` (its byte order matching ``format``) as one PLY element
+    ``vertex`` with one property per field, in that order."""
     dt = table.dtype
     head = ["ply", f"format {format} 1.0"] + [f"comment {c}" for c in (comments or [])]
     head += [f"element vertex {len(table)}"]
@@ -863,14 +869,4 @@ def write_point_cloud_ply(path: str | Path, means: torch.Tensor, rgb: torch.Tens
     table = np.empty(n, dtype=dt)
     for nm, _, a in cols:
         table[nm] = a
-    head = ["ply", f"format {format} 1.0"] + [f"comment {c}" for c in (comments or [])]
-    head += [f"element vertex {n}"] + [f"property {_NP_TO_PLY[code]} {nm}" for nm, code, _ in cols] + ["end_header"]
-    with open(path, "wb") as f:
-        f.write(("\n".join(head) + "\n").encode("ascii"))
-        if format == "ascii":
-            fmts = ["%.9g" if code == "f4" else "%.17g" if code == "f8" else "%d" for _, code, _ in cols]
-            buf = io.StringIO()
-            np.savetxt(buf, table, fmt=fmts, delimiter=" ")
-            f.write(buf.getvalue().encode("ascii"))
-        else:
-            f.write(table.tobytes())
+    _write_vertex_table(path, table, format, comments)
