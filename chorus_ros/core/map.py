@@ -696,6 +696,19 @@ class GaussianMap:
             a, slots = a[~bad], slots[~bad]
         return a, slots
 
+    def check(self, g: GaussianArrays, what: str = "update", *, snapshot: bool = False) -> None:
+        """Validate ``g`` exactly as :meth:`apply_delta` (``snapshot``: :meth:`replace_all`) would:
+        ids present and unique, finite values, coordinate and scale limits, extras matching the
+        map's attributes (not for a snapshot), without changing anything; raises
+        InvalidInputError naming ``what``. Capacity is not checked."""
+        with self._lock:
+            if snapshot:
+                inc = self._prepare(g, what, check_dups=False, default_ids=True, match_attrs=False)
+                if IdIndex.build(inc.ids_np) is None:
+                    raise InvalidInputError(f"{what}: duplicated ids within one call: {_few(_dups(inc.ids_np))}")
+            else:
+                self._prepare(g, what)
+
     # ------------------------------------------------------------------ mutation
     def add(self, g: GaussianArrays) -> None:
         """Insert Gaussians with new unique ids (ids required)."""

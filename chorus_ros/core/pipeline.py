@@ -51,7 +51,7 @@ from chorus_ros.core.objects.support import SupportConfig, support_scores
 from chorus_ros.core.decode.semantic import SemanticConfig, SemanticDecoder
 from chorus_ros.core.decode.fusion import PerViewConfig
 from chorus_ros.core.encoder.incremental import IncrementalConfig
-from chorus_ros.core.errors import CheckpointError, EncodeError, InvalidInputError
+from chorus_ros.core.errors import CheckpointError, EncodeError, InvalidInputError, MapCapacityError
 from chorus_ros.core.gaussians import GaussianArrays
 from chorus_ros.core.geometry import Camera
 from chorus_ros.core.labels import UNLABELED, LabelSet
@@ -96,9 +96,18 @@ class PipelineConfig:
     """Optional label-set YAML replacing the checkpoint's label set at start-up."""
     overlay_alpha: float = 0.5
     """Weight of the class colour in the overlay image (0: rgb only, 1: colours only)."""
+    min_opacity: float = 0.1
+    """Opacity below which an incoming Gaussian is set aside instead of entering the map: it is
+    not encoded, rendered, grouped or queried, and is kept unchanged in the pipeline's faint store
+    (``PerceptionPipeline.faint``, saved with the map). An id that turns faint moves there; one
+    that turns opaque again moves back. Photometric 3DGS leaves many nearly transparent Gaussians
+    (a real ScanNet 3DGS: 29 % below 0.1); given to the encoder, they corrupt the features of the
+    surfaces around them (docs/generalisation.md). 0 keeps every Gaussian in the map."""
 
     def validate(self) -> None:
         """Raise InvalidInputError for values no view can use (nested configs validate themselves)."""
+        if not 0.0 <= float(self.min_opacity) < 1.0:
+            raise InvalidInputError(f"min_opacity must be in [0, 1), got {self.min_opacity}")
         if not 0.0 <= float(self.overlay_alpha) <= 1.0:
             raise InvalidInputError(f"overlay_alpha must be in [0, 1], got {self.overlay_alpha}")
 
@@ -228,6 +237,8 @@ def text_spec_from_meta(meta: dict, ckpt_dir: str | Path):
 SAVE_KIND = "chorus_ros.PerceptionPipeline"
 """``kind`` of a pipeline save in its manifest (and ``format`` of its pipeline.json)."""
 SAVE_FILES = ("map.safetensors", "codebook.safetensors", "pipeline.json")
+FAINT_FILE = "faint.safetensors"
+"""Optional file of a save: the faint store (Gaussians below ``PipelineConfig.min_opacity``)."""
 """The data files of a pipeline save."""
 _CODEBOOK_KEYS = {"ids": 1, "label": 1, "prototype": 2, "centroid": 2, "bbox_min": 2, "bbox_max": 2,
                   "count": 1, "score": 1, "active": 1, "embedding": 2}
@@ -246,6 +257,8 @@ class SavedState:
     manifest: Manifest
     instance_spacing: float | None = None
     """The instance decoder's measured sample spacing, metres (None: not measured or older save)."""
+    faint: GaussianMap | None = None
+    """The faint store saved with the map (None: the save held no faint Gaussians)."""
 
 
 def _check_pipeline_json(path: Path) -> dict:
@@ -336,6 +349,8 @@ class PerceptionPipeline:
             config.map.device = config.device
             gmap = GaussianMap(config.map)
         self.map = gmap
+        self.faint = GaussianMap(MapConfig(**{**gmap.config.__dict__}))
+        """Gaussians below ``config.min_opacity``: kept (and saved), never encoded or rendered."""
         if hasattr(model, "receptive_field_m") and hasattr(model, "config"):
             from chorus_ros.core.encoder.incremental import max_supported_coordinate
             lim = max_supported_coordinate(model, gmap.config.block_size)
@@ -438,14 +453,45 @@ class PerceptionPipeline:
             if full:
                 if upserts is None:
                     raise InvalidInputError("a full update needs the snapshot in 'upserts'")
+                if upserts.ids is None:   # replace_all's default ids, fixed before the split
+                    upserts = GaussianArrays(upserts.means, upserts.sh, upserts.opacities, upserts.log_scales,
+                                             upserts.quats, torch.arange(len(upserts), dtype=torch.int64),
+                                             upserts.extras)
+                opaque, faint = self._split_faint(upserts, "full update", snapshot=True)
+                if faint is not None and len(faint) > int(self.faint.config.capacity):
+                    raise MapCapacityError(f"full update: {len(faint)} faint Gaussians (opacity < min_opacity "
+                                           f"{self.config.min_opacity}) exceed the faint store's capacity "
+                                           f"{self.faint.config.capacity}; nothing changed")
                 old_ids = self.map.arrays().ids.clone() if len(self.map) else None
                 old_inst = inst.clone() if inst is not None and len(self.map) else None
-                self.map.replace_all(upserts)
+                self.map.replace_all(opaque)
+                if faint is None:
+                    self.faint.clear()
+                else:
+                    self.faint.replace_all(faint)
                 if old_inst is not None:
                     self._restore_instances(old_ids, old_inst)
                 self._touched |= set(self.instances.codebook.active_ids())
                 self._pending_full = True
             else:
+                opaque, faint = self._split_faint(upserts, "map update")
+                rm = (torch.zeros(0, dtype=torch.long) if removed_ids is None
+                      else torch.as_tensor(removed_ids, dtype=torch.long).reshape(-1).cpu())
+                # ids that cross the threshold leave the store they were in
+                faint_ids = torch.zeros(0, dtype=torch.long) if faint is None else faint.ids.long().cpu()
+                opaque_ids = torch.zeros(0, dtype=torch.long) if opaque is None else opaque.ids.long().cpu()
+                map_rm = torch.cat([rm, faint_ids[self.map.contains(faint_ids).cpu()]]) if len(faint_ids) else rm
+                faint_rm = (torch.cat([rm, opaque_ids[self.faint.contains(opaque_ids).cpu()]])
+                            if len(self.faint) and len(opaque_ids) else rm)
+                if faint is not None:
+                    new = int((~self.faint.contains(faint_ids)).sum())
+                    cap = int(self.faint.config.capacity)
+                    if len(self.faint) + new > cap:
+                        raise MapCapacityError(f"map update: {new} new faint Gaussians (opacity < min_opacity "
+                                               f"{self.config.min_opacity}) would exceed the faint store's capacity "
+                                               f"{cap} ({len(self.faint)} held); nothing changed")
+                removed_ids = map_rm if len(map_rm) else None
+                upserts = opaque if opaque is not None and len(opaque) else None
                 if inst is not None and len(self.map):
                     if removed_ids is not None and len(removed_ids):
                         rid = torch.as_tensor(removed_ids, dtype=torch.long)
@@ -459,9 +505,31 @@ class PerceptionPipeline:
                             slots = self.map.slots_of(upserts.ids.long()[present])
                             self._touched |= {int(i) for i in inst[slots].unique().tolist() if i > 0}
                 self.map.apply_delta(upserts, removed_ids, missing="ignore")
+                if faint is not None or (len(self.faint) and len(faint_rm)):
+                    self.faint.apply_delta(faint, faint_rm if len(faint_rm) else None, missing="ignore")
             if upserts is not None and upserts.ids is not None and len(self._suspects) < 100:
                 self._suspects += upserts.ids[:100 - len(self._suspects)].tolist()
             return self.map.version
+
+    def _split_faint(self, g: GaussianArrays | None, what: str, *, snapshot: bool = False
+                     ) -> tuple[GaussianArrays | None, GaussianArrays | None]:
+        """``(opaque, faint)`` parts of ``g`` by ``config.min_opacity``: ``(g, None)`` when nothing
+        is faint, else the opaque part (possibly empty) and the faint part. A split update is
+        checked whole first, so a bad Gaussian in either part refuses it before either store
+        changes. A non-finite opacity counts as opaque, and the map refuses it by name."""
+        tau = float(self.config.min_opacity)
+        if g is None or tau <= 0.0 or len(g) == 0:
+            return g, None
+        faint = g.opacity < tau
+        if not bool(faint.any()):
+            return g, None
+        self.map.check(g, what, snapshot=snapshot)
+        return g.index(~faint), g.index(faint)
+
+    def contains(self, ids: torch.Tensor) -> torch.Tensor:
+        """``[len(ids)]`` bool: the id is held, in the map or in the faint store."""
+        with self.lock:
+            return self.map.contains(ids) | self.faint.contains(ids)
 
     def _restore_instances(self, old_ids: torch.Tensor, old_inst: torch.Tensor) -> None:
         new_ids = self.map.arrays().ids
@@ -738,18 +806,22 @@ class PerceptionPipeline:
         """About how many bytes :meth:`save` writes now (map tensors + codebook + headers)."""
         with self.lock:
             t, _ = self.instances.codebook.state_dict()
-            return self.map.saved_nbytes() + sum(v.numel() * v.element_size() for v in t.values()) + (1 << 16)
+            faint = self.faint.saved_nbytes() if len(self.faint) else 0
+            return self.map.saved_nbytes() + faint + sum(v.numel() * v.element_size() for v in t.values()) + (1 << 16)
 
     def save(self, path: str | Path, meta: dict | None = None) -> None:
         """Write the state as one save folder (:mod:`chorus_ros.core.persist`: written aside,
         fsync'ed, manifest last, renamed into place): ``map.safetensors`` (Gaussians + features +
-        scores + instance ids), ``codebook.safetensors`` and ``pipeline.json`` (label set, codebook
-        counter). ``meta`` (JSON-able) is stored in the manifest. An existing save at ``path`` is
+        scores + instance ids), ``codebook.safetensors``, ``pipeline.json`` (label set, codebook
+        counter) and, when it holds any, ``faint.safetensors`` (the faint store: Gaussians below
+        ``config.min_opacity``). ``meta`` (JSON-able) is stored in the manifest. An existing save at ``path`` is
         replaced as a whole; anything else there is refused (SaveRefusedError)."""
         from safetensors.torch import save_file
 
         def write(tmp: Path) -> None:
             self.map.save(str(tmp / "map.safetensors"))
+            if len(self.faint):
+                self.faint.save(str(tmp / FAINT_FILE))
             t, cb_meta = self.instances.codebook.state_dict()
             save_file(t or {"empty": torch.zeros(0)}, str(tmp / "codebook.safetensors"))
             (tmp / "pipeline.json").write_text(json.dumps(
@@ -770,6 +842,8 @@ class PerceptionPipeline:
         try:
             meta = _check_pipeline_json(p / "pipeline.json")
             gmap = GaussianMap.load(str(p / "map.safetensors"), MapConfig(**{**self.map.config.__dict__}))
+            faint = (GaussianMap.load(str(p / FAINT_FILE), MapConfig(**{**self.map.config.__dict__}))
+                     if FAINT_FILE in manifest.files else None)
             cb = _load_codebook(p / "codebook.safetensors", meta["codebook"])
             saved = LabelSet.from_dict(meta["labels"], source=str(p / "pipeline.json"))
             lang = feature_attr("language")
@@ -787,14 +861,15 @@ class PerceptionPipeline:
             raise
         except Exception as e:  # a crafted or damaged file must not raise anything unexpected
             raise CheckpointError(f"saved state {p} cannot be read: {type(e).__name__}: {e}") from e
-        return SavedState(gmap, cb, saved, meta.get("instance_voxel_size"), manifest, meta.get("instance_spacing"))
+        return SavedState(gmap, cb, saved, meta.get("instance_voxel_size"), manifest, meta.get("instance_spacing"),
+                          faint)
 
     def install(self, state: "SavedState") -> None:
         """Swap a checked saved state in: map, codebook and label mapping change together;
         features are kept (no re-encoding) and scores are recomputed for the current label set.
         If re-scoring fails the previous state is restored and CheckpointError raised."""
         with self.lock:
-            old = (self.map, self._incremental, self.instances, self._touched, self._pending_full)
+            old = (self.map, self.faint, self._incremental, self.instances, self._touched, self._pending_full)
             try:
                 incremental = self._incremental_factory(state.map)
                 instances = InstanceDecoder(self.config.instances)
@@ -813,6 +888,8 @@ class PerceptionPipeline:
                     e.label_id = remap.get(e.label_id, -1)
                 state.map.take_dirty()
                 self.map, self._incremental, self.instances = state.map, incremental, instances
+                self.faint = state.faint if state.faint is not None else GaussianMap(
+                    MapConfig(**{**state.map.config.__dict__}))
                 self._touched = set()
                 self._pending_full = False
                 if len(self.map) and feature_attr("language") in self.map.attribute_names():
@@ -820,7 +897,7 @@ class PerceptionPipeline:
                     if state.labels.names != self.labels.names:
                         self._regroup(None)
             except Exception as e:
-                self.map, self._incremental, self.instances, self._touched, self._pending_full = old
+                self.map, self.faint, self._incremental, self.instances, self._touched, self._pending_full = old
                 if isinstance(e, (CheckpointError, InvalidInputError)):
                     raise
                 raise CheckpointError(f"saved state cannot be used: {type(e).__name__}: {e}") from e

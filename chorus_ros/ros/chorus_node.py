@@ -601,7 +601,7 @@ class ChorusNode(Node):
                     self._warn_plain_cloud(upd)
                 with self._lock:
                     if upd.removed_ids.numel():   # the pipeline ignores unknown ids: refuse them here
-                        known = self.pipeline.map.contains(upd.removed_ids)
+                        known = self.pipeline.contains(upd.removed_ids)
                         if not bool(known.all()):
                             bad = upd.removed_ids[~known][:10].tolist()
                             raise InvalidInputError(f"cannot remove unknown Gaussian ids {bad} "

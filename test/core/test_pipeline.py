@@ -401,3 +401,98 @@ def test_checkpoint_gocl_codebook_gives_each_object_its_nearest_code(text, tiny_
     bad, _ = _checkpoint_with_gocl(tmp_path / "bad", text, tiny_model, code_dim=5)
     with pytest.raises(CheckpointError, match="codebook width 5 != the checkpoint's object head width 8"):
         PerceptionPipeline.from_checkpoint(bad, cfg)
+
+
+# ------------------------------------------------------------------ faint Gaussians (min_opacity)
+def faint_blobs(n=40, id0=90000, logit=-4.0, seed=3):
+    """Nearly transparent (opacity ~0.018), wrongly coloured blobs over the chair and the floor:
+    what photometric 3DGS leaves around real surfaces."""
+    gen = torch.Generator().manual_seed(seed)
+    p = torch.rand(n, 3, generator=gen) * torch.tensor([2.0, 2.0, 0.5])
+    return GaussianArrays(p, rgb_to_sh_dc(torch.rand(n, 3, generator=gen)).reshape(n, 1, 3),
+                          torch.full((n,), logit), torch.full((n, 3), float(np.log(0.1))),
+                          torch.tensor([[1.0, 0, 0, 0]]).expand(n, 4).clone(), torch.arange(n) + id0,
+                          {"label": torch.zeros(n, dtype=torch.long), "instance": torch.ones(n, dtype=torch.long)})
+
+
+def test_faint_gaussians_are_set_aside_not_lost(text, tmp_path):
+    """Below min_opacity a Gaussian goes to the faint store: not in the map (so not encoded,
+    rendered or grouped), still held (contains), moved back and forth as its opacity crosses the
+    threshold, removable, and saved and loaded with the map."""
+    pipe = make_pipeline(text)
+    scene, faint = base_scene(), faint_blobs()
+    pipe.apply_update(GaussianArrays.concat([scene, faint]), None, full=True)
+    assert len(pipe.map) == len(scene) and len(pipe.faint) == len(faint)
+    assert not pipe.map.contains(faint.ids).any() and pipe.contains(faint.ids).all()
+    assert pipe.contains(scene.ids).all()
+    pipe.encode()
+    assert len(pipe.objects()) == 3
+    # an opaque Gaussian fades: it leaves the map for the faint store
+    fade = scene.index(torch.arange(5))
+    fade.opacities[:] = -4.0
+    pipe.apply_update(fade, None)
+    assert not pipe.map.contains(fade.ids).any() and pipe.faint.contains(fade.ids).all()
+    # a faint one becomes opaque: back in the map, out of the faint store
+    back = faint.index(torch.arange(3))
+    back.opacities[:] = 4.0
+    pipe.apply_update(back, None)
+    assert pipe.map.contains(back.ids).all() and not pipe.faint.contains(back.ids).any()
+    # removal reaches the faint store too
+    pipe.apply_update(None, faint.ids[3:6])
+    assert not pipe.contains(faint.ids[3:6]).any()
+    assert len(pipe.map) + len(pipe.faint) == len(scene) + len(faint) - 3
+    pipe.encode()
+    pipe.save(tmp_path / "s")
+    other = make_pipeline(text)
+    other.load(tmp_path / "s")
+    assert torch.equal(torch.sort(other.faint.arrays().ids).values, torch.sort(pipe.faint.arrays().ids).values)
+    assert len(other.map) == len(pipe.map)
+    # a save without faint Gaussians has no faint file, and loading it empties the store
+    clean = make_pipeline(text)
+    clean.apply_update(scene, None, full=True)
+    clean.encode()
+    clean.save(tmp_path / "clean")
+    assert not (tmp_path / "clean" / "faint.safetensors").exists()
+    other.load(tmp_path / "clean")
+    assert len(other.faint) == 0 and len(other.map) == len(scene)
+
+
+def test_faint_threshold_zero_keeps_everything_in_the_map(text):
+    pipe = make_pipeline(text)
+    pipe.config.min_opacity = 0.0
+    pipe.apply_update(GaussianArrays.concat([base_scene(), faint_blobs()]), None, full=True)
+    assert len(pipe.faint) == 0 and len(pipe.map) == len(base_scene()) + len(faint_blobs())
+    with pytest.raises(Exception, match="min_opacity"):
+        PipelineConfig(min_opacity=1.0).validate()
+
+
+def test_bad_faint_gaussian_refuses_the_whole_update(text):
+    """A non-finite value in the faint part refuses the update before either store changes."""
+    pipe = make_pipeline(text)
+    pipe.apply_update(base_scene(), None, full=True)
+    pipe.encode()
+    v0, n0 = pipe.map.version, len(pipe.map)
+    bad = faint_blobs()
+    bad.means[7, 1] = float("nan")
+    upd = GaussianArrays.concat([lamp(), bad])
+    with pytest.raises(Exception, match="non-finite"):
+        pipe.apply_update(upd, None)
+    with pytest.raises(Exception, match="non-finite"):
+        pipe.apply_update(upd, None, full=True)
+    assert pipe.map.version == v0 and len(pipe.map) == n0 and len(pipe.faint) == 0
+
+
+def test_faint_gaussians_do_not_change_what_the_encoder_says(text, tiny_model):
+    """The real encoder's outputs for the opaque Gaussians are the same with and without faint
+    blobs in the update (they never reach it); with min_opacity 0 the blobs do change them."""
+    a, b, c = (real_pipeline(text, tiny_model) for _ in range(3))
+    c.config.min_opacity = 0.0
+    a.apply_update(base_scene(), None, full=True)
+    b.apply_update(GaussianArrays.concat([base_scene(), faint_blobs(200)]), None, full=True)
+    c.apply_update(GaussianArrays.concat([base_scene(), faint_blobs(200)]), None, full=True)
+    for p in (a, b, c):
+        p.encode()
+    assert torch.equal(a.map.arrays().ids, b.map.arrays().ids)
+    assert torch.equal(a.map.attribute("feat.language"), b.map.attribute("feat.language"))
+    n = len(a.map)
+    assert float((c.map.attribute("feat.language")[:n] - a.map.attribute("feat.language")).abs().max()) > 1e-3
