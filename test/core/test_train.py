@@ -256,6 +256,26 @@ def test_augmentation_is_rigid_scaled_and_keeps_targets_attached():
     assert g4 is scene.gaussians and t4 is scene.targets
 
 
+
+def test_augmentation_min_opacity_removes_what_the_pipeline_sets_aside():
+    """After the shifts (here: half the Gaussians redrawn to low opacities), every Gaussian
+    below min_opacity is gone and the targets still follow their Gaussians."""
+    scene = _toy_scene(n=400)
+    base = dict(drop_max=0.0, crop_prob=0.0, rotate=False, translate=0.0, scale=0.0, min_gaussians=20,
+                color_brightness=0.0, color_contrast=0.0, color_saturation=0.0, shift={"low_opacity_fraction": 1.0})
+    g0, _ = augment_scene(scene.gaussians, scene.targets, AugmentConfig(**base), torch.Generator().manual_seed(5))
+    g1, t1 = augment_scene(scene.gaussians, scene.targets, AugmentConfig(**base, min_opacity=0.1),
+                           torch.Generator().manual_seed(5))
+    faint = int((g0.opacity < 0.1).sum())
+    assert faint > 10 and len(g1) == len(g0) - faint and bool((g1.opacity >= 0.1).all())
+    torch.testing.assert_close(t1.features["language"], scene.targets.features["language"][g1.ids])
+    # never below min_gaussians: then nothing is removed
+    g2, _ = augment_scene(scene.gaussians, scene.targets, AugmentConfig(**{**base, "min_gaussians": 399},
+                                                                         min_opacity=0.1),
+                          torch.Generator().manual_seed(5))
+    assert len(g2) == len(g0)
+
+
 # ------------------------------------------------------------------------------- DDP
 _DDP_SCRIPT = r'''
 import sys, torch

@@ -5,7 +5,8 @@ relative to the scene), a small global scale, colour jitter on the base colour, 
 dropout and random horizontal crops (partial maps, as the live map grows block by block), and
 optionally the per-Gaussian shifts of :mod:`chorus_ros.core.synthetic.shifts` (``AugmentConfig.shift``:
 sizes, shapes, tilt, colour and lighting, position noise, opacities, floaters), each at a random
-strength in [0, the configured value] per step.
+strength in [0, the configured value] per step, then optionally the removal of Gaussians below
+``min_opacity`` (as the perception pipeline does before encoding).
 Targets are per Gaussian and invariant, so they are just subset alongside the Gaussians.
 
 Rotations act on positions and orientations; view-dependent SH bands (degree > 0) would need
@@ -91,6 +92,11 @@ def augment_scene(g: GaussianArrays, targets: LiftedTargets, cfg: AugmentConfig,
         g, src, _ = shift_gaussians(g, sc, gen)
         if len(src) != len(targets) or not bool((src == torch.arange(len(src))).all()):
             targets = targets.index(src)
+    if cfg.min_opacity > 0:   # what the pipeline would set aside never reaches the encoder
+        opaque = g.opacity >= cfg.min_opacity
+        if not bool(opaque.all()) and int((opaque & targets.valid).sum()) >= cfg.min_gaussians:
+            idx = opaque.nonzero().squeeze(1)
+            g, targets = g.index(idx), targets.index(idx)
 
     means, quats, log_scales = g.means, g.quats, g.log_scales
     sh = g.sh[:, :1]

@@ -76,6 +76,10 @@ class AugmentConfig:
     """Augmentations never leave fewer valid Gaussians than this (they are skipped instead)."""
     shift: dict = field(default_factory=dict)
     """Domain randomisation: per-Gaussian options of chorus_ros.core.synthetic.shifts.ShiftConfig (size_jitter, isotropic_fraction, tilt_deg, white_balance, exposure, shading, palette_deg, position_noise, low_opacity_fraction, floater_fraction, dead_fraction); every step each option's strength is drawn uniformly in [0, the given value]; added Gaussians take the targets of the Gaussian they copy. Empty: off."""
+    min_opacity: float = 0.0
+    """Gaussians below this opacity (after the shifts) leave the training input, as the perception
+    pipeline sets them aside before encoding (PipelineConfig.min_opacity, 0.1); skipped when fewer
+    than ``min_gaussians`` valid ones would remain. 0: off."""
 
 
 @dataclass
