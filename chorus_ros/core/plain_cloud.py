@@ -49,6 +49,8 @@ import torch
 
 from chorus_ros.core.errors import InvalidInputError
 from chorus_ros.core.gaussians import GaussianArrays, rgb_to_sh_dc
+from chorus_ros.core.knn import knn_distances as _brute_knn
+from chorus_ros.core.knn import pairwise_distances as _cdist
 
 __all__ = [
     "LAYOUT_3DGS", "LAYOUT_POINTCLOUD", "LAYOUTS", "COLOUR_FIELD_SETS", "NORMAL_FIELDS",
@@ -121,22 +123,6 @@ class PointCloudInputConfig:
 
 
 # ------------------------------------------------------------------------------ local spacing
-def _cdist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Pairwise distances by differences (not the matmul shortcut): the same value for a pair
-    whichever other points share the call, so the fast path equals the brute-force one."""
-    return torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist")
-
-
-def _brute_knn(q: torch.Tensor, p: torch.Tensor, k: int, chunk: int = 16384) -> torch.Tensor:
-    """``[Q, k]`` ascending distances from ``q`` to its ``k`` nearest points of ``p`` (itself included
-    when ``q`` rows are points of ``p``); a running top-k over chunks of ``p`` bounds memory."""
-    best = torch.full((q.shape[0], k), math.inf, dtype=q.dtype)
-    for j in range(0, p.shape[0], chunk):
-        d = torch.cat([best, _cdist(q, p[j:j + chunk])], 1)
-        best = d.topk(k, dim=1, largest=False, sorted=True).values
-    return best
-
-
 def knn_mean_distance(points: torch.Tensor, k: int = 3, *, block_points: int = 4096) -> torch.Tensor:
     """Mean distance of every point to its ``k`` nearest *other* points (exact).
 

@@ -227,3 +227,17 @@ def test_ascii_uchar_colour_that_is_not_an_integer_is_refused(tmp_path):
                     "0 0 0 1 2 3\n1 0 0 3.5 2 3\n")
     with pytest.raises(InvalidInputError, match=r"ASCII PLY property 'red' \(uchar\) holds 1 values that are not integers"):
         read_ply(path)
+
+
+def test_knn_distances_equal_a_full_sort():
+    """chorus_ros.core.knn: the chunked running top-k equals sorting the whole distance matrix,
+    for chunks smaller than k, equal to it and larger than the point set; inf where too few."""
+    from chorus_ros.core.knn import knn_distances
+    gen = torch.Generator().manual_seed(4)
+    p = torch.rand(300, 3, generator=gen, dtype=torch.float64) * 2 + 1000.0   # far from the origin
+    q = p[::7]
+    ref = torch.sort(((q[:, None] - p[None]) ** 2).sum(-1).sqrt(), 1).values[:, :6]
+    for chunk in (3, 6, 50, 1000):
+        torch.testing.assert_close(knn_distances(q, p, 6, chunk=chunk), ref, rtol=0, atol=1e-9)
+    few = knn_distances(q[:2], p[:3], 5)
+    assert torch.isinf(few[:, 3:]).all() and torch.isfinite(few[:, :3]).all()

@@ -59,6 +59,7 @@ import numpy as np
 import torch
 
 from chorus_ros.core.errors import InvalidInputError
+from chorus_ros.core.knn import knn_distances
 from chorus_ros.core.labels import UNLABELED
 
 __all__ = ["InstanceConfig", "GroupingResult", "ComponentStats", "ObjectRecord", "TrackedObject",
@@ -272,22 +273,18 @@ def _encode(vox: torch.Tensor, dims: torch.Tensor) -> torch.Tensor:
     return (vox[..., 0] * dims[1] + vox[..., 1]) * dims[2] + vox[..., 2]
 
 
-def median_knn_distance(means: torch.Tensor, k: int = 8, max_queries: int = 1024, chunk: int = 16) -> float:
+def median_knn_distance(means: torch.Tensor, k: int = 8, max_queries: int = 1024, chunk: int = 256) -> float:
     """Median distance (metres) of a Gaussian to its ``k``-th nearest other Gaussian: the map's
     sample spacing, measured on up to ``max_queries`` Gaussians (a fixed-seed sample, exact when
-    N <= ``max_queries``) against all of ``means`` ([N, 3], world frame)."""
+    N <= ``max_queries``) against all of ``means`` ([N, 3], world frame), ``chunk`` queries at a
+    time (:func:`chorus_ros.core.knn.knn_distances`: exact differences, bounded memory)."""
     m = means.detach().float().cpu()
     n = m.shape[0]
     if n <= k:
         raise InvalidInputError(f"median_knn_distance needs more than k={k} points, got {n}")
     q = (torch.arange(n) if n <= max_queries
          else torch.randperm(n, generator=torch.Generator().manual_seed(0))[:max_queries])
-    out = []
-    for i in range(0, q.numel(), chunk):
-        # exact differences, not the |a|^2 + |b|^2 - 2ab shortcut, which loses the centimetre
-        # spacing of a map far from the origin (a SLAM world frame) to float32 rounding
-        d = torch.cdist(m[q[i:i + chunk]], m, compute_mode="donot_use_mm_for_euclid_dist")
-        out.append(d.topk(k + 1, largest=False).values[:, k])     # column 0 is the point itself
+    out = [knn_distances(m[q[i:i + chunk]], m, k + 1)[:, k] for i in range(0, q.numel(), chunk)]  # 0: itself
     return float(torch.cat(out).median())
 
 
