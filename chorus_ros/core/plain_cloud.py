@@ -310,8 +310,10 @@ def colours_to_unit(columns: list[np.ndarray], names: tuple[str, str, str], *, s
     return out
 
 
-def detect_layout(names, *, source: str = "cloud", noun: str = "fields") -> str:
+def detect_layout(names, *, source: str = "cloud", noun: str = "fields", packed_colours: tuple[str, ...] = ()) -> str:
     """:data:`LAYOUT_3DGS` or :data:`LAYOUT_POINTCLOUD` for a set of field names (module docstring).
+
+    ``packed_colours``: single fields that also count as a colour (PointCloud2's packed ``rgb``).
 
     Raises:
         InvalidInputError: neither layout, naming what each one misses; or a partial 3DGS layout.
@@ -327,11 +329,12 @@ def detect_layout(names, *, source: str = "cloud", noun: str = "fields") -> str:
         raise InvalidInputError(f"{source}: missing required 3DGS {noun} {missing_gs} (has {names}); the "
                                 f"{noun} {partial} say it is a 3DGS map, so it is not read as a plain point cloud")
     missing_xyz = [nm for nm in ("x", "y", "z") if nm not in have]
-    colours = colour_fields(have)
-    if colours is not None and not missing_xyz:
+    has_colour = colour_fields(have) is not None or any(nm in have for nm in packed_colours)
+    if has_colour and not missing_xyz:
         return LAYOUT_POINTCLOUD
-    pc_missing = missing_xyz + ([] if colours is not None else
-                                ["a colour set: " + " | ".join("/".join(s) for s in COLOUR_FIELD_SETS)])
+    pc_missing = missing_xyz + ([] if has_colour else
+                                [("a colour: " if packed_colours else "a colour set: ") + " | ".join(tuple(packed_colours)
+                                                           + tuple("/".join(s) for s in COLOUR_FIELD_SETS))])
     raise InvalidInputError(f"{source}: neither a 3DGS map (missing required 3DGS {noun} {missing_gs}) nor a "
                             f"plain coloured point cloud (missing {pc_missing}); has {names}")
 

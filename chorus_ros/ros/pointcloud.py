@@ -49,8 +49,8 @@ from std_msgs.msg import Header
 
 from chorus_ros.core.errors import InvalidInputError
 from chorus_ros.core.gaussians import GaussianArrays
-from chorus_ros.core.plain_cloud import (COLOUR_FIELD_SETS, LAYOUT_3DGS, LAYOUT_POINTCLOUD, PointCloudInputConfig,
-                                         colour_fields)
+from chorus_ros.core.plain_cloud import (LAYOUT_3DGS, LAYOUT_POINTCLOUD, PointCloudInputConfig, colour_fields,
+                                         detect_layout)
 from chorus_ros.core.ply import (gaussians_to_structured, ply_property_names, structured_points_to_gaussians,
                                  structured_to_gaussians)
 
@@ -79,7 +79,6 @@ _PF_NAMES = {PointField.INT8: "INT8", PointField.UINT8: "UINT8", PointField.INT1
              PointField.UINT16: "UINT16", PointField.INT32: "INT32", PointField.UINT32: "UINT32",
              PointField.FLOAT32: "FLOAT32", PointField.FLOAT64: "FLOAT64"}
 _PARAM_FIELDS = frozenset(ply_property_names(3))
-_GS_ONLY = _PARAM_FIELDS - {"x", "y", "z"}
 PACKED_RGB_FIELDS = ("rgb", "rgba")
 """PCL's packed colour fields (4 bytes: 0xAARRGGBB as a uint32), in order of preference."""
 
@@ -274,9 +273,12 @@ def _check_byte_order(msg: PointCloud2, table: np.ndarray, dt: np.dtype) -> None
 
 def is_plain_cloud(names: set[str]) -> bool:
     """True for the field names of a plain coloured point cloud: no 3DGS parameter field, ``x y z``
-    and a colour (a field set or a packed rgb field)."""
-    return (not (names & _GS_ONLY) and {"x", "y", "z"} <= names
-            and (colour_fields(names) is not None or any(nm in names for nm in PACKED_RGB_FIELDS)))
+    and a colour (a field set or a packed rgb field); the rule of
+    :func:`chorus_ros.core.plain_cloud.detect_layout`, which PLY maps use too."""
+    try:
+        return detect_layout(names, packed_colours=PACKED_RGB_FIELDS) == LAYOUT_POINTCLOUD
+    except InvalidInputError:
+        return False
 
 
 def _unpack_rgb(msg: PointCloud2, dt: np.dtype, name: str, n: int) -> np.ndarray:
@@ -320,7 +322,6 @@ def _decode_plain(msg: PointCloud2, table: np.ndarray, dt: np.dtype, drop_nonfin
     return CloudDecodeResult(g, nonfinite, dropped, LAYOUT_POINTCLOUD, "id" in names, note)
 
 
-
 def _drop_nonfinite(g: GaussianArrays, nonfinite: dict, drop: bool) -> tuple[GaussianArrays, int]:
     """Refuse a cloud with non-finite values (``nonfinite``: count per field), or with ``drop``
     remove those points; returns the Gaussians kept and how many were dropped."""
@@ -332,6 +333,7 @@ def _drop_nonfinite(g: GaussianArrays, nonfinite: dict, drop: bool) -> tuple[Gau
     keep = g.finite_mask()
     return g.index(keep), int((~keep).sum())
 
+
 def decode_pointcloud2(msg: PointCloud2, *, drop_nonfinite: bool = False,
                        point_cloud: PointCloudInputConfig | None = None) -> CloudDecodeResult:
     """Like :func:`pointcloud2_to_gaussians`, also returning the non-finite counts per field and
@@ -339,19 +341,12 @@ def decode_pointcloud2(msg: PointCloud2, *, drop_nonfinite: bool = False,
     if not isinstance(msg, PointCloud2):
         raise InvalidInputError(f"expected sensor_msgs/PointCloud2, got {type(msg).__name__}")
     names = {f.name for f in msg.fields}
-    plain = is_plain_cloud(names)
-    if not plain and not (names & _GS_ONLY):
-        have = [f.name for f in msg.fields]
-        missing_gs = [nm for nm in ply_property_names(0) if nm not in names]
-        missing_pc = [nm for nm in ("x", "y", "z") if nm not in names] + (
-            [] if {"x", "y", "z"} - names else
-            ["a colour: " + " | ".join(PACKED_RGB_FIELDS + tuple("/".join(c) for c in COLOUR_FIELD_SETS))])
-        raise InvalidInputError(f"PointCloud2 is neither a 3DGS map (missing required 3DGS fields {missing_gs}) "
-                                f"nor a plain coloured point cloud (missing {missing_pc}); fields: {have}")
+    dt = _message_dtype(msg)
+    plain = detect_layout([f.name for f in msg.fields], source="PointCloud2", noun="fields",
+                          packed_colours=PACKED_RGB_FIELDS) == LAYOUT_POINTCLOUD
     if not plain and "id" not in names:
         raise InvalidInputError("PointCloud2 has no 'id' field: Gaussian ids are required "
                                 f"(fields: {[f.name for f in msg.fields]})")
-    dt = _message_dtype(msg)
     w, h, step = int(msg.width), int(msg.height), int(msg.point_step)
     if int(msg.row_step) != w * step:
         raise InvalidInputError(f"PointCloud2 row_step {msg.row_step} != width * point_step = {w} * {step} "
