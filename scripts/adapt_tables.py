@@ -107,7 +107,7 @@ def run(a) -> None:
 
     torch.set_num_threads(1)
     t0 = time.time()
-    scene = _open(a.scene, a.labels_map, a.size[0], a.size[1], a.views, a.gt_from_source)
+    scene = _open(a.scene, a.labels_map, a.size[0], a.size[1], a.views, a.gt_from_source).without_faint(a.min_opacity)
     held = list(range(1, len(scene), 2))[:: a.held_stride]
     even = list(range(0, len(scene), 2))
     ck = load_checkpoint(a.checkpoint)
@@ -117,7 +117,7 @@ def run(a) -> None:
     temb = F.normalize(text.encode(ls.names).float(), dim=-1)
     with torch.no_grad():
         before = class_probabilities(ck.model(scene.gaussians).heads["language"], temb, 0.05)
-    base = {"scene": a.scene + (" (gt from source)" if a.gt_from_source else "")
+    base = {"scene": a.scene + (" (gt from source)" if a.gt_from_source else "") + (f" (min_opacity {a.min_opacity:g})" if a.min_opacity > 0 else "")
             + (f" (scored at alpha >= {a.eval_min_alpha:g})" if a.eval_min_alpha != 0.5 else ""), "gaussians": len(scene.gaussians), "classes": len(ls), "held_out": len(held),
             "size": [scene.camera.width, scene.camera.height]}
     _emit(dict(base, method="before", miou=100 * evaluate_views(scene.gaussians, scene, held, before, lut, ls, min_alpha=a.eval_min_alpha).miou))
@@ -277,6 +277,8 @@ def main() -> None:
     ap.add_argument("--eval-min-alpha", type=float, default=0.5,
                     help="held-out pixels whose rendered alpha is below this count as misses (the synthetic label "
                          "images label pixels down to alpha 0.3)")
+    ap.add_argument("--min-opacity", type=float, default=0.1,
+                    help="Gaussians below this opacity are left out, as the pipeline sets them aside (0: keep all)")
     ap.add_argument("--ceiling", action="store_true",
                     help="also score the map's own per-Gaussian labels rendered like a prediction (synthetic scenes)")
     ap.add_argument("--tag", default="", help="suffix of the method names in the tables")

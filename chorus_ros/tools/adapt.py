@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="synthetic training-distribution scenes kept by the replay term (none: off)")
     ap.add_argument("--replay-batch", type=int, default=d.replay_batch, help="replay Gaussians per scene and step")
     ap.add_argument("--min-alpha", type=float, default=d.min_alpha)
+    ap.add_argument("--min-opacity", type=float, default=0.1,
+                    help="Gaussians below this opacity are left out, as the perception pipeline sets them "
+                         "aside (its min_opacity; 0 keeps all)")
     ap.add_argument("--splat", choices=("auto", "cached", "render"), default=d.splat)
     ap.add_argument("--device", default=d.device)
     ap.add_argument("--seed", type=int, default=d.seed)
@@ -83,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     from chorus_ros.core.errors import ChorusError
     try:
         lm = load_labels_map(a.labels_map) if a.labels_map else None
-        scene = open_scene(a.dataset, map_path=a.map, labels_map=lm)
+        scene = open_scene(a.dataset, map_path=a.map, labels_map=lm).without_faint(a.min_opacity)
         train = _positions(len(scene), a.views, "--views")
         held = _positions(len(scene), a.eval_views, "--eval-views") if a.eval_views else []
         both = sorted(set(train) & set(held))

@@ -77,6 +77,27 @@ def test_replica_layout_round_trip(folders):
         np.testing.assert_array_equal(f.instance, np.where(m.instance == UNLABELED, 0, m.instance))
 
 
+def test_without_faint_subsets_map_and_per_gaussian_truth_together(folders):
+    """SceneFolder.without_faint leaves out the Gaussians below the threshold (as the pipeline's
+    min_opacity does) and the rows of the per-Gaussian ground truth with them."""
+    import dataclasses
+
+    import torch
+    sc = open_scene(folders["replica"])
+    ops = sc.gaussians.opacities.clone()
+    faint = torch.arange(len(ops)) % 4 == 0
+    ops[faint] = -6.0
+    g = sc.gaussians
+    sc = dataclasses.replace(sc, gaussians=type(g)(g.means, g.sh, ops, g.log_scales, g.quats, g.ids))
+    out = sc.without_faint(0.1)
+    keep = (~faint).numpy()
+    assert len(out.gaussians) == int(keep.sum()) and bool((out.gaussians.opacity >= 0.1).all())
+    assert torch.equal(out.gaussians.ids, g.ids[~faint])
+    np.testing.assert_array_equal(out.gt_gaussian_labels, sc.gt_gaussian_labels[keep])
+    np.testing.assert_array_equal(out.gt_gaussian_instances, sc.gt_gaussian_instances[keep])
+    assert len(out) == len(sc) and sc.without_faint(0.0) is sc and out.without_faint(0.1) is out
+
+
 def test_class_mapping_by_name_and_labels_map(folders, tmp_path):
     labels = folders["scene"].labels
     sc = open_scene(folders["replica"])

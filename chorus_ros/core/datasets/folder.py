@@ -49,7 +49,7 @@ from __future__ import annotations
 import json
 import re
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -238,6 +238,21 @@ class SceneFolder:
 
     def __len__(self) -> int:
         return len(self.frame_indices)
+
+    def without_faint(self, min_opacity: float) -> "SceneFolder":
+        """The same scene with the Gaussians below ``min_opacity`` left out of the map (and of the
+        per-Gaussian ground truth), as the perception pipeline sets them aside
+        (``PipelineConfig.min_opacity``); ``self`` when none is below it. Frames are shared."""
+        if min_opacity <= 0:
+            return self
+        keep = (self.gaussians.opacity >= float(min_opacity)).cpu()
+        if bool(keep.all()):
+            return self
+        k = keep.numpy()
+        return replace(self, gaussians=self.gaussians.index(keep),
+                       gt_gaussian_labels=None if self.gt_gaussian_labels is None else self.gt_gaussian_labels[k],
+                       gt_gaussian_instances=(None if self.gt_gaussian_instances is None
+                                              else self.gt_gaussian_instances[k]))
 
     def frame(self, k: int) -> SceneFrame:
         """Load the ``k``-th selected frame (``0 <= k < len(self)``).
