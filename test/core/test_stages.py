@@ -124,6 +124,28 @@ def test_init_from_copies_the_backbone_and_keeps_mismatched_heads_fresh(tmp_path
         Trainer(cfg3, scenes=[_toy_scene()])
 
 
+def test_a_staged_run_records_the_training_of_the_checkpoint_it_started_from(tmp_path):
+    """Provenance: stage 2 (init_from stage 1's output) stores stage 1's training record as
+    ``init_from_training``, and stage 3 stores stage 2's with stage 1's inside it."""
+    import yaml
+    tiny = dict(voxel_size=0.2, channels=(8, 8), encoder_blocks=(1, 1), decoder_blocks=(1,), point_hidden=8,
+                head_hidden=8, embed_dim=8, feature_version=2)
+    prev = ""
+    for i in (1, 2, 3):
+        cfg = _toy_cfg(tmp_path / f"s{i}", optim__steps=i)
+        cfg.encoder = dict(tiny)
+        cfg.init_from = prev
+        tr = Trainer(cfg, scenes=[_toy_scene()])
+        while tr.step < cfg.optim.steps:
+            tr.train_step()
+        tr.save()
+        prev = cfg.checkpoint.dir
+    meta = yaml.safe_load((pathlib.Path(prev) / "config.yaml").read_text())["meta"]["training"]
+    assert meta["step"] == 3 and meta["init_from_training"]["step"] == 2
+    assert meta["init_from_training"]["init_from_training"]["step"] == 1
+    assert "init_from_training" not in meta["init_from_training"]["init_from_training"]
+
+
 def test_committed_configs_match_the_committed_checkpoints_they_start_from():
     """A config/train/*.yaml whose init_from names a committed checkpoint has that checkpoint's
     encoder inputs (variant, feature version, voxel size) and widths, so it can actually start."""

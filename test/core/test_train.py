@@ -385,10 +385,11 @@ def test_smoke_real_config_two_steps_then_load_checkpoint_and_resume(tmp_path):
     assert [r.split(",")[0] for r in (tmp_path / "run" / "train_log.csv").read_text().splitlines()[1:]] == ["1", "2", "3"]
 
 
-def test_shipped_demo_checkpoint_was_trained_by_the_two_committed_configs():
-    """checkpoints/demo records the training config of both of its runs: they must be
-    config/train/robust.yaml (stage 1) and config/train/demo.yaml (stage 2, init_from stage 1),
-    up to output folders and logging, so `make train-demo` reproduces the recipe."""
+def test_shipped_demo_checkpoint_was_trained_by_the_three_committed_configs():
+    """checkpoints/demo records the training config of each of its runs: they must be
+    config/train/robust.yaml (stage 1), config/train/demo.yaml (stage 2, init_from stage 1) and
+    config/train/demo_photometric.yaml (stage 3, init_from stage 2), up to output folders and
+    logging, so `make train-demo` reproduces the recipe."""
     import yaml
     from pathlib import Path
     meta_path = Path(__file__).resolve().parents[2] / "checkpoints" / "demo" / "config.yaml"
@@ -407,13 +408,15 @@ def test_shipped_demo_checkpoint_was_trained_by_the_two_committed_configs():
 
     def recorded(d):  # fields added since the run take their defaults (what the run used)
         return config_from_dict(TrainConfig, d).to_dict()
-    stage2 = load_train_config(DEMO).to_dict()
-    stage1 = load_train_config("config/train/robust.yaml").to_dict()
-    assert differences(stage2, recorded(training["config"])) == []
-    assert differences(stage1, recorded(training["init_from_training"]["config"])) == []
-    assert training["config"]["init_from"] and not stage1["init_from"]
-    assert training["init_from_training"]["step"] == stage1["optim"]["steps"]
-    assert training["step"] == stage2["optim"]["steps"]
+    stages = [load_train_config(p).to_dict() for p in
+              ("config/train/robust.yaml", DEMO, "config/train/demo_photometric.yaml")]
+    record = training
+    for i, want in reversed(list(enumerate(stages))):
+        assert differences(want, recorded(record["config"])) == [], f"stage {i + 1}"
+        assert record["step"] == want["optim"]["steps"], f"stage {i + 1}"
+        assert bool(record["config"]["init_from"]) == (i > 0) and not want["init_from"], f"stage {i + 1}"
+        record = record.get("init_from_training")
+    assert record is None                                   # stage 1 started from scratch
 
 
 def test_shipped_pointcloud_checkpoint_was_trained_by_its_committed_config():

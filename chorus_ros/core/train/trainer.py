@@ -251,6 +251,7 @@ class Trainer:
         take = {k: v for k, v in theirs.items() if k in own and v.shape == own[k].shape}
         own.update(take)
         self.model.load_state_dict(own)
+        self._init_from_training = (loaded.meta or {}).get("training")
 
     # ------------------------------------------------------------------ one step
     def _backward(self, out: StageLoss, k: int, metrics: dict) -> float:
@@ -397,7 +398,11 @@ class Trainer:
                          "step": self.step, "steps": self.cfg.optim.steps, "seed": self.cfg.seed,
                          "train_seeds": list(self.cfg.data.train_seeds), "heads": list(self.heads),
                          "calibration": bool(self.cfg.calibration.enabled), "world_size": self.dist.world_size,
-                         "config": self.cfg.to_dict()},
+                         "config": self.cfg.to_dict(),
+                         # provenance: the training record of the checkpoint this run started from
+                         # (itself holding its own parent's), so a staged recipe is recorded whole
+                         **({"init_from_training": self._init_from_training}
+                            if getattr(self, "_init_from_training", None) else {})},
         }
 
     def save(self) -> None:
