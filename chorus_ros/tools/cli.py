@@ -135,8 +135,10 @@ def _serve_map(b, g, path: str, stop) -> None:
     while not (done.is_set() or stop.is_set() or chorus.errors.count > errors0):
         time.sleep(0.05)
     if done.is_set():
-        print(f"chorus-ros up: map {path} loaded and encoded: {len(chorus.pipeline.map)} Gaussians, "
-              f"{len(chorus.pipeline.objects())} objects ({time.perf_counter() - t0:.1f} s)", flush=True)
+        faint = len(chorus.pipeline.faint)
+        print(f"chorus-ros up: map {path} loaded and encoded: {len(chorus.pipeline.map)} Gaussians"
+              + (f" (+{faint} below min_opacity {chorus.pipeline.config.min_opacity:g}, set aside)" if faint else "")
+              + f", {len(chorus.pipeline.objects())} objects ({time.perf_counter() - t0:.1f} s)", flush=True)
     elif not stop.is_set():
         print(f"chorus-ros up: chorus_node did not take the map {path}: {chorus.errors.last_error}", flush=True)
     while not stop.is_set() and b.context.ok():
@@ -169,12 +171,14 @@ def _query(a: argparse.Namespace) -> int:
     except (ChorusError, ValueError, OSError) as e:
         print(f"chorus-ros query: {e}", file=sys.stderr)
         return 2
-    out = {"map": a.map, "checkpoint": a.checkpoint, "gaussians": len(g), "objects": len(pipe.objects()),
+    out = {"map": a.map, "checkpoint": a.checkpoint, "gaussians": len(g), "faint_set_aside": len(pipe.faint),
+           "objects": len(pipe.objects()),
            "encode_s": round(enc, 3), "results": results}
     if a.json:
         print(json.dumps(out, indent=1))
         return 0
-    log(f"{a.map}: {len(g)} Gaussians, {out['objects']} objects (encoded in {enc:.1f} s)")
+    faint = f" ({out['faint_set_aside']} below min_opacity set aside)" if out["faint_set_aside"] else ""
+    log(f"{a.map}: {len(g)} Gaussians{faint}, {out['objects']} objects (encoded in {enc:.1f} s)")
     for r in results:
         print(f"{r['query']!r}: {len(r['objects'])} object(s)")
         for i, o in enumerate(r["objects"], 1):

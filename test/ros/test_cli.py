@@ -108,6 +108,26 @@ def test_query_on_a_map_file(tiny_scene_folder, random_checkpoint, capsys):
     assert "'chair': 1 object(s)" in text and "support" in text and "centroid (" in text and "confidence" in text
 
 
+def test_query_reports_faint_gaussians_set_aside(tmp_path, small_scene, random_checkpoint, capsys):
+    """`chorus-ros query` on a 3DGS map with nearly transparent Gaussians: they are counted as set
+    aside (the pipeline's min_opacity), the rest is encoded and queried."""
+    import json
+
+    from chorus_ros.core.gaussians import GaussianArrays
+    from chorus_ros.core.ply import write_ply
+    from chorus_ros.tools.cli import main
+    g = small_scene.gaussians
+    ops = g.opacities.clone()
+    ops[::5] = -5.0
+    ply = tmp_path / "faint.ply"
+    write_ply(ply, GaussianArrays(g.means, g.sh, ops, g.log_scales, g.quats, g.ids))
+    assert main(["query", "--map", str(ply), "chair", "--checkpoint", str(random_checkpoint), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["gaussians"] == len(g) and out["faint_set_aside"] == len(ops[::5])
+    assert main(["query", "--map", str(ply), "chair", "--checkpoint", str(random_checkpoint)]) == 0
+    assert f"({len(ops[::5])} below min_opacity set aside)" in capsys.readouterr().out
+
+
 def test_query_on_a_plain_point_cloud_map(tmp_path, small_scene, random_checkpoint, capsys):
     """`chorus-ros query --map` on a plain xyz + uchar rgb PLY: read as a point cloud (said so), a
     'gaussian' checkpoint is warned about (recommending checkpoints/pointcloud), the query runs."""
