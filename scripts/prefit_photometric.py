@@ -1,0 +1,58 @@
+"""Fit the photometric training rooms of a training config ahead of time, in parallel processes.
+
+A config with ``data.photometric_fraction > 0`` (e.g. config/train/demo_photometric.yaml) fits
+the rooms it selects the first time it lifts them, one after the other in the training process
+(about 6-12 CPU minutes per room). This script makes the same fits, with the same cache keys
+(``.cache/shifts`` unless the config's ``data.photometric_fit`` names another ``cache_dir``), so
+the training run finds them cached; rooms already cached are skipped. Run one process per core:
+
+    python scripts/prefit_photometric.py --config config/train/demo_photometric.yaml --part 0 --parts 2 &
+    python scripts/prefit_photometric.py --config config/train/demo_photometric.yaml --part 1 --parts 2 &
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", required=True, help="training config (its data section picks the rooms)")
+    ap.add_argument("--part", type=int, default=0, help="this process's share: rooms part, part+parts, ...")
+    ap.add_argument("--parts", type=int, default=1, help="number of processes sharing the rooms")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of this process")
+    a = ap.parse_args(argv)
+    if not 0 <= a.part < a.parts:
+        ap.error(f"--part must be in [0, --parts), got {a.part} of {a.parts}")
+
+    import torch
+
+    from chorus_ros.core.lift import photometric_fit_config, photometric_selected, scene_density
+    from chorus_ros.core.synthetic import SceneConfig, generate_scene
+    from chorus_ros.core.synthetic.photometric import fit_scene
+    from chorus_ros.core.train.config import load_train_config
+
+    torch.set_num_threads(a.threads)
+    d = load_train_config(a.config).data
+    if d.source != "synthetic" or d.photometric_fraction <= 0:
+        print(f"{a.config}: no photometric training rooms (data.source {d.source!r}, "
+              f"photometric_fraction {d.photometric_fraction})")
+        return 0
+    seeds = [s for s in d.train_seeds if photometric_selected(s, d.photometric_fraction)]
+    mine = seeds[a.part::a.parts]
+    print(f"{a.config}: photometric rooms {seeds}; this process fits {mine}", flush=True)
+    fit = dict(d.photometric_fit)
+    for s in mine:
+        sc = dict(d.scene)
+        if d.density_range:                # as chorus_ros.core.lift.lift_synthetic_scenes does
+            sc["target_gaussians"] = scene_density(s, d.density_range)
+        t = time.time()
+        fit_scene(generate_scene(SceneConfig(seed=s, **sc)), photometric_fit_config(fit, s),
+                  cache_dir=fit.get("cache_dir", ".cache/shifts"))
+        print(f"room {s}: {time.time() - t:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
