@@ -245,6 +245,7 @@ def tables(path: str) -> None:
 def main() -> None:
     global OUT
     from chorus_ros.core.adapt.config import LR_SCHEDULES
+    from chorus_ros.core.pipeline import DEFAULT_MIN_OPACITY
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scene", help="real:DIR or shift:NAME:SEED[:GAUSSIANS] (default 60000 Gaussians)")
     ap.add_argument("--labels-map")
@@ -277,7 +278,7 @@ def main() -> None:
     ap.add_argument("--eval-min-alpha", type=float, default=0.5,
                     help="held-out pixels whose rendered alpha is below this count as misses (the synthetic label "
                          "images label pixels down to alpha 0.3)")
-    ap.add_argument("--min-opacity", type=float, default=0.1,
+    ap.add_argument("--min-opacity", type=float, default=DEFAULT_MIN_OPACITY,
                     help="Gaussians below this opacity are left out, as the pipeline sets them aside (0: keep all)")
     ap.add_argument("--ceiling", action="store_true",
                     help="also score the map's own per-Gaussian labels rendered like a prediction (synthetic scenes)")

@@ -28,9 +28,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from chorus_ros.core.lift import photometric_fit_config, photometric_selected, scene_density
-    from chorus_ros.core.synthetic import SceneConfig, generate_scene
-    from chorus_ros.core.synthetic.photometric import fit_scene
+    from chorus_ros.core.lift import synthetic_room, synthetic_room_specs
     from chorus_ros.core.train.config import load_train_config
 
     torch.set_num_threads(a.threads)
@@ -39,17 +37,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{a.config}: no photometric training rooms (data.source {d.source!r}, "
               f"photometric_fraction {d.photometric_fraction})")
         return 0
-    seeds = [s for s in d.train_seeds if photometric_selected(s, d.photometric_fraction)]
-    mine = seeds[a.part::a.parts]
-    print(f"{a.config}: photometric rooms {seeds}; this process fits {mine}", flush=True)
-    fit = dict(d.photometric_fit)
-    for s in mine:
-        sc = dict(d.scene)
-        if d.density_range:                # as chorus_ros.core.lift.lift_synthetic_scenes does
-            sc["target_gaussians"] = scene_density(s, d.density_range)
+    specs = [r for r in synthetic_room_specs(d.train_seeds, scene=d.scene, density_range=d.density_range or None,
+                                             photometric_fraction=d.photometric_fraction,
+                                             photometric_fit=d.photometric_fit or None) if r[2] is not None]
+    mine = specs[a.part::a.parts]
+    print(f"{a.config}: photometric rooms {[s for s, _, _ in specs]}; this process fits {[s for s, _, _ in mine]}",
+          flush=True)
+    for s, scene, photometric in mine:     # the rooms the training run's lift makes (same cache keys)
         t = time.time()
-        fit_scene(generate_scene(SceneConfig(seed=s, **sc)), photometric_fit_config(fit, s),
-                  cache_dir=fit.get("cache_dir", ".cache/shifts"))
+        synthetic_room(s, scene, photometric)
         print(f"room {s}: {time.time() - t:.0f} s", flush=True)
     return 0
 

@@ -105,6 +105,14 @@ class GaussianArrays:
         """``[N]`` opacity in (0, 1) (sigmoid of the logits)."""
         return torch.sigmoid(self.opacities)
 
+    def faint_mask(self, min_opacity: float) -> torch.Tensor:
+        """``[N]`` bool: opacity below ``min_opacity`` (the Gaussians the perception pipeline sets
+        aside, ``PipelineConfig.min_opacity``; a non-finite opacity is not faint). All False when
+        ``min_opacity <= 0``."""
+        if min_opacity <= 0:
+            return torch.zeros(len(self), dtype=torch.bool, device=self.opacities.device)
+        return self.opacity < float(min_opacity)
+
     @property
     def scales(self) -> torch.Tensor:
         """``[N, 3]`` per-axis standard deviations in metres."""

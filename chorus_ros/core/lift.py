@@ -335,7 +335,6 @@ def lift_synthetic_scene(seed: int, teachers: Sequence, *, scene: dict | None = 
     The teacher input image of each view is the rendered RGB of the scene; the per-view
     noise seed of the oracles is ``seed * 1000 + view``.
     """
-    from chorus_ros.core.synthetic import SceneConfig, generate_scene
     from chorus_ros.core.synthetic.groundtruth import render_ground_truth
     from chorus_ros.core.synthetic.trajectory import TrajectoryConfig, make_trajectory
     from chorus_ros.core.teachers import FrameContext
@@ -344,11 +343,7 @@ def lift_synthetic_scene(seed: int, teachers: Sequence, *, scene: dict | None = 
     views = dict(views or {})
     if "seed" in scene:
         raise InvalidInputError("scene overrides must not set 'seed' (pass it as the seed argument)")
-    sc = generate_scene(SceneConfig(seed=int(seed), **scene))
-    if photometric is not None:
-        from chorus_ros.core.synthetic.photometric import fit_scene
-        sc = fit_scene(sc, photometric_fit_config(photometric, int(seed)),
-                       cache_dir=photometric.get("cache_dir", ".cache/shifts"))
+    sc = synthetic_room(seed, scene, photometric)
     traj = make_trajectory(sc, TrajectoryConfig(**views))
     config = config or LiftConfig()
     rs = RenderSettings(backend=config.backend, near=config.near)
@@ -366,6 +361,35 @@ def lift_synthetic_scene(seed: int, teachers: Sequence, *, scene: dict | None = 
     targets = lift_scene(sc.gaussians, traj.cameras, teachers, frame_fn=frame, config=config, scene_id=sid,
                          images_digest=digest)
     return LiftedScene(sid, sc.gaussians, targets)
+
+
+def synthetic_room(seed: int, scene: dict | None = None, photometric: dict | None = None):
+    """The generated room ``seed`` (``scene``: SceneConfig overrides), replaced by its photometric
+    3DGS fit when ``photometric`` is not None (fits cached under its ``cache_dir``, default
+    ``.cache/shifts``): the room :func:`lift_synthetic_scene` lifts."""
+    from chorus_ros.core.synthetic import SceneConfig, generate_scene
+    sc = generate_scene(SceneConfig(seed=int(seed), **dict(scene or {})))
+    if photometric is not None:
+        from chorus_ros.core.synthetic.photometric import fit_scene
+        sc = fit_scene(sc, photometric_fit_config(photometric, int(seed)),
+                       cache_dir=photometric.get("cache_dir", ".cache/shifts"))
+    return sc
+
+
+def synthetic_room_specs(seeds: Sequence[int], *, scene: dict | None = None,
+                         density_range: Sequence[int] | None = None, photometric_fraction: float = 0.0,
+                         photometric_fit: dict | None = None) -> list[tuple[int, dict, dict | None]]:
+    """``[(seed, scene overrides, photometric overrides or None)]`` of each training room, as
+    :func:`lift_synthetic_scenes` builds them (``density_range`` sets ``target_gaussians`` with
+    :func:`scene_density`; :func:`photometric_selected` picks the fitted rooms)."""
+    out = []
+    for s in seeds:
+        sc = dict(scene or {})
+        if density_range:
+            sc["target_gaussians"] = scene_density(s, density_range)
+        photo = dict(photometric_fit or {}) if photometric_selected(s, photometric_fraction) else None
+        out.append((int(s), sc, photo))
+    return out
 
 
 def photometric_fit_config(photometric: dict, seed: int):
@@ -413,16 +437,10 @@ def lift_synthetic_scenes(seeds: Sequence[int], teachers: Sequence, *, scene: di
     the rooms :func:`photometric_selected` picks for ``photometric_fraction`` are replaced by their
     photometric fit (``photometric_fit``: overrides, see :func:`lift_synthetic_scene`).
     """
-    seeds = list(seeds)
-    it = seeds
+    specs = synthetic_room_specs(seeds, scene=scene, density_range=density_range,
+                                 photometric_fraction=photometric_fraction, photometric_fit=photometric_fit)
     if progress:
         from tqdm import tqdm
-        it = tqdm(seeds, desc="lift scenes", unit="scene")
-    out = []
-    for s in it:
-        sc = dict(scene or {})
-        if density_range:
-            sc["target_gaussians"] = scene_density(s, density_range)
-        photo = dict(photometric_fit or {}) if photometric_selected(s, photometric_fraction) else None
-        out.append(lift_synthetic_scene(s, teachers, scene=sc, views=views, config=config, photometric=photo))
-    return out
+        specs = tqdm(specs, desc="lift scenes", unit="scene")
+    return [lift_synthetic_scene(s, teachers, scene=sc, views=views, config=config, photometric=photo)
+            for s, sc, photo in specs]

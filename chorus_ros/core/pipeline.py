@@ -71,6 +71,11 @@ def feature_attr(head: str) -> str:
     return f"feat.{head}"
 
 
+DEFAULT_MIN_OPACITY = 0.1
+"""Default :attr:`PipelineConfig.min_opacity` (also the default of the tools that set faint
+Gaussians aside the same way: chorus-adapt, scripts/adapt_tables.py)."""
+
+
 @dataclass
 class PipelineConfig:
     """Everything the perception pipeline needs besides the checkpoint (ROS parameters ``*``)."""
@@ -96,7 +101,7 @@ class PipelineConfig:
     """Optional label-set YAML replacing the checkpoint's label set at start-up."""
     overlay_alpha: float = 0.5
     """Weight of the class colour in the overlay image (0: rgb only, 1: colours only)."""
-    min_opacity: float = 0.1
+    min_opacity: float = DEFAULT_MIN_OPACITY
     """Opacity below which an incoming Gaussian is set aside instead of entering the map: it is
     not encoded, rendered, grouped or queried, and is kept unchanged in the pipeline's faint store
     (``PerceptionPipeline.faint``, saved with the map). An id that turns faint moves there; one
@@ -237,9 +242,9 @@ def text_spec_from_meta(meta: dict, ckpt_dir: str | Path):
 SAVE_KIND = "chorus_ros.PerceptionPipeline"
 """``kind`` of a pipeline save in its manifest (and ``format`` of its pipeline.json)."""
 SAVE_FILES = ("map.safetensors", "codebook.safetensors", "pipeline.json")
+"""The data files of a pipeline save."""
 FAINT_FILE = "faint.safetensors"
 """Optional file of a save: the faint store (Gaussians below ``PipelineConfig.min_opacity``)."""
-"""The data files of a pipeline save."""
 _CODEBOOK_KEYS = {"ids": 1, "label": 1, "prototype": 2, "centroid": 2, "bbox_min": 2, "bbox_max": 2,
                   "count": 1, "score": 1, "active": 1, "embedding": 2}
 """Codebook tensor name -> number of dimensions (all share the first: one row per entry)."""
@@ -259,6 +264,11 @@ class SavedState:
     """The instance decoder's measured sample spacing, metres (None: not measured or older save)."""
     faint: GaussianMap | None = None
     """The faint store saved with the map (None: the save held no faint Gaussians)."""
+
+
+def _store_like(gmap: GaussianMap) -> GaussianMap:
+    """An empty map with ``gmap``'s configuration (the faint store beside the map)."""
+    return GaussianMap(replace(gmap.config))
 
 
 def _check_pipeline_json(path: Path) -> dict:
@@ -349,7 +359,7 @@ class PerceptionPipeline:
             config.map.device = config.device
             gmap = GaussianMap(config.map)
         self.map = gmap
-        self.faint = GaussianMap(MapConfig(**{**gmap.config.__dict__}))
+        self.faint = _store_like(gmap)
         """Gaussians below ``config.min_opacity``: kept (and saved), never encoded or rendered."""
         if hasattr(model, "receptive_field_m") and hasattr(model, "config"):
             from chorus_ros.core.encoder.incremental import max_supported_coordinate
@@ -520,7 +530,7 @@ class PerceptionPipeline:
         tau = float(self.config.min_opacity)
         if g is None or tau <= 0.0 or len(g) == 0:
             return g, None
-        faint = g.opacity < tau
+        faint = g.faint_mask(tau)
         if not bool(faint.any()):
             return g, None
         self.map.check(g, what, snapshot=snapshot)
@@ -842,7 +852,7 @@ class PerceptionPipeline:
         try:
             meta = _check_pipeline_json(p / "pipeline.json")
             gmap = GaussianMap.load(str(p / "map.safetensors"), MapConfig(**{**self.map.config.__dict__}))
-            faint = (GaussianMap.load(str(p / FAINT_FILE), MapConfig(**{**self.map.config.__dict__}))
+            faint = (GaussianMap.load(str(p / FAINT_FILE), replace(self.map.config))
                      if FAINT_FILE in manifest.files else None)
             cb = _load_codebook(p / "codebook.safetensors", meta["codebook"])
             saved = LabelSet.from_dict(meta["labels"], source=str(p / "pipeline.json"))
@@ -888,8 +898,7 @@ class PerceptionPipeline:
                     e.label_id = remap.get(e.label_id, -1)
                 state.map.take_dirty()
                 self.map, self._incremental, self.instances = state.map, incremental, instances
-                self.faint = state.faint if state.faint is not None else GaussianMap(
-                    MapConfig(**{**state.map.config.__dict__}))
+                self.faint = state.faint if state.faint is not None else _store_like(state.map)
                 self._touched = set()
                 self._pending_full = False
                 if len(self.map) and feature_attr("language") in self.map.attribute_names():

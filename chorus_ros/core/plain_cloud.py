@@ -49,8 +49,7 @@ import torch
 
 from chorus_ros.core.errors import InvalidInputError
 from chorus_ros.core.gaussians import GaussianArrays, rgb_to_sh_dc
-from chorus_ros.core.knn import knn_distances as _brute_knn
-from chorus_ros.core.knn import pairwise_distances as _cdist
+from chorus_ros.core.knn import knn_distances, pairwise_distances
 
 __all__ = [
     "LAYOUT_3DGS", "LAYOUT_POINTCLOUD", "LAYOUTS", "COLOUR_FIELD_SETS", "NORMAL_FIELDS",
@@ -155,7 +154,7 @@ def knn_mean_distance(points: torch.Tensor, k: int = 3, *, block_points: int = 4
     ke = min(int(k), n - 1)
     kk = ke + 1                                   # the point itself is its own nearest (distance 0)
     sample = p[torch.linspace(0, n - 1, min(n, 256)).round().long()]
-    r = 2.0 * float(torch.quantile(_brute_knn(sample, p, kk)[:, ke], 0.9))
+    r = 2.0 * float(torch.quantile(knn_distances(sample, p, kk)[:, ke], 0.9))
     lo = p.min(0).values
     ext = float((p.max(0).values - lo).max())
     if not r > 0:
@@ -190,7 +189,7 @@ def knn_mean_distance(points: torch.Tensor, k: int = 3, *, block_points: int = 4
             continue
         step = max(1, block_points * 4096 // max(cp.shape[0], 1))
         for a in range(0, m, step):
-            d = _cdist(q[a:a + step], cp).topk(kk, dim=1, largest=False, sorted=True).values
+            d = pairwise_distances(q[a:a + step], cp).topk(kk, dim=1, largest=False, sorted=True).values
             out[order[s0 + a:s0 + a + d.shape[0]]] = d[:, 1:].mean(1)
             far = d[:, ke] > r
             if bool(far.any()):
@@ -198,7 +197,7 @@ def knn_mean_distance(points: torch.Tensor, k: int = 3, *, block_points: int = 4
     if fallback:
         idx = torch.cat(fallback)
         for a in range(0, len(idx), 1024):
-            out[idx[a:a + 1024]] = _brute_knn(p[idx[a:a + 1024]], p, kk)[:, 1:].mean(1)
+            out[idx[a:a + 1024]] = knn_distances(p[idx[a:a + 1024]], p, kk)[:, 1:].mean(1)
     return out.float()
 
 

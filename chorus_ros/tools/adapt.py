@@ -31,6 +31,7 @@ def _positions(n: int, text: str | None, what: str) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     from chorus_ros.core.adapt import AdaptConfig, LossWeights
     from chorus_ros.core.adapt.config import LR_SCHEDULES, TARGETS, TRAIN_MODES
+    from chorus_ros.core.pipeline import DEFAULT_MIN_OPACITY
 
     d, dl = AdaptConfig(), LossWeights()
     ap = argparse.ArgumentParser(prog="chorus-adapt", description=__doc__.splitlines()[0])
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="synthetic training-distribution scenes kept by the replay term (none: off)")
     ap.add_argument("--replay-batch", type=int, default=d.replay_batch, help="replay Gaussians per scene and step")
     ap.add_argument("--min-alpha", type=float, default=d.min_alpha)
-    ap.add_argument("--min-opacity", type=float, default=0.1,
+    ap.add_argument("--min-opacity", type=float, default=DEFAULT_MIN_OPACITY,
                     help="Gaussians below this opacity are left out, as the perception pipeline sets them "
                          "aside (its min_opacity; 0 keeps all)")
     ap.add_argument("--splat", choices=("auto", "cached", "render"), default=d.splat)

@@ -496,3 +496,12 @@ def test_faint_gaussians_do_not_change_what_the_encoder_says(text, tiny_model):
     assert torch.equal(a.map.attribute("feat.language"), b.map.attribute("feat.language"))
     n = len(a.map)
     assert float((c.map.attribute("feat.language")[:n] - a.map.attribute("feat.language")).abs().max()) > 1e-3
+
+
+def test_faint_mask_is_the_one_rule():
+    """GaussianArrays.faint_mask: below the threshold is faint, a NaN opacity is not (the map
+    refuses it by name), and threshold 0 marks nothing."""
+    g = faint_blobs(4)
+    g.opacities[:] = torch.tensor([-5.0, 0.0, float("nan"), -2.0])   # 0.0067, 0.5, nan, 0.119
+    assert g.faint_mask(0.1).tolist() == [True, False, False, False]
+    assert not g.faint_mask(0.0).any()

@@ -98,8 +98,8 @@ def test_3dgs_files_still_read_as_3dgs(tmp_path):
 def test_spacing_equals_brute_force_knn(monkeypatch):
     import chorus_ros.core.plain_cloud as pc
     calls = []
-    brute = pc._brute_knn
-    monkeypatch.setattr(pc, "_brute_knn", lambda q, *a, **kw: calls.append(len(q)) or brute(q, *a, **kw))
+    brute = pc.knn_distances
+    monkeypatch.setattr(pc, "knn_distances", lambda q, *a, **kw: calls.append(len(q)) or brute(q, *a, **kw))
     g = torch.Generator().manual_seed(3)
     p = torch.cat([torch.rand(300, 3, generator=g) * torch.tensor([1.0, 1.0, 0.01]),  # a dense sheet
                    torch.rand(40, 3, generator=g) * 0.2 + 3.0,                        # a far cluster

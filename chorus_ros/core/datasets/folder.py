@@ -243,9 +243,7 @@ class SceneFolder:
         """The same scene with the Gaussians below ``min_opacity`` left out of the map (and of the
         per-Gaussian ground truth), as the perception pipeline sets them aside
         (``PipelineConfig.min_opacity``); ``self`` when none is below it. Frames are shared."""
-        if min_opacity <= 0:
-            return self
-        keep = (self.gaussians.opacity >= float(min_opacity)).cpu()
+        keep = ~self.gaussians.faint_mask(min_opacity).cpu()
         if bool(keep.all()):
             return self
         k = keep.numpy()

@@ -93,7 +93,7 @@ def augment_scene(g: GaussianArrays, targets: LiftedTargets, cfg: AugmentConfig,
         if len(src) != len(targets) or not bool((src == torch.arange(len(src))).all()):
             targets = targets.index(src)
     if cfg.min_opacity > 0:   # what the pipeline would set aside never reaches the encoder
-        opaque = g.opacity >= cfg.min_opacity
+        opaque = ~g.faint_mask(cfg.min_opacity)
         if not bool(opaque.all()) and int((opaque & targets.valid).sum()) >= cfg.min_gaussians:
             idx = opaque.nonzero().squeeze(1)
             g, targets = g.index(idx), targets.index(idx)

@@ -112,6 +112,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, *, scenes: list | None = None,
                  model: nn.Module | None = None, stage: Stage | None = None) -> None:
         self.cfg = config
+        self._init_from_training: dict | None = None   # training record of the init_from checkpoint
         self.stage = stage if stage is not None else build_stage(config.stage, config.stage_options)
         self.dist = init_distributed(config.device)
         dev = config.device
@@ -402,7 +403,7 @@ class Trainer:
                          # provenance: the training record of the checkpoint this run started from
                          # (itself holding its own parent's), so a staged recipe is recorded whole
                          **({"init_from_training": self._init_from_training}
-                            if getattr(self, "_init_from_training", None) else {})},
+                            if self._init_from_training else {})},
         }
 
     def save(self) -> None:
