@@ -154,7 +154,8 @@ def run(a) -> None:
             cfg = AdaptConfig(steps=a.steps, budget_s=a.budget_s, progress=False, pixels_per_view=a.pixels_per_view,
                               lr=a.lr, epochs=a.epochs, lr_schedule=a.lr_schedule, val_every=a.val_every,
                               widen=a.widen, widen_only=a.widen_only, replay_site_classes=not a.replay_base_only,
-                              replay_seeds=list(a.replay_seeds), replay_batch=a.replay_batch, **kw)
+                              replay_seeds=list(a.replay_seeds), replay_batch=a.replay_batch,
+                              fusion_steps=a.fusion_steps, **kw)
             out = Path(a.ckpt_dir) / f"{Path(a.scene).name.replace(':', '_')}_{mode}{a.tag}_{n}"
             res = adapt_checkpoint(a.checkpoint, scene, fit, cfg, out_dir=out, val_positions=val)
             s = evaluate_views(scene.gaussians, scene, held, res.scores, lut, ls, min_alpha=a.eval_min_alpha)
@@ -168,6 +169,19 @@ def run(a) -> None:
                            val_miou=100 * res.val_miou,
                            val_curve=[[h["step"], round(100 * h["val_miou"], 2)] for h in res.history
                                       if "val_miou" in h])
+            if res.fusion is not None and res.fusion.steps:
+                # the per-site fusion decoder on the held-out views' images, correcting these labels
+                from chorus_ros.core.adapt.fusion import evaluate_fused, render_site_views
+                with torch.no_grad():
+                    lang = res.model(scene.gaussians).heads["language"]
+                hv = render_site_views(scene.gaussians, scene, held, lang, res.scores, lut)
+                fs = evaluate_fused(res.fusion.decoder, hv, temb, ls, 0.05, a.eval_min_alpha)
+                _emit(dict(base, method=mode + a.tag + "+fusion", n=n, miou=100 * fs.miou,
+                           miou_present=100 * fs.miou_present, steps=res.fusion.steps, wall_s=res.fusion.seconds,
+                           loss_first=res.fusion.history[0]["loss"], loss_last=res.fusion.history[-1]["loss"],
+                           ckpt=str(out), peak_rss_mib=res.peak_rss_mib,
+                           config={"fusion_steps": a.fusion_steps, "fusion_lr": cfg.fusion_lr,
+                                   "fusion_views_per_step": cfg.fusion_views_per_step}))
             if a.indist and mode != "all" and n == max(a.counts):
                 rec["indist_miou"] = _indist(str(out))
                 rec["indist_base_same_labels"] = _indist(a.checkpoint, str(out / "labels.yaml"))
@@ -282,6 +296,8 @@ def main() -> None:
                     help="Gaussians below this opacity are left out, as the pipeline sets them aside (0: keep all)")
     ap.add_argument("--ceiling", action="store_true",
                     help="also score the map's own per-Gaussian labels rendered like a prediction (synthetic scenes)")
+    ap.add_argument("--fusion-steps", type=int, default=0,
+                    help="then train the per-site fusion decoder this many steps and score it too (method '<mode>+fusion')")
     ap.add_argument("--tag", default="", help="suffix of the method names in the tables")
     ap.add_argument("--indist", action="store_true")
     ap.add_argument("--ckpt-dir", default=".cache/h5/ckpts")

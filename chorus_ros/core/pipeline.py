@@ -708,7 +708,8 @@ class PerceptionPipeline:
             used = "off"
             if fuse:
                 used = "camera" if (pv.fusion == "camera" and image is not None) else "rendered"
-                fused, confidence = self._fuse_view(out, score_img[..., k:], image if used == "camera" else None)
+                fused, confidence = self._fuse_view(out, score_img[..., k:], image if used == "camera" else None,
+                                                    score_img[..., :k])
                 labels3d = torch.from_numpy(labels.astype(np.int64))
                 labels = fused.numpy().astype(np.uint16)
             inst_attr = self._attr(ATTR_INSTANCE)
@@ -731,11 +732,12 @@ class PerceptionPipeline:
                               rgb, out.depth.detach().cpu().numpy().astype(np.float32), color, overlay,
                               out.alpha.detach().cpu().numpy().astype(np.float32), self.map.version, used)
 
-    def _fuse_view(self, out, feat_img: torch.Tensor, image) -> tuple[torch.Tensor, torch.Tensor]:
+    def _fuse_view(self, out, feat_img: torch.Tensor, image, score_img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Fused ``(labels [H, W] int64, confidence [H, W] f32)`` of one rendered view (``out``) with
         its splatted projected language features ``feat_img [H, W, c]``; ``image`` (camera, or None
-        for the rendered RGB) as ``[H, W, 3]`` uint8 / float."""
-        from chorus_ros.core.decode.fusion import fusion_logits
+        for the rendered RGB) as ``[H, W, 3]`` uint8 / float; ``score_img [H, W, K]`` the splatted
+        class probabilities (the 3D labels a ``prior`` decoder corrects)."""
+        from chorus_ros.core.decode.fusion import fused_class_logits
         h, w = out.alpha.shape
         if image is None:
             rgb = out.rgb.detach().float().clamp(0, 1)
@@ -749,8 +751,9 @@ class PerceptionPipeline:
         with torch.no_grad():
             emb = self.fusion(rgb.permute(2, 0, 1)[None].to(dev), feat_img.permute(2, 0, 1)[None].float().to(dev),
                               alpha[None, None].to(dev), out.depth.detach().float()[None, None].to(dev))
-            p = torch.softmax(fusion_logits(emb, self.semantic.text_embeddings.to(dev),
-                                            self.config.per_view.temperature), dim=1)[0].cpu()
+            prior = (score_img.float() / alpha.clamp_min(1e-6)[..., None]).permute(2, 0, 1)[None].to(dev)
+            p = torch.softmax(fused_class_logits(self.fusion, emb, self.semantic.text_embeddings.to(dev),
+                                                 self.config.per_view.temperature, prior), dim=1)[0].cpu()
         conf, lab = p.max(0)
         bad = (alpha.cpu() < self.config.semantic.min_alpha) | (conf < self.config.semantic.min_confidence)
         lab = torch.where(bad, torch.full_like(lab, UNLABELED), lab)

@@ -74,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-opacity", type=float, default=DEFAULT_MIN_OPACITY,
                     help="Gaussians below this opacity are left out, as the perception pipeline sets them "
                          "aside (its min_opacity; 0 keeps all)")
+    ap.add_argument("--fusion-steps", type=int, default=d.fusion_steps, metavar="N",
+                    help="then train a per-site fusion decoder N steps on the training views' camera images, "
+                         "correcting the adapted labels (used with per_view.fusion: camera; 0: none)")
+    ap.add_argument("--fusion-lr", type=float, default=d.fusion_lr)
     ap.add_argument("--splat", choices=("auto", "cached", "render"), default=d.splat)
     ap.add_argument("--device", default=d.device)
     ap.add_argument("--seed", type=int, default=d.seed)
@@ -102,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                           lora_rank=a.lora_rank, lora_convs=a.lora_convs, views_per_step=a.views_per_step,
                           pixels_per_view=a.pixels_per_view, min_alpha=a.min_alpha, splat=a.splat,
                           device=a.device, seed=a.seed, progress=not a.no_progress, replay_seeds=list(a.replay_seeds),
-                          replay_batch=a.replay_batch,
+                          replay_batch=a.replay_batch, fusion_steps=a.fusion_steps, fusion_lr=a.fusion_lr,
                           loss=LossWeights(rgb=a.rgb, depth_gate=a.depth_gate, boundary=a.boundary,
                                            replay=a.replay, absent=a.absent))
         summary: dict = {}
@@ -116,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
             lifted = evaluate_views(scene.gaussians, scene, held, one_hot, lut, res.label_set, cfg.min_alpha)
             summary.update({"miou_after": 100 * after.miou, "miou_lift_baseline": 100 * lifted.miou,
                             "never_labelled_fraction": unseen})
+            if res.fusion is not None and res.fusion.steps:
+                summary["miou_after_fused"] = 100 * _fused(res, scene, held, lut, cfg, a.out)
     except ChorusError as e:
         print(f"chorus-adapt: error: {e}", file=sys.stderr)
         return 2
@@ -126,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
                     "peak_rss_mib": round(res.peak_rss_mib, 1), "train_views": len(train), "eval_views": len(held),
                     "val_views": len(val), "best_step": res.best_step,
                     "val_miou": None if res.val_miou is None else 100 * res.val_miou})
+    if res.fusion is not None:
+        summary.update({"fusion_steps": res.fusion.steps, "fusion_seconds": round(res.fusion.seconds, 2),
+                        "fusion_stopped_by_budget": res.fusion.stopped_by_budget})
     print(f"chorus-adapt: {res.steps} steps in {res.seconds_train:.1f} s (+{res.seconds_prepare:.1f} s preparing); "
           f"checkpoint in {a.out}")
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()}, sort_keys=True))
@@ -133,6 +142,31 @@ def main(argv: list[str] | None = None) -> int:
         with open(a.json, "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=1, sort_keys=True)
     return 0
+
+
+def _fused(res, scene, held, lut, cfg, ckpt_dir) -> float:
+    """Held-out mIoU of the adapted labels corrected by the site fusion decoder (camera images)."""
+    import torch
+
+    from chorus_ros.core.adapt.fusion import evaluate_fused, render_site_views
+    with torch.no_grad():
+        lang = res.model(scene.gaussians.to(cfg.device)).heads["language"].cpu()
+    views = render_site_views(scene.gaussians, scene, held, lang, res.scores, lut, cfg.render_backend)
+    text = _text_embeddings(res.label_set, ckpt_dir)
+    t = cfg.temperature if cfg.temperature is not None else 0.05
+    return evaluate_fused(res.fusion.decoder, views, text, res.label_set, t, cfg.min_alpha).miou
+
+
+def _text_embeddings(label_set, ckpt_dir):
+    """Text embeddings of ``label_set`` from the text encoder of the checkpoint ``ckpt_dir``."""
+    import torch
+
+    from chorus_ros.core.encoder.checkpoint import load_checkpoint_config
+    from chorus_ros.core.pipeline import text_spec_from_meta
+    from chorus_ros.core.text import build_text_encoder
+    _, meta = load_checkpoint_config(ckpt_dir)
+    with torch.no_grad():
+        return build_text_encoder(text_spec_from_meta(meta, ckpt_dir)).encode(list(label_set.names)).float()
 
 
 def _before(checkpoint, scene, train, held, cfg) -> dict:

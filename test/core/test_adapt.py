@@ -418,3 +418,64 @@ def test_replay_class_names_cover_the_site_classes():
     site = LabelSet(["wall", "whiteboard", "floor", "bag"], np.zeros((4, 3)), np.zeros(4, bool), "site")
     assert replay_class_names(base, site) == ["floor", "wall", "chair", "whiteboard", "bag"]
     assert replay_class_names(base, site, include_site=False) == ["floor", "wall", "chair"]
+
+
+def test_site_fusion_decoder_trains_saves_and_labels_views_as_the_pipeline_does(tiny_setup):
+    """chorus-adapt --fusion-steps: the per-site fusion decoder's loss falls, it is saved with its
+    provenance as the adapted checkpoint's fusion/, and the pipeline (per_view.fusion: camera, the
+    folder's image) labels a held-out view exactly as evaluate_fused does."""
+    import torch.nn.functional as F
+
+    from chorus_ros.core.adapt import AdaptConfig, adapt_checkpoint
+    from chorus_ros.core.adapt.fusion import evaluate_fused, fused_labels, render_site_views
+    from chorus_ros.core.decode.fusion import FUSION_DIR, PerViewConfig, load_fusion
+    from chorus_ros.core.encoder.checkpoint import load_checkpoint
+    from chorus_ros.core.pipeline import PerceptionPipeline, PipelineConfig, text_spec_from_meta
+    from chorus_ros.core.text import build_text_encoder
+
+    base, scene = tiny_setup
+    train, held = list(range(0, 8, 2)), list(range(1, 8, 2))
+    cfg = AdaptConfig(train="heads", steps=10, lr=3e-2, views_per_step=2, pixels_per_view=300, progress=False,
+                      replay_gaussians=1000, replay_batch=256, fusion_steps=60, fusion_views_per_step=2,
+                      fusion_lr=5e-3)
+    out = base / "site_fused"
+    res = adapt_checkpoint(base / "ckpt", scene, train, cfg, out_dir=out)
+    hist = res.fusion.history
+    assert res.fusion.steps == 60 and len(hist) == 60
+    first, last = np.mean([r["loss"] for r in hist[:5]]), np.mean([r["loss"] for r in hist[-5:]])
+    print(f"fusion loss {first:.3f} -> {last:.3f}")
+    assert last < 0.7 * first
+    prov = load_checkpoint(out).meta["adaptation"]["fusion"]
+    assert prov["steps"] == 60 and prov["dir"] == FUSION_DIR and prov["loss_last"] == pytest.approx(hist[-1]["loss"], abs=1e-5)
+    fd = load_fusion(out / FUSION_DIR)
+    assert fd.config.prior
+
+    ck = load_checkpoint(out)
+    text = build_text_encoder(text_spec_from_meta(ck.meta, out))
+    temb = text.encode(list(res.label_set.names)).float()
+    lut = scene.class_map_to(res.label_set)
+    with torch.no_grad():
+        lang = ck.model(scene.gaussians).heads["language"]
+    views = render_site_views(scene.gaussians, scene, held, lang, res.scores, lut, "reference")
+    scores = evaluate_fused(fd, views, temb, res.label_set)
+    assert 0.0 <= scores.miou <= 1.0
+    ref = fused_labels(fd, views, temb)
+
+    pcfg = PipelineConfig(min_opacity=0.0, per_view=PerViewConfig(fusion="camera", snap_radius=0))
+    pcfg.render.backend = "reference"
+    pipe = PerceptionPipeline.from_checkpoint(out, pcfg)
+    assert pipe.fusion is not None and pipe.fusion.config.prior
+    pipe.apply_update(scene.gaussians, full=True)
+    pipe.encode()
+    fr = scene.frame(held[0])
+    view = pipe.render_view(fr.camera, image=fr.rgb)
+    assert view.fused == "camera"
+    agree = (view.labels == ref[0]).mean()
+    print(f"pipeline vs evaluate_fused: {100 * agree:.2f} % of pixels agree")
+    assert agree > 0.995
+
+    # an adaptation without fusion into the same folder removes the stale decoder
+    res2 = adapt_checkpoint(base / "ckpt", scene, train, AdaptConfig(train="heads", steps=2, progress=False,
+                                                                     pixels_per_view=200, replay_seeds=[]), out_dir=out)
+    assert res2.fusion is None and not (out / FUSION_DIR).exists()
+    assert "fusion" not in load_checkpoint(out).meta["adaptation"]

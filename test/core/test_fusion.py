@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from chorus_ros.core.decode.fusion import (FusionConfig, FusionDecoder, PerViewConfig, fusion_logits, load_fusion,
-                                           save_fusion, snap_instances)
+from chorus_ros.core.decode.fusion import (PRIOR_FLOOR, FusionConfig, FusionDecoder, PerViewConfig, fused_class_logits,
+                                           fusion_logits, load_fusion, save_fusion, snap_instances)
 from chorus_ros.core.errors import CheckpointError, InvalidInputError
 from chorus_ros.core.render import RenderSettings, render
 
@@ -135,6 +135,47 @@ def test_pipeline_fusion_modes_camera_with_and_without_image(fused_pipe):
     assert np.array_equal(rev.labels[ok], (k - 1 - lab[ok]).astype(np.uint16))
     pipe.set_labels(names)
     pipe.config.per_view = PerViewConfig()
+
+
+def test_prior_decoder_adds_the_log_of_the_3d_probabilities():
+    emb = torch.nn.functional.normalize(torch.randn(1, 16, 5, 6), dim=1)
+    text = torch.randn(4, 16)
+    prior = torch.softmax(torch.randn(1, 4, 5, 6), dim=1)
+    prior[0, 2, 0, 0] = 0.0                                   # a zero probability is floored, not -inf
+    plain, with_prior = _decoder(), _decoder(prior=True)
+    assert torch.equal(fused_class_logits(plain, emb, text, 0.1, prior), fusion_logits(emb, text, 0.1))
+    got = fused_class_logits(with_prior, emb, text, 0.1, prior)
+    assert torch.allclose(got, fusion_logits(emb, text, 0.1) + torch.log(prior.clamp_min(PRIOR_FLOOR)))
+    assert torch.isfinite(got).all()
+    with pytest.raises(InvalidInputError, match="corrects the 3D labels"):
+        fused_class_logits(with_prior, emb, text, 0.1, None)
+    with pytest.raises(InvalidInputError, match="corrects the 3D labels"):
+        fused_class_logits(with_prior, emb, text, 0.1, prior[:, :3])
+
+
+def test_pipeline_gives_a_prior_decoder_the_views_3d_probabilities(fused_pipe):
+    """With a prior decoder whose cosine logits are flattened (huge temperature), the fused labels
+    are the 3D labels: the pipeline passes the splatted class probabilities of the right view,
+    channels and normalisation."""
+    pipe, cam = fused_pipe, _tp.camera()
+    keep = pipe.fusion
+    try:
+        pipe.config.per_view = PerViewConfig(fusion="off")
+        off = pipe.render_view(cam)
+        torch.manual_seed(1)
+        pipe.fusion = FusionDecoder(FusionConfig(language_dim=keep.config.language_dim, embed_dim=keep.config.embed_dim,
+                                                 feat_channels=4, channels=(8, 12), decoder_channels=8,
+                                                 prior=True)).eval()
+        pipe.config.per_view = PerViewConfig(fusion="rendered", temperature=1e6, snap_radius=0)
+        fused = pipe.render_view(cam)
+        ok = off.labels != 65535
+        assert ok.mean() > 0.3
+        assert np.array_equal(fused.labels[ok], off.labels[ok])
+        pipe.config.per_view = PerViewConfig(fusion="rendered", temperature=0.05, snap_radius=0)
+        assert not np.array_equal(pipe.render_view(cam).labels, off.labels)   # the image branch does act
+    finally:
+        pipe.fusion = keep
+        pipe.config.per_view = PerViewConfig()
 
 
 def test_fusion_mode_without_decoder_and_bad_mode_are_clear_errors(fused_pipe):

@@ -63,13 +63,14 @@ def test_adapt_cli_writes_a_loadable_checkpoint_with_provenance(setup, tmp_path,
     rc = main(["--checkpoint", str(setup / "ckpt"), "--dataset", str(setup / "room"), "--out", str(out),
                "--labels-map", str(setup / "map.yaml"), "--views", "0::2", "--eval-views", "1::2",
                "--steps", "5", "--pixels-per-view", "200", "--views-per-step", "1", "--no-progress", "--replay-seeds",
-               "--json", str(js)])
+               "--fusion-steps", "3", "--json", str(js)])
     text = capsys.readouterr().out
     assert rc == 0, text
     summary = json.loads(js.read_text())
     for key in ("miou_before", "miou_after", "miou_lift_baseline", "never_labelled_fraction", "steps",
-                "seconds_train", "peak_rss_mib", "loss_first", "loss_last"):
+                "seconds_train", "peak_rss_mib", "loss_first", "loss_last", "miou_after_fused"):
         assert key in summary, key
+    assert summary["fusion_steps"] == 3 and 0 <= summary["miou_after_fused"] <= 100
     assert summary["steps"] == 5 and summary["train_views"] == 2 and summary["eval_views"] == 2
     ck = load_checkpoint(out)
     names = [c["name"] for c in ck.meta["label_set"]["classes"]]
@@ -77,7 +78,9 @@ def test_adapt_cli_writes_a_loadable_checkpoint_with_provenance(setup, tmp_path,
     prov = ck.meta["adaptation"]
     assert prov["views"] == [0, 2] and prov["train"] == "heads" and prov["labels_map"] == {"bookshelf": "shelf"}
     assert (out / "text_encoder.safetensors").is_file() and (out / "labels.yaml").is_file()
-    assert PerceptionPipeline.from_checkpoint(out).labels.names == names
+    assert prov["fusion"]["steps"] == 3 and (out / "fusion" / "fusion.json").is_file()
+    pipe = PerceptionPipeline.from_checkpoint(out)
+    assert pipe.labels.names == names and pipe.fusion is not None and pipe.fusion.config.prior
 
 
 def test_adapt_cli_errors_exit_2_naming_the_problem(setup, tmp_path, capsys):

@@ -12,6 +12,7 @@ checkpoint with its provenance. Sits over :mod:`chorus_ros.core.render` and
 * :mod:`.lora`: low-rank adapters.
 * :mod:`.widen`: function-preserving widening of the per-Gaussian decoder (more site capacity).
 * :mod:`.loop`: targets, the training loop, held-out evaluation, the lifting baseline, saving.
+* :mod:`.fusion`: the per-site VDVI fusion decoder that corrects the adapted labels with the camera images.
 """
 from chorus_ros.core.adapt.config import AdaptConfig, LossWeights
 from chorus_ros.core.adapt.loop import (AdaptResult, adapt, adapt_checkpoint, adaptation_label_set,

@@ -144,6 +144,16 @@ class AdaptConfig:
     """Seed of view/pixel sampling and of the adapters' initialisation."""
     device: str = "cpu"
     """Torch device."""
+    fusion_steps: int = 0
+    """After the per-Gaussian adaptation, train a per-site VDVI fusion decoder this many steps on
+    the training views' camera images (:mod:`chorus_ros.core.adapt.fusion`): it corrects the
+    adapted 3D labels where the image shows a border the Gaussians blur; saved as the adapted
+    checkpoint's ``fusion/``, used by the pipeline with ``per_view.fusion: camera``. Needs label
+    targets and images. Counts against ``budget_s``. 0: none."""
+    fusion_lr: float = 2e-3
+    """Peak AdamW learning rate of the fusion decoder (5 % warm-up, then cosine decay to zero)."""
+    fusion_views_per_step: int = 4
+    """Whole training views per fusion step."""
     loss: LossWeights = field(default_factory=LossWeights)
     """Loss weights."""
     progress: bool = True
@@ -176,6 +186,11 @@ class AdaptConfig:
             raise InvalidInputError("AdaptConfig.widen needs train 'heads' or 'all' (adapters keep the base shapes)")
         if self.widen_only and not (self.widen and self.train == "heads"):
             raise InvalidInputError("AdaptConfig.widen_only needs widen > 0 and train 'heads'")
+        if self.fusion_steps < 0 or self.fusion_views_per_step < 1 or not self.fusion_lr > 0:
+            raise InvalidInputError(f"AdaptConfig.fusion_steps must be >= 0, fusion_views_per_step >= 1 and fusion_lr "
+                                    f"> 0, got {self.fusion_steps}, {self.fusion_views_per_step}, {self.fusion_lr}")
+        if self.fusion_steps and self.targets == "teachers":
+            raise InvalidInputError("AdaptConfig.fusion_steps needs label targets (targets 'labels' or 'both')")
         if self.lora_rank < 1:
             raise InvalidInputError(f"AdaptConfig.lora_rank must be >= 1, got {self.lora_rank}")
         if self.views_per_step < 1 or self.pixels_per_view < 1:

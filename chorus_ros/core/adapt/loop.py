@@ -43,7 +43,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -60,6 +60,9 @@ from chorus_ros.core.geometry import Camera
 from chorus_ros.core.labels import UNLABELED, LabelSet
 from chorus_ros.core.metrics.semantic import ConfusionMatrix, SemanticScores
 from chorus_ros.core.render import RenderSettings, render
+
+if TYPE_CHECKING:
+    from chorus_ros.core.adapt.fusion import FusionRun
 
 __all__ = ["replay_class_names", "carve_validation", "epoch_batches", "planned_steps", "TrainView", "EncoderRunner",
            "AdaptResult", "adaptation_label_set", "prepare_views", "adapt", "evaluate_views", "lift_baseline", "save_adapted", "class_probabilities", "load_with_adapter", "adapt_checkpoint", "ADAPTER_FILE"]
@@ -399,6 +402,8 @@ class AdaptResult:
     """With validation views: their best mIoU (pooled pixels)."""
     absent_classes: list[int] = field(default_factory=list)
     """Adaptation class ids no training view shows (held off by the ``absent`` term)."""
+    fusion: "FusionRun | None" = None
+    """The per-site fusion decoder and its training (``cfg.fusion_steps``), else None."""
 
 
 def carve_validation(positions: Sequence[int], k: int) -> tuple[list[int], list[int]]:
@@ -731,6 +736,7 @@ def save_adapted(out_dir: str | os.PathLike, result: AdaptResult, base_dir: str 
     """
     from safetensors.torch import save_file
 
+    from chorus_ros.core.decode.fusion import FUSION_DIR, save_fusion
     from chorus_ros.core.encoder.checkpoint import CONFIG_FILE, WEIGHTS_FILE, save_checkpoint
     base_dir, out = Path(base_dir), Path(out_dir)
     if out.resolve() == base_dir.resolve():
@@ -759,6 +765,19 @@ def save_adapted(out_dir: str | os.PathLike, result: AdaptResult, base_dir: str 
     if result.adapter:
         save_file(result.adapter, str(out / ADAPTER_FILE), metadata={"format": "chorus_lora/1"})
         prov["adapter"] = {"file": ADAPTER_FILE, "parameters": int(sum(v.numel() for v in result.adapter.values()))}
+    fusion_dir = out / FUSION_DIR
+    if fusion_dir.exists():                     # never leave an earlier run's decoder beside new weights
+        shutil.rmtree(fusion_dir)
+    run = result.fusion
+    if run is not None and run.steps > 0:
+        hist = run.history
+        info = {"steps": int(run.steps), "stopped_by_budget": bool(run.stopped_by_budget),
+                "seconds": round(float(run.seconds), 2), "views": prov.get("views"),
+                "loss_first": round(hist[0]["loss"], 6) if hist else None,
+                "loss_last": round(hist[-1]["loss"], 6) if hist else None,
+                "loss_last10_mean": round(float(np.mean([r["loss"] for r in hist[-10:]])), 6) if hist else None}
+        save_fusion(fusion_dir, run.decoder, dict(info, base_checkpoint=prov["base_checkpoint"]))
+        prov["fusion"] = dict(info, dir=FUSION_DIR)
     meta["adaptation"] = prov
     save_checkpoint(out, result.model, meta)
     result.label_set.to_yaml(out / "labels.yaml")
@@ -806,9 +825,22 @@ def adapt_checkpoint(checkpoint: str | os.PathLike, scene, train_positions: Sequ
             raise CheckpointError(f"{checkpoint}: no teacher specs in its metadata; use --targets labels")
         teachers = [build_teacher(s, text_encoder=text) for s in specs]
     temperature = cfg.temperature if cfg.temperature is not None else 0.05
+    t_start = time.perf_counter()
     res = adapt(ck.model, scene.gaussians, scene, list(train_positions), cfg, label_set=label_set, lut=lut,
                 text_encoder=text, teachers=teachers, temperature=temperature, replay_labels=base_labels,
                 val_positions=list(val_positions))
+    if cfg.fusion_steps > 0:
+        from chorus_ros.core.adapt.fusion import render_site_views, train_site_fusion
+        with torch.no_grad():
+            lang = res.model(scene.gaussians.to(cfg.device)).heads["language"].cpu()
+        views = render_site_views(scene.gaussians, scene, list(train_positions), lang, res.scores, lut,
+                                  cfg.render_backend)
+        with torch.no_grad():
+            text_emb = text.encode(list(label_set.names)).float()
+        res.fusion = train_site_fusion(
+            views, text_emb, steps=cfg.fusion_steps, lr=cfg.fusion_lr, views_per_step=cfg.fusion_views_per_step,
+            temperature=temperature, min_alpha=cfg.min_alpha, seed=cfg.seed, device=cfg.device,
+            deadline=t_start + cfg.budget_s if cfg.budget_s else None, progress=cfg.progress)
     if out_dir is not None:
         frames = [int(scene.frame_indices[int(p)]) for p in train_positions]
         prov = {"scene": str(scene.root) if scene.root is not None else scene.name, "scene_name": scene.name,

@@ -34,7 +34,7 @@ from torch import nn
 
 from chorus_ros.core.errors import CheckpointError, InvalidInputError
 
-__all__ = ["FusionConfig", "FusionDecoder", "fusion_logits", "save_fusion", "load_fusion", "snap_instances",
+__all__ = ["FusionConfig", "FusionDecoder", "fusion_logits", "fused_class_logits", "save_fusion", "load_fusion", "snap_instances",
            "PerViewConfig",
            "FUSION_DIR", "FUSION_MODES"]
 
@@ -42,6 +42,8 @@ FUSION_DIR = "fusion"
 """Sub-directory of a checkpoint holding the fusion decoder."""
 FUSION_MODES = ("off", "rendered", "camera")
 """Values of the pipeline option ``per_view.fusion``."""
+PRIOR_FLOOR = 1e-4
+"""Smallest 3D class probability whose log enters a ``prior`` decoder's logits."""
 
 
 @dataclass
@@ -60,6 +62,12 @@ class FusionConfig:
     """Channels of the encoders' scales 1/2, 1/4, 1/8 ... (one stride-2 stage each)."""
     decoder_channels: int = 32
     """Width of the FPN decoder."""
+    prior: bool = False
+    """Residual on the 3D labels: the fused logits are the cosine logits plus the log of the
+    view's 3D class probabilities (the splatted per-Gaussian class scores divided by alpha,
+    floored at ``PRIOR_FLOOR``), so the decoder learns a correction of the 3D labels from the
+    image (the per-site decoder of ``chorus-adapt --fusion-steps``). False: the cosine logits
+    alone (``chorus-train`` stage ``fusion``)."""
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
@@ -187,6 +195,24 @@ def fusion_logits(emb: torch.Tensor, text: torch.Tensor, temperature: float) -> 
     if text.ndim != 2 or text.shape[1] != emb.shape[1]:
         raise InvalidInputError(f"text embeddings must be [K, {emb.shape[1]}], got {tuple(text.shape)}")
     return torch.einsum("bdhw,kd->bkhw", emb, F.normalize(text.to(emb), dim=1)) / temperature
+
+
+def fused_class_logits(model: FusionDecoder, emb: torch.Tensor, text: torch.Tensor, temperature: float,
+                       prior: torch.Tensor | None = None) -> torch.Tensor:
+    """``[B, K, H, W]`` class logits of a fusion decoder's embeddings: :func:`fusion_logits`, plus
+    ``log(max(prior, PRIOR_FLOOR))`` when ``model.config.prior``.
+
+    Args:
+        prior: ``[B, K, H, W]`` the view's 3D class probabilities (splatted class scores / alpha);
+            required by a ``prior`` decoder, ignored otherwise.
+    """
+    logits = fusion_logits(emb, text, temperature)
+    if not model.config.prior:
+        return logits
+    if prior is None or tuple(prior.shape) != tuple(logits.shape):
+        raise InvalidInputError(f"this fusion decoder corrects the 3D labels: it needs their class probabilities "
+                                f"{tuple(logits.shape)}, got {None if prior is None else tuple(prior.shape)}")
+    return logits + torch.log(prior.to(logits).clamp_min(PRIOR_FLOOR))
 
 
 def snap_instances(inst: torch.Tensor, labels3d: torch.Tensor, fused: torch.Tensor, radius: int = 2,
