@@ -191,6 +191,40 @@ def test_gocl_stage_trains_in_the_trainer_and_saves(tmp_path):
     assert ident.shape == (4, 6, 8)
 
 
+def test_gocl_taught_training_ships_the_codebook_and_objects_get_code_ids(tmp_path):
+    """An encoder whose object head is taught by the 'gocl' teacher carries that GOCL model in its
+    checkpoint (gocl/), so the pipeline loads the codebook and object records get code ids."""
+    import filecmp
+
+    from chorus_ros.core.pipeline import PerceptionPipeline, PipelineConfig
+    from chorus_ros.core.synthetic import SceneConfig, generate_scene
+    from chorus_ros.core.train import Trainer
+    from chorus_ros.core.train.config import TrainConfig
+    base = {"kind": "generalist", "type": "oracle_generalist", "options": {"dim": 5, "patch_size": 4, "seed": 1}}
+    torch.manual_seed(0)
+    tiny_gocl(in_dim=5).save(tmp_path / "g", meta={"teacher": base})
+    cfg = TrainConfig()
+    cfg.teachers = [{"kind": "language", "type": "oracle_language", "options": {"patch_size": 4, "seed": 0}},
+                    {"kind": "object", "type": "gocl", "options": {"checkpoint": str(tmp_path / "g")}}]
+    cfg.data.train_seeds = [3]
+    cfg.data.scene = {"target_gaussians": 2000}
+    cfg.data.views = {"loop_views": 2, "random_views": 0, "width": 32, "height": 24}
+    cfg.data.cache_dir = str(tmp_path / "lift")
+    cfg.encoder = {"channels": [8, 8], "encoder_blocks": [1, 1], "decoder_blocks": [1], "embed_dim": 8}
+    cfg.augment.enabled = False
+    cfg.log.dir, cfg.log.progress, cfg.log.tensorboard = str(tmp_path / "run"), False, False
+    cfg.checkpoint.dir, cfg.checkpoint.resume = str(tmp_path / "ckpt"), False
+    cfg.optim.steps = 1
+    Trainer(cfg).fit()
+    for f in ("gocl.json", "gocl.safetensors"):
+        assert filecmp.cmp(tmp_path / "g" / f, tmp_path / "ckpt" / "gocl" / f, shallow=False)
+    pipe = PerceptionPipeline.from_checkpoint(tmp_path / "ckpt", PipelineConfig(device="cpu"))
+    pipe.apply_update(generate_scene(SceneConfig(seed=4, target_gaussians=1500)).gaussians, full=True)
+    pipe.encode()
+    recs = pipe.objects()
+    assert recs and all(0 <= r.code_id < 8 for r in recs)
+
+
 def test_gocl_teacher_paints_slot_identities_and_tracks_weights(tmp_path):
     from chorus_ros.core.labels import LabelSet
     from chorus_ros.core.teachers import FrameContext, TeacherSpec, build_teacher

@@ -414,6 +414,7 @@ class Trainer:
             save_checkpoint(str(self.ckpt_dir), self.model, self.checkpoint_meta())
             self.text_encoder.save_weights(self.ckpt_dir / TEXT_WEIGHTS)
             self.label_set.to_yaml(self.ckpt_dir / LABELS_FILE)
+            self._save_codebook()
             self.stage.save(self, self.ckpt_dir)
             self.run_dir.mkdir(parents=True, exist_ok=True)
             state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
@@ -426,6 +427,23 @@ class Trainer:
         if self.dist.distributed:
             import torch.distributed as dist
             dist.barrier()
+
+    def _save_codebook(self) -> None:
+        """With the object head taught by a ``gocl`` teacher, copy that GOCL model (its
+        scene-agnostic codebook) into ``<checkpoint>/gocl`` so the pipeline gives objects code ids."""
+        import shutil
+
+        from chorus_ros.core.objects.teacher import gocl_dir
+        specs = [t for t in self.teacher_specs if t.get("type") == "gocl" and t.get("kind") == "object"]
+        if not specs or "object" not in self.heads:
+            return
+        src = gocl_dir((specs[0].get("options") or {}).get("checkpoint") or "")
+        dst = self.ckpt_dir / "gocl"
+        if dst.resolve() == src.resolve():
+            return
+        if dst.exists():
+            shutil.rmtree(dst)
+        shutil.copytree(src, dst)
 
     def _maybe_resume(self) -> None:
         path = self.run_dir / STATE_FILE
