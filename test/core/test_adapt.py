@@ -479,3 +479,19 @@ def test_site_fusion_decoder_trains_saves_and_labels_views_as_the_pipeline_does(
                                                                      pixels_per_view=200, replay_seeds=[]), out_dir=out)
     assert res2.fusion is None and not (out / FUSION_DIR).exists()
     assert "fusion" not in load_checkpoint(out).meta["adaptation"]
+
+
+def test_gocl_teacher_spec_falls_back_to_the_checkpoints_own_codebook(tmp_path):
+    """A checkpoint taught by the 'gocl' teacher records a training-time GOCL path; where that path
+    is missing, teacher targets use the copy inside the checkpoint (gocl/), and otherwise nothing changes."""
+    from chorus_ros.core.adapt.loop import _with_own_codebook
+    spec = {"kind": "object", "type": "gocl", "options": {"checkpoint": str(tmp_path / "gone"), "seed": 3}}
+    assert _with_own_codebook(spec, tmp_path) == spec                     # no copy either: unchanged (clear error later)
+    (tmp_path / "gocl").mkdir()
+    (tmp_path / "gocl" / "gocl.json").write_text("{}")
+    got = _with_own_codebook(spec, tmp_path)
+    assert got["options"] == {"checkpoint": str(tmp_path / "gocl"), "seed": 3} and spec["options"]["seed"] == 3
+    (tmp_path / "gone").mkdir()
+    assert _with_own_codebook(spec, tmp_path) == spec                     # the recorded path exists: used as is
+    other = {"kind": "object", "type": "oracle_object", "options": {}}
+    assert _with_own_codebook(other, tmp_path) is other

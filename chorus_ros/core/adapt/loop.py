@@ -801,6 +801,21 @@ def load_with_adapter(base_dir: str | os.PathLike, adapted_dir: str | os.PathLik
     return lora.merge_adapters(base).to(device).eval()
 
 
+def _with_own_codebook(spec: dict, checkpoint: str | os.PathLike) -> dict:
+    """A ``gocl`` teacher spec whose GOCL folder (a training-time path, e.g. under ``.cache``) is
+    missing here reads the copy the checkpoint carries (``<checkpoint>/gocl``, written by the
+    trainer) instead."""
+    if spec.get("type") != "gocl":
+        return spec
+    opts = dict(spec.get("options") or {})
+    own = Path(checkpoint) / "gocl"
+    path = opts.get("checkpoint")
+    if (not path or not Path(path).exists()) and (own / "gocl.json").is_file():
+        opts["checkpoint"] = str(own)
+        return dict(spec, options=opts)
+    return spec
+
+
 def adapt_checkpoint(checkpoint: str | os.PathLike, scene, train_positions: Sequence[int], cfg: AdaptConfig,
                      out_dir: str | os.PathLike | None = None, val_positions: Sequence[int] = ()) -> AdaptResult:
     """Load ``checkpoint``, adapt it to ``scene`` from ``train_positions`` (``val_positions``:
@@ -823,7 +838,7 @@ def adapt_checkpoint(checkpoint: str | os.PathLike, scene, train_positions: Sequ
         specs = meta.get("teachers") or []
         if not specs:
             raise CheckpointError(f"{checkpoint}: no teacher specs in its metadata; use --targets labels")
-        teachers = [build_teacher(s, text_encoder=text) for s in specs]
+        teachers = [build_teacher(_with_own_codebook(s, checkpoint), text_encoder=text) for s in specs]
     temperature = cfg.temperature if cfg.temperature is not None else 0.05
     t_start = time.perf_counter()
     res = adapt(ck.model, scene.gaussians, scene, list(train_positions), cfg, label_set=label_set, lut=lut,
