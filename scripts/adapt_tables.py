@@ -171,11 +171,8 @@ def run(a) -> None:
                                       if "val_miou" in h])
             if res.fusion is not None and res.fusion.steps:
                 # the per-site fusion decoder on the held-out views' images, correcting these labels
-                from chorus_ros.core.adapt.fusion import evaluate_fused, render_site_views
-                with torch.no_grad():
-                    lang = res.model(scene.gaussians).heads["language"]
-                hv = render_site_views(scene.gaussians, scene, held, lang, res.scores, lut)
-                fs = evaluate_fused(res.fusion.decoder, hv, temb, ls, 0.05, a.eval_min_alpha)
+                from chorus_ros.core.adapt.fusion import score_adapted_fusion
+                fs = score_adapted_fusion(res, scene, held, lut, 0.05, a.eval_min_alpha)
                 _emit(dict(base, method=mode + a.tag + "+fusion", n=n, miou=100 * fs.miou,
                            miou_present=100 * fs.miou_present, steps=res.fusion.steps, wall_s=res.fusion.seconds,
                            loss_first=res.fusion.history[0]["loss"], loss_last=res.fusion.history[-1]["loss"],

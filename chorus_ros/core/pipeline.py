@@ -751,7 +751,8 @@ class PerceptionPipeline:
         with torch.no_grad():
             emb = self.fusion(rgb.permute(2, 0, 1)[None].to(dev), feat_img.permute(2, 0, 1)[None].float().to(dev),
                               alpha[None, None].to(dev), out.depth.detach().float()[None, None].to(dev))
-            prior = (score_img.float() / alpha.clamp_min(1e-6)[..., None]).permute(2, 0, 1)[None].to(dev)
+            prior = ((score_img.float() / alpha.clamp_min(1e-6)[..., None]).permute(2, 0, 1)[None].to(dev)
+                     if self.fusion.config.prior else None)
             p = torch.softmax(fused_class_logits(self.fusion, emb, self.semantic.text_embeddings.to(dev),
                                                  self.config.per_view.temperature, prior), dim=1)[0].cpu()
         conf, lab = p.max(0)

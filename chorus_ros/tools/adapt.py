@@ -121,7 +121,10 @@ def main(argv: list[str] | None = None) -> int:
             summary.update({"miou_after": 100 * after.miou, "miou_lift_baseline": 100 * lifted.miou,
                             "never_labelled_fraction": unseen})
             if res.fusion is not None and res.fusion.steps:
-                summary["miou_after_fused"] = 100 * _fused(res, scene, held, lut, cfg, a.out)
+                from chorus_ros.core.adapt.fusion import score_adapted_fusion
+                t = cfg.temperature if cfg.temperature is not None else 0.05
+                summary["miou_after_fused"] = 100 * score_adapted_fusion(res, scene, held, lut, t, cfg.min_alpha,
+                                                                         cfg.render_backend).miou
     except ChorusError as e:
         print(f"chorus-adapt: error: {e}", file=sys.stderr)
         return 2
@@ -142,31 +145,6 @@ def main(argv: list[str] | None = None) -> int:
         with open(a.json, "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=1, sort_keys=True)
     return 0
-
-
-def _fused(res, scene, held, lut, cfg, ckpt_dir) -> float:
-    """Held-out mIoU of the adapted labels corrected by the site fusion decoder (camera images)."""
-    import torch
-
-    from chorus_ros.core.adapt.fusion import evaluate_fused, render_site_views
-    with torch.no_grad():
-        lang = res.model(scene.gaussians.to(cfg.device)).heads["language"].cpu()
-    views = render_site_views(scene.gaussians, scene, held, lang, res.scores, lut, cfg.render_backend)
-    text = _text_embeddings(res.label_set, ckpt_dir)
-    t = cfg.temperature if cfg.temperature is not None else 0.05
-    return evaluate_fused(res.fusion.decoder, views, text, res.label_set, t, cfg.min_alpha).miou
-
-
-def _text_embeddings(label_set, ckpt_dir):
-    """Text embeddings of ``label_set`` from the text encoder of the checkpoint ``ckpt_dir``."""
-    import torch
-
-    from chorus_ros.core.encoder.checkpoint import load_checkpoint_config
-    from chorus_ros.core.pipeline import text_spec_from_meta
-    from chorus_ros.core.text import build_text_encoder
-    _, meta = load_checkpoint_config(ckpt_dir)
-    with torch.no_grad():
-        return build_text_encoder(text_spec_from_meta(meta, ckpt_dir)).encode(list(label_set.names)).float()
 
 
 def _before(checkpoint, scene, train, held, cfg) -> dict:

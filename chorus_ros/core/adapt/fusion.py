@@ -35,7 +35,8 @@ from chorus_ros.core.labels import UNLABELED, LabelSet
 from chorus_ros.core.metrics.semantic import ConfusionMatrix, SemanticScores
 from chorus_ros.core.render import RenderSettings, render
 
-__all__ = ["SiteViews", "render_site_views", "train_site_fusion", "fused_labels", "evaluate_fused", "FusionRun"]
+__all__ = ["SiteViews", "render_site_views", "train_site_fusion", "fused_labels", "evaluate_fused", "FusionRun",
+           "score_adapted_fusion"]
 
 
 @dataclass
@@ -101,6 +102,8 @@ class FusionRun:
     """What :func:`train_site_fusion` returns."""
 
     decoder: FusionDecoder
+    text: torch.Tensor
+    """[K, E] unit text embeddings of the label set the decoder was trained against."""
     history: list[dict] = field(default_factory=list)
     """Per step: ``step``, ``loss`` (cross-entropy) and ``acc`` (pixel accuracy of the batch)."""
     steps: int = 0
@@ -147,7 +150,7 @@ def train_site_fusion(views: SiteViews, text_emb: torch.Tensor, *, steps: int, l
     gen = torch.Generator().manual_seed(seed + 7)
     n = views.rgb.shape[0]
     ok_all = (views.labels != UNLABELED) & (views.alpha[:, 0] >= min_alpha)
-    run = FusionRun(fd)
+    run = FusionRun(fd, text.cpu())
     t0 = time.perf_counter()
     bar = None
     if progress:
@@ -218,3 +221,15 @@ def evaluate_fused(fd: FusionDecoder, views: SiteViews, text_emb: torch.Tensor, 
     for p, t in zip(pred, views.labels.numpy()):
         cm.update(p, t)
     return cm.compute(label_set.names)
+
+
+def score_adapted_fusion(result, scene, positions: Sequence[int], lut: np.ndarray, temperature: float = 0.05,
+                         min_alpha: float = 0.5, backend: str = "auto") -> SemanticScores:
+    """Held-out scores of an :class:`~chorus_ros.core.adapt.loop.AdaptResult` with a site fusion
+    decoder: its adapted language features and class scores rendered into ``positions``, corrected
+    by ``result.fusion`` with those views' camera images (what ``chorus-adapt`` and
+    ``scripts/adapt_tables.py`` report)."""
+    if result.fusion is None or result.language is None or result.scores is None:
+        raise InvalidInputError("the adaptation result has no site fusion decoder (fusion_steps 0) or no class scores")
+    views = render_site_views(scene.gaussians, scene, positions, result.language, result.scores, lut, backend)
+    return evaluate_fused(result.fusion.decoder, views, result.fusion.text, result.label_set, temperature, min_alpha)

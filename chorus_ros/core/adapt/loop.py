@@ -402,6 +402,8 @@ class AdaptResult:
     """With validation views: their best mIoU (pooled pixels)."""
     absent_classes: list[int] = field(default_factory=list)
     """Adaptation class ids no training view shows (held off by the ``absent`` term)."""
+    language: torch.Tensor | None = None
+    """[N, D] per-Gaussian language features of the scene after adaptation (what ``scores`` come from)."""
     fusion: "FusionRun | None" = None
     """The per-site fusion decoder and its training (``cfg.fusion_steps``), else None."""
 
@@ -714,7 +716,8 @@ def adapt(model, gaussians: GaussianArrays, scene, train_positions: Sequence[int
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     return AdaptResult(model.eval(), label_set, history, step, t_prep, t_train, adapter, stopped,
                        None if scores is None else scores.cpu(), rss, c_prep, c_train, best_step=best_step,
-                       val_miou=None if best is None else best[0], absent_classes=[int(c) for c in absent.tolist()])
+                       val_miou=None if best is None else best[0], absent_classes=[int(c) for c in absent.tolist()],
+                       language=hd["language"].detach().float().cpu() if "language" in hd else None)
 
 
 # ----------------------------------------------------------------------------- saving
@@ -846,9 +849,7 @@ def adapt_checkpoint(checkpoint: str | os.PathLike, scene, train_positions: Sequ
                 val_positions=list(val_positions))
     if cfg.fusion_steps > 0:
         from chorus_ros.core.adapt.fusion import render_site_views, train_site_fusion
-        with torch.no_grad():
-            lang = res.model(scene.gaussians.to(cfg.device)).heads["language"].cpu()
-        views = render_site_views(scene.gaussians, scene, list(train_positions), lang, res.scores, lut,
+        views = render_site_views(scene.gaussians, scene, list(train_positions), res.language, res.scores, lut,
                                   cfg.render_backend)
         with torch.no_grad():
             text_emb = text.encode(list(label_set.names)).float()
