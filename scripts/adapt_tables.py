@@ -172,11 +172,17 @@ def run(a) -> None:
             if res.fusion is not None and res.fusion.steps:
                 # the per-site fusion decoder on the held-out views' images, correcting these labels
                 from chorus_ros.core.adapt.fusion import score_adapted_fusion
-                fs = score_adapted_fusion(res, scene, held, lut, 0.05, a.eval_min_alpha)
-                _emit(dict(base, method=mode + a.tag + "+fusion", n=n, miou=100 * fs.miou,
-                           miou_present=100 * fs.miou_present, steps=res.fusion.steps, wall_s=res.fusion.seconds,
-                           loss_first=res.fusion.history[0]["loss"], loss_last=res.fusion.history[-1]["loss"],
-                           ckpt=str(out), peak_rss_mib=res.peak_rss_mib,
+                # (a decoder the validation views rejected is not used: the site keeps the adapted labels)
+                fs = score_adapted_fusion(res, scene, held, lut, 0.05, a.eval_min_alpha) if res.fusion.used else None
+                fr = res.fusion
+                _emit(dict(base, method=mode + a.tag + "+fusion", n=n, miou=100 * (fs.miou if fs else s.miou),
+                           miou_present=100 * (fs.miou_present if fs else s.miou_present), steps=fr.steps,
+                           wall_s=fr.seconds, loss_first=fr.history[0]["loss"], loss_last=fr.history[-1]["loss"],
+                           ckpt=str(out), peak_rss_mib=res.peak_rss_mib, fusion_used=fr.used,
+                           fusion_best_step=fr.best_step,
+                           fusion_val_miou=None if fr.val_miou is None else 100 * fr.val_miou,
+                           fusion_prior_val_miou=None if fr.prior_val_miou is None else 100 * fr.prior_val_miou,
+                           fusion_val_curve=[[h["step"], round(100 * h["miou"], 2)] for h in fr.val_history],
                            config={"fusion_steps": a.fusion_steps, "fusion_lr": cfg.fusion_lr,
                                    "fusion_views_per_step": cfg.fusion_views_per_step}))
             if a.indist and mode != "all" and n == max(a.counts):

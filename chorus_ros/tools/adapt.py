@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=d.lr_schedule)
     ap.add_argument("--val-views", type=int, default=0, metavar="K",
                     help="keep K of the training views (evenly spaced) for model selection: scored every "
-                         "--val-every steps, the best step's weights are kept")
+                         "--val-every steps, the best step's weights are kept (also the fusion decoder's, which is dropped "
+                         "if it cannot beat the adapted labels there)")
     ap.add_argument("--val-every", type=int, default=d.val_every)
     ap.add_argument("--budget-s", type=float, default=d.budget_s, help="wall-clock budget, seconds (0: none)")
     ap.add_argument("--lr", type=float, default=d.lr)
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             lifted = evaluate_views(scene.gaussians, scene, held, one_hot, lut, res.label_set, cfg.min_alpha)
             summary.update({"miou_after": 100 * after.miou, "miou_lift_baseline": 100 * lifted.miou,
                             "never_labelled_fraction": unseen})
-            if res.fusion is not None and res.fusion.steps:
+            if res.fusion is not None and res.fusion.used:
                 from chorus_ros.core.adapt.fusion import score_adapted_fusion
                 t = cfg.temperature if cfg.temperature is not None else 0.05
                 summary["miou_after_fused"] = 100 * score_adapted_fusion(res, scene, held, lut, t, cfg.min_alpha,
@@ -137,7 +138,11 @@ def main(argv: list[str] | None = None) -> int:
                     "val_miou": None if res.val_miou is None else 100 * res.val_miou})
     if res.fusion is not None:
         summary.update({"fusion_steps": res.fusion.steps, "fusion_seconds": round(res.fusion.seconds, 2),
-                        "fusion_stopped_by_budget": res.fusion.stopped_by_budget})
+                        "fusion_stopped_by_budget": res.fusion.stopped_by_budget,
+                        "fusion_used": res.fusion.used, "fusion_best_step": res.fusion.best_step,
+                        "fusion_val_miou": None if res.fusion.val_miou is None else 100 * res.fusion.val_miou,
+                        "fusion_prior_val_miou": None if res.fusion.prior_val_miou is None
+                        else 100 * res.fusion.prior_val_miou})
     print(f"chorus-adapt: {res.steps} steps in {res.seconds_train:.1f} s (+{res.seconds_prepare:.1f} s preparing); "
           f"checkpoint in {a.out}")
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()}, sort_keys=True))

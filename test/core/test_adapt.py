@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from chorus_ros.core.errors import CheckpointError, InvalidInputError
 from chorus_ros.core.gaussians import GaussianArrays, rgb_to_sh_dc
@@ -480,6 +481,28 @@ def test_site_fusion_decoder_trains_saves_and_labels_views_as_the_pipeline_does(
     assert res2.fusion is None and not (out / FUSION_DIR).exists()
     assert "fusion" not in load_checkpoint(out).meta["adaptation"]
 
+    # with validation views: a decoder that loses to the adapted 3D labels there is not saved
+    # (forced here by a validation view whose 3D labels score 1.0 on its own label image)
+    import chorus_ros.core.adapt.fusion as fusion_mod
+    real = fusion_mod.train_site_fusion
+
+    def perfect_prior(views, text_emb, **kw):
+        v = kw["val_views"]
+        assert v is not None and v.positions == [held[0]]
+        v.labels = v.probs.argmax(1)
+        return real(views, text_emb, **kw)
+    fusion_mod.train_site_fusion = perfect_prior
+    try:
+        res3 = adapt_checkpoint(base / "ckpt", scene, train, AdaptConfig(
+            train="heads", steps=2, progress=False, pixels_per_view=200, replay_seeds=[], fusion_steps=4,
+            fusion_views_per_step=2, val_every=2), out_dir=out, val_positions=[held[0]])
+    finally:
+        fusion_mod.train_site_fusion = real
+    assert res3.fusion.rejected and res3.fusion.prior_val_miou == pytest.approx(1.0)
+    assert not (out / FUSION_DIR).exists()
+    prov3 = load_checkpoint(out).meta["adaptation"]["fusion"]
+    assert prov3["dir"] is None and prov3["validation"]["rejected"] and prov3["steps"] == 4
+
 
 def test_gocl_teacher_spec_falls_back_to_the_checkpoints_own_codebook(tmp_path):
     """A checkpoint taught by the 'gocl' teacher records a training-time GOCL path; where that path
@@ -495,3 +518,54 @@ def test_gocl_teacher_spec_falls_back_to_the_checkpoints_own_codebook(tmp_path):
     assert _with_own_codebook(spec, tmp_path) == spec                     # the recorded path exists: used as is
     other = {"kind": "object", "type": "oracle_object", "options": {}}
     assert _with_own_codebook(other, tmp_path) is other
+
+
+def _striped_site_views(v: int, seed: int, prior_noise: float):
+    """V views of three vertical class stripes whose colours tell the class; the 3D class
+    probabilities agree with the labels except in a band where they name the next class."""
+    from chorus_ros.core.adapt.fusion import SiteViews
+    g = torch.Generator().manual_seed(seed)
+    h, w, k, d = 24, 30, 3, 8
+    labels = torch.zeros(v, h, w, dtype=torch.int64)
+    rgb = torch.zeros(v, 3, h, w)
+    for i in range(v):
+        cut = sorted(torch.randint(4, w - 4, (2,), generator=g).tolist())
+        labels[i, :, cut[0]:] = 1
+        labels[i, :, cut[1]:] = 2
+    for c in range(k):
+        rgb[:, c] = (labels == c).float() * 0.8 + 0.1 * torch.rand(v, h, w, generator=g)
+    wrong = (labels + 1) % k
+    band = torch.rand(v, h, w, generator=g) < prior_noise
+    lab3d = torch.where(band, wrong, labels)
+    probs = F.one_hot(lab3d, k).permute(0, 3, 1, 2).float() * 0.7 + 0.1
+    alpha = torch.ones(v, 1, h, w)
+    depth = torch.full((v, 1, h, w), 2.0)
+    splat = torch.randn(v, d, h, w, generator=g).half()
+    return SiteViews(list(range(v)), rgb, depth, alpha, splat, probs, labels)
+
+
+def test_site_fusion_validation_keeps_the_best_check_and_rejects_a_decoder_that_loses_to_the_3d_labels():
+    """With validation views the fusion decoder keeps the weights of its best check (its fused
+    labels there score exactly the recorded mIoU), scores the 3D labels alone as the bar, and is
+    rejected (not used) when it cannot beat that bar, here 3D labels that are already perfect."""
+    from chorus_ros.core.adapt.fusion import _miou, fused_labels, prior_labels, train_site_fusion
+    text = F.normalize(torch.randn(3, 16, generator=torch.Generator().manual_seed(0)), dim=-1)
+    train, val = _striped_site_views(6, 0, 0.25), _striped_site_views(2, 1, 0.25)
+    run = train_site_fusion(train, text, steps=40, lr=1e-2, views_per_step=2, val_views=val, val_every=10)
+    steps = [h["step"] for h in run.val_history]
+    assert steps == [10, 20, 30, 40]
+    best = max(run.val_history, key=lambda h: h["miou"])
+    assert run.best_step == best["step"] and run.val_miou == pytest.approx(best["miou"])
+    again = _miou(fused_labels(run.decoder, val, run.text), val.labels, 3)
+    assert again == pytest.approx(run.val_miou, abs=1e-9)                 # the best check's weights are the ones kept
+    assert run.prior_val_miou == pytest.approx(_miou(prior_labels(val), val.labels, 3))
+    assert run.prior_val_miou < 0.9
+    print(f"val mIoU: 3D labels {run.prior_val_miou:.3f}, fused {run.val_miou:.3f} at step {run.best_step}")
+    assert run.used == (run.val_miou > run.prior_val_miou)
+
+    perfect = _striped_site_views(2, 1, 0.0)
+    assert _miou(prior_labels(perfect), perfect.labels, 3) == pytest.approx(1.0)
+    run2 = train_site_fusion(train, text, steps=10, lr=1e-2, views_per_step=2, val_views=perfect, val_every=5)
+    assert run2.rejected and not run2.used and run2.steps == 10
+    with pytest.raises(InvalidInputError, match="val_every"):
+        train_site_fusion(train, text, steps=10, val_views=val, val_every=-1)

@@ -107,10 +107,12 @@ class AdaptConfig:
     val_every: int = 50
     """With validation views (carved from the training views, :func:`~chorus_ros.core.adapt.adapt`
     ``val_positions``): score them every this many steps (0: only at the end) on their own
-    uniformly pooled pixels (mIoU of the composited class probabilities)."""
+    uniformly pooled pixels (mIoU of the composited class probabilities). The site fusion decoder
+    (``fusion_steps``) is checked every this many of its own steps on the same views' images."""
     keep_best: bool = True
     """With validation views: return the trained weights of the step with the best validation
-    mIoU rather than the last."""
+    mIoU rather than the last (for the encoder and for the site fusion decoder; a decoder that never
+    beats the adapted 3D labels on the validation views is not used)."""
     views_per_step: int = 4
     """Training views sampled per step."""
     pixels_per_view: int = 4096

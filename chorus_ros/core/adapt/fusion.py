@@ -36,7 +36,7 @@ from chorus_ros.core.metrics.semantic import ConfusionMatrix, SemanticScores
 from chorus_ros.core.render import RenderSettings, render
 
 __all__ = ["SiteViews", "render_site_views", "train_site_fusion", "fused_labels", "evaluate_fused", "FusionRun",
-           "score_adapted_fusion"]
+           "score_adapted_fusion", "prior_labels"]
 
 
 @dataclass
@@ -109,6 +109,22 @@ class FusionRun:
     steps: int = 0
     seconds: float = 0.0
     stopped_by_budget: bool = False
+    val_history: list[dict] = field(default_factory=list)
+    """With validation views: per check, ``step`` and ``miou`` (fraction) of the fused labels."""
+    prior_val_miou: float | None = None
+    """mIoU of the validation views' 3D labels alone (what the pipeline serves without the decoder)."""
+    best_step: int | None = None
+    """The validation check whose weights ``decoder`` holds (with ``keep_best``)."""
+    val_miou: float | None = None
+    """Validation mIoU of ``decoder``."""
+    rejected: bool = False
+    """True when no check beat ``prior_val_miou``: the decoder would make the site's labels worse,
+    so it is not used (not saved with the adapted checkpoint)."""
+
+    @property
+    def used(self) -> bool:
+        """Whether the decoder serves the site (trained at least one step and not rejected)."""
+        return self.steps > 0 and not self.rejected
 
 
 def _logits(fd: FusionDecoder, v: SiteViews, idx: torch.Tensor, text_emb: torch.Tensor, temperature: float,
@@ -118,10 +134,26 @@ def _logits(fd: FusionDecoder, v: SiteViews, idx: torch.Tensor, text_emb: torch.
     return fused_class_logits(fd, emb, text_emb, temperature, v.probs[idx].to(dev))
 
 
+def prior_labels(views: SiteViews, min_alpha: float = 0.5) -> np.ndarray:
+    """``[V, H, W]`` uint16 labels of ``views`` from their splatted 3D class probabilities alone
+    (65535 where the rendered alpha is below ``min_alpha``): what the site gets without a decoder."""
+    lab = views.probs.argmax(1)
+    bad = views.alpha[:, 0] < min_alpha
+    return torch.where(bad, torch.full_like(lab, UNLABELED), lab).numpy().astype(np.uint16)
+
+
+def _miou(pred: np.ndarray, labels: torch.Tensor, k: int) -> float:
+    cm = ConfusionMatrix(k)
+    for p, t in zip(pred, labels.numpy()):
+        cm.update(p, t)
+    return float(cm.compute([str(i) for i in range(k)]).miou)
+
+
 def train_site_fusion(views: SiteViews, text_emb: torch.Tensor, *, steps: int, lr: float = 2e-3,
                       views_per_step: int = 4, temperature: float = 0.05, min_alpha: float = 0.5, seed: int = 0,
                       deadline: float | None = None, device: str = "cpu", config: FusionConfig | None = None,
-                      progress: bool = False) -> FusionRun:
+                      progress: bool = False, val_views: SiteViews | None = None, val_every: int = 50,
+                      keep_best: bool = True) -> FusionRun:
     """Train a ``prior`` fusion decoder on the labelled ``views`` (module docstring).
 
     Args:
@@ -130,12 +162,20 @@ def train_site_fusion(views: SiteViews, text_emb: torch.Tensor, *, steps: int, l
         deadline: ``time.perf_counter()`` value at which training stops (None: no budget).
         config: the decoder's architecture; default :class:`FusionConfig` with ``prior=True`` and
             the dimensions of ``views`` / ``text_emb``.
+        val_views: labelled views that never train the decoder (the adaptation's validation
+            views). Their fused mIoU is checked every ``val_every`` steps (0: only at the end) and
+            at the last step; with ``keep_best`` the best check's weights are kept. If no check
+            beats their 3D labels alone (:func:`prior_labels`), the run is marked ``rejected``.
     """
     from chorus_ros.core.train.trainer import lr_factor
     if views.labels is None:
         raise InvalidInputError("the site fusion decoder needs label images for its training views")
     if steps < 1 or views_per_step < 1:
         raise InvalidInputError(f"fusion steps and views per step must be >= 1, got {steps}, {views_per_step}")
+    if val_every < 0:
+        raise InvalidInputError(f"fusion val_every must be >= 0, got {val_every}")
+    if val_views is not None and val_views.labels is None:
+        raise InvalidInputError("the fusion decoder's validation views need label images")
     dev = torch.device(device)
     text = F.normalize(text_emb.float(), dim=-1).to(dev)
     if views.probs.shape[1] != text.shape[0]:
@@ -156,12 +196,30 @@ def train_site_fusion(views: SiteViews, text_emb: torch.Tensor, *, steps: int, l
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=steps, desc="fusion", unit="step")
+    k = text.shape[0]
+    best_state = None
+    if val_views is not None:
+        run.prior_val_miou = _miou(prior_labels(val_views, min_alpha), val_views.labels, k)
+
+    def check(step: int) -> None:
+        nonlocal best_state
+        m = _miou(fused_labels(fd, val_views, text, temperature, min_alpha), val_views.labels, k)
+        fd.train()
+        run.val_history.append({"step": step, "miou": m})
+        if run.val_miou is None or m > run.val_miou or not keep_best:
+            run.val_miou, run.best_step = m, step
+            if keep_best:
+                best_state = {n_: t.detach().clone() for n_, t in fd.state_dict().items()}
+
     order = torch.randperm(n, generator=gen)
     at = 0
     for step in range(1, steps + 1):
         if deadline is not None and time.perf_counter() > deadline:
             run.stopped_by_budget = True
             break
+        if val_views is not None and val_every and run.steps and run.steps % val_every == 0 \
+                and (not run.val_history or run.val_history[-1]["step"] != run.steps):
+            check(run.steps)
         if at + views_per_step > n:                         # epoch by epoch: every view equally often
             order, at = torch.randperm(n, generator=gen), 0
         idx = order[at: at + views_per_step]
@@ -185,6 +243,12 @@ def train_site_fusion(views: SiteViews, text_emb: torch.Tensor, *, steps: int, l
             bar.set_postfix(loss=f"{run.history[-1]['loss']:.4f}")
     if bar is not None:
         bar.close()
+    if val_views is not None and run.steps and (not run.val_history or run.val_history[-1]["step"] != run.steps):
+        check(run.steps)
+    if best_state is not None:
+        fd.load_state_dict(best_state)
+    if run.val_miou is not None and run.prior_val_miou is not None:
+        run.rejected = run.val_miou <= run.prior_val_miou
     run.seconds = time.perf_counter() - t0
     fd.eval()
     return run

@@ -779,8 +779,14 @@ def save_adapted(out_dir: str | os.PathLike, result: AdaptResult, base_dir: str 
                 "loss_first": round(hist[0]["loss"], 6) if hist else None,
                 "loss_last": round(hist[-1]["loss"], 6) if hist else None,
                 "loss_last10_mean": round(float(np.mean([r["loss"] for r in hist[-10:]])), 6) if hist else None}
-        save_fusion(fusion_dir, run.decoder, dict(info, base_checkpoint=prov["base_checkpoint"]))
-        prov["fusion"] = dict(info, dir=FUSION_DIR)
+        if run.val_miou is not None:
+            info["validation"] = {"best_step": run.best_step, "best_miou": round(float(run.val_miou), 4),
+                                  "prior_miou": round(float(run.prior_val_miou), 4), "rejected": bool(run.rejected)}
+        if run.used:
+            save_fusion(fusion_dir, run.decoder, dict(info, base_checkpoint=prov["base_checkpoint"]))
+            prov["fusion"] = dict(info, dir=FUSION_DIR)
+        else:                                   # it lost to the 3D labels on the validation views
+            prov["fusion"] = dict(info, dir=None)
     meta["adaptation"] = prov
     save_checkpoint(out, result.model, meta)
     result.label_set.to_yaml(out / "labels.yaml")
@@ -851,12 +857,17 @@ def adapt_checkpoint(checkpoint: str | os.PathLike, scene, train_positions: Sequ
         from chorus_ros.core.adapt.fusion import render_site_views, train_site_fusion
         views = render_site_views(scene.gaussians, scene, list(train_positions), res.language, res.scores, lut,
                                   cfg.render_backend)
+        # the adaptation's validation views (never trained on) choose the decoder's step, and
+        # reject it if it cannot beat the adapted 3D labels there
+        val_views = render_site_views(scene.gaussians, scene, list(val_positions), res.language, res.scores, lut,
+                                      cfg.render_backend) if val_positions else None
         with torch.no_grad():
             text_emb = text.encode(list(label_set.names)).float()
         res.fusion = train_site_fusion(
             views, text_emb, steps=cfg.fusion_steps, lr=cfg.fusion_lr, views_per_step=cfg.fusion_views_per_step,
             temperature=temperature, min_alpha=cfg.min_alpha, seed=cfg.seed, device=cfg.device,
-            deadline=t_start + cfg.budget_s if cfg.budget_s else None, progress=cfg.progress)
+            deadline=t_start + cfg.budget_s if cfg.budget_s else None, progress=cfg.progress,
+            val_views=val_views, val_every=cfg.val_every, keep_best=cfg.keep_best)
     if out_dir is not None:
         frames = [int(scene.frame_indices[int(p)]) for p in train_positions]
         prov = {"scene": str(scene.root) if scene.root is not None else scene.name, "scene_name": scene.name,
