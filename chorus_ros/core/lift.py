@@ -31,16 +31,19 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from chorus_ros.core.errors import InvalidInputError
 from chorus_ros.core.gaussians import GaussianArrays
 from chorus_ros.core.geometry import Camera
+from chorus_ros.core.labels import UNLABELED
 from chorus_ros.core.render import RenderSettings, render
 
 __all__ = ["LiftConfig", "LiftedTargets", "LiftedScene", "lift_view", "lift_scene", "lift_cache_key",
-           "upsample_map", "lift_synthetic_scene", "lift_synthetic_scenes", "scene_density", "LIFT_VERSION"]
+           "upsample_map", "lift_synthetic_scene", "lift_synthetic_scenes", "lift_folder_scene", "scene_density",
+           "LIFT_VERSION"]
 
 LIFT_VERSION = 1
 """Bumped when the lifting maths changes, so stale caches are not reused."""
@@ -361,6 +364,67 @@ def lift_synthetic_scene(seed: int, teachers: Sequence, *, scene: dict | None = 
     targets = lift_scene(sc.gaussians, traj.cameras, teachers, frame_fn=frame, config=config, scene_id=sid,
                          images_digest=digest)
     return LiftedScene(sid, sc.gaussians, targets)
+
+
+def lift_folder_scene(root: str | Path, teachers: Sequence, label_set, *, labels_map: str | Path | None = None,
+                      views: str | None = None, config: LiftConfig | None = None, seed: int = 0) -> LiftedScene:
+    """Lift a scene folder (:func:`~chorus_ros.core.datasets.open_scene`: a 3DGS map plus posed
+    ``rgb`` / ``semantic_class`` / ``semantic_instance`` frames, e.g. a real scan turned into
+    Gaussians) into a training sample, like :func:`lift_synthetic_scene` does a generated room.
+
+    Each teacher sees the folder's camera image of a view; the oracles' ground truth is the
+    view's label image mapped into ``label_set`` (by ``labels_map``, a YAML of folder class ->
+    model class or null, else by equal name; unmapped classes and the folder's unlabeled id
+    become 65535) and its instance image (the folder's "none" id -> 65535). Gaussians whose own
+    ground-truth label (the map's ``label`` property, where the folder has it) maps to no class of
+    ``label_set`` carry no target (``valid`` False): they would otherwise be taught the zero
+    features of unlabeled pixels. The per-view noise seed of the oracles is ``seed * 1000 + view``.
+
+    Raises:
+        DatasetError / InvalidInputError: the folder is invalid, or has no labelled camera images.
+    """
+    from chorus_ros.core.datasets import load_labels_map, open_scene
+    from chorus_ros.core.datasets.folder import parse_views
+    from chorus_ros.core.teachers import FrameContext
+
+    lm = load_labels_map(labels_map) if labels_map else None
+    scene = open_scene(root, views=parse_views(views) if views else None, labels_map=lm, check_map_keys=False)
+    if not len(scene):
+        raise InvalidInputError(f"training folder {root}: no frames (a training folder needs posed, labelled images)")
+    if scene.camera is None:
+        raise InvalidInputError(f"training folder {root}: no camera intrinsics")
+    lut = scene.class_map_to(label_set)
+    cameras = [scene.camera.camera(scene.poses[k]) for k in range(len(scene))]
+
+    def frame(v: int):
+        fr = scene.frame(v)
+        if fr.rgb is None or fr.semantic is None:
+            raise InvalidInputError(f"training folder {root}: frame {fr.index} lacks its rgb or semantic_class image")
+        img = torch.from_numpy(np.ascontiguousarray(fr.rgb)).float() / 255.0
+        lab = torch.from_numpy(lut[fr.semantic.astype(np.int64)])
+        inst = None
+        if fr.instance is not None:
+            i = torch.from_numpy(fr.instance.astype(np.int64))
+            inst = torch.where((i == scene.instance_none_id) | (lab == UNLABELED), torch.full_like(i, UNLABELED), i)
+        return img, FrameContext(labels=lab, instances=inst, label_set=label_set, seed=int(seed) * 1000 + v)
+
+    root_p = Path(root).resolve()
+    key = {"folder": str(root_p), "views": views or "", "labels": label_set.name, "names": list(label_set.names),
+           "map": {str(k): v for k, v in sorted((lm or {}).items())}}
+    sid = "folder:" + json.dumps(key, sort_keys=True)
+    stamp = [(f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in sorted(root_p.rglob("*")) if f.is_file()]
+    digest = "folder-frames:" + hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:24]
+    targets = lift_scene(scene.gaussians, cameras, teachers, frame_fn=frame, config=config, scene_id=sid,
+                         images_digest=digest)
+    g = scene.gaussians
+    if scene.gt_gaussian_labels is not None:
+        gl = lut[np.asarray(scene.gt_gaussian_labels, dtype=np.int64)]
+        targets.valid = targets.valid & torch.from_numpy(gl != UNLABELED)
+        extras = {"label": torch.from_numpy(gl)}
+        if scene.gt_gaussian_instances is not None:
+            extras["instance"] = torch.from_numpy(np.asarray(scene.gt_gaussian_instances, dtype=np.int64))
+        g = GaussianArrays(g.means, g.sh, g.opacities, g.log_scales, g.quats, g.ids, dict(g.extras, **extras))
+    return LiftedScene(sid, g, targets)
 
 
 def synthetic_room(seed: int, scene: dict | None = None, photometric: dict | None = None):

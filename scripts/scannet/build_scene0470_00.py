@@ -32,7 +32,6 @@ the two PLY files works too)::
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -40,50 +39,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (NYU40, knn_spacing, label_components, make_gaussians, mean_edge_length,  # noqa: E402
-                    read_mesh_ply, read_source, vertex_normals)
+from common import (NYU40, build_trajectory, knn_spacing, label_components, make_gaussians,  # noqa: E402
+                    mean_edge_length, read_mesh_ply, read_source, vertex_normals)
 
 PREFIX = "Assets/scannet-sample/scene0470_00/"
-STUFF_NYU = {0, 1, 2, 22}  # unannotated, wall, floor, ceiling
-
-
-def build_trajectory(xyz: np.ndarray, label: np.ndarray, *, n_loop: int, n_obj: int, seed: int = 0):
-    """[V, 4, 4] camera-to-world poses (optical frame) inside the room (z up)."""
-    from chorus_ros.core.geometry import look_at_pose
-
-    fl = xyz[label == 2]
-    z0 = float(np.percentile(fl[:, 2] if len(fl) else xyz[:, 2], 5))
-    lo, hi = np.percentile(xyz[:, :2], 3, axis=0), np.percentile(xyz[:, :2], 97, axis=0)
-    c, half = (lo + hi) / 2, (hi - lo) / 2
-    pts = torch.from_numpy(xyz.astype(np.float32))
-
-    def free(p, clearance=0.3):
-        return float(torch.cdist(torch.tensor(p, dtype=torch.float32)[None], pts).min()) >= clearance
-
-    def settle(eye):
-        for _ in range(8):
-            if free(eye):
-                return eye
-            eye = eye + 0.3 * (np.array([c[0], c[1], z0 + 1.4]) - eye)
-        return eye
-
-    poses = []
-    for t in np.linspace(0, 2 * math.pi, n_loop, endpoint=False):
-        eye = settle(np.array([c[0] + 0.5 * half[0] * math.cos(t), c[1] + 0.5 * half[1] * math.sin(t), z0 + 1.4]))
-        yaw = t + math.pi + 0.6 * math.sin(3 * t)
-        pitch = math.radians(-20.0)
-        d = np.array([math.cos(yaw) * math.cos(pitch), math.sin(yaw) * math.cos(pitch), math.sin(pitch)])
-        poses.append(look_at_pose(eye, eye + d))
-    rng = np.random.default_rng(seed)
-    things = np.nonzero(~np.isin(label, list(STUFF_NYU)))[0]
-    for i in rng.choice(things, size=min(n_obj, len(things)), replace=False):
-        tgt = xyz[i].astype(np.float64)
-        to_c = np.array([c[0], c[1]]) - tgt[:2]
-        to_c /= max(np.linalg.norm(to_c), 1e-6)
-        eye = np.array([tgt[0] + 1.6 * to_c[0], tgt[1] + 1.6 * to_c[1], min(max(tgt[2] + 0.8, z0 + 0.6), z0 + 2.0)])
-        eye[:2] = np.clip(eye[:2], lo + 0.2, hi - 0.2)
-        poses.append(look_at_pose(settle(eye), tgt))
-    return np.stack(poses)
 
 
 def voxel_keep(xyz: np.ndarray, voxel: float) -> np.ndarray:

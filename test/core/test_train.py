@@ -434,3 +434,55 @@ def test_shipped_pointcloud_checkpoint_was_trained_by_its_committed_config():
     assert diffs == []
     assert training["step"] == want["optim"]["steps"] and not got["init_from"]
     assert want["encoder"]["variant"] == "pointcloud"
+
+
+def test_training_folders_lift_from_their_own_images_and_train_beside_synthetic_rooms(tmp_path):
+    """data.folders: a scene folder (here a generated room exported with its views) is lifted from
+    its own label images exactly as the room is lifted from ground truth rendered on the fly; a
+    labels map that drops a class leaves that class's Gaussians without targets; the trainer draws
+    folders data.folders_repeat times as often as a room and records them in the checkpoint."""
+    from chorus_ros.core.encoder.checkpoint import load_checkpoint
+    from chorus_ros.core.lift import LiftConfig, lift_folder_scene, lift_scene
+    from chorus_ros.core.render import RenderSettings
+    from chorus_ros.core.synthetic import SceneConfig, generate_scene
+    from chorus_ros.core.synthetic.dataset import export_dataset
+    from chorus_ros.core.synthetic.groundtruth import render_ground_truth
+    from chorus_ros.core.synthetic.trajectory import TrajectoryConfig, make_trajectory
+    from chorus_ros.core.teachers import FrameContext, build_teacher
+
+    room = generate_scene(SceneConfig(seed=3, target_gaussians=3000))
+    traj = make_trajectory(room, TrajectoryConfig(loop_views=2, random_views=1, width=48, height=36))
+    rs = RenderSettings(backend="reference")
+    export_dataset(room, traj, tmp_path / "room", settings=rs)
+    # class-only generalist oracle: its features depend on the label images alone
+    teachers = [build_teacher({"kind": "generalist", "type": "oracle_generalist",
+                               "options": {"dim": 8, "patch_size": 2, "rgb_weight": 0.0, "seed": 1}})]
+    lc = LiftConfig(cache_dir=None, backend="reference")
+    got = lift_folder_scene(tmp_path / "room", teachers, room.labels, config=lc)
+
+    def frame(v):
+        gt = render_ground_truth(room.gaussians, traj.cameras[v], rs)
+        return gt.rgb.clamp(0, 1), FrameContext(labels=gt.semantic, instances=gt.instance, label_set=room.labels,
+                                                seed=v)
+    ref = lift_scene(room.gaussians, traj.cameras, teachers, frame_fn=frame, config=lc)
+    assert torch.equal(got.targets.valid, ref.valid) and int(ref.valid.sum()) > 500
+    torch.testing.assert_close(got.targets.features["generalist"], ref.features["generalist"], atol=1e-4, rtol=1e-4)
+    assert torch.equal(got.gaussians.extras["label"], room.gaussians.extras["label"].long())
+
+    chair = room.labels.names.index("chair")
+    is_chair = room.gaussians.extras["label"].long() == chair
+    assert int((is_chair & ref.valid).sum()) > 0
+    (tmp_path / "map.yaml").write_text("chair: null\n")
+    dropped = lift_folder_scene(tmp_path / "room", teachers, room.labels, labels_map=tmp_path / "map.yaml", config=lc)
+    assert not bool(dropped.targets.valid[is_chair].any())
+    assert torch.equal(dropped.targets.valid[~is_chair], ref.valid[~is_chair])
+
+    cfg = load_train_config(DEMO, _smoke_overrides(tmp_path, steps=1) + [
+        f"data.folders=[{tmp_path / 'room'}]", "data.folders_repeat=2"])
+    tr = Trainer(cfg)
+    assert len(tr.scenes) == 3 and tr.scenes[1] is tr.scenes[2] and tr.scenes[1].scene_id.startswith("folder:")
+    assert tr.fit().step == 1
+    assert load_checkpoint(str(tmp_path / "ckpt")).meta["training"]["train_folders"] == ["room"]
+    with pytest.raises(InvalidInputError, match="not a folder"):
+        Trainer(load_train_config(DEMO, _smoke_overrides(tmp_path / "b", steps=1) + [
+            f"data.folders=[{tmp_path / 'missing'}]"]))

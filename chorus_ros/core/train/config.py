@@ -44,6 +44,16 @@ class DataConfig:
     """Share of the training rooms replaced by their photometric 3DGS fit (the shift suite's 'photometric' recipe, chorus_ros.core.synthetic.photometric; chosen per seed, deterministically; fits cached under .cache/shifts, about 12 CPU minutes per room)."""
     photometric_fit: dict = field(default_factory=dict)
     """Overrides of the fit's ShiftConfig fields (photometric_steps, photometric_views, photometric_size, photometric_options); empty: the shift suite's."""
+    folders: list[str] = field(default_factory=list)
+    """Scene folders (the evaluation folder layout: a 3DGS map plus posed, labelled camera images)
+    trained on beside the synthetic rooms, e.g. real scans (:func:`~chorus_ros.core.lift.lift_folder_scene`;
+    ``scripts/scannet/build_votenet_rooms.py`` builds some). Never list a scene you report as held out."""
+    folders_labels_map: str = ""
+    """YAML mapping the folders' class names to the training label set (null: ignored); empty: equal names."""
+    folders_views: str = ""
+    """Which frames of each folder lift targets, as a slice (``::2``); empty: all."""
+    folders_repeat: int = 1
+    """Each folder is drawn this many times as often as one synthetic room."""
 
 
 @dataclass

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from chorus_ros.core.errors import CheckpointError, InvalidInputError
-from chorus_ros.core.lift import LiftConfig, LiftedScene, lift_synthetic_scenes
+from chorus_ros.core.lift import LiftConfig, LiftedScene, lift_folder_scene, lift_synthetic_scenes
 from chorus_ros.core.train.config import TrainConfig
 from chorus_ros.core.train.losses import calibrate_gradients
 from chorus_ros.core.train.stages import Stage, StageLoss, build_stage
@@ -199,11 +199,23 @@ class Trainer:
             seeds = seeds[self.dist.rank::self.dist.world_size]
         teachers = self.build_teachers()
         lc = LiftConfig(eps=d.lift_eps, cache_dir=d.cache_dir or None, backend=d.render_backend)
-        return lift_synthetic_scenes(seeds, teachers, scene=d.scene, views=d.views, config=lc,
-                                     progress=self.cfg.log.progress and self.dist.main,
-                                     density_range=d.density_range or None,
-                                     photometric_fraction=d.photometric_fraction,
-                                     photometric_fit=d.photometric_fit or None)
+        scenes = lift_synthetic_scenes(seeds, teachers, scene=d.scene, views=d.views, config=lc,
+                                       progress=self.cfg.log.progress and self.dist.main,
+                                       density_range=d.density_range or None,
+                                       photometric_fraction=d.photometric_fraction,
+                                       photometric_fit=d.photometric_fit or None) if seeds else []
+        if d.folders_repeat < 1:
+            raise InvalidInputError(f"data.folders_repeat must be >= 1, got {d.folders_repeat}")
+        folders = list(d.folders)
+        if self.dist.distributed and len(folders) >= self.dist.world_size:
+            folders = folders[self.dist.rank::self.dist.world_size]
+        for i, root in enumerate(folders):
+            if not Path(root).is_dir():
+                raise InvalidInputError(f"data.folders: {root} is not a folder")
+            sc = lift_folder_scene(root, teachers, self.label_set, labels_map=d.folders_labels_map or None,
+                                   views=d.folders_views or None, config=lc, seed=100_000 + i)
+            scenes.extend([sc] * int(d.folders_repeat))
+        return scenes
 
     def default_heads(self) -> list[str]:
         """``config.heads`` (or every teacher kind) checked against the scenes' lifted targets."""
@@ -398,6 +410,7 @@ class Trainer:
             "training": {"stage": self.cfg.stage, **self.stage.checkpoint_meta(self),
                          "step": self.step, "steps": self.cfg.optim.steps, "seed": self.cfg.seed,
                          "train_seeds": list(self.cfg.data.train_seeds), "heads": list(self.heads),
+                         "train_folders": [Path(f).name for f in self.cfg.data.folders],
                          "calibration": bool(self.cfg.calibration.enabled), "world_size": self.dist.world_size,
                          "config": self.cfg.to_dict(),
                          # provenance: the training record of the checkpoint this run started from
