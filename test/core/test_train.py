@@ -440,7 +440,7 @@ def test_training_folders_lift_from_their_own_images_and_train_beside_synthetic_
     """data.folders: a scene folder (here a generated room exported with its views) is lifted from
     its own label images exactly as the room is lifted from ground truth rendered on the fly; a
     labels map that drops a class leaves that class's Gaussians without targets; the trainer draws
-    folders data.folders_repeat times as often as a room and records them in the checkpoint."""
+    folders (with data.folders_weight, that share of the steps) and records them in the checkpoint."""
     from chorus_ros.core.encoder.checkpoint import load_checkpoint
     from chorus_ros.core.lift import LiftConfig, lift_folder_scene, lift_scene
     from chorus_ros.core.render import RenderSettings
@@ -478,11 +478,15 @@ def test_training_folders_lift_from_their_own_images_and_train_beside_synthetic_
     assert torch.equal(dropped.targets.valid[~is_chair], ref.valid[~is_chair])
 
     cfg = load_train_config(DEMO, _smoke_overrides(tmp_path, steps=1) + [
-        f"data.folders=[{tmp_path / 'room'}]", "data.folders_repeat=2"])
+        f"data.folders=[{tmp_path / 'room'}]", "data.folders_weight=0.25"])
     tr = Trainer(cfg)
-    assert len(tr.scenes) == 3 and tr.scenes[1] is tr.scenes[2] and tr.scenes[1].scene_id.startswith("folder:")
+    assert len(tr.scenes) == 2 and tr.scenes[1].scene_id.startswith("folder:")
+    drawn = [tr._draw_scene() is tr.scenes[1] for _ in range(2000)]
+    assert abs(sum(drawn) / 2000 - 0.25) < 0.04
     assert tr.fit().step == 1
     assert load_checkpoint(str(tmp_path / "ckpt")).meta["training"]["train_folders"] == ["room"]
+    with pytest.raises(InvalidInputError, match="folders_weight"):
+        Trainer(load_train_config(DEMO, _smoke_overrides(tmp_path / "c", steps=1) + ["data.folders_weight=0.5"]))
     with pytest.raises(InvalidInputError, match="not a folder"):
         Trainer(load_train_config(DEMO, _smoke_overrides(tmp_path / "b", steps=1) + [
             f"data.folders=[{tmp_path / 'missing'}]"]))

@@ -52,8 +52,9 @@ class DataConfig:
     """YAML mapping the folders' class names to the training label set (null: ignored); empty: equal names."""
     folders_views: str = ""
     """Which frames of each folder lift targets, as a slice (``::2``); empty: all."""
-    folders_repeat: int = 1
-    """Each folder is drawn this many times as often as one synthetic room."""
+    folders_weight: float = 0.0
+    """Share of the training steps that draw a folder rather than a synthetic room (0: every scene,
+    folder or room, is drawn equally often)."""
 
 
 @dataclass

@@ -204,8 +204,9 @@ class Trainer:
                                        density_range=d.density_range or None,
                                        photometric_fraction=d.photometric_fraction,
                                        photometric_fit=d.photometric_fit or None) if seeds else []
-        if d.folders_repeat < 1:
-            raise InvalidInputError(f"data.folders_repeat must be >= 1, got {d.folders_repeat}")
+        if not 0.0 <= d.folders_weight < 1.0 or (d.folders_weight > 0 and not (seeds and d.folders)):
+            raise InvalidInputError(f"data.folders_weight must be in [0, 1) and needs both folders and train_seeds, "
+                                    f"got {d.folders_weight}")
         folders = list(d.folders)
         if self.dist.distributed and len(folders) >= self.dist.world_size:
             folders = folders[self.dist.rank::self.dist.world_size]
@@ -214,7 +215,7 @@ class Trainer:
                 raise InvalidInputError(f"data.folders: {root} is not a folder")
             sc = lift_folder_scene(root, teachers, self.label_set, labels_map=d.folders_labels_map or None,
                                    views=d.folders_views or None, config=lc, seed=100_000 + i)
-            scenes.extend([sc] * int(d.folders_repeat))
+            scenes.append(sc)
         return scenes
 
     def default_heads(self) -> list[str]:
@@ -309,6 +310,18 @@ class Trainer:
             metrics[f"loss_{h}"] = metrics.get(f"loss_{h}", 0.0) + float(l.detach()) / k
         return value
 
+    def _draw_scene(self) -> LiftedScene:
+        """One training scene: uniformly, or with ``data.folders_weight`` > 0 a folder with that
+        probability and a synthetic room otherwise (each uniformly within its kind)."""
+        w = float(getattr(self.cfg.data, "folders_weight", 0.0))
+        if w > 0:
+            kinds = [[s for s in self.scenes if not s.scene_id.startswith("folder:")],
+                     [s for s in self.scenes if s.scene_id.startswith("folder:")]]
+            if kinds[0] and kinds[1]:
+                pool = kinds[int(float(torch.rand((), generator=self.gen)) < w)]
+                return pool[int(torch.randint(len(pool), (1,), generator=self.gen))]
+        return self.scenes[int(torch.randint(len(self.scenes), (1,), generator=self.gen))]
+
     def train_step(self) -> dict:
         """One optimisation step; returns its metrics."""
         self.model.train()
@@ -317,7 +330,7 @@ class Trainer:
         k = max(1, self.cfg.optim.scenes_per_step)
         metrics: dict = {}
         for i in range(k):
-            scene = self.scenes[int(torch.randint(len(self.scenes), (1,), generator=self.gen))]
+            scene = self._draw_scene()
             sync = nullcontext()
             if self.dist.distributed and i < k - 1:
                 sync = self.ddp_model.no_sync()
