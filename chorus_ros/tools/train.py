@@ -22,6 +22,7 @@ import yaml
 def main(argv: list[str] | None = None) -> int:
     from chorus_ros.core.errors import ChorusError
     from chorus_ros.core.train import Trainer, load_train_config
+    from chorus_ros.core.train.trainer import shutdown_distributed
 
     ap = argparse.ArgumentParser(prog="chorus-train", description=__doc__.splitlines()[0])
     ap.add_argument("--config", help="training config YAML (e.g. config/train/demo.yaml)")
@@ -42,7 +43,10 @@ def main(argv: list[str] | None = None) -> int:
             print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
             return 0
         trainer = Trainer(cfg)
-        result = trainer.fit()
+        try:
+            result = trainer.fit()
+        finally:
+            shutdown_distributed()
     except ChorusError as e:
         print(f"chorus-train: error: {e}", file=sys.stderr)
         return 2

@@ -297,7 +297,8 @@ assert tr.dist.world_size == 2 and dist.get_backend() == "gloo"
 tr.optimizer.step = lambda: None
 tr.train_step()
 torch.save({{n: p.grad.clone() for n, p in model.named_parameters()}}, tmp / f"grads{{tr.dist.rank}}.pt")
-dist.destroy_process_group()
+from chorus_ros.core.train.trainer import shutdown_distributed
+shutdown_distributed()
 '''
 
 
@@ -385,11 +386,11 @@ def test_smoke_real_config_two_steps_then_load_checkpoint_and_resume(tmp_path):
     assert [r.split(",")[0] for r in (tmp_path / "run" / "train_log.csv").read_text().splitlines()[1:]] == ["1", "2", "3"]
 
 
-def test_shipped_demo_checkpoint_was_trained_by_the_three_committed_configs():
+def test_shipped_demo_checkpoint_was_trained_by_the_committed_configs():
     """checkpoints/demo records the training config of each of its runs: they must be
     config/train/robust.yaml (stage 1), config/train/demo.yaml (stage 2, init_from stage 1) and
-    config/train/demo_photometric.yaml (stage 3, init_from stage 2), up to output folders and
-    logging, so `make train-demo` reproduces the recipe."""
+    config/train/demo_photometric.yaml twice (stage 3, init_from stage 2; stage 4, init_from
+    stage 3), up to output folders and logging, so `make train-demo` reproduces the recipe."""
     import yaml
     from pathlib import Path
     meta_path = Path(__file__).resolve().parents[2] / "checkpoints" / "demo" / "config.yaml"
@@ -409,7 +410,8 @@ def test_shipped_demo_checkpoint_was_trained_by_the_three_committed_configs():
     def recorded(d):  # fields added since the run take their defaults (what the run used)
         return config_from_dict(TrainConfig, d).to_dict()
     stages = [load_train_config(p).to_dict() for p in
-              ("config/train/robust.yaml", DEMO, "config/train/demo_photometric.yaml")]
+              ("config/train/robust.yaml", DEMO, "config/train/demo_photometric.yaml",
+               "config/train/demo_photometric.yaml")]
     record = training
     for i, want in reversed(list(enumerate(stages))):
         assert differences(want, recorded(record["config"])) == [], f"stage {i + 1}"

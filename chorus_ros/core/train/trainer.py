@@ -74,6 +74,19 @@ def init_distributed(device: str) -> DistInfo:
     return DistInfo(rank, world, local)
 
 
+def shutdown_distributed() -> None:
+    """Leave the process group :func:`init_distributed` joined (no-op outside torchrun).
+
+    Every rank waits at a barrier first: a rank that tears its gloo connections down while
+    another is still using them makes that one abort ("terminate called without an active
+    exception"), which failed a two-process run at exit even though both ranks had finished.
+    """
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
     """Learning-rate multiplier at ``step``: linear warm-up, then cosine decay to ``min_ratio``."""
     if warmup > 0 and step < warmup:
