@@ -85,9 +85,10 @@ class LiveRig:
 
     def __exit__(self, *exc) -> None:
         try:
-            self.ex.shutdown()
+            self.ex.shutdown(timeout_sec=5.0)
             self.probe.destroy_node()
             self.ctx.try_shutdown()
+            self.th.join(timeout=5.0)   # no thread left inside rclpy at exit (it can abort the process)
         finally:
             self.bringup.__exit__(*exc)
 

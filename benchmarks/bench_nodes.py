@@ -153,9 +153,10 @@ def _run_device(device: str, scene, checkpoint: Path, sizes, repeats: int, updat
                     timing.append(next(t for t in node.view_timings if t.stamp_ns == stamp))
                 view_rows.append((device, n, f"{w}x{h}", total, timing))
         finally:
-            ex.shutdown()
+            ex.shutdown(timeout_sec=5.0)
             probe.destroy_node()
             ctx.try_shutdown()
+            th.join(timeout=5.0)   # no thread left inside rclpy at exit (it can abort the process)
     return map_rows, view_rows
 
 

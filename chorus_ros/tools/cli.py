@@ -250,16 +250,21 @@ def _replay(a: argparse.Namespace) -> int:
     ex = SingleThreadedExecutor()
     ex.add_node(node)
     import threading
-    threading.Thread(target=ex.spin, daemon=True).start()
+    spin = threading.Thread(target=ex.spin, name="chorus_replay_spin", daemon=True)
+    spin.start()
     try:
         n = replay_bag(a.bag, node, rate=a.rate, namespace=a.namespace, wait_for_subscribers=a.wait)
         print(f"replayed {n} messages from {a.bag}")
     except KeyboardInterrupt:
         pass
     finally:
-        ex.shutdown()
+        # The spin thread must have left the executor before the interpreter exits: a thread
+        # still inside rclpy's wait at exit aborted the process ("terminate called without an
+        # active exception", exit -6) after a complete replay.
+        ex.shutdown(timeout_sec=5.0)
         node.destroy_node()
         rclpy.shutdown()
+        spin.join(timeout=5.0)
     return 0
 
 

@@ -85,6 +85,7 @@ class Harness:
     def shutdown(self):
         self.executor.shutdown(timeout_sec=5.0)
         self.probe.destroy_node()
+        self._thread.join(timeout=5.0)
 
 
 def until(cond, timeout=20.0, what="the condition", period=0.01):
