@@ -276,6 +276,57 @@ def test_augmentation_min_opacity_removes_what_the_pipeline_sets_aside():
     assert len(g2) == len(g0)
 
 
+def test_split_gaussians_draws_children_from_their_parent():
+    """3DGS's split: children sit at points drawn from the parent (their spread is the parent's
+    covariance R diag(s^2) R^T, checked against that matrix built explicitly), with axes / 1.6;
+    the unsplit Gaussians stay as they were; the source index says where each came from."""
+    from chorus_ros.core.train.augment import SPLIT_SHRINK, split_gaussians
+    q = F.normalize(torch.tensor([[0.9, 0.2, -0.3, 0.25]]), dim=1)
+    log_s = torch.log(torch.tensor([[0.20, 0.05, 0.01]]))
+    n = 20000
+    g = GaussianArrays(torch.tensor([[1.0, 2.0, 0.5]]).repeat(n, 1), rgb_to_sh_dc(torch.rand(n, 3))[:, None],
+                       torch.zeros(n), log_s.repeat(n, 1), q.repeat(n, 1), torch.arange(n))
+    out, src = split_gaussians(g, n, torch.Generator().manual_seed(0))
+    assert len(out) == 2 * n and sorted(src.tolist()) == sorted(list(range(n)) * 2)
+    d = (out.means - g.means[src]).double()
+    R = torch.from_numpy(quat_wxyz_to_rotmat(q[0].double().numpy()))
+    cov = R @ torch.diag(log_s[0].double().exp() ** 2) @ R.T
+    torch.testing.assert_close(d.T @ d / len(d), cov, rtol=0, atol=0.03 * float(cov.max()))
+    torch.testing.assert_close(out.log_scales, g.log_scales[src] - math.log(SPLIT_SHRINK))
+    assert torch.equal(out.quats, g.quats[src]) and torch.equal(out.opacities, g.opacities[src])
+    # a partial split: the unsplit ones first and untouched, then two children per split one
+    scene = _toy_scene(n=300)
+    out, src = split_gaussians(scene.gaussians, 100, torch.Generator().manual_seed(1))
+    assert len(out) == 400 and torch.equal(out.means[:200], scene.gaussians.means[src[:200]])
+    assert torch.equal(src[200:300], src[300:]) and len(set(src[200:300].tolist())) == 100
+    assert set(src[:200].tolist()).isdisjoint(src[200:300].tolist())
+    assert torch.equal(out.ids, torch.arange(400))
+
+
+def test_augmentation_densify_grows_the_map_and_targets_follow():
+    scene = _toy_scene(n=400)
+    base = dict(drop_max=0.0, crop_prob=0.0, rotate=False, translate=0.0, scale=0.0, min_gaussians=20,
+                color_brightness=0.0, color_contrast=0.0, color_saturation=0.0)
+    sizes = []
+    for seed in range(6):
+        gen = torch.Generator().manual_seed(seed)
+        g, t = augment_scene(scene.gaussians, scene.targets, AugmentConfig(**base, densify_max=3.0), gen)
+        assert 400 <= len(g) <= 1200 and len(t.weight) == len(g)
+        sizes.append(len(g))
+        # every Gaussian's targets are those of the original it descends from: the nearest
+        # original centre is its ancestor for the unsplit ones, and the targets match by value
+        lang = t.features["language"]
+        rows = (lang[:, None, :] == scene.targets.features["language"][None]).all(-1)
+        assert bool((rows.sum(1) == 1).all())
+        anc = rows.float().argmax(1)
+        torch.testing.assert_close(t.weight, scene.targets.weight[anc])
+        k = (scene.gaussians.log_scales[anc] - g.log_scales) / math.log(1.6)   # splits each went through
+        torch.testing.assert_close(k, k.round().clamp_min(0), rtol=0, atol=1e-4)
+    assert max(sizes) > 800          # two rounds of splits happen when the factor is above 2
+    g0, _ = augment_scene(scene.gaussians, scene.targets, AugmentConfig(**base), torch.Generator().manual_seed(0))
+    assert len(g0) == 400            # off by default
+
+
 # ------------------------------------------------------------------------------- DDP
 _DDP_SCRIPT = r'''
 import sys, torch

@@ -2,7 +2,8 @@
 
 A rigid turn about the up axis, a translation (which also moves the absolute voxel grid
 relative to the scene), a small global scale, colour jitter on the base colour, random Gaussian
-dropout and random horizontal crops (partial maps, as the live map grows block by block), and
+dropout and random horizontal crops (partial maps, as the live map grows block by block), random
+densification by 3DGS's split (:func:`split_gaussians`, ``AugmentConfig.densify_max``), and
 optionally the per-Gaussian shifts of :mod:`chorus_ros.core.synthetic.shifts` (``AugmentConfig.shift``:
 sizes, shapes, tilt, colour and lighting, position noise, opacities, floaters), each at a random
 strength in [0, the configured value] per step, then optionally the removal of Gaussians below
@@ -22,7 +23,7 @@ from chorus_ros.core.gaussians import GaussianArrays, rgb_to_sh_dc, sh_dc_to_rgb
 from chorus_ros.core.lift import LiftedTargets
 from chorus_ros.core.train.config import AugmentConfig
 
-__all__ = ["augment_scene", "quat_multiply", "rotate_about_axis"]
+__all__ = ["augment_scene", "quat_multiply", "rotate_about_axis", "split_gaussians", "SPLIT_SHRINK"]
 
 
 def quat_multiply(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -44,6 +45,41 @@ def rotate_about_axis(angle: float, axis: int) -> tuple[torch.Tensor, torch.Tens
     q = torch.zeros(4)
     q[0], q[1 + axis] = math.cos(angle / 2), math.sin(angle / 2)
     return R, q
+
+
+SPLIT_SHRINK = 1.6
+"""3DGS's split: each child's axes are its parent's divided by this."""
+
+
+def split_gaussians(g: GaussianArrays, count: int, gen: torch.Generator) -> tuple[GaussianArrays, torch.Tensor]:
+    """Split ``count`` distinct random Gaussians of ``g`` (at most ``len(g)``) the way 3DGS densifies.
+
+    Each chosen Gaussian is replaced by two children at points drawn from it (``mean + R (s * z)``,
+    ``z ~ N(0, I)``, ``R`` its rotation, ``s`` its axis lengths), with axes ``s / SPLIT_SHRINK`` and the
+    parent's rotation, opacity and colour. Returns ``(split, source)``: the ``len(g) + count``
+    Gaussians (the unsplit ones first, in order, then the first and the second children) and
+    ``source [M]`` int64, the index in ``g`` each came from (so targets and labels follow). Ids are
+    renumbered ``0..M-1`` (children are new Gaussians).
+    """
+    from chorus_ros.core.encoder.features import quats_wxyz_to_rotmats
+    n = len(g)
+    count = max(0, min(int(count), n))
+    pick = torch.randperm(n, generator=gen)[:count]
+    rest = torch.ones(n, dtype=torch.bool)
+    rest[pick] = False
+    src = torch.cat([rest.nonzero().squeeze(1), pick, pick])
+    out = g.index(src)
+    R = quats_wxyz_to_rotmats(g.quats[pick].float())
+    axes = g.log_scales[pick].float().exp()
+    z = torch.randn(2, count, 3, generator=gen)
+    offsets = torch.einsum("kij,ckj->cki", R, axes[None] * z).reshape(2 * count, 3)
+    means = out.means.clone()
+    log_scales = out.log_scales.clone()
+    m0 = n - count
+    means[m0:] = means[m0:] + offsets.to(means.dtype)
+    log_scales[m0:] = log_scales[m0:] - math.log(SPLIT_SHRINK)
+    ids = None if g.ids is None else torch.arange(len(src), dtype=torch.int64)
+    return GaussianArrays(means, out.sh, out.opacities, log_scales, out.quats, ids, dict(out.extras)), src
 
 
 _SCALED_SHIFT_OPTIONS = ("size_jitter", "isotropic_fraction", "tilt_deg", "white_balance", "exposure", "shading",
@@ -83,6 +119,11 @@ def augment_scene(g: GaussianArrays, targets: LiftedTargets, cfg: AugmentConfig,
     if not bool(keep.all()):
         idx = keep.nonzero().squeeze(1)
         g, targets = g.index(idx), targets.index(idx)
+    if cfg.densify_max > 1:   # denser maps of smaller Gaussians (repeated splits up to the factor)
+        want = int(round(len(g) * _u(gen, 1.0, cfg.densify_max)))
+        while len(g) < want:
+            g, src = split_gaussians(g, want - len(g), gen)
+            targets = targets.index(src)
 
     if cfg.shift:  # domain randomisation (chorus_ros.core.synthetic.shifts), targets follow their source
         from chorus_ros.core.synthetic.shifts import ShiftConfig, shift_gaussians

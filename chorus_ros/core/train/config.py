@@ -85,6 +85,11 @@ class AugmentConfig:
     """Smallest side of the crop box as a fraction of the scene's extent."""
     min_gaussians: int = 256
     """Augmentations never leave fewer valid Gaussians than this (they are skipped instead)."""
+    densify_max: float = 1.0
+    """Random densification: every step the map grows by a factor uniform in [1, densify_max] by
+    3DGS's split (a Gaussian becomes two, each at a point drawn from it, with sizes / 1.6), so the
+    encoder sees denser maps of smaller Gaussians than the lifted rooms; children take their
+    parent's targets. 1: off."""
     shift: dict = field(default_factory=dict)
     """Domain randomisation: per-Gaussian options of chorus_ros.core.synthetic.shifts.ShiftConfig (size_jitter, isotropic_fraction, tilt_deg, white_balance, exposure, shading, palette_deg, position_noise, low_opacity_fraction, floater_fraction, dead_fraction); every step each option's strength is drawn uniformly in [0, the given value]; added Gaussians take the targets of the Gaussian they copy. Empty: off."""
     min_opacity: float = 0.0
