@@ -441,7 +441,8 @@ def test_shipped_demo_checkpoint_was_trained_by_the_committed_configs():
     """checkpoints/demo records the training config of each of its runs: they must be
     config/train/robust.yaml (stage 1), config/train/demo.yaml (stage 2, init_from stage 1) and
     config/train/demo_photometric.yaml twice (stage 3, init_from stage 2; stage 4, init_from
-    stage 3), up to output folders and logging, so `make train-demo` reproduces the recipe."""
+    stage 3) and config/train/demo_dense.yaml (stage 5, init_from stage 4), up to output folders
+    and logging, so `make train-demo` reproduces the recipe."""
     import yaml
     from pathlib import Path
     meta_path = Path(__file__).resolve().parents[2] / "checkpoints" / "demo" / "config.yaml"
@@ -462,7 +463,7 @@ def test_shipped_demo_checkpoint_was_trained_by_the_committed_configs():
         return config_from_dict(TrainConfig, d).to_dict()
     stages = [load_train_config(p).to_dict() for p in
               ("config/train/robust.yaml", DEMO, "config/train/demo_photometric.yaml",
-               "config/train/demo_photometric.yaml")]
+               "config/train/demo_photometric.yaml", "config/train/demo_dense.yaml")]
     record = training
     for i, want in reversed(list(enumerate(stages))):
         assert differences(want, recorded(record["config"])) == [], f"stage {i + 1}"
