@@ -366,6 +366,10 @@ def lift_synthetic_scene(seed: int, teachers: Sequence, *, scene: dict | None = 
     return LiftedScene(sid, sc.gaussians, targets)
 
 
+FOLDER_SCENE_PREFIX = "folder:"
+"""Scene ids of :func:`lift_folder_scene` samples start with this (generated rooms' never do)."""
+
+
 def lift_folder_scene(root: str | Path, teachers: Sequence, label_set, *, labels_map: str | Path | None = None,
                       views: str | None = None, config: LiftConfig | None = None, seed: int = 0) -> LiftedScene:
     """Lift a scene folder (:func:`~chorus_ros.core.datasets.open_scene`: a 3DGS map plus posed
@@ -411,7 +415,7 @@ def lift_folder_scene(root: str | Path, teachers: Sequence, label_set, *, labels
     root_p = Path(root).resolve()
     key = {"folder": str(root_p), "views": views or "", "labels": label_set.name, "names": list(label_set.names),
            "map": {str(k): v for k, v in sorted((lm or {}).items())}}
-    sid = "folder:" + json.dumps(key, sort_keys=True)
+    sid = FOLDER_SCENE_PREFIX + json.dumps(key, sort_keys=True)
     stamp = [(f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in sorted(root_p.rglob("*")) if f.is_file()]
     digest = "folder-frames:" + hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:24]
     targets = lift_scene(scene.gaussians, cameras, teachers, frame_fn=frame, config=config, scene_id=sid,

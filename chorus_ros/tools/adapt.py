@@ -123,9 +123,8 @@ def main(argv: list[str] | None = None) -> int:
                             "never_labelled_fraction": unseen})
             if res.fusion is not None and res.fusion.used:
                 from chorus_ros.core.adapt.fusion import score_adapted_fusion
-                t = cfg.temperature if cfg.temperature is not None else 0.05
-                summary["miou_after_fused"] = 100 * score_adapted_fusion(res, scene, held, lut, t, cfg.min_alpha,
-                                                                         cfg.render_backend).miou
+                summary["miou_after_fused"] = 100 * score_adapted_fusion(
+                    res, scene, held, lut, cfg.score_temperature, cfg.min_alpha, cfg.render_backend).miou
     except ChorusError as e:
         print(f"chorus-adapt: error: {e}", file=sys.stderr)
         return 2
@@ -169,8 +168,8 @@ def _before(checkpoint, scene, train, held, cfg) -> dict:
     temb = F.normalize(text.encode(ls.names).float(), dim=-1)
     with torch.no_grad():
         lang = ck.model(scene.gaussians.to(cfg.device)).heads["language"].cpu()
-    t = cfg.temperature if cfg.temperature is not None else 0.05
-    s = evaluate_views(scene.gaussians, scene, held, class_probabilities(lang, temb, t), scene.class_map_to(ls), ls,
+    s = evaluate_views(scene.gaussians, scene, held, class_probabilities(lang, temb, cfg.score_temperature),
+                       scene.class_map_to(ls), ls,
                        cfg.min_alpha)
     return {"miou_before": 100 * s.miou}
 

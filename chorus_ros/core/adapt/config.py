@@ -161,6 +161,14 @@ class AdaptConfig:
     progress: bool = True
     """Show a progress bar."""
 
+    @property
+    def score_temperature(self) -> float:
+        """``temperature``, or the semantic decoder's default (0.05) when it is None."""
+        if self.temperature is not None:
+            return self.temperature
+        from chorus_ros.core.decode.semantic import SemanticConfig
+        return SemanticConfig.temperature
+
     def __post_init__(self) -> None:
         if isinstance(self.loss, dict):
             self.loss = LossWeights(**self.loss)

@@ -848,7 +848,7 @@ def adapt_checkpoint(checkpoint: str | os.PathLike, scene, train_positions: Sequ
         if not specs:
             raise CheckpointError(f"{checkpoint}: no teacher specs in its metadata; use --targets labels")
         teachers = [build_teacher(_with_own_codebook(s, checkpoint), text_encoder=text) for s in specs]
-    temperature = cfg.temperature if cfg.temperature is not None else 0.05
+    temperature = cfg.score_temperature
     t_start = time.perf_counter()
     res = adapt(ck.model, scene.gaussians, scene, list(train_positions), cfg, label_set=label_set, lut=lut,
                 text_encoder=text, teachers=teachers, temperature=temperature, replay_labels=base_labels,

@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 from chorus_ros.core.errors import CheckpointError, InvalidInputError
-from chorus_ros.core.lift import LiftConfig, LiftedScene, lift_folder_scene, lift_synthetic_scenes
+from chorus_ros.core.lift import (FOLDER_SCENE_PREFIX, LiftConfig, LiftedScene, lift_folder_scene,
+                                  lift_synthetic_scenes)
 from chorus_ros.core.train.config import TrainConfig
 from chorus_ros.core.train.losses import calibrate_gradients
 from chorus_ros.core.train.stages import Stage, StageLoss, build_stage
@@ -77,9 +78,10 @@ def init_distributed(device: str) -> DistInfo:
 def shutdown_distributed() -> None:
     """Leave the process group :func:`init_distributed` joined (no-op outside torchrun).
 
-    Every rank waits at a barrier first: a rank that tears its gloo connections down while
-    another is still using them makes that one abort ("terminate called without an active
-    exception"), which failed a two-process run at exit even though both ranks had finished.
+    Every rank waits at a barrier first, so none tears its gloo connections down while another
+    still uses them: one two-process test run aborted at exit ("terminate called without an
+    active exception") after both ranks had finished, which that race would explain (seen once,
+    not reproduced on demand).
     """
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
@@ -142,6 +144,9 @@ class Trainer:
         self.scenes = scenes if scenes is not None else self.stage.load_scenes(self)
         if not self.scenes:
             raise InvalidInputError("training needs at least one scene")
+        # generated rooms and scene folders, for data.folders_weight (_draw_scene)
+        self._scene_kinds = ([s for s in self.scenes if not s.scene_id.startswith(FOLDER_SCENE_PREFIX)],
+                             [s for s in self.scenes if s.scene_id.startswith(FOLDER_SCENE_PREFIX)])
         self.heads = self.stage.resolve_heads(self)
         self.stage.prepare(self)
         self.model = (model if model is not None else self.stage.build_model(self)).to(self.device)
@@ -326,10 +331,9 @@ class Trainer:
     def _draw_scene(self) -> LiftedScene:
         """One training scene: uniformly, or with ``data.folders_weight`` > 0 a folder with that
         probability and a synthetic room otherwise (each uniformly within its kind)."""
-        w = float(getattr(self.cfg.data, "folders_weight", 0.0))
+        w = self.cfg.data.folders_weight
         if w > 0:
-            kinds = [[s for s in self.scenes if not s.scene_id.startswith("folder:")],
-                     [s for s in self.scenes if s.scene_id.startswith("folder:")]]
+            kinds = self._scene_kinds
             if kinds[0] and kinds[1]:
                 pool = kinds[int(float(torch.rand((), generator=self.gen)) < w)]
                 return pool[int(torch.randint(len(pool), (1,), generator=self.gen))]
