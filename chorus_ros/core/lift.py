@@ -43,6 +43,7 @@ from chorus_ros.core.render import RenderSettings, render
 
 __all__ = ["LiftConfig", "LiftedTargets", "LiftedScene", "lift_view", "lift_scene", "lift_cache_key",
            "upsample_map", "lift_synthetic_scene", "lift_synthetic_scenes", "lift_folder_scene", "scene_density",
+           "mesh_selected",
            "LIFT_VERSION"]
 
 LIFT_VERSION = 1
@@ -434,9 +435,25 @@ def lift_folder_scene(root: str | Path, teachers: Sequence, label_set, *, labels
 def synthetic_room(seed: int, scene: dict | None = None, photometric: dict | None = None):
     """The generated room ``seed`` (``scene``: SceneConfig overrides), replaced by its photometric
     3DGS fit when ``photometric`` is not None (fits cached under its ``cache_dir``, default
-    ``.cache/shifts``): the room :func:`lift_synthetic_scene` lifts."""
+    ``.cache/shifts``): the room :func:`lift_synthetic_scene` lifts.
+
+    ``scene["source"] == "mesh"`` builds the room with the second room source instead
+    (:func:`~chorus_ros.core.synthetic.meshrooms.generate_mesh_room`; its only other key is
+    ``target_gaussians``), as :func:`synthetic_room_specs` does for ``mesh_fraction``.
+    """
     from chorus_ros.core.synthetic import SceneConfig, generate_scene
-    sc = generate_scene(SceneConfig(seed=int(seed), **dict(scene or {})))
+    scene = dict(scene or {})
+    source = scene.pop("source", "rooms")
+    if source == "mesh":
+        from chorus_ros.core.synthetic.meshrooms import MeshRoomConfig, generate_mesh_room
+        bad = sorted(k for k in scene if k != "target_gaussians")
+        if bad:
+            raise InvalidInputError(f"a mesh room takes only 'target_gaussians' from the scene overrides, got {bad}")
+        sc = generate_mesh_room(MeshRoomConfig(seed=int(seed), **scene))
+    elif source == "rooms":
+        sc = generate_scene(SceneConfig(seed=int(seed), **scene))
+    else:
+        raise InvalidInputError(f"unknown room source {source!r}; known: ['rooms', 'mesh']")
     if photometric is not None:
         from chorus_ros.core.synthetic.photometric import fit_scene
         sc = fit_scene(sc, photometric_fit_config(photometric, int(seed)),
@@ -446,18 +463,33 @@ def synthetic_room(seed: int, scene: dict | None = None, photometric: dict | Non
 
 def synthetic_room_specs(seeds: Sequence[int], *, scene: dict | None = None,
                          density_range: Sequence[int] | None = None, photometric_fraction: float = 0.0,
-                         photometric_fit: dict | None = None) -> list[tuple[int, dict, dict | None]]:
+                         photometric_fit: dict | None = None,
+                         mesh_fraction: float = 0.0) -> list[tuple[int, dict, dict | None]]:
     """``[(seed, scene overrides, photometric overrides or None)]`` of each training room, as
     :func:`lift_synthetic_scenes` builds them (``density_range`` sets ``target_gaussians`` with
-    :func:`scene_density`; :func:`photometric_selected` picks the fitted rooms)."""
+    :func:`scene_density`; :func:`photometric_selected` picks the fitted rooms; of the others,
+    :func:`mesh_selected` picks the rooms built by the second room source, whose overrides are
+    ``{"source": "mesh", "target_gaussians": ...}``)."""
     out = []
     for s in seeds:
         sc = dict(scene or {})
         if density_range:
             sc["target_gaussians"] = scene_density(s, density_range)
         photo = dict(photometric_fit or {}) if photometric_selected(s, photometric_fraction) else None
+        if photo is None and mesh_selected(s, mesh_fraction):
+            sc = {"source": "mesh", **({"target_gaussians": sc["target_gaussians"]} if "target_gaussians" in sc else {})}
         out.append((int(s), sc, photo))
     return out
+
+
+def mesh_selected(seed: int, fraction: float) -> bool:
+    """Whether training room ``seed`` comes from the second room source (mesh-sampled rooms,
+    :mod:`chorus_ros.core.synthetic.meshrooms`); deterministic per seed, independent of
+    :func:`photometric_selected` (which wins where both pick a seed)."""
+    if not 0.0 <= fraction <= 1.0:
+        raise InvalidInputError(f"mesh_fraction must be in [0, 1], got {fraction}")
+    u = int(hashlib.sha256(f"mesh:{int(seed)}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return u < fraction
 
 
 def photometric_fit_config(photometric: dict, seed: int):
@@ -498,15 +530,19 @@ def scene_density(seed: int, density_range: Sequence[int]) -> int:
 def lift_synthetic_scenes(seeds: Sequence[int], teachers: Sequence, *, scene: dict | None = None,
                           views: dict | None = None, config: LiftConfig | None = None,
                           progress: bool = False, density_range: Sequence[int] | None = None,
-                          photometric_fraction: float = 0.0, photometric_fit: dict | None = None) -> list[LiftedScene]:
+                          photometric_fraction: float = 0.0, photometric_fit: dict | None = None,
+                          mesh_fraction: float = 0.0) -> list[LiftedScene]:
     """:func:`lift_synthetic_scene` for every seed (cached ones load from disk).
 
     ``density_range=[lo, hi]`` sets each scene's ``target_gaussians`` with :func:`scene_density`;
     the rooms :func:`photometric_selected` picks for ``photometric_fraction`` are replaced by their
-    photometric fit (``photometric_fit``: overrides, see :func:`lift_synthetic_scene`).
+    photometric fit (``photometric_fit``: overrides, see :func:`lift_synthetic_scene`), and of the
+    others those :func:`mesh_selected` picks for ``mesh_fraction`` by a mesh-sampled room of the
+    second room source.
     """
     specs = synthetic_room_specs(seeds, scene=scene, density_range=density_range,
-                                 photometric_fraction=photometric_fraction, photometric_fit=photometric_fit)
+                                 photometric_fraction=photometric_fraction, photometric_fit=photometric_fit,
+                                 mesh_fraction=mesh_fraction)
     if progress:
         from tqdm import tqdm
         specs = tqdm(specs, desc="lift scenes", unit="scene")

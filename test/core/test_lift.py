@@ -187,6 +187,43 @@ def test_lift_rejects_bad_input():
         lift_scene(g, [_camera()], [t], contexts=[None, None])
 
 
+def test_mesh_training_rooms_come_from_the_second_source(tmp_path):
+    """data.mesh_fraction: the selected training rooms are the mesh source's rooms (same seed and
+    Gaussian count), the others the generator's; photometric selection wins where both pick a
+    seed; selection is deterministic per seed and follows the fraction."""
+    from chorus_ros.core.lift import lift_synthetic_scenes, mesh_selected, synthetic_room, synthetic_room_specs
+    from chorus_ros.core.synthetic.meshrooms import MeshRoomConfig, generate_mesh_room
+    from chorus_ros.core.teachers import build_teacher
+    assert [mesh_selected(s, 0.0) for s in range(5)] == [False] * 5
+    assert [mesh_selected(s, 1.0) for s in range(5)] == [True] * 5
+    share = sum(mesh_selected(s, 0.3) for s in range(2000)) / 2000
+    assert 0.25 < share < 0.35 and mesh_selected(7, 0.3) == mesh_selected(7, 0.3)
+    specs = synthetic_room_specs(range(40), scene={"stuff_density_range": [0.35, 1.0]}, density_range=[2000, 3000],
+                                 photometric_fraction=0.5, mesh_fraction=0.5)
+    for seed, sc, photo in specs:
+        if photo is not None:      # fitted rooms stay generator rooms
+            assert "source" not in sc
+        elif mesh_selected(seed, 0.5):
+            assert sc == {"source": "mesh", "target_gaussians": sc["target_gaussians"]}
+        else:
+            assert sc["stuff_density_range"] == [0.35, 1.0] and "source" not in sc
+    assert sum(sc.get("source") == "mesh" for _, sc, _ in specs) > 0
+    with pytest.raises(InvalidInputError, match="only 'target_gaussians'"):
+        synthetic_room(3, {"source": "mesh", "stuff_density": 0.5})
+    with pytest.raises(InvalidInputError, match="unknown room source"):
+        synthetic_room(3, {"source": "castle"})
+    with pytest.raises(InvalidInputError, match="mesh_fraction"):
+        mesh_selected(3, 1.5)
+    t = build_teacher(TeacherSpec("generalist", "oracle_generalist", {"dim": 4, "patch_size": 4}))
+    kw = dict(scene={"target_gaussians": 1500}, views={"loop_views": 1, "random_views": 0, "width": 32, "height": 24},
+              config=LiftConfig(cache_dir=str(tmp_path / "lift"), backend="reference"))
+    plain, = lift_synthetic_scenes([3], [t], **kw)
+    mesh, = lift_synthetic_scenes([3], [t], mesh_fraction=1.0, **kw)
+    ref = generate_mesh_room(MeshRoomConfig(seed=3, target_gaussians=1500))
+    assert torch.equal(mesh.gaussians.means, ref.gaussians.means) and len(mesh.targets.valid) == 1500
+    assert mesh.scene_id != plain.scene_id and not torch.equal(plain.gaussians.means[:10], mesh.gaussians.means[:10])
+
+
 def test_photometric_training_rooms_are_fitted_rooms(tmp_path):
     """data.photometric_fraction: the selected training rooms are lifted on their photometric fit
     (the shift suite's recipe, here shortened), the others on the generated room; selection is

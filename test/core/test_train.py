@@ -327,6 +327,22 @@ def test_augmentation_densify_grows_the_map_and_targets_follow():
     assert len(g0) == 400            # off by default
 
 
+def test_augmentation_densify_prob_leaves_some_steps_at_the_rooms_own_density():
+    scene = _toy_scene(n=400)
+    base = dict(drop_max=0.0, crop_prob=0.0, rotate=False, translate=0.0, scale=0.0, min_gaussians=20,
+                color_brightness=0.0, color_contrast=0.0, color_saturation=0.0, densify_max=3.0)
+    grown = [len(augment_scene(scene.gaussians, scene.targets, AugmentConfig(**base, densify_prob=0.5),
+                               torch.Generator().manual_seed(s))[0]) > 400 for s in range(40)]
+    assert 8 <= sum(grown) <= 32     # about half the steps densify (binomial(40, 0.5): 8..32 is > 99.99 %)
+    never = [len(augment_scene(scene.gaussians, scene.targets, AugmentConfig(**base, densify_prob=0.0),
+                               torch.Generator().manual_seed(s))[0]) for s in range(5)]
+    assert never == [400] * 5
+    # probability 1 draws nothing extra: the same stream as a config without the option
+    a = augment_scene(scene.gaussians, scene.targets, AugmentConfig(**base, densify_prob=1.0), torch.Generator().manual_seed(3))[0]
+    b = augment_scene(scene.gaussians, scene.targets, AugmentConfig(**base), torch.Generator().manual_seed(3))[0]
+    assert torch.equal(a.means, b.means)
+
+
 # ------------------------------------------------------------------------------- DDP
 _DDP_SCRIPT = r'''
 import sys, torch

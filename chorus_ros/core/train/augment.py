@@ -119,7 +119,8 @@ def augment_scene(g: GaussianArrays, targets: LiftedTargets, cfg: AugmentConfig,
     if not bool(keep.all()):
         idx = keep.nonzero().squeeze(1)
         g, targets = g.index(idx), targets.index(idx)
-    if cfg.densify_max > 1:   # denser maps of smaller Gaussians (repeated splits up to the factor)
+    if cfg.densify_max > 1 and (cfg.densify_prob >= 1 or _u(gen, 0, 1) < cfg.densify_prob):
+        # denser maps of smaller Gaussians (repeated splits up to the factor)
         want = int(round(len(g) * _u(gen, 1.0, cfg.densify_max)))
         while len(g) < want:
             g, src = split_gaussians(g, want - len(g), gen)

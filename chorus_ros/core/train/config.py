@@ -42,6 +42,12 @@ class DataConfig:
     """Render backend used while lifting."""
     photometric_fraction: float = 0.0
     """Share of the training rooms replaced by their photometric 3DGS fit (the shift suite's 'photometric' recipe, chorus_ros.core.synthetic.photometric; chosen per seed, deterministically; fits cached under .cache/shifts, about 12 CPU minutes per room)."""
+    mesh_fraction: float = 0.0
+    """Share of the training rooms (of those not fitted photometrically) built by the second room
+    source instead (mesh-sampled furniture of other shapes, equal-size Gaussians on every surface:
+    chorus_ros.core.synthetic.meshrooms, the shift suite's 'mesh' source; chosen per seed,
+    deterministically). A checkpoint trained with it has seen that source: its 'mesh' shift score
+    is then no longer one on an unseen source."""
     photometric_fit: dict = field(default_factory=dict)
     """Overrides of the fit's ShiftConfig fields (photometric_steps, photometric_views, photometric_size, photometric_options); empty: the shift suite's."""
     folders: list[str] = field(default_factory=list)
@@ -90,6 +96,10 @@ class AugmentConfig:
     3DGS's split (a Gaussian becomes two, each at a point drawn from it, with sizes / 1.6), so the
     encoder sees denser maps of smaller Gaussians than the lifted rooms; children take their
     parent's targets. 1: off."""
+    densify_prob: float = 1.0
+    """Probability that a step densifies at all (``densify_max`` > 1); the other steps keep the
+    lifted room's own density. 1: every step (no extra random draw, so runs made before this
+    option existed replay exactly)."""
     shift: dict = field(default_factory=dict)
     """Domain randomisation: per-Gaussian options of chorus_ros.core.synthetic.shifts.ShiftConfig (size_jitter, isotropic_fraction, tilt_deg, white_balance, exposure, shading, palette_deg, position_noise, low_opacity_fraction, floater_fraction, dead_fraction); every step each option's strength is drawn uniformly in [0, the given value]; added Gaussians take the targets of the Gaussian they copy. Empty: off."""
     min_opacity: float = 0.0

@@ -221,7 +221,8 @@ class Trainer:
                                        progress=self.cfg.log.progress and self.dist.main,
                                        density_range=d.density_range or None,
                                        photometric_fraction=d.photometric_fraction,
-                                       photometric_fit=d.photometric_fit or None) if seeds else []
+                                       photometric_fit=d.photometric_fit or None,
+                                       mesh_fraction=d.mesh_fraction) if seeds else []
         if not 0.0 <= d.folders_weight < 1.0 or (d.folders_weight > 0 and not (seeds and d.folders)):
             raise InvalidInputError(f"data.folders_weight must be in [0, 1) and needs both folders and train_seeds, "
                                     f"got {d.folders_weight}")
