@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--suite", choices=["shift"], help="run a suite: 'shift' = held-out scenes under named "
                     "distribution shifts (chorus_ros.core.metrics.shift_suite)")
     ap.add_argument("--shifts", nargs="+", metavar="NAME", help="with --suite shift: only these shifts")
+    ap.add_argument("--suite-ground-truth", choices=["map", "source"], default="map",
+                    help="with --suite shift: label the views from the shifted map itself (default) or from "
+                         "the source room before its per-Gaussian shifts and photometric fit (as a camera sees it)")
     ap.add_argument("--suite-seeds", type=int, nargs="+", metavar="SEED", help="with --suite shift: scene seeds "
                     "(default 5000 5001)")
     from chorus_ros.ros.bag_eval import add_arguments as bag_arguments  # --bag: the ROS path (issue 7)
@@ -177,6 +180,7 @@ def _suite(a, cmd: str) -> int:
         cfg.shifts = list(a.shifts)
     if a.suite_seeds:
         cfg.seeds = list(a.suite_seeds)
+    cfg.ground_truth = a.suite_ground_truth
     runs = [("checkpoint", a.checkpoint)] if a.checkpoint else [
         tuple(s.split("=", 1)) if "=" in s else (Path(s).name, s) for s in a.ablation]
     cache: dict = {}

@@ -364,3 +364,34 @@ def test_chorus_eval_suite_shift_end_to_end(tmp_path, capsys):
     js = json.loads((tmp_path / "s.json").read_text())["checkpoint"]
     assert set(js) == {"rotated", "mesh"} and {"mIoU", "PQ", "n_pred_objects", "n_gt_instances"} <= set(js["mesh"])
     assert (tmp_path / "plots" / "checkpoint_mesh.png").is_file()
+
+
+def test_suite_source_ground_truth_is_the_room_before_the_shift():
+    """ShiftSuiteConfig.ground_truth 'source': the pipeline still gets the shifted map, but the
+    labelled views are rendered from the room before its per-Gaussian shifts, through the camera
+    moved back by the shift's rigid transform."""
+    import dataclasses
+
+    from chorus_ros.core.metrics.shift_suite import ShiftSuiteConfig, suite_scene
+    from chorus_ros.core.synthetic.groundtruth import render_ground_truth
+    cfg = ShiftSuiteConfig(width=40, height=30, target_gaussians=3000, loop_views=2, random_views=0)
+    src_cfg = dataclasses.replace(cfg, ground_truth="source")
+    # a rigid turn only: both ground truths show the same room (the camera is moved back exactly)
+    a, b = suite_scene("rotated", 5000, cfg), suite_scene("rotated", 5000, src_cfg)
+    assert torch.equal(a.gaussians.means, b.gaussians.means)
+    for k in range(len(a)):
+        assert (a.frame(k).semantic == b.frame(k).semantic).mean() > 0.97
+        assert np.array_equal(a.frame(k).c2w, b.frame(k).c2w)
+    # floaters and noise: the map's ground truth shows the shifted Gaussians, the source's the room
+    a, b = suite_scene("noise", 5000, cfg), suite_scene("noise", 5000, src_cfg)
+    assert torch.equal(a.gaussians.means, b.gaussians.means) and b.gt_gaussian_labels is not None
+    room = base_scene(5000, SHIFT_SUITE["noise"], {"target_gaussians": 3000})
+    assert len(room.gaussians) < len(b.gaussians)          # the floaters and dead copies are only in the map
+    differ = 0
+    for k in range(len(a)):
+        want = render_ground_truth(room.gaussians, b.frame(k).camera)
+        assert np.array_equal(b.frame(k).semantic, want.semantic.numpy().astype(np.uint16))
+        differ += int((a.frame(k).semantic != b.frame(k).semantic).sum())
+    assert differ > 0
+    with pytest.raises(InvalidInputError, match="ground_truth"):
+        suite_scene("noise", 5000, dataclasses.replace(cfg, ground_truth="camera"))
