@@ -719,6 +719,8 @@ class PerceptionPipeline:
                 inst = torch.zeros_like(top)
             else:
                 inst = torch.where(ok, inst_attr.cpu()[top.clamp_min(0)], torch.zeros_like(top))
+                if pv.instance_image == "weighted":
+                    inst = self._weighted_instances(camera, inst_attr, labels, inst, ok)
             if fuse and pv.snap_radius > 0:
                 from chorus_ros.core.decode.fusion import snap_instances
                 inst = snap_instances(inst, labels3d, fused, int(pv.snap_radius), UNLABELED)
@@ -731,6 +733,24 @@ class PerceptionPipeline:
             return ViewResult(labels, confidence.numpy().astype(np.float32), inst.numpy().astype(np.int32),
                               rgb, out.depth.detach().cpu().numpy().astype(np.float32), color, overlay,
                               out.alpha.detach().cpu().numpy().astype(np.float32), self.map.version, used)
+
+    def _weighted_instances(self, camera: Camera, inst_attr: torch.Tensor, labels: np.ndarray, top_inst: torch.Tensor,
+                            ok: torch.Tensor) -> torch.Tensor:
+        """``per_view.instance_image`` 'weighted': one render pass of the objects' codes, then per
+        pixel the object of the pixel's class with the most blending weight
+        (:mod:`chorus_ros.core.decode.instance_image`)."""
+        from chorus_ros.core.decode.instance_image import (class_object_pairs, gaussian_instance_codes,
+                                                           weighted_instance_image)
+        inst_attr = inst_attr.cpu().long()
+        gl = self._attr(ATTR_LABEL)
+        if gl is None:
+            return top_inst
+        codes = gaussian_instance_codes(inst_attr).to(self.map.device)
+        code_img = self._render(camera, codes, False).features.cpu()
+        pc, pid = class_object_pairs(gl.cpu(), inst_attr)
+        lab = torch.from_numpy(labels.astype(np.int64))
+        out = weighted_instance_image(code_img, lab, pc, pid, top_inst)
+        return torch.where(ok, out, torch.zeros_like(out))
 
     def _fuse_view(self, out, feat_img: torch.Tensor, image, score_img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Fused ``(labels [H, W] int64, confidence [H, W] f32)`` of one rendered view (``out``) with

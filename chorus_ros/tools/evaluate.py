@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, nargs=2, default=[d.width, d.height], metavar=("W", "H"))
     ap.add_argument("--chunks", type=int, default=d.chunks, help="add each scene in N slabs (incremental)")
     ap.add_argument("--device", default=d.device)
+    ap.add_argument("--instance-image", choices=["top", "weighted"], default=None,
+                    help="instance image of a view (pipeline per_view.instance_image; default: the pipeline's, 'top')")
     ap.add_argument("--min-opacity", type=float, default=None,
                     help="the pipeline's min_opacity: Gaussians below it are set aside, not encoded "
                          "(default: the pipeline's, 0.1; 0 keeps all)")
@@ -99,13 +101,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _factory(ckpt: str, device: str, min_opacity: float | None = None):
+def _factory(ckpt: str, device: str, min_opacity: float | None = None, instance_image: str | None = None):
     from chorus_ros.core.pipeline import PerceptionPipeline, PipelineConfig
 
     def make():
         cfg = PipelineConfig(device=device)
         if min_opacity is not None:
             cfg.min_opacity = float(min_opacity)
+        if instance_image is not None:
+            cfg.per_view.instance_image = instance_image
+        if min_opacity is not None or instance_image is not None:
             cfg.validate()
         return PerceptionPipeline.from_checkpoint(ckpt, cfg)
     return make
@@ -152,7 +157,7 @@ def _dataset(a, cmd: str) -> int:
         print(f"{s.name}: {len(s)} views, {len(s.gaussians)} Gaussians ({s.layout} layout); not given to the "
               f"model: {', '.join(s.ignored_properties) or 'nothing'}", file=sys.stderr)
     _note_plain_maps(scenes, a.checkpoint)
-    res = evaluate_scenes(_factory(a.checkpoint, a.device, a.min_opacity), scenes,
+    res = evaluate_scenes(_factory(a.checkpoint, a.device, a.min_opacity, a.instance_image), scenes,
                           SceneEvalConfig(min_alpha=a.min_alpha, chunks=a.chunks, contact_views=a.contact_views),
                           progress=not a.no_progress)
     setup = (f"Checkpoint `{a.checkpoint}`; scene folders {', '.join(f'`{p}`' for p in a.dataset)}"
@@ -184,7 +189,7 @@ def _suite(a, cmd: str) -> int:
     runs = [("checkpoint", a.checkpoint)] if a.checkpoint else [
         tuple(s.split("=", 1)) if "=" in s else (Path(s).name, s) for s in a.ablation]
     cache: dict = {}
-    results = {name: evaluate_shift_suite(_factory(ckpt, a.device, a.min_opacity), cfg, cache=cache,
+    results = {name: evaluate_shift_suite(_factory(ckpt, a.device, a.min_opacity, a.instance_image), cfg, cache=cache,
                                           progress=not a.no_progress)
                for name, ckpt in runs}
     if a.json:
@@ -215,7 +220,7 @@ def _seeds(a, ap, cmd: str) -> int:
                                                          for s in a.ablation]
     cache: dict = {}
     progress = None if a.no_progress else (lambda s: print(s, file=sys.stderr))
-    results = [evaluate_checkpoint(name, _factory(ckpt, cfg.device, a.min_opacity), cfg, cache, progress=progress,
+    results = [evaluate_checkpoint(name, _factory(ckpt, cfg.device, a.min_opacity, a.instance_image), cfg, cache, progress=progress,
                                    contact_views=a.contact_views) for name, ckpt in runs]
     if a.checkpoint:
         _outputs(a, results[0].dataset,

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from chorus_ros.core.decode.instance_image import INSTANCE_IMAGE_MODES
 from chorus_ros.core.errors import CheckpointError, InvalidInputError
 
 __all__ = ["FusionConfig", "FusionDecoder", "fusion_logits", "fused_class_logits", "save_fusion", "load_fusion", "snap_instances",
@@ -284,10 +285,15 @@ class PerViewConfig:
     """With fusion: an instance boundary pixel whose 3D label disagrees with the fused label moves to the nearest instance within this many pixels whose 3D label agrees (0: ids untouched)."""
     temperature: float = 0.05
     """Softmax temperature on the fused cosine logits."""
+    instance_image: str = "top"
+    """Instance id of a pixel: 'top' (the object of the pixel's strongest Gaussian) or 'weighted' (of the objects whose Gaussians carry the pixel's class, the one with the most blending weight at the pixel; one extra render pass of 16 channels). 'weighted' keeps a faint floater in front of an object from taking the object's pixels, as the composited class scores already do."""
 
     def validate(self) -> None:
         if self.fusion not in FUSION_MODES:
             raise InvalidInputError(f"per_view.fusion {self.fusion!r} unknown; known: {list(FUSION_MODES)}")
+        if self.instance_image not in INSTANCE_IMAGE_MODES:
+            raise InvalidInputError(f"per_view.instance_image {self.instance_image!r} unknown; "
+                                    f"known: {list(INSTANCE_IMAGE_MODES)}")
         if int(self.snap_radius) < 0:
             raise InvalidInputError(f"per_view.snap_radius must be >= 0, got {self.snap_radius}")
         if not float(self.temperature) > 0:
