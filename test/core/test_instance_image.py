@@ -33,6 +33,9 @@ def test_codes_are_fixed_unit_vectors_per_id_and_zero_without_an_object():
     assert torch.equal(g[1], a[1]) and torch.equal(g[3], a[0])
     pc, pid = class_object_pairs(torch.tensor([1, 1, 2, UNLABELED, 2]), torch.tensor([3, 3, 7, 9, 0]))
     assert pc.tolist() == [1, 2] and pid.tolist() == [3, 7]
+    # one pair per object, its majority class (ties: the smaller class id)
+    pc, pid = class_object_pairs(torch.tensor([4, 4, 2, 0, 5, 5, 3, 1]), torch.tensor([9, 9, 9, 9, 2, 2, 6, 6]))
+    assert pid.tolist() == [2, 6, 9] and pc.tolist() == [5, 1, 4]
 
 
 def test_a_faint_floater_in_front_does_not_take_the_object_behind():

@@ -52,15 +52,24 @@ def gaussian_instance_codes(inst: torch.Tensor, dim: int = CODE_DIM) -> torch.Te
 
 
 def class_object_pairs(labels: torch.Tensor, inst: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Distinct ``(class, object id)`` pairs ``([P], [P])`` over the Gaussians (``labels [N]``,
-    ``inst [N]``); Gaussians without an object (id <= 0) or a class (``UNLABELED``) are skipped."""
+    """``([P], [P])``: each object's class (the most frequent class of its Gaussians; ties to the
+    smaller class id) and its id, over the Gaussians (``labels [N]``, ``inst [N]``). Gaussians
+    without an object (id <= 0) or a class (``UNLABELED``) are skipped. An object is a candidate
+    only for its own class: a wall whose edge Gaussians are labelled picture must not compete for
+    the picture's pixels."""
     labels, inst = labels.reshape(-1).to(torch.int64), inst.reshape(-1).to(torch.int64)
     keep = (inst > 0) & (labels != UNLABELED)
     if not bool(keep.any()):
         e = torch.zeros(0, dtype=torch.int64)
         return e, e.clone()
-    pairs = torch.unique(torch.stack([labels[keep], inst[keep]], 1), dim=0)
-    return pairs[:, 0], pairs[:, 1]
+    pairs, counts = torch.unique(torch.stack([inst[keep], labels[keep]], 1), dim=0, return_counts=True)
+    ids = pairs[:, 0]                          # rows sorted by (id, class)
+    u, inv = torch.unique_consecutive(ids, return_inverse=True)
+    most = torch.zeros(len(u), dtype=counts.dtype).scatter_reduce(0, inv, counts, reduce="amax")
+    top = counts == most[inv]
+    rows = torch.arange(len(ids))
+    first = torch.full((len(u),), len(ids), dtype=torch.int64).scatter_reduce(0, inv[top], rows[top], reduce="amin")
+    return pairs[first, 1], pairs[first, 0]
 
 
 def _pick(scores: torch.Tensor, cand: torch.Tensor, fallback: torch.Tensor, min_weight: float) -> torch.Tensor:
