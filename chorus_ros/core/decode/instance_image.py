@@ -72,9 +72,23 @@ def class_object_pairs(labels: torch.Tensor, inst: torch.Tensor) -> tuple[torch.
     return pairs[first, 1], pairs[first, 0]
 
 
-def _pick(scores: torch.Tensor, cand: torch.Tensor, fallback: torch.Tensor, min_weight: float) -> torch.Tensor:
-    val, best = scores.max(1)
-    return torch.where(val >= min_weight, cand[best], fallback)
+def _assign(score_fn, labels: torch.Tensor, pair_class: torch.Tensor, pair_id: torch.Tensor,
+            top_instance: torch.Tensor, min_weight: float) -> torch.Tensor:
+    """Per class ``c`` of ``labels``, its pixels take the candidate (objects paired with ``c``) of
+    the largest ``score_fn(mask, cand) -> [pixels, candidates]``; pixels without candidates or
+    with a best score under ``min_weight`` keep ``top_instance``."""
+    out = top_instance.clone().to(torch.int64)
+    labels = labels.to(torch.int64)
+    for c in torch.unique(labels).tolist():
+        if c == UNLABELED:
+            continue
+        cand = pair_id[pair_class == c]
+        if len(cand) == 0:
+            continue
+        m = labels == c
+        val, best = score_fn(m, cand).max(1)
+        out[m] = torch.where(val >= min_weight, cand[best], out[m])
+    return out
 
 
 def weighted_instance_image(code_image: torch.Tensor, labels: torch.Tensor, pair_class: torch.Tensor,
@@ -85,18 +99,9 @@ def weighted_instance_image(code_image: torch.Tensor, labels: torch.Tensor, pair
     the one whose code has the largest dot product with the rendered codes ``code_image [H, W,
     D]`` (the composite of :func:`gaussian_instance_codes`). Pixels whose class has no object, or
     whose best weight is under ``min_weight``, keep ``top_instance [H, W]``."""
-    out = top_instance.clone().to(torch.int64)
-    labels = labels.to(torch.int64)
-    for c in torch.unique(labels).tolist():
-        if c == UNLABELED:
-            continue
-        cand = pair_id[pair_class == c]
-        if len(cand) == 0:
-            continue
-        m = labels == c
-        scores = code_image[m].float() @ instance_codes(cand, code_image.shape[-1]).T
-        out[m] = _pick(scores, cand, out[m], min_weight)
-    return out
+    dim = code_image.shape[-1]
+    return _assign(lambda m, cand: code_image[m].float() @ instance_codes(cand, dim).T,
+                   labels, pair_class, pair_id, top_instance, min_weight)
 
 
 def exact_weighted_instance_image(render_fn, inst: torch.Tensor, labels: torch.Tensor, pair_class: torch.Tensor,
@@ -107,15 +112,5 @@ def exact_weighted_instance_image(render_fn, inst: torch.Tensor, labels: torch.T
     objs = torch.unique(pair_id)
     onehot = (inst.reshape(-1, 1).to(torch.int64) == objs.reshape(1, -1)).float()
     weights = render_fn(onehot)                      # [H, W, n_objects]
-    out = top_instance.clone().to(torch.int64)
-    labels = labels.to(torch.int64)
-    for c in torch.unique(labels).tolist():
-        if c == UNLABELED:
-            continue
-        cand = pair_id[pair_class == c]
-        if len(cand) == 0:
-            continue
-        cols = torch.searchsorted(objs, cand)
-        m = labels == c
-        out[m] = _pick(weights[m][:, cols], cand, out[m], min_weight)
-    return out
+    return _assign(lambda m, cand: weights[m][:, torch.searchsorted(objs, cand)],
+                   labels, pair_class, pair_id, top_instance, min_weight)
