@@ -33,7 +33,7 @@ def test_up_and_replay_in_separate_processes(tmp_path, harness, random_checkpoin
                  "--height", "18"]) == 0
     status = harness.collect(Status, "/cli/chorus_node/status", None)
     images = harness.collect(Image, "/cli/camera_0/semantic/image_raw")
-    env = dict(os.environ)
+    env = dict(os.environ, PYTHONFAULTHANDLER="1")   # a hung `up` dumps every thread's stack on SIGABRT
     up = subprocess.Popen([sys.executable, "-m", "chorus_ros.tools.cli", "up", "--checkpoint",
                            str(random_checkpoint), "--namespace", "cli"], cwd=ROOT, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -53,8 +53,14 @@ def test_up_and_replay_in_separate_processes(tmp_path, harness, random_checkpoin
         try:
             out, _ = up.communicate(timeout=30)
         except subprocess.TimeoutExpired:
-            up.kill()
-            out, _ = up.communicate()
+            # seen twice in clean-clone runs on 2026-12-07 (not reproduced in isolation): the stacks
+            # of the hung process go into the failure message instead of a bare -9
+            up.send_signal(signal.SIGABRT)
+            try:
+                out, _ = up.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                up.kill()
+                out, _ = up.communicate()
     assert up.returncode == 0, out
     assert "running chorus_node, query_node" in out
 
