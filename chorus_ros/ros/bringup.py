@@ -166,19 +166,9 @@ class Bringup:
         except (ExternalShutdownException, rclpy.executors.ShutdownException):
             pass
 
-    def spin(self, wake_s: float = 0.25) -> None:
-        """Spin in the calling thread until shutdown (Ctrl-C raises KeyboardInterrupt).
-
-        The wait for work returns at least every ``wake_s`` seconds. Python runs a signal's
-        handler only when the main thread is back in Python: with an unbounded wait, a SIGINT
-        whose wake-up of the wait set is lost (seen in clean-clone test runs: the main thread
-        still inside ``rcl_wait`` 30 s after the signal) would never reach KeyboardInterrupt.
-        """
-        try:
-            while self.context.ok():
-                self.executor.spin_once(timeout_sec=wake_s)
-        except (ExternalShutdownException, rclpy.executors.ShutdownException):
-            pass
+    def spin(self) -> None:
+        """Spin in the calling thread until shutdown (Ctrl-C raises KeyboardInterrupt)."""
+        self._spin()
 
     def shutdown(self) -> None:
         """Destroy the nodes and shut the private context down (idempotent)."""
@@ -213,9 +203,8 @@ def run_nodes(classes: Sequence[type], args: list[str] | None = None) -> int:
             node = cls()
             nodes.append(node)
             executor.add_node(node)
-        while rclpy.ok():   # bounded waits, so a SIGINT always reaches KeyboardInterrupt (Bringup.spin)
-            executor.spin_once(timeout_sec=0.25)
-    except (KeyboardInterrupt, ExternalShutdownException, rclpy.executors.ShutdownException):
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception as e:  # a node failed to start: say why, non-zero exit
         import sys

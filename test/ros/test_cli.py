@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -34,9 +35,12 @@ def test_up_and_replay_in_separate_processes(tmp_path, harness, random_checkpoin
     status = harness.collect(Status, "/cli/chorus_node/status", None)
     images = harness.collect(Image, "/cli/camera_0/semantic/image_raw")
     env = dict(os.environ, PYTHONFAULTHANDLER="1")   # a hung `up` dumps every thread's stack on SIGABRT
+    # SIGINT as a terminal's Ctrl-C delivers it: a test run started in the background of a
+    # non-interactive shell (`cmd &`) inherits SIGINT ignored, and so would `up`
     up = subprocess.Popen([sys.executable, "-m", "chorus_ros.tools.cli", "up", "--checkpoint",
                            str(random_checkpoint), "--namespace", "cli"], cwd=ROOT, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         wait_until(lambda: status or up.poll() is not None, 90, "the status of the `up` process")
         assert up.poll() is None, up.stdout.read()
@@ -53,8 +57,7 @@ def test_up_and_replay_in_separate_processes(tmp_path, harness, random_checkpoin
         try:
             out, _ = up.communicate(timeout=30)
         except subprocess.TimeoutExpired:
-            # seen twice in clean-clone runs on 2026-12-07 (not reproduced in isolation): the stacks
-            # of the hung process go into the failure message instead of a bare -9
+            # a hung process's stacks go into the failure message instead of a bare -9
             up.send_signal(signal.SIGABRT)
             try:
                 out, _ = up.communicate(timeout=30)
@@ -184,6 +187,7 @@ def test_up_with_a_map_file(tiny_scene_folder, harness, random_checkpoint, wait_
     def interrupt_when_served():
         try:
             wait_until(lambda: any(m.map_id == "file:gaussians.ply" for m in objects), 60, "the object map")
+            time.sleep(1.0)   # `up`'s own subscription to the same latched message reports the load
         finally:
             os.kill(os.getpid(), signal.SIGINT)
     handler = signal.getsignal(signal.SIGINT)
