@@ -486,9 +486,15 @@ def mesh_selected(seed: int, fraction: float) -> bool:
     """Whether training room ``seed`` comes from the second room source (mesh-sampled rooms,
     :mod:`chorus_ros.core.synthetic.meshrooms`); deterministic per seed, independent of
     :func:`photometric_selected` (which wins where both pick a seed)."""
+    return _seed_selected("mesh", seed, fraction)
+
+
+def _seed_selected(kind: str, seed: int, fraction: float) -> bool:
+    """A deterministic per-seed draw: whether room ``seed`` is among the ``fraction`` picked for
+    ``kind`` (``'<kind>_fraction'`` names the option in the error)."""
     if not 0.0 <= fraction <= 1.0:
-        raise InvalidInputError(f"mesh_fraction must be in [0, 1], got {fraction}")
-    u = int(hashlib.sha256(f"mesh:{int(seed)}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        raise InvalidInputError(f"{kind}_fraction must be in [0, 1], got {fraction}")
+    u = int(hashlib.sha256(f"{kind}:{int(seed)}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
     return u < fraction
 
 
@@ -512,10 +518,7 @@ def photometric_fit_config(photometric: dict, seed: int):
 
 def photometric_selected(seed: int, fraction: float) -> bool:
     """Whether training room ``seed`` is replaced by its photometric fit (deterministic per seed)."""
-    if not 0.0 <= fraction <= 1.0:
-        raise InvalidInputError(f"photometric_fraction must be in [0, 1], got {fraction}")
-    u = int(hashlib.sha256(f"photometric:{int(seed)}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-    return u < fraction
+    return _seed_selected("photometric", seed, fraction)
 
 
 def scene_density(seed: int, density_range: Sequence[int]) -> int:

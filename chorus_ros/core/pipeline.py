@@ -742,9 +742,7 @@ class PerceptionPipeline:
         from chorus_ros.core.decode.instance_image import (class_object_pairs, gaussian_instance_codes,
                                                            weighted_instance_image)
         inst_attr = inst_attr.cpu().long()
-        gl = self._attr(ATTR_LABEL)
-        if gl is None:
-            return top_inst
+        gl = self._attr(ATTR_LABEL)          # set with the class scores render_view requires
         codes = gaussian_instance_codes(inst_attr).to(self.map.device)
         code_img = self._render(camera, codes, False).features.cpu()
         pc, pid = class_object_pairs(gl.cpu(), inst_attr)

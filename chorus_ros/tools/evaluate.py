@@ -36,8 +36,10 @@ def _write(md: str, out: str, section: str | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from chorus_ros.core.decode.instance_image import INSTANCE_IMAGE_MODES
     from chorus_ros.core.errors import ChorusError
     from chorus_ros.core.metrics.evaluation import EvalConfig
+    from chorus_ros.core.metrics.shift_suite import GROUND_TRUTHS
 
     d = EvalConfig()
     ap = argparse.ArgumentParser(prog="chorus-eval", description=__doc__.splitlines()[0])
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, nargs=2, default=[d.width, d.height], metavar=("W", "H"))
     ap.add_argument("--chunks", type=int, default=d.chunks, help="add each scene in N slabs (incremental)")
     ap.add_argument("--device", default=d.device)
-    ap.add_argument("--instance-image", choices=["top", "weighted"], default=None,
+    ap.add_argument("--instance-image", choices=list(INSTANCE_IMAGE_MODES), default=None,
                     help="instance image of a view (pipeline per_view.instance_image; default: the pipeline's, 'top')")
     ap.add_argument("--min-opacity", type=float, default=None,
                     help="the pipeline's min_opacity: Gaussians below it are set aside, not encoded "
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--suite", choices=["shift"], help="run a suite: 'shift' = held-out scenes under named "
                     "distribution shifts (chorus_ros.core.metrics.shift_suite)")
     ap.add_argument("--shifts", nargs="+", metavar="NAME", help="with --suite shift: only these shifts")
-    ap.add_argument("--suite-ground-truth", choices=["map", "source"], default="map",
+    ap.add_argument("--suite-ground-truth", choices=list(GROUND_TRUTHS), default="map",
                     help="with --suite shift: label the views from the shifted map itself (default) or from "
                          "the source room before its per-Gaussian shifts and photometric fit (as a camera sees it)")
     ap.add_argument("--suite-seeds", type=int, nargs="+", metavar="SEED", help="with --suite shift: scene seeds "
@@ -110,8 +112,7 @@ def _factory(ckpt: str, device: str, min_opacity: float | None = None, instance_
             cfg.min_opacity = float(min_opacity)
         if instance_image is not None:
             cfg.per_view.instance_image = instance_image
-        if min_opacity is not None or instance_image is not None:
-            cfg.validate()
+        cfg.validate()
         return PerceptionPipeline.from_checkpoint(ckpt, cfg)
     return make
 

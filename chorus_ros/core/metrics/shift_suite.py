@@ -25,12 +25,16 @@ from types import SimpleNamespace
 
 import numpy as np
 
-__all__ = ["ShiftSuiteConfig", "suite_scene", "evaluate_shift_suite", "shift_suite_markdown", "shift_suite_json"]
+__all__ = ["GROUND_TRUTHS", "ShiftSuiteConfig", "suite_scene", "evaluate_shift_suite", "shift_suite_markdown", "shift_suite_json"]
 
 
 def _default_shifts() -> list[str]:
     from chorus_ros.core.synthetic.shifts import SHIFT_SUITE
     return list(SHIFT_SUITE)
+
+
+GROUND_TRUTHS = ("map", "source")
+"""``ShiftSuiteConfig.ground_truth`` choices (module docstring)."""
 
 
 @dataclass
@@ -65,8 +69,8 @@ def suite_scene(shift: str, seed: int, cfg: ShiftSuiteConfig):
     from chorus_ros.core.datasets.synthetic import scene_from_synthetic
     from chorus_ros.core.synthetic.shifts import generate_shifted_scene
     from chorus_ros.core.errors import InvalidInputError
-    if cfg.ground_truth not in ("map", "source"):
-        raise InvalidInputError(f"shift suite ground_truth must be 'map' or 'source', got {cfg.ground_truth!r}")
+    if cfg.ground_truth not in GROUND_TRUTHS:
+        raise InvalidInputError(f"shift suite ground_truth must be one of {list(GROUND_TRUTHS)}, got {cfg.ground_truth!r}")
     sc = generate_shifted_scene(shift, seed, scene={"target_gaussians": cfg.target_gaussians},
                                 views={"loop_views": cfg.loop_views, "random_views": cfg.random_views,
                                        "width": cfg.width, "height": cfg.height}, cache_dir=cfg.cache_dir)
