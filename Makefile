@@ -50,7 +50,7 @@ help:
 	@echo "make test          set up and run the test suite (PYTEST_ARGS=... to pass options)"
 	@echo "make bench         set up and run benchmarks/bench_*.py into docs/benchmarks.md"
 	@echo "                   (BENCH_ARGS='--quick name ...')"
-	@echo "make train-demo    retrain checkpoints/demo (five chorus-train runs, ~3 h on 2 cores + ~1 h of photometric fits once)"
+	@echo "make train-demo    retrain checkpoints/demo (seven chorus-train runs and an average, ~3.5 h on 2 cores + ~1 h of photometric fits once)"
 	@echo "make colcon-check  colcon build of this package against the venv's ROS prefix"
 	@echo "make gpu-pack      .gpu/: the packages a lent GPU machine lacks (docs/benchmarks.md, GPU)"
 	@echo "make gpu-check     the prepared GPU check (GPU_OUT=dir, GPU_ARGS='--device cpu --tiny' here)"
@@ -112,7 +112,8 @@ demo: install
 bench: install
 	$(VPY) -m chorus_ros.tools.bench $(BENCH_ARGS)
 
-# The shipped checkpoints/demo: five runs (docs/training.md); ~3 h on 2 CPU cores, plus ~1 h of photometric fits the first time.
+# The shipped checkpoints/demo: six stages, seven runs and an average (docs/training.md); ~3.5 h on
+# 2 CPU cores, plus ~1 h of photometric fits the first time.
 train-demo: install
 	$(VENV)/bin/chorus-train --config config/train/robust.yaml $(TRAIN_ARGS)
 	$(VENV)/bin/chorus-train --config config/train/demo.yaml init_from=.cache/train/demo_stage1 $(TRAIN_ARGS)
@@ -120,6 +121,10 @@ train-demo: install
 	$(VENV)/bin/chorus-train --config config/train/demo_photometric.yaml init_from=.cache/train/demo_stage3 \
 		checkpoint.dir=.cache/train/demo_stage4 log.dir=.cache/runs/demo_stage4 $(TRAIN_ARGS)
 	$(VENV)/bin/chorus-train --config config/train/demo_dense.yaml init_from=.cache/train/demo_stage4 $(TRAIN_ARGS)
+	$(VENV)/bin/chorus-train --config config/train/demo_boundary.yaml init_from=.cache/train/demo_stage5 $(TRAIN_ARGS)
+	$(VENV)/bin/chorus-train --config config/train/demo_boundary.yaml init_from=.cache/train/demo_stage5 seed=3 \
+		checkpoint.dir=.cache/train/demo_stage6b log.dir=.cache/runs/demo_stage6b $(TRAIN_ARGS)
+	$(VENV)/bin/chorus-average --out checkpoints/demo .cache/train/demo_stage6a .cache/train/demo_stage6b
 
 # --- colcon: the robot's build (`colcon build` of CMakeLists.txt) against the venv's ROS
 # prefix, in $(BUILD_DIR)/colcon, then imports from its install/ (scripts/colcon_check.py).

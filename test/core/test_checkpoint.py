@@ -102,3 +102,62 @@ def test_missing_files_and_bad_meta(tmp_path, saved):
     with pytest.raises(InvalidInputError, match="meta"):
         save_checkpoint(tmp_path / "bad", model, {"x": object()})
     assert not (tmp_path / "bad").exists()
+
+
+def _ingredient(path, seed, meta=META, side=b"text-weights"):
+    torch.manual_seed(seed)
+    model = ChorusEncoder(EncoderConfig(variant="pointcloud", voxel_size=0.04, **TINY)).eval()
+    save_checkpoint(path, model, {**meta, "training": {"steps": 2, "seed": seed}})
+    (path / "text_encoder.safetensors").write_bytes(side)
+    return model
+
+
+def test_average_checkpoints_is_the_weighted_mean_and_records_its_ingredients(tmp_path):
+    from chorus_ros.core.encoder.checkpoint import average_checkpoints
+    from chorus_ros.tools.average import main
+    a = _ingredient(tmp_path / "a", 1)
+    b = _ingredient(tmp_path / "b", 2)
+    ck = average_checkpoints([tmp_path / "a", tmp_path / "b"], tmp_path / "avg", weights=[3, 1])
+    sa, sb, got = a.state_dict(), b.state_dict(), ck.model.state_dict()
+    for k, v in got.items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, 0.75 * sa[k] + 0.25 * sb[k])
+    assert any(not torch.equal(sa[k], sb[k]) for k in sa)       # the ingredients really differ
+    assert ck.meta["training"]["average"] == {"sources": [str(tmp_path / "a"), str(tmp_path / "b")],
+                                              "weights": [0.75, 0.25]}
+    assert [t["seed"] for t in ck.meta["training"]["ingredients"]] == [1, 2]
+    assert ck.meta["label_set"] == META["label_set"]
+    assert (tmp_path / "avg" / "text_encoder.safetensors").read_bytes() == b"text-weights"
+    with torch.no_grad():                                        # it loads and runs like any checkpoint
+        out = load_checkpoint(tmp_path / "avg").model(_scene())
+    assert all(bool(torch.isfinite(v).all()) for v in out.heads.values())
+    # the CLI: uniform weights by default
+    assert main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "cli")]) == 0
+    assert load_checkpoint(tmp_path / "cli").meta["training"]["average"]["weights"] == [0.5, 0.5]
+
+
+def test_average_checkpoints_refuses_what_does_not_match(tmp_path, capsys):
+    from chorus_ros.core.encoder.checkpoint import average_checkpoints
+    from chorus_ros.tools.average import main
+    _ingredient(tmp_path / "a", 1)
+    _ingredient(tmp_path / "b", 2)
+    _ingredient(tmp_path / "labels", 3, meta={**META, "label_set": {"names": ["wall"], "colors": [[1, 2, 3]]}})
+    _ingredient(tmp_path / "text", 4, side=b"other text weights")
+    torch.manual_seed(5)
+    save_checkpoint(tmp_path / "arch", ChorusEncoder(EncoderConfig(variant="pointcloud", voxel_size=0.08, **TINY)), META)
+    (tmp_path / "arch" / "text_encoder.safetensors").write_bytes(b"text-weights")
+    cases = [([tmp_path / "a"], None, InvalidInputError, "at least two"),
+             ([tmp_path / "a", tmp_path / "b"], [1, 0], InvalidInputError, "positive weight"),
+             ([tmp_path / "a", tmp_path / "b"], [1], InvalidInputError, "positive weight"),
+             ([tmp_path / "a", tmp_path / "labels"], None, CheckpointError, r"in meta \['label_set'\]"),
+             ([tmp_path / "a", tmp_path / "text"], None, CheckpointError, "in text_encoder.safetensors"),
+             ([tmp_path / "a", tmp_path / "arch"], None, CheckpointError, "another encoder config"),
+             ([tmp_path / "a", tmp_path / "missing"], None, CheckpointError, "no config.yaml")]
+    for srcs, w, err, msg in cases:
+        with pytest.raises(err, match=msg):
+            average_checkpoints(srcs, tmp_path / "out", w)
+    with pytest.raises(InvalidInputError, match="one of the sources"):
+        average_checkpoints([tmp_path / "a", tmp_path / "b"], tmp_path / "a")
+    assert not (tmp_path / "out").exists()                       # nothing written on a refusal
+    assert main([str(tmp_path / "a"), str(tmp_path / "text"), "--out", str(tmp_path / "out")]) == 2
+    assert "chorus-average: error:" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """Training stages: registry, options, and a custom stage driven by the one trainer."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import pytest
@@ -89,6 +90,42 @@ def test_align_with_a_contrastive_term_adds_it_and_changes_the_backbone_gradient
     for k in heads0:  # the heads only see their own losses either way
         for a, b in zip(heads0[k], heads[k]):
             torch.testing.assert_close(a, b)
+
+
+def test_align_with_an_instance_boundary_term_changes_only_the_object_task(tmp_path):
+    """stage_options.align.instance_boundary_weight adds the term to the object head's task: the
+    object head's gradient and the backbone's change, the language head's does not; scenes without
+    per-Gaussian instances train on distillation alone; a head that is not trained is refused."""
+    scene = _toy_scene(n=400)
+    scene.gaussians.extras["instance"] = (scene.gaussians.means[:, 0] // 0.5).long() + 1   # slabs 0.5 m wide
+    grads, heads, metrics = {}, {}, {}
+    for w in (0.0, 1.0):
+        torch.manual_seed(0)
+        cfg = _toy_cfg(tmp_path / str(w))
+        cfg.stage_options = {"align": {"instance_boundary_weight": w, "instance_boundary": {"radius": 0.5}}}
+        tr = Trainer(cfg, scenes=[scene], model=FakeEncoder({"language": 4, "object": 3}))
+        tr.optimizer.step = lambda: None
+        metrics[w] = tr.train_step()
+        grads[w] = [p.grad.clone() for p in tr.model.backbone.parameters()]
+        heads[w] = {k: [p.grad.clone() for p in tr.model.heads[k].parameters()] for k in ("language", "object")}
+    assert "boundary_neg_pairs" not in metrics[0.0] and metrics[1.0]["boundary_neg_pairs"] > 0
+    assert metrics[1.0]["loss_object"] > metrics[0.0]["loss_object"]
+    assert any(not torch.allclose(a, b) for a, b in zip(grads[0.0], grads[1.0]))
+    assert any(not torch.allclose(a, b) for a, b in zip(heads[0.0]["object"], heads[1.0]["object"]))
+    for a, b in zip(heads[0.0]["language"], heads[1.0]["language"]):
+        torch.testing.assert_close(a, b)
+    # a scene without instances: the term is skipped (nan metrics), the step still trains
+    bare = _toy_scene(n=400)
+    cfg = _toy_cfg(tmp_path / "bare")
+    cfg.stage_options = {"align": {"instance_boundary_weight": 1.0}}
+    m = Trainer(cfg, scenes=[bare], model=FakeEncoder({"language": 4, "object": 3})).train_step()
+    assert m["boundary_neg_pairs"] == 0 and math.isnan(m["boundary_neg_cos"]) and math.isfinite(m["loss"])
+    cfg.stage_options = {"align": {"instance_boundary_weight": 1.0, "instance_boundary_head": "generalist"}}
+    with pytest.raises(InvalidInputError, match="instance_boundary_head 'generalist' is not a trained head"):
+        Trainer(cfg, scenes=[bare], model=FakeEncoder({"language": 4, "object": 3}))
+    cfg.stage_options = {"align": {"instance_boundary_weight": 1.0, "instance_boundary": {"radius": -1}}}
+    with pytest.raises(InvalidInputError, match="instance_boundary.radius"):
+        Trainer(cfg, scenes=[bare], model=FakeEncoder({"language": 4, "object": 3}))
 
 
 def test_init_from_copies_the_backbone_and_keeps_mismatched_heads_fresh(tmp_path):

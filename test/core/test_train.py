@@ -92,6 +92,80 @@ def test_rarity_balance_equalises_group_loss_mass():
     assert torch.equal(off, valid.float())
 
 
+def _two_books(gap=0.004):
+    """Two touching boxes of points on a 1 cm grid (instances 1 and 2, ``gap`` apart along x), plus
+    a far box (instance 3) 1 m away and a box with no instance (0) beside the first."""
+    g = torch.stack(torch.meshgrid(torch.arange(4), torch.arange(5), torch.arange(5), indexing="ij"), -1)
+    box = g.reshape(-1, 3).float() * 0.01
+    parts = [box, box + torch.tensor([0.03 + gap + 0.01, 0, 0]), box + torch.tensor([1.0, 0, 0]),
+             box + torch.tensor([0, 0.06, 0])]
+    inst = torch.cat([torch.full((len(box),), i) for i in (1, 2, 3, 0)])
+    return torch.cat(parts), inst
+
+
+def test_instance_boundary_loss_values_locality_and_ids():
+    from chorus_ros.core.train.losses import InstanceBoundaryOptions, instance_boundary_loss
+    means, inst = _two_books()
+    opts = InstanceBoundaryOptions(balls=8, ball_size=200, k=8, radius=0.03)
+    e = torch.eye(4)
+    gen = torch.Generator().manual_seed(0)
+    # one feature per instance, orthogonal across instances: nothing to pull or push
+    ok = e[inst.clamp_min(0) % 4]
+    r = instance_boundary_loss(ok, means, inst, opts, gen)
+    assert float(r.loss) == 0.0 and r.neg_pairs > 0 and r.pos_cos == pytest.approx(1.0) and r.neg_cos == pytest.approx(0.0)
+    # the two touching books share a feature: pushed by (1 - neg_margin)^2 on the mean over boundary pairs
+    same12 = ok.clone()
+    same12[inst == 2] = e[1]
+    r = instance_boundary_loss(same12, means, inst, opts, gen)
+    assert r.neg_cos == pytest.approx(1.0) and float(r.loss) == pytest.approx((1 - opts.neg_margin) ** 2)
+    # the far book (1 m away) may share book 1's feature: only touching Gaussians are compared
+    far = ok.clone()
+    far[inst == 3] = e[1]
+    assert float(instance_boundary_loss(far, means, inst, opts, gen).loss) == 0.0
+    # Gaussians without an instance (id 0) take no part, even with book 1's feature beside it
+    none = ok.clone()
+    none[inst == 0] = e[1]
+    assert float(instance_boundary_loss(none, means, inst, opts, gen).loss) == 0.0
+    r = instance_boundary_loss(ok, means, torch.zeros_like(inst), opts, gen)
+    assert float(r.loss) == 0.0 and r.neg_pairs == 0 and math.isnan(r.pos_cos)
+    # scattered features within an instance are pulled together
+    noisy = F.normalize(ok + 0.8 * torch.randn(ok.shape, generator=gen), dim=1)
+    r = instance_boundary_loss(noisy, means, inst, opts, gen)
+    assert float(r.loss) > 0 and r.pos_cos < opts.pos_margin
+    for bad in ({"radius": 0.0}, {"neg_margin": 0.95}, {"balls": 0}):
+        with pytest.raises(InvalidInputError, match="instance_boundary"):
+            InstanceBoundaryOptions(**bad).validate()
+
+
+def test_instance_boundary_loss_separates_touching_instances_by_descent():
+    """Gradient descent on the loss alone takes two touching books from one shared feature to
+    features the instance decoder keeps apart: every touching pair across the boundary ends under
+    its 0.7 cosine threshold, every touching pair within a book above it."""
+    from chorus_ros.core.train.losses import InstanceBoundaryOptions, instance_boundary_loss
+    means, inst = _two_books()
+    keep = (inst == 1) | (inst == 2)
+    means, inst = means[keep], inst[keep]
+    gen = torch.Generator().manual_seed(1)
+    f = torch.nn.Parameter(torch.ones(len(means), 8) + 0.01 * torch.randn(len(means), 8, generator=gen))
+    # 1 cm grid, boundary 1.4 cm: the 18 nearest within 1.5 cm are every face and edge neighbour
+    opts = InstanceBoundaryOptions(balls=4, ball_size=200, k=18, radius=0.015)
+    opt = torch.optim.Adam([f], lr=0.05)
+    first = instance_boundary_loss(f, means, inst, opts, gen)
+    for _ in range(150):
+        r = instance_boundary_loss(f, means, inst, opts, gen)
+        opt.zero_grad()
+        r.loss.backward()
+        opt.step()
+    assert first.neg_cos > 0.99 and float(r.loss.detach()) < 0.01 * float(first.loss.detach())
+    # every touching pair: across the boundary under the decoder's threshold, within a book above it
+    fn = F.normalize(f.detach(), dim=1)
+    d = torch.cdist(means, means)
+    near = (d < opts.radius) & (d > 0)
+    cos = fn @ fn.T
+    same = inst[:, None] == inst[None, :]
+    assert float(cos[near & ~same].max()) < 0.7 and float(cos[near & same].min()) > 0.7
+
+
 # ---------------------------------------------------------------------- calibration
 def test_calibration_projects_conflicts_and_equalises_exactly():
     g = {"a": torch.tensor([[1.0, 0.0]]), "b": torch.tensor([[-1.0, 1.0]])}
@@ -454,11 +528,13 @@ def test_smoke_real_config_two_steps_then_load_checkpoint_and_resume(tmp_path):
 
 
 def test_shipped_demo_checkpoint_was_trained_by_the_committed_configs():
-    """checkpoints/demo records the training config of each of its runs: they must be
-    config/train/robust.yaml (stage 1), config/train/demo.yaml (stage 2, init_from stage 1) and
-    config/train/demo_photometric.yaml twice (stage 3, init_from stage 2; stage 4, init_from
-    stage 3) and config/train/demo_dense.yaml (stage 5, init_from stage 4), up to output folders
-    and logging, so `make train-demo` reproduces the recipe."""
+    """checkpoints/demo is the average (chorus-average, uniform weights) of two runs of
+    config/train/demo_boundary.yaml (stage 6) with seeds 2 and 3, each started from stage 5; each
+    records the training config of every run before it: config/train/robust.yaml (stage 1),
+    config/train/demo.yaml (stage 2, init_from stage 1), config/train/demo_photometric.yaml twice
+    (stage 3, init_from stage 2; stage 4, init_from stage 3) and config/train/demo_dense.yaml
+    (stage 5, init_from stage 4), up to output folders and logging, so `make train-demo`
+    reproduces the recipe."""
     import yaml
     from pathlib import Path
     meta_path = Path(__file__).resolve().parents[2] / "checkpoints" / "demo" / "config.yaml"
@@ -479,14 +555,24 @@ def test_shipped_demo_checkpoint_was_trained_by_the_committed_configs():
         return config_from_dict(TrainConfig, d).to_dict()
     stages = [load_train_config(p).to_dict() for p in
               ("config/train/robust.yaml", DEMO, "config/train/demo_photometric.yaml",
-               "config/train/demo_photometric.yaml", "config/train/demo_dense.yaml")]
-    record = training
-    for i, want in reversed(list(enumerate(stages))):
-        assert differences(want, recorded(record["config"])) == [], f"stage {i + 1}"
-        assert record["step"] == want["optim"]["steps"], f"stage {i + 1}"
-        assert bool(record["config"]["init_from"]) == (i > 0) and not want["init_from"], f"stage {i + 1}"
-        record = record.get("init_from_training")
-    assert record is None                                   # stage 1 started from scratch
+               "config/train/demo_photometric.yaml", "config/train/demo_dense.yaml",
+               "config/train/demo_boundary.yaml")]
+    assert training["average"]["weights"] == [0.5, 0.5]
+    seeds = []
+    for ingredient in training["ingredients"]:
+        record = ingredient
+        seeds.append(record["config"]["seed"])
+        for i, want in reversed(list(enumerate(stages))):
+            got = recorded(record["config"])
+            if i == 5:   # the two stage-6 runs differ by their seed only
+                got["seed"] = want["seed"]
+            assert differences(want, got) == [], f"stage {i + 1}"
+            assert record["step"] == want["optim"]["steps"], f"stage {i + 1}"
+            assert bool(record["config"]["init_from"]) == (i > 0) and not want["init_from"], f"stage {i + 1}"
+            record = record.get("init_from_training")
+        assert record is None                                   # stage 1 started from scratch
+    assert seeds == [2, 3]
+    assert stages[5]["stage_options"]["align"]["instance_boundary_weight"] > 0
 
 
 def test_shipped_pointcloud_checkpoint_was_trained_by_its_committed_config():

@@ -25,7 +25,7 @@ from chorus_ros.core.errors import CheckpointError, InvalidInputError
 from chorus_ros.core.state_dict import load_state_dict_strict
 
 __all__ = ["save_checkpoint", "load_checkpoint", "load_checkpoint_config", "LoadedCheckpoint",
-           "WEIGHTS_FILE", "CONFIG_FILE", "FORMAT"]
+           "average_checkpoints", "WEIGHTS_FILE", "CONFIG_FILE", "FORMAT"]
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
@@ -122,3 +122,90 @@ def load_checkpoint(path_dir: str | os.PathLike, device: str | torch.device = "c
     model = ChorusEncoder(cfg)
     load_state_dict_strict(model, state, f"checkpoint {wpath} does not match its config")
     return LoadedCheckpoint(model.to(device).eval(), cfg, meta)
+
+
+def _side_files(path_dir: str) -> dict[str, bytes]:
+    """Every file of a checkpoint folder other than the weights and the config (text encoder,
+    label set, codebook folder...), as relative path -> content."""
+    out: dict[str, bytes] = {}
+    for root, _dirs, files in os.walk(path_dir):
+        for name in files:
+            full = os.path.join(root, name)
+            rel = os.path.relpath(full, path_dir)
+            if rel in (WEIGHTS_FILE, CONFIG_FILE) or rel.endswith(".tmp"):
+                continue
+            with open(full, "rb") as f:
+                out[rel] = f.read()
+    return out
+
+
+def average_checkpoints(sources: list[str | os.PathLike], out_dir: str | os.PathLike,
+                        weights: list[float] | None = None) -> LoadedCheckpoint:
+    """Average the weights of checkpoints of one architecture into ``out_dir`` (a "model soup").
+
+    The sources must be fine-tunes of one starting point (e.g. one recipe run with two seeds from
+    the same parent checkpoint), so that their weights lie in one basin. Every floating-point
+    tensor becomes ``sum_i w_i * t_i`` (``weights`` normalised to sum to 1; uniform when ``None``),
+    every other tensor must be equal in all sources. The sources must agree on the encoder
+    config, on the meta apart from ``training`` (label set, teachers, text encoder) and on every
+    side file (text encoder weights, label set, codebook), which are copied. The meta's
+    ``training`` becomes ``{"average": {"sources", "weights"}, "ingredients": [each source's
+    training record]}``, so the recipe of every ingredient stays recorded.
+
+    Returns the averaged checkpoint as :func:`load_checkpoint` reads it back from ``out_dir``.
+
+    Raises:
+        InvalidInputError: fewer than two sources, bad weights, or ``out_dir`` among the sources.
+        CheckpointError: a source that cannot be loaded, or sources that disagree (named).
+    """
+    srcs = [os.fspath(s) for s in sources]
+    if len(srcs) < 2:
+        raise InvalidInputError(f"averaging needs at least two checkpoints, got {len(srcs)}")
+    out = os.fspath(out_dir)
+    if any(os.path.abspath(s) == os.path.abspath(out) for s in srcs):
+        raise InvalidInputError(f"the output folder {out!r} is one of the sources; write the average elsewhere")
+    w = [1.0] * len(srcs) if weights is None else [float(x) for x in weights]
+    if len(w) != len(srcs) or any(not x > 0 for x in w):
+        raise InvalidInputError(f"averaging needs one positive weight per checkpoint ({len(srcs)}), got {weights}")
+    total = sum(w)
+    w = [x / total for x in w]
+    loaded = [load_checkpoint(s) for s in srcs]
+    first = loaded[0]
+    side = _side_files(srcs[0])
+    for s, ck in zip(srcs[1:], loaded[1:]):
+        if ck.config.to_dict() != first.config.to_dict():
+            raise CheckpointError(f"checkpoint {s!r} has another encoder config than {srcs[0]!r}")
+        a = {k: v for k, v in first.meta.items() if k != "training"}
+        b = {k: v for k, v in ck.meta.items() if k != "training"}
+        if a != b:
+            keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            raise CheckpointError(f"checkpoint {s!r} differs from {srcs[0]!r} in meta {keys}")
+        other = _side_files(s)
+        if set(other) != set(side):
+            raise CheckpointError(f"checkpoint {s!r} has the files {sorted(other)}, {srcs[0]!r} has {sorted(side)}")
+        for rel, data in side.items():
+            if other[rel] != data:
+                raise CheckpointError(f"checkpoint {s!r} differs from {srcs[0]!r} in {rel}")
+    states = [ck.model.state_dict() for ck in loaded]
+    avg = {}
+    for k, v in states[0].items():
+        if v.is_floating_point():
+            avg[k] = sum(wi * st[k].double() for wi, st in zip(w, states)).to(v.dtype)
+        else:
+            for s, st in zip(srcs[1:], states[1:]):
+                if not torch.equal(st[k], v):
+                    raise CheckpointError(f"checkpoint {s!r} differs from {srcs[0]!r} in the non-float tensor {k}")
+            avg[k] = v
+    model = ChorusEncoder(first.config)
+    load_state_dict_strict(model, avg, "averaged weights")
+    meta = dict(first.meta)
+    meta["training"] = {"average": {"sources": srcs, "weights": w},
+                        "ingredients": [ck.meta.get("training") for ck in loaded]}
+    save_checkpoint(out, model, meta)
+    for rel, data in side.items():
+        dst = os.path.join(out, rel)
+        os.makedirs(os.path.dirname(dst) or out, exist_ok=True)
+        with open(dst + ".tmp", "wb") as f:
+            f.write(data)
+        os.replace(dst + ".tmp", dst)
+    return load_checkpoint(out)

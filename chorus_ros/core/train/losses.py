@@ -31,7 +31,8 @@ import torch.nn.functional as F
 
 from chorus_ros.core.train.config import CalibrationConfig, LossConfig
 
-__all__ = ["HeadLoss", "head_loss", "calibrate_gradients", "CalibrationStats", "cosine_kmeans", "rarity_balance"]
+__all__ = ["HeadLoss", "head_loss", "calibrate_gradients", "CalibrationStats", "cosine_kmeans", "rarity_balance",
+           "InstanceBoundaryOptions", "InstanceBoundaryLoss", "instance_boundary_loss"]
 
 
 @dataclass
@@ -175,3 +176,103 @@ def rarity_balance(target: torch.Tensor, weight: torch.Tensor, valid: torch.Tens
     b = b * a.sum() / (a * b).sum().clamp_min(1e-12)
     out[valid] = b
     return out
+
+
+@dataclass
+class InstanceBoundaryOptions:
+    """Options of :func:`instance_boundary_loss` (``stage_options.align.instance_boundary``)."""
+
+    balls: int = 16
+    """Local neighbourhoods drawn per scene: a random Gaussian with an instance and its
+    ``ball_size`` nearest Gaussians (with an instance)."""
+    ball_size: int = 256
+    """Gaussians per neighbourhood."""
+    k: int = 8
+    """Nearest neighbours of each Gaussian within its neighbourhood that form pairs."""
+    radius: float = 0.05
+    """Pairs farther apart than this (metres) are dropped: only touching Gaussians are compared."""
+    pos_margin: float = 0.9
+    """Pairs of one instance are pulled until their cosine reaches this."""
+    neg_margin: float = 0.5
+    """Pairs of two instances are pushed until their cosine is below this (under the instance
+    decoder's ``feature_threshold``, 0.7 by default, so the decoder keeps them apart)."""
+
+    def validate(self) -> None:
+        from chorus_ros.core.errors import InvalidInputError
+        if self.balls < 1 or self.ball_size < 2 or self.k < 1:
+            raise InvalidInputError(f"instance_boundary needs balls >= 1, ball_size >= 2 and k >= 1, got "
+                              f"{self.balls}, {self.ball_size}, {self.k}")
+        if self.radius <= 0:
+            raise InvalidInputError(f"instance_boundary.radius must be > 0, got {self.radius}")
+        if not -1.0 <= self.neg_margin < self.pos_margin <= 1.0:
+            raise InvalidInputError(f"instance_boundary needs -1 <= neg_margin < pos_margin <= 1, got "
+                              f"{self.neg_margin}, {self.pos_margin}")
+
+
+@dataclass
+class InstanceBoundaryLoss:
+    """What :func:`instance_boundary_loss` returns (``loss`` keeps the graph)."""
+
+    loss: torch.Tensor
+    pos_cos: float
+    """Mean cosine of the same-instance pairs (nan without any)."""
+    neg_cos: float
+    """Mean cosine of the pairs across an instance boundary (nan without any)."""
+    neg_pairs: int
+    """Pairs across an instance boundary."""
+
+
+def instance_boundary_loss(features: torch.Tensor, means: torch.Tensor, instance: torch.Tensor,
+                           opts: InstanceBoundaryOptions, gen: torch.Generator | None = None) -> InstanceBoundaryLoss:
+    """Local discriminative loss on per-Gaussian identity features.
+
+    Touching Gaussians (``k`` nearest within ``radius``, in ``balls`` random neighbourhoods) of
+    one instance are pulled together, those of two instances pushed apart::
+
+        L = mean_pos relu(pos_margin - cos)^2 + mean_neg relu(cos - neg_margin)^2
+
+    Only neighbours are compared: two identical chairs far apart may share a feature (a local
+    encoder cannot tell them apart, and the instance decoder separates them by connectivity),
+    but two touching books must not, or the decoder joins them.
+
+    Args:
+        features: ``[N, D]`` identity features (e.g. the object head's output).
+        means: ``[N, 3]`` Gaussian centres, metres.
+        instance: ``[N]`` int instance ids; ids <= 0 mean "no instance" and take no part.
+        opts: see :class:`InstanceBoundaryOptions`.
+        gen: random generator for the neighbourhood centres.
+    """
+    zero = features.sum() * 0.0
+    nan = float("nan")
+    valid = torch.nonzero(instance > 0).squeeze(1)
+    if valid.numel() < 2:
+        return InstanceBoundaryLoss(zero, nan, nan, 0)
+    pts = means[valid].detach().float()
+    m = min(opts.ball_size, valid.numel())
+    centres = torch.randint(0, valid.numel(), (opts.balls,), generator=gen).to(pts.device)
+    d_c = torch.cdist(pts[centres], pts)                                    # [B, V]
+    members = d_c.topk(m, dim=1, largest=False).indices                     # [B, m] rows of valid
+    rows = valid[members]                                                   # [B, m] Gaussian rows
+    p = means[rows].detach().float()
+    d = torch.cdist(p, p)                                                   # [B, m, m]
+    d = d + torch.eye(m, dtype=d.dtype, device=d.device).unsqueeze(0) * 1e9                  # no self pairs
+    kk = min(opts.k, m - 1)
+    dist, nb = d.topk(kk, dim=2, largest=False)                            # [B, m, k]
+    near = dist < opts.radius
+    a = rows.unsqueeze(2).expand_as(nb)[near]
+    b = torch.gather(rows, 1, nb.flatten(1)).view_as(nb)[near]
+    if a.numel() == 0:
+        return InstanceBoundaryLoss(zero, nan, nan, 0)
+    f = F.normalize(features.float(), dim=1)
+    cos = (f[a] * f[b]).sum(1)
+    same = instance[a] == instance[b]
+    loss = zero
+    pos = cos[same]
+    neg = cos[~same]
+    if pos.numel():
+        loss = loss + F.relu(opts.pos_margin - pos).pow(2).mean()
+    if neg.numel():
+        loss = loss + F.relu(neg - opts.neg_margin).pow(2).mean()
+    pos, neg = pos.detach(), neg.detach()
+    return InstanceBoundaryLoss(loss, float(pos.mean()) if pos.numel() else nan,
+                                float(neg.mean()) if neg.numel() else nan, int(neg.numel()))

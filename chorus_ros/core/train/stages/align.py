@@ -5,13 +5,20 @@ trained head with :func:`~chorus_ros.core.train.losses.head_loss` on the detache
 trainer calibrates the heads' gradients at the shared embedding. With
 ``stage_options.align.contrastive_weight > 0`` a PointContrast term on the same scene
 (:func:`chorus_ros.core.train.stages.contrastive.contrastive_map_loss`) is added uncalibrated.
+With ``stage_options.align.instance_boundary_weight > 0`` and scenes whose Gaussians carry
+``extras['instance']`` (synthetic rooms, scene folders with per-Gaussian instances), the object
+head's task also holds :func:`~chorus_ros.core.train.losses.instance_boundary_loss`: touching
+Gaussians of two instances are pushed apart, of one instance pulled together, so the instance
+decoder does not join touching objects of one class (a row of books). It is calibrated with the
+object head's distillation loss, as one task.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from chorus_ros.core.train.augment import augment_scene
-from chorus_ros.core.train.losses import head_loss, rarity_balance
+from chorus_ros.core.train.losses import (InstanceBoundaryOptions, head_loss, instance_boundary_loss,
+                                          rarity_balance)
 from chorus_ros.core.train.stages import Stage, StageLoss, register_stage
 
 __all__ = ["AlignOptions", "AlignStage"]
@@ -25,6 +32,12 @@ class AlignOptions:
     """Weight of an extra PointContrast loss next to the teacher heads (0 = off)."""
     contrastive: dict = field(default_factory=dict)
     """Options of that extra term (fields of stage ``contrastive``'s ContrastiveOptions)."""
+    instance_boundary_weight: float = 0.0
+    """Weight of the instance-boundary term on the ``instance_boundary_head`` (0 = off)."""
+    instance_boundary_head: str = "object"
+    """The head whose features the instance-boundary term shapes (the instance decoder's)."""
+    instance_boundary: dict = field(default_factory=dict)
+    """Options of that term (fields of :class:`~chorus_ros.core.train.losses.InstanceBoundaryOptions`)."""
 
 
 @register_stage("align")
@@ -43,6 +56,18 @@ class AlignStage(Stage):
                         sc.targets.aux[key] = rarity_balance(sc.targets.features[h], sc.targets.weight,
                                                              sc.targets.valid, cfg.loss, seed=cfg.seed + i)
         self._contrast = None
+        self._boundary = None
+        if self.options.instance_boundary_weight > 0:
+            from chorus_ros.core.errors import InvalidInputError
+            from chorus_ros.core.train.config import config_from_dict
+            if self.options.instance_boundary_head not in trainer.heads:
+                raise InvalidInputError(
+                    f"stage_options.align.instance_boundary_head {self.options.instance_boundary_head!r} is not a "
+                    f"trained head; trained: {list(trainer.heads)}")
+            bopts = config_from_dict(InstanceBoundaryOptions, self.options.instance_boundary,
+                                     "stage_options.align.instance_boundary")
+            bopts.validate()
+            self._boundary = bopts
         if self.options.contrastive_weight > 0:
             from chorus_ros.core.train.config import config_from_dict
             from chorus_ros.core.train.stages.contrastive import ContrastiveOptions, SceneViews
@@ -62,7 +87,16 @@ class AlignStage(Stage):
         for k in trainer.heads:
             pred = trainer.model.heads[k](e)
             hl = head_loss(pred, tg.features[k], tg.weight, tg.valid, cfg.loss, tg.aux.get(f"balance.{k}"))
-            tasks[k] = hl.loss * float(hw.get(k, 1.0))
+            loss = hl.loss
+            if self._boundary is not None and k == self.options.instance_boundary_head:
+                ib = None
+                if "instance" in g.extras:   # scenes without per-Gaussian instances: distillation only
+                    ib = instance_boundary_loss(pred, g.means, g.extras["instance"], self._boundary, trainer.gen)
+                    loss = loss + self.options.instance_boundary_weight * ib.loss
+                metrics.update({"boundary_pos_cos": ib.pos_cos if ib else float("nan"),
+                                "boundary_neg_cos": ib.neg_cos if ib else float("nan"),
+                                "boundary_neg_pairs": ib.neg_pairs if ib else 0})
+            tasks[k] = loss * float(hw.get(k, 1.0))
             metrics[f"cos_{k}"] = hl.cosine
             metrics[f"l2_{k}"] = hl.l2
         extra = None
