@@ -138,6 +138,52 @@ def test_colour_options_change_colour(scene):
     assert bool((sh.base_rgb <= rgb + 1e-5).all()) and float((rgb - sh.base_rgb).mean()) > 0.02
 
 
+def test_instance_hue_turns_each_object_by_its_own_angle(scene):
+    """instance_hue_deg: every instance's colours turn about the grey axis together (one angle per
+    object, so the hue spread within an object is kept), different objects by different angles,
+    grey levels stay (away from clamping), Gaussians without an instance keep their colour, a
+    map without instance ids is left as it is, and with instance_hue_stuff=False so are floors,
+    walls and ceilings."""
+    from chorus_ros.core.gaussians import GaussianArrays
+    from chorus_ros.core.synthetic.shifts import _hue_rotation
+    g = scene.gaussians
+    rgb = g.base_rgb
+    inst = g.extras["instance"].long()
+    none_id = inst == inst.min()
+    g2 = GaussianArrays(g.means, g.sh, g.opacities, g.log_scales, g.quats, g.ids,
+                        {**g.extras, "instance": torch.where(none_id, torch.zeros_like(inst), inst)})
+    out, _, _ = shift_gaussians(g2, ShiftConfig(instance_hue_deg=180.0), _gen(6))
+    new = out.base_rgb
+    inside = (rgb.min(1).values > 0.1) & (rgb.max(1).values < 0.9) & (new.min(1).values > 0.01) & (new.max(1).values < 0.99)
+    torch.testing.assert_close(new[inside].mean(1), rgb[inside].mean(1), atol=2e-3, rtol=0)
+    assert torch.equal(new[none_id], rgb[none_id].clamp(0, 1))
+    angles = {}
+    grid = torch.arange(-180.0, 180.0, 1.0)
+    for i in inst[~none_id].unique().tolist():
+        m = (inst == i) & inside
+        if int(m.sum()) < 5 or float(rgb[m].std(0).sum()) < 1e-3 and float((rgb[m] - rgb[m].mean(1, keepdim=True)).abs().max()) < 0.02:
+            continue   # grey objects have no hue to turn
+        err = torch.stack([((rgb[m] @ _hue_rotation(float(a)).T) - new[m]).abs().max() for a in grid])
+        assert float(err.min()) < 0.01, f"instance {i}: not one rotation for all its Gaussians"
+        angles[i] = float(grid[err.argmin()])
+    assert len(angles) >= 5 and max(angles.values()) - min(angles.values()) > 60   # objects differ
+    # the training randomisation draws it only when on: earlier configs replay exactly
+    bare = GaussianArrays(g.means, g.sh, g.opacities, g.log_scales, g.quats, g.ids, {"label": g.extras["label"]})
+    same, _, _ = shift_gaussians(bare, ShiftConfig(instance_hue_deg=180.0), _gen(6))
+    torch.testing.assert_close(same.base_rgb, rgb.clamp(0, 1))
+    with pytest.raises(InvalidInputError, match="instance_hue_deg"):
+        ShiftConfig(instance_hue_deg=-1.0)
+    # instance_hue_stuff=False: floors, walls and ceilings keep their colour, objects still turn
+    from chorus_ros.core.synthetic.classes import STUFF_CLASSES, class_id
+    stuff = torch.isin(g.extras["label"].long(), torch.tensor([class_id(c) for c in STUFF_CLASSES]))
+    things, _, _ = shift_gaussians(g, ShiftConfig(instance_hue_deg=180.0, instance_hue_stuff=False), _gen(6))
+    assert int(stuff.sum()) > 100 and int((~stuff).sum()) > 100
+    torch.testing.assert_close(things.base_rgb[stuff], rgb[stuff].clamp(0, 1))
+    assert float((things.base_rgb[~stuff] - rgb[~stuff]).abs().mean()) > 0.02
+    every, _, _ = shift_gaussians(g, ShiftConfig(instance_hue_deg=180.0), _gen(6))
+    assert float((every.base_rgb[stuff] - rgb[stuff]).abs().mean()) > 0.02
+
+
 def test_position_noise_and_opacities(scene):
     g = scene.gaussians
     p, _, _ = shift_gaussians(g, ShiftConfig(position_noise=0.01), _gen())

@@ -73,6 +73,14 @@ class ShiftConfig:
     """Baked directional lighting: colour x ((1 - s) + s |n . l|) for a random light direction l and each Gaussian's normal n."""
     palette_deg: float = 0.0
     """Hue rotation of all colours (about the grey axis) uniform in [-p, p] degrees: other texture palettes."""
+    instance_hue_deg: float = 0.0
+    """Hue rotation per object, uniform in [-p, p] degrees and independent across objects (the
+    Gaussians of one ``extras['instance']`` id turn together): objects of one class in other
+    colours, so colour alone does not name a class. Gaussians with no instance (id <= 0, or maps
+    without instance ids) keep their colour."""
+    instance_hue_stuff: bool = True
+    """Whether ``instance_hue_deg`` also turns floors, walls and ceilings (the generator's stuff
+    classes, by ``extras['label']``); False turns only objects."""
     position_noise: float = 0.0
     """Std of Gaussian noise on positions, metres (sensor / SLAM noise)."""
     low_opacity_fraction: float = 0.0
@@ -108,8 +116,8 @@ class ShiftConfig:
         for name in ("isotropic_fraction", "low_opacity_fraction", "white_balance", "shading"):
             if not 0 <= getattr(self, name) <= 1:
                 raise InvalidInputError(f"ShiftConfig.{name} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("size_jitter", "tilt_deg", "exposure", "palette_deg", "position_noise", "floater_fraction",
-                     "dead_fraction", "photometric_steps"):
+        for name in ("size_jitter", "tilt_deg", "exposure", "palette_deg", "instance_hue_deg", "position_noise",
+                     "floater_fraction", "dead_fraction", "photometric_steps"):
             if getattr(self, name) < 0:
                 raise InvalidInputError(f"ShiftConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.floater_fraction > 1 or self.dead_fraction > 1:
@@ -140,7 +148,7 @@ class ShiftConfig:
     def per_gaussian(self) -> bool:
         """True if any option of :func:`shift_gaussians` is on."""
         return bool(self.equal_sizes or self.size_jitter or self.isotropic_fraction or self.yaw_deg or self.tilt_deg
-                    or self.white_balance or self.exposure or self.shading or self.palette_deg
+                    or self.white_balance or self.exposure or self.shading or self.palette_deg or self.instance_hue_deg
                     or self.position_noise or self.low_opacity_fraction or self.floater_fraction
                     or self.dead_fraction)
 
@@ -218,6 +226,23 @@ def _hue_rotation(deg: float) -> torch.Tensor:
     a = math.radians(deg)
     k = torch.tensor([[0.0, -1.0, 1.0], [1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]]) / math.sqrt(3.0)
     return torch.eye(3) + math.sin(a) * k + (1 - math.cos(a)) * (k @ k)
+
+
+def _instance_hue(rgb: torch.Tensor, instance: torch.Tensor, max_deg: float, gen: torch.Generator,
+                  keep: torch.Tensor | None = None) -> torch.Tensor:
+    """``rgb [M, 3]`` with each instance's colours turned about the grey axis by its own angle,
+    uniform in [-max_deg, max_deg] (one draw per distinct id, in ascending id order); ids <= 0
+    and the Gaussians of ``keep [M]`` (bool) stay as they are."""
+    inst = instance.long()
+    ids, inv = torch.unique(inst, return_inverse=True)
+    a = torch.deg2rad(_u(gen, -max_deg, max_deg, len(ids)))
+    k = torch.tensor([[0.0, -1.0, 1.0], [1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]]) / math.sqrt(3.0)
+    R = (torch.eye(3) + torch.sin(a)[:, None, None] * k + (1 - torch.cos(a))[:, None, None] * (k @ k))
+    R[ids <= 0] = torch.eye(3)
+    Rg = R[inv]
+    if keep is not None:
+        Rg[keep] = torch.eye(3)
+    return torch.einsum("nij,nj->ni", Rg.to(rgb.dtype), rgb)
 
 
 def shift_gaussians(g: GaussianArrays, cfg: ShiftConfig, gen: torch.Generator, *,
@@ -298,6 +323,12 @@ def shift_gaussians(g: GaussianArrays, cfg: ShiftConfig, gen: torch.Generator, *
         rgb = rgb * 2.0 ** _u(gen, -cfg.exposure, cfg.exposure)
     if cfg.palette_deg > 0:
         rgb = rgb @ _hue_rotation(_u(gen, -cfg.palette_deg, cfg.palette_deg)).T
+    if cfg.instance_hue_deg > 0 and "instance" in extras:
+        keep = None
+        if not cfg.instance_hue_stuff and "label" in extras:
+            from chorus_ros.core.synthetic.classes import STUFF_CLASSES, class_id
+            keep = torch.isin(extras["label"].long(), torch.tensor([class_id(c) for c in STUFF_CLASSES]))
+        rgb = _instance_hue(rgb, extras["instance"], cfg.instance_hue_deg, gen, keep)
     rgb = rgb.clamp(0.0, 1.0)
     # --- positions
     if cfg.position_noise > 0:

@@ -131,6 +131,8 @@ def augment_scene(g: GaussianArrays, targets: LiftedTargets, cfg: AugmentConfig,
         sc = ShiftConfig.from_dict(cfg.shift)
         for f in _SCALED_SHIFT_OPTIONS:  # each option's strength drawn in [0, value] every step
             setattr(sc, f, getattr(sc, f) * _u(gen, 0.0, 1.0))
+        if sc.instance_hue_deg > 0:      # drawn only when on, so earlier configs replay exactly
+            sc.instance_hue_deg *= _u(gen, 0.0, 1.0)
         g, src, _ = shift_gaussians(g, sc, gen)
         if len(src) != len(targets) or not bool((src == torch.arange(len(src))).all()):
             targets = targets.index(src)
