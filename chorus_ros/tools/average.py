@@ -5,7 +5,7 @@
 
 The checkpoints must share the architecture, label set, teachers and text encoder (fine-tunes of
 one parent, e.g. one config run with two seeds); the average records every ingredient's training
-record (docs/training.md, "Stage 6").
+record (docs/training.md; the shipped stage 6 in docs/generalisation.md, "Stage 6").
 """
 from __future__ import annotations
 

@@ -36,6 +36,7 @@ import torch
 
 from chorus_ros.core.errors import InvalidInputError
 from chorus_ros.core.gaussians import GaussianArrays, rgb_to_sh_dc, sh_dc_to_rgb
+from chorus_ros.core.synthetic.classes import STUFF_CLASSES, class_id
 from chorus_ros.core.synthetic.photometric import GS3D_RECIPE
 
 __all__ = ["ShiftConfig", "ShiftedScene", "SHIFT_SUITE", "shift_gaussians", "generate_shifted_scene",
@@ -221,11 +222,22 @@ def _normals(g: GaussianArrays) -> torch.Tensor:
     return torch.gather(rot, 2, k[:, None, None].expand(-1, 3, 1)).squeeze(-1)
 
 
+_STUFF_IDS = torch.tensor([class_id(c) for c in STUFF_CLASSES])
+"""The generator's stuff class ids (floor, wall, ceiling), as in ``extras['label']``."""
+
+
+def _hue_rotations(rad: torch.Tensor) -> torch.Tensor:
+    """``[n, 3, 3]`` float32 rotations of RGB about the grey axis by the angles ``rad [n]``
+    (radians; sines and cosines taken in ``rad``'s dtype)."""
+    k = torch.tensor([[0.0, -1.0, 1.0], [1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]]) / math.sqrt(3.0)
+    sin = torch.sin(rad).float()[:, None, None]
+    one_minus_cos = (1 - torch.cos(rad)).float()[:, None, None]
+    return torch.eye(3) + sin * k + one_minus_cos * (k @ k)
+
+
 def _hue_rotation(deg: float) -> torch.Tensor:
     """[3, 3] rotation of RGB about the grey axis by ``deg`` degrees."""
-    a = math.radians(deg)
-    k = torch.tensor([[0.0, -1.0, 1.0], [1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]]) / math.sqrt(3.0)
-    return torch.eye(3) + math.sin(a) * k + (1 - math.cos(a)) * (k @ k)
+    return _hue_rotations(torch.tensor([math.radians(deg)], dtype=torch.float64))[0]
 
 
 def _instance_hue(rgb: torch.Tensor, instance: torch.Tensor, max_deg: float, gen: torch.Generator,
@@ -233,11 +245,8 @@ def _instance_hue(rgb: torch.Tensor, instance: torch.Tensor, max_deg: float, gen
     """``rgb [M, 3]`` with each instance's colours turned about the grey axis by its own angle,
     uniform in [-max_deg, max_deg] (one draw per distinct id, in ascending id order); ids <= 0
     and the Gaussians of ``keep [M]`` (bool) stay as they are."""
-    inst = instance.long()
-    ids, inv = torch.unique(inst, return_inverse=True)
-    a = torch.deg2rad(_u(gen, -max_deg, max_deg, len(ids)))
-    k = torch.tensor([[0.0, -1.0, 1.0], [1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]]) / math.sqrt(3.0)
-    R = (torch.eye(3) + torch.sin(a)[:, None, None] * k + (1 - torch.cos(a))[:, None, None] * (k @ k))
+    ids, inv = torch.unique(instance.long(), return_inverse=True)
+    R = _hue_rotations(torch.deg2rad(_u(gen, -max_deg, max_deg, len(ids))))
     R[ids <= 0] = torch.eye(3)
     Rg = R[inv]
     if keep is not None:
@@ -326,8 +335,7 @@ def shift_gaussians(g: GaussianArrays, cfg: ShiftConfig, gen: torch.Generator, *
     if cfg.instance_hue_deg > 0 and "instance" in extras:
         keep = None
         if not cfg.instance_hue_stuff and "label" in extras:
-            from chorus_ros.core.synthetic.classes import STUFF_CLASSES, class_id
-            keep = torch.isin(extras["label"].long(), torch.tensor([class_id(c) for c in STUFF_CLASSES]))
+            keep = torch.isin(extras["label"].long(), _STUFF_IDS)
         rgb = _instance_hue(rgb, extras["instance"], cfg.instance_hue_deg, gen, keep)
     rgb = rgb.clamp(0.0, 1.0)
     # --- positions

@@ -83,7 +83,8 @@ def split_gaussians(g: GaussianArrays, count: int, gen: torch.Generator) -> tupl
 
 
 _SCALED_SHIFT_OPTIONS = ("size_jitter", "isotropic_fraction", "tilt_deg", "white_balance", "exposure", "shading",
-                         "palette_deg", "position_noise", "low_opacity_fraction", "floater_fraction", "dead_fraction")
+                         "palette_deg", "position_noise", "low_opacity_fraction", "floater_fraction", "dead_fraction",
+                         "instance_hue_deg")
 
 
 def _u(gen: torch.Generator, lo: float, hi: float) -> float:
@@ -129,10 +130,9 @@ def augment_scene(g: GaussianArrays, targets: LiftedTargets, cfg: AugmentConfig,
     if cfg.shift:  # domain randomisation (chorus_ros.core.synthetic.shifts), targets follow their source
         from chorus_ros.core.synthetic.shifts import ShiftConfig, shift_gaussians
         sc = ShiftConfig.from_dict(cfg.shift)
-        for f in _SCALED_SHIFT_OPTIONS:  # each option's strength drawn in [0, value] every step
-            setattr(sc, f, getattr(sc, f) * _u(gen, 0.0, 1.0))
-        if sc.instance_hue_deg > 0:      # drawn only when on, so earlier configs replay exactly
-            sc.instance_hue_deg *= _u(gen, 0.0, 1.0)
+        for f in _SCALED_SHIFT_OPTIONS:  # each option that is on: its strength drawn in [0, value] every step
+            if getattr(sc, f) > 0:
+                setattr(sc, f, getattr(sc, f) * _u(gen, 0.0, 1.0))
         g, src, _ = shift_gaussians(g, sc, gen)
         if len(src) != len(targets) or not bool((src == torch.arange(len(src))).all()):
             targets = targets.index(src)

@@ -253,7 +253,7 @@ def instance_boundary_loss(features: torch.Tensor, means: torch.Tensor, instance
     d_c = torch.cdist(pts[centres], pts)                                    # [B, V]
     members = d_c.topk(m, dim=1, largest=False).indices                     # [B, m] rows of valid
     rows = valid[members]                                                   # [B, m] Gaussian rows
-    p = means[rows].detach().float()
+    p = pts[members]
     d = torch.cdist(p, p)                                                   # [B, m, m]
     d = d + torch.eye(m, dtype=d.dtype, device=d.device).unsqueeze(0) * 1e9                  # no self pairs
     kk = min(opts.k, m - 1)
@@ -263,7 +263,7 @@ def instance_boundary_loss(features: torch.Tensor, means: torch.Tensor, instance
     b = torch.gather(rows, 1, nb.flatten(1)).view_as(nb)[near]
     if a.numel() == 0:
         return InstanceBoundaryLoss(zero, nan, nan, 0)
-    f = F.normalize(features.float(), dim=1)
+    f = F.normalize(features.float(), dim=1)   # as a whole: the stage-6 runs were trained with this order
     cos = (f[a] * f[b]).sum(1)
     same = instance[a] == instance[b]
     loss = zero

@@ -9,8 +9,8 @@ With ``stage_options.align.instance_boundary_weight > 0`` and scenes whose Gauss
 ``extras['instance']`` (synthetic rooms, scene folders with per-Gaussian instances), the object
 head's task also holds :func:`~chorus_ros.core.train.losses.instance_boundary_loss`: touching
 Gaussians of two instances are pushed apart, of one instance pulled together, so the instance
-decoder does not join touching objects of one class (a row of books). It is calibrated with the
-object head's distillation loss, as one task.
+decoder joins fewer touching objects of one class (a row of books comes apart in groups;
+docs/instances.md). It is calibrated with the object head's distillation loss, as one task.
 """
 from __future__ import annotations
 
