@@ -209,13 +209,15 @@ def _main(quick: bool) -> str:
               "|---|---|---|---|---|---|"]
     sizes = [(f"one room, {n_big // 4000}K" if quick else "one room, 50K", n_big // 4 if quick else 50_000, True),
              (f"building of rooms, {n_big // 1000}K", n_big, False)]
-    big, t_fwd = None, float("nan")
+    big, room, t_fwd = None, None, float("nan")
     for name, n, single in sizes:
         g = _room(7, n) if single else building(n, per_room)
         nv = len(voxelize(g.means, cfg.voxel_size))
         w, c, peak = _full_pass(model, g, reps)
         lines.append(f"| {name} | {len(g)} | {nv} | {w:.2f} | {c:.2f} | {peak:.0f} |")
-        if not single:
+        if single:
+            room = g
+        else:
             big, t_fwd = g, c
     assert big is not None
     n = len(big)
@@ -246,7 +248,38 @@ def _main(quick: bool) -> str:
                  "within the receptive field of the change (features rewritten), not with the number of "
                  "changed Gaussians.")
     lines += _switch_over(model, big, block)
+    assert room is not None
+    lines += _ensemble(model, room, block)
     return "\n".join(lines) + "\n"
+
+
+def _ensemble(model: ChorusEncoder, room: GaussianArrays, block: float) -> list[str]:
+    """Cost of the rotation ensemble (``incremental.rotations``, chorus_ros.core.encoder.ensemble):
+    first (full) encode and a 1 % local edit, against the plain encoder's, on one room."""
+    n = len(room)
+    room = GaussianArrays(room.means, room.sh, room.opacities, room.log_scales, room.quats,
+                          torch.arange(n, dtype=torch.int64))
+    centre = (room.means.min(0).values + room.means.max(0).values) / 2
+    k = max(1, n // 100)
+    out = ["", f"### Rotation ensemble (`incremental.rotations`; one room, {n // 1000}K Gaussians)", "",
+           "The encoder averaged over K copies of the map rotated about the vertical (docs/generalisation.md, "
+           "\"A rotation ensemble at encode time\"); K > 1 runs the 'halo' path. Ratios are to the plain "
+           "encoder's default ('cached', K = 1) in the same run.", "",
+           "| rotations | mode | first encode CPU (s) | 1 % local edit CPU (s) | first encode / plain | edit / plain |",
+           "|---|---|---|---|---|---|"]
+    base = None
+    for rot, mode in ((1, "cached"), (1, "halo"), (4, "halo"), (8, "halo")):
+        gmap = GaussianMap(MapConfig(sh_degree=0, block_size=block, initial_capacity=n + 1024))
+        gmap.add(room)
+        inc = IncrementalEncoder(model, gmap, IncrementalConfig(mode=mode, rotations=rot))
+        _, _, c_full = _timed(inc.update)
+        _local_edit(gmap, centre, k, 1.0)
+        res, _, c_edit = _timed(inc.update)
+        if base is None:
+            base = (c_full, c_edit)
+        out.append(f"| {rot} | {mode} | {c_full:.2f} | {c_edit:.3f}{' (full)' if res.full else ''} | "
+                   f"**{c_full / base[0]:.1f}x** | **{c_edit / base[1]:.1f}x** |")
+    return out
 
 
 SWITCH_FRACTIONS = (0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8)

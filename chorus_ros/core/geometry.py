@@ -15,6 +15,7 @@ Everything here is pure numpy/torch; ROS message conversion lives in ``chorus_ro
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,8 @@ __all__ = [
     "viewmat_to_pose",
     "look_at_pose",
     "normalize_quat",
+    "quat_multiply",
+    "rotate_about_axis",
 ]
 
 _QUAT_NORM_TOL = 1e-3
@@ -106,6 +109,27 @@ def rotmat_to_quat_wxyz(r: np.ndarray) -> np.ndarray:
     q = np.asarray(q)
     q = q / np.linalg.norm(q)
     return -q if q[0] < 0 else q
+
+
+def quat_multiply(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Hamilton product of wxyz quaternions ``a [.., 4]`` and ``b [.., 4]``."""
+    aw, ax, ay, az = a.unbind(-1)
+    bw, bx, by, bz = b.unbind(-1)
+    return torch.stack([aw * bw - ax * bx - ay * by - az * bz,
+                        aw * bx + ax * bw + ay * bz - az * by,
+                        aw * by - ax * bz + ay * bw + az * bx,
+                        aw * bz + ax * by - ay * bx + az * bw], dim=-1)
+
+
+def rotate_about_axis(angle: float, axis: int, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(R [3, 3], q [4] wxyz)`` (``dtype``) for a rotation by ``angle`` radians about world ``axis``."""
+    c, s = math.cos(angle), math.sin(angle)
+    i, j = [(1, 2), (2, 0), (0, 1)][axis]
+    R = torch.eye(3, dtype=dtype)
+    R[i, i], R[i, j], R[j, i], R[j, j] = c, -s, s, c
+    q = torch.zeros(4, dtype=dtype)
+    q[0], q[1 + axis] = math.cos(angle / 2), math.sin(angle / 2)
+    return R, q
 
 
 def pose_to_viewmat(position: np.ndarray, quat_xyzw: np.ndarray, *, strict: bool = True) -> np.ndarray:

@@ -361,15 +361,16 @@ class PerceptionPipeline:
         self.map = gmap
         self.faint = _store_like(gmap)
         """Gaussians below ``config.min_opacity``: kept (and saved), never encoded or rendered."""
-        if hasattr(model, "receptive_field_m") and hasattr(model, "config"):
+        self._incremental_factory = incremental_factory or self._default_incremental
+        self._incremental = self._incremental_factory(self.map)
+        enc = getattr(self._incremental, "model", model)   # a rotation ensemble when incremental.rotations > 1
+        if hasattr(enc, "receptive_field_m") and hasattr(enc, "config"):
             from chorus_ros.core.encoder.incremental import max_supported_coordinate
-            lim = max_supported_coordinate(model, gmap.config.block_size)
+            lim = max_supported_coordinate(enc, gmap.config.block_size)
             if float(gmap.config.max_abs_coordinate) > lim:
                 raise InvalidInputError(f"map.max_abs_coordinate {gmap.config.max_abs_coordinate} m is beyond what "
                                         f"the encoder's voxel keys cover ({lim:.0f} m at voxel_size "
-                                        f"{model.config.voxel_size} m); lower it")
-        self._incremental_factory = incremental_factory or self._default_incremental
-        self._incremental = self._incremental_factory(self.map)
+                                        f"{enc.config.voxel_size} m); lower it")
         self.semantic = SemanticDecoder(text_encoder, labels, config.semantic)
         self.fusion = None
         """Optional :class:`~chorus_ros.core.decode.fusion.FusionDecoder` (``<checkpoint>/fusion/``)."""

@@ -62,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-opacity", type=float, default=None,
                     help="the pipeline's min_opacity: Gaussians below it are set aside, not encoded "
                          "(default: the pipeline's, 0.1; 0 keeps all)")
+    ap.add_argument("--rotations", type=int, default=1, metavar="K",
+                    help="rotation ensemble: average the encoder over K copies of the map rotated about the "
+                         "vertical (pipeline incremental.rotations, with incremental.mode 'halo'; K x the encode "
+                         "time; default 1 = off)")
     ap.add_argument("--out", default="-", help="markdown report to write ('-' prints only)")
     ap.add_argument("--section", help="replace only this marked section of --out (keeps the rest of the file)")
     ap.add_argument("--json", metavar="FILE", help="write the results as one JSON object (percent)")
@@ -82,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.bag and (a.dataset or a.ablation or a.suite):
         ap.error("--bag cannot be combined with --dataset, --ablation or --suite")
+    if a.bag and a.rotations != 1:
+        ap.error("--rotations does not apply to --bag: set the node's incremental.rotations (and incremental.mode halo)")
     if a.ablation and (a.checkpoint or a.dataset):
         ap.error("--ablation cannot be combined with --checkpoint or --dataset")
     if not a.ablation and not a.checkpoint:
@@ -103,13 +109,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _factory(ckpt: str, device: str, min_opacity: float | None = None, instance_image: str | None = None):
+def _factory(ckpt: str, device: str, min_opacity: float | None = None, instance_image: str | None = None,
+             rotations: int = 1):
     from chorus_ros.core.pipeline import PerceptionPipeline, PipelineConfig
 
     def make():
         cfg = PipelineConfig(device=device)
         if min_opacity is not None:
             cfg.min_opacity = float(min_opacity)
+        if rotations != 1:
+            cfg.incremental.rotations = int(rotations)
+            cfg.incremental.mode = "halo"
         if instance_image is not None:
             cfg.per_view.instance_image = instance_image
         cfg.validate()
@@ -158,7 +168,7 @@ def _dataset(a, cmd: str) -> int:
         print(f"{s.name}: {len(s)} views, {len(s.gaussians)} Gaussians ({s.layout} layout); not given to the "
               f"model: {', '.join(s.ignored_properties) or 'nothing'}", file=sys.stderr)
     _note_plain_maps(scenes, a.checkpoint)
-    res = evaluate_scenes(_factory(a.checkpoint, a.device, a.min_opacity, a.instance_image), scenes,
+    res = evaluate_scenes(_factory(a.checkpoint, a.device, a.min_opacity, a.instance_image, a.rotations), scenes,
                           SceneEvalConfig(min_alpha=a.min_alpha, chunks=a.chunks, contact_views=a.contact_views),
                           progress=not a.no_progress)
     setup = (f"Checkpoint `{a.checkpoint}`; scene folders {', '.join(f'`{p}`' for p in a.dataset)}"
@@ -190,7 +200,7 @@ def _suite(a, cmd: str) -> int:
     runs = [("checkpoint", a.checkpoint)] if a.checkpoint else [
         tuple(s.split("=", 1)) if "=" in s else (Path(s).name, s) for s in a.ablation]
     cache: dict = {}
-    results = {name: evaluate_shift_suite(_factory(ckpt, a.device, a.min_opacity, a.instance_image), cfg, cache=cache,
+    results = {name: evaluate_shift_suite(_factory(ckpt, a.device, a.min_opacity, a.instance_image, a.rotations), cfg, cache=cache,
                                           progress=not a.no_progress)
                for name, ckpt in runs}
     if a.json:
@@ -221,7 +231,7 @@ def _seeds(a, ap, cmd: str) -> int:
                                                          for s in a.ablation]
     cache: dict = {}
     progress = None if a.no_progress else (lambda s: print(s, file=sys.stderr))
-    results = [evaluate_checkpoint(name, _factory(ckpt, cfg.device, a.min_opacity, a.instance_image), cfg, cache, progress=progress,
+    results = [evaluate_checkpoint(name, _factory(ckpt, cfg.device, a.min_opacity, a.instance_image, a.rotations), cfg, cache, progress=progress,
                                    contact_views=a.contact_views) for name, ckpt in runs]
     if a.checkpoint:
         _outputs(a, results[0].dataset,

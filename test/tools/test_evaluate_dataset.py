@@ -171,3 +171,24 @@ def test_plain_point_cloud_map(setup, tmp_path, capsys):
     assert "warning:" in err and "checkpoints/pointcloud" in err
     d = json.loads(js.read_text())
     assert d["n_views"] == 3 and d["mIoU"] is not None and d["mIoU_3d"] is not None
+
+
+def test_rotation_ensemble_flag(setup, tmp_path, capsys, monkeypatch):
+    """--rotations K encodes through a K-member rotation ensemble (and without it, never); an
+    invalid K exits 2 with one line naming the option."""
+    from chorus_ros.core.encoder import ensemble
+    from chorus_ros.tools.evaluate import main
+
+    members = []
+    orig = ensemble.RotationEnsemble.forward
+    monkeypatch.setattr(ensemble.RotationEnsemble, "forward", lambda self, g: members.append(self.rotations) or orig(self, g))
+    base = ["--dataset", str(setup / "export"), "--checkpoint", str(setup / "ckpt"), "--no-progress"]
+    js = tmp_path / "four.json"
+    assert main(base) == 0 and members == []
+    assert main(base + ["--json", str(js), "--rotations", "4"]) == 0
+    assert members and set(members) == {4} and json.loads(js.read_text())["n_views"] == 3
+    capsys.readouterr()
+    assert main(base + ["--rotations", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "rotations" in err and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("chorus-eval: error:")

@@ -67,6 +67,8 @@ class IncrementalConfig:
     """Also store the shared embedding as the attribute 'feat.embedding' ([n, embed_dim] float32)."""
     attribute_prefix: str = "feat."
     """Prefix of the map attributes written: '<prefix><head>' and '<prefix>valid'."""
+    rotations: int = 1
+    """Rotation ensemble: average the encoder's outputs over this many copies of the map rotated about the vertical (chorus_ros.core.encoder.ensemble; 1 = off). Costs that many forward passes per encode; more than 1 needs mode 'halo'."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -81,6 +83,12 @@ class IncrementalConfig:
             raise InvalidInputError(f"IncrementalConfig.halo_margin must be >= 0, got {self.halo_margin}")
         if not self.attribute_prefix:
             raise InvalidInputError("IncrementalConfig.attribute_prefix must not be empty")
+        from chorus_ros.core.encoder.ensemble import MAX_ROTATIONS
+        if not 1 <= int(self.rotations) <= MAX_ROTATIONS:
+            raise InvalidInputError(f"IncrementalConfig.rotations must be in [1, {MAX_ROTATIONS}], got {self.rotations}")
+        if int(self.rotations) > 1 and self.mode != "halo":
+            raise InvalidInputError(f"IncrementalConfig.rotations {self.rotations} needs mode 'halo' (the 'cached' engine "
+                                    f"keeps the activations of one unrotated grid), got mode {self.mode!r}")
 
 
 @dataclass
@@ -119,7 +127,11 @@ def max_supported_coordinate(model: ChorusEncoder, block_size: float) -> float:
 
     vs = float(model.config.voxel_size)
     margin = 2.0 * model.receptive_field_m + 2.0 * float(block_size) + 8.0 * vs
-    return COORD_LIMIT * vs - margin
+    # a rotation ensemble's members see coordinates up to coordinate_gain x larger (and shifted by under a voxel)
+    gain = getattr(model, "coordinate_gain", None)
+    if gain is None:
+        return COORD_LIMIT * vs - margin
+    return (COORD_LIMIT * vs - margin - vs) / float(gain)
 
 
 def _check_extent(model: ChorusEncoder, gmap, block_size: float) -> None:
@@ -274,9 +286,15 @@ class IncrementalEncoder:
     def __init__(self, model: ChorusEncoder, gmap, config: IncrementalConfig | None = None) -> None:
         if not isinstance(model, ChorusEncoder):
             raise InvalidInputError(f"IncrementalEncoder needs a ChorusEncoder, got {type(model).__name__}")
-        self.model = model
         self.map = gmap
         self.config = config if config is not None else IncrementalConfig()
+        self.config.__post_init__()
+        self.base_model = model
+        """The checkpoint's encoder (``model`` is it, or its rotation ensemble when ``rotations`` > 1)."""
+        if int(self.config.rotations) > 1:
+            from chorus_ros.core.encoder.ensemble import RotationEnsemble
+            model = RotationEnsemble(model, int(self.config.rotations))
+        self.model = model
         self._initialised = False
         self._version = 0
         self._params_seen: tuple | None = None

@@ -191,7 +191,7 @@ def _rotmat_to_quat(r: np.ndarray) -> torch.Tensor:
 def rigid_transform(g: GaussianArrays, T: np.ndarray) -> GaussianArrays:
     """Apply the ``[4, 4]`` rigid transform ``T`` (new world <- old world) to Gaussians:
     positions and orientations (SH bands above DC are dropped: they would need rotating)."""
-    from chorus_ros.core.train.augment import quat_multiply
+    from chorus_ros.core.geometry import quat_multiply
     R = torch.as_tensor(T[:3, :3], dtype=torch.float32)
     t = torch.as_tensor(T[:3, 3], dtype=torch.float32)
     q = _rotmat_to_quat(T[:3, :3])

@@ -20,31 +20,11 @@ import math
 import torch
 
 from chorus_ros.core.gaussians import GaussianArrays, rgb_to_sh_dc, sh_dc_to_rgb
+from chorus_ros.core.geometry import quat_multiply, rotate_about_axis  # re-exported (their old home)
 from chorus_ros.core.lift import LiftedTargets
 from chorus_ros.core.train.config import AugmentConfig
 
 __all__ = ["augment_scene", "quat_multiply", "rotate_about_axis", "split_gaussians", "SPLIT_SHRINK"]
-
-
-def quat_multiply(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Hamilton product of wxyz quaternions ``a [.., 4]`` and ``b [.., 4]``."""
-    aw, ax, ay, az = a.unbind(-1)
-    bw, bx, by, bz = b.unbind(-1)
-    return torch.stack([aw * bw - ax * bx - ay * by - az * bz,
-                        aw * bx + ax * bw + ay * bz - az * by,
-                        aw * by - ax * bz + ay * bw + az * bx,
-                        aw * bz + ax * by - ay * bx + az * bw], dim=-1)
-
-
-def rotate_about_axis(angle: float, axis: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(R [3, 3], q [4] wxyz)`` for a rotation by ``angle`` radians about world ``axis``."""
-    c, s = math.cos(angle), math.sin(angle)
-    i, j = [(1, 2), (2, 0), (0, 1)][axis]
-    R = torch.eye(3)
-    R[i, i], R[i, j], R[j, i], R[j, j] = c, -s, s, c
-    q = torch.zeros(4)
-    q[0], q[1 + axis] = math.cos(angle / 2), math.sin(angle / 2)
-    return R, q
 
 
 SPLIT_SHRINK = 1.6

@@ -30,8 +30,7 @@ import torch.nn.functional as F
 
 from chorus_ros.core.errors import InvalidInputError
 from chorus_ros.core.gaussians import GaussianArrays, rgb_to_sh_dc, sh_dc_to_rgb
-from chorus_ros.core.geometry import Camera
-from chorus_ros.core.train.augment import quat_multiply, rotate_about_axis
+from chorus_ros.core.geometry import Camera, quat_multiply, rotate_about_axis
 from chorus_ros.core.train.stages import Stage, StageLoss, register_stage
 
 __all__ = ["ContrastiveOptions", "ContrastiveLoss", "MapScene", "SceneViews", "visible_gaussians",
