@@ -197,7 +197,10 @@ def _part_lines(name: str, part: dict) -> list[str]:
         lines = ["", "### Encoder at 1M Gaussians", "", part.get("what", ""), ""]
         lines += _table(["pass", "Gaussians", "voxels", "ms median", "runs", "peak GPU MiB"],
                         [["full pass", f"{f.get('gaussians', 0):,}", f"{f.get('voxels', 0):,}", _f(f.get("ms_median"), ".0f"),
-                          str(f.get("runs")), _f(f.get("peak_mib"), ".0f")]])
+                          str(f.get("runs")), _f(f.get("peak_mib"), ".0f")]]
+                        + ([["8-rotation ensemble (`incremental.rotations` 8)", f"{f.get('gaussians', 0):,}",
+                             f"{f.get('voxels', 0):,}", _f(f.get("rotations8_ms"), ".0f"), "1", ""]]
+                           if f.get("rotations8_ms") is not None else []))
         rows = [[r.get("change", "?"), f"{r.get('changed', 0):,}", f"{r.get('rewritten', 0):,}",
                  "yes" if r.get("full") else "no", _f(r.get("ms_median"), ".0f"), _f(r.get("full_over_update"), ".1f")]
                 for r in part.get("incremental", [])]

@@ -96,7 +96,7 @@ def _measured() -> dict:
             "env": {**ok, "gpu_name": "GPU-X", "gpu_capability": "9.0", "gpu_memory_gib": 79.2, "driver": "580",
                     "torch": "2.11.0", "torch_cuda": "13.0", "python": "3.12.3", "packages": {"gsplat": "gsplat 1.5.3"}},
             "encode": {**ok, "full": {"gaussians": 1_000_000, "voxels": 800_000, "ms_median": 123.4, "runs": 3,
-                                      "peak_mib": 4000.0},
+                                      "peak_mib": 4000.0, "rotations8_ms": 990.0},
                        "first_update_ms": 200.0, "cache_mib": 900.0, "what": "w",
                        "incremental": [{"change": "local edit 1 %", "changed": 10_000, "rewritten": 40_000,
                                         "full": False, "ms_median": 20.0, "full_over_update": 6.17}]},
@@ -123,7 +123,8 @@ def test_measured_section_renders_and_replaces_the_old_one(tmp_path):
     section = gpu_report.render_gpu_section(res)
     assert "No GPU number" not in section
     for expected in ("| GPU | GPU-X (79 GiB, compute 9.0, driver 580) |", "| build | timeout | 330 | 330 | stopped at",
-                     "| full pass | 1,000,000 | 800,000 | 123 | 3 | 4000 |", "| local edit 1 % | 10,000 | 40,000 | no | 20 | 6.2 |",
+                     "| full pass | 1,000,000 | 800,000 | 123 | 3 | 4000 |",
+                     "| 8-rotation ensemble (`incremental.rotations` 8) | 1,000,000 | 800,000 | 990 | 1 |  |", "| local edit 1 % | 10,000 | 40,000 | no | 20 | 6.2 |",
                      "| 1,000,123 | 640x480 | 2.50 | 2.00 | 400 | 900 | 40 |",
                      "| 100,000 | 640x480 | 1 | 30.00 | 3.00 | 4.00 | 2.00 | 34.00 | 29 | no |",
                      "| 20 | 40 | 250 | 4.00 | 3000 | 8 min |",
