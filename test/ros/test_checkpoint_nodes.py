@@ -119,3 +119,38 @@ def test_deltas_end_in_the_same_images_as_the_full_map(harness, full_map, grown_
     # Instance ids are not compared here: a random network's object features give arbitrary
     # groupings that depend on the regrouped region. test_chorus_node.py checks that the instance
     # partition of a grown map equals the full map's with meaningful object features.
+
+
+def test_rotation_ensemble_node_equals_the_pipeline(harness, small_scene, camera, random_checkpoint, wait_until):
+    """incremental.rotations as a node parameter: the node encodes with the rotation ensemble and
+    its images equal the core pipeline's with the same configuration."""
+    from chorus_ros.core.encoder.ensemble import RotationEnsemble
+    from chorus_ros.core.pipeline import PerceptionPipeline
+    from chorus_ros.ros import conversions as cv
+    from chorus_ros.ros.bringup import Bringup
+    from chorus_ros.ros.map_updates import map_update_to_msg
+    params = {"chorus_node": dict(PARAMS["chorus_node"], **{"incremental.rotations": 4, "incremental.mode": "halo"})}
+    with Bringup(checkpoint=str(random_checkpoint), namespace="ens", nodes=["chorus_node"], parameters=params) as b:
+        node = b.nodes["chorus_node"]
+        _publish(harness, "ens", [map_update_to_msg(small_scene.gaussians, map_id="m", sequence=0, full=True)],
+                 node, wait_until)
+        assert not node.errors.recent
+        enc = node.pipeline._incremental.model
+        assert isinstance(enc, RotationEnsemble) and enc.rotations == 4
+        got, cam = _images(harness, "ens", camera, 456_000, wait_until)
+        ref = PerceptionPipeline.from_checkpoint(random_checkpoint, copy.deepcopy(node.pipeline.config))
+    g = small_scene.gaussians
+    ref.apply_update(type(g)(g.means, g.sh, g.opacities, g.log_scales, g.quats, g.ids), None, full=True)
+    ref.encode()
+    expect = cv.view_images(ref.render_view(cam), ref.labels, ref.config.overlay_alpha)
+    for k in ("semantic", "instance", "confidence"):
+        np.testing.assert_array_equal(got[k], expect[k], err_msg=k)
+
+
+def test_rotation_ensemble_needs_the_halo_mode(random_checkpoint):
+    """A node asked for the ensemble with the (default) cached mode does not start, and says why."""
+    from chorus_ros.ros.bringup import Bringup
+    params = {"chorus_node": {"incremental.rotations": 4}}
+    with pytest.raises(Exception, match="needs mode 'halo'"):
+        with Bringup(checkpoint=str(random_checkpoint), namespace="ens_bad", nodes=["chorus_node"], parameters=params):
+            pass
