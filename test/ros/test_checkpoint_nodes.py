@@ -70,6 +70,16 @@ def _publish(harness, ns, msgs, node, wait_until):
                    f"update {m.sequence} on /{ns}")
 
 
+def _reference_images(checkpoint, config, g, cam) -> dict:
+    """The core pipeline's images of ``g`` (the whole map at once) for ``cam``, with a copy of ``config``."""
+    from chorus_ros.core.pipeline import PerceptionPipeline
+    from chorus_ros.ros import conversions as cv
+    ref = PerceptionPipeline.from_checkpoint(checkpoint, copy.deepcopy(config))
+    ref.apply_update(type(g)(g.means, g.sh, g.opacities, g.log_scales, g.quats, g.ids), None, full=True)
+    ref.encode()
+    return cv.view_images(ref.render_view(cam), ref.labels, ref.config.overlay_alpha)
+
+
 @pytest.fixture(scope="module")
 def full_map(harness, full_node, small_scene, wait_until):
     """/full/chorus_node holds the whole scene, encoded (each test that needs it asks for it, so
@@ -83,15 +93,9 @@ def full_map(harness, full_node, small_scene, wait_until):
 
 def test_images_equal_the_checkpoint_pipeline_for_the_same_pose(harness, full_map, small_scene, camera,
                                                                random_checkpoint, wait_until):
-    from chorus_ros.core.pipeline import PerceptionPipeline
-    from chorus_ros.ros import conversions as cv
     full_node = full_map
     got, cam = _images(harness, "full", camera, 123_000, wait_until)
-    ref = PerceptionPipeline.from_checkpoint(random_checkpoint, copy.deepcopy(full_node.pipeline.config))
-    g = small_scene.gaussians
-    ref.apply_update(type(g)(g.means, g.sh, g.opacities, g.log_scales, g.quats, g.ids), None, full=True)
-    ref.encode()
-    expect = cv.view_images(ref.render_view(cam), ref.labels, ref.config.overlay_alpha)
+    expect = _reference_images(random_checkpoint, full_node.pipeline.config, small_scene.gaussians, cam)
     for k in OUT:
         np.testing.assert_array_equal(got[k], expect[k], err_msg=k)
     assert (got["semantic"] != 65535).mean() > 0.5
@@ -125,8 +129,6 @@ def test_rotation_ensemble_node_equals_the_pipeline(harness, small_scene, camera
     """incremental.rotations as a node parameter: the node encodes with the rotation ensemble and
     its images equal the core pipeline's with the same configuration."""
     from chorus_ros.core.encoder.ensemble import RotationEnsemble
-    from chorus_ros.core.pipeline import PerceptionPipeline
-    from chorus_ros.ros import conversions as cv
     from chorus_ros.ros.bringup import Bringup
     from chorus_ros.ros.map_updates import map_update_to_msg
     params = {"chorus_node": dict(PARAMS["chorus_node"], **{"incremental.rotations": 4, "incremental.mode": "halo"})}
@@ -138,11 +140,8 @@ def test_rotation_ensemble_node_equals_the_pipeline(harness, small_scene, camera
         enc = node.pipeline._incremental.model
         assert isinstance(enc, RotationEnsemble) and enc.rotations == 4
         got, cam = _images(harness, "ens", camera, 456_000, wait_until)
-        ref = PerceptionPipeline.from_checkpoint(random_checkpoint, copy.deepcopy(node.pipeline.config))
-    g = small_scene.gaussians
-    ref.apply_update(type(g)(g.means, g.sh, g.opacities, g.log_scales, g.quats, g.ids), None, full=True)
-    ref.encode()
-    expect = cv.view_images(ref.render_view(cam), ref.labels, ref.config.overlay_alpha)
+        config = copy.deepcopy(node.pipeline.config)
+    expect = _reference_images(random_checkpoint, config, small_scene.gaussians, cam)
     for k in ("semantic", "instance", "confidence"):
         np.testing.assert_array_equal(got[k], expect[k], err_msg=k)
 
