@@ -35,6 +35,7 @@ __all__ = [
     "normalize_quat",
     "quat_multiply",
     "rotate_about_axis",
+    "transform_gaussians",
 ]
 
 _QUAT_NORM_TOL = 1e-3
@@ -130,6 +131,20 @@ def rotate_about_axis(angle: float, axis: int, dtype: torch.dtype = torch.float3
     q = torch.zeros(4, dtype=dtype)
     q[0], q[1 + axis] = math.cos(angle / 2), math.sin(angle / 2)
     return R, q
+
+
+def transform_gaussians(g, R: torch.Tensor, q: torch.Tensor, t: torch.Tensor, dtype: torch.dtype | None = None):
+    """Gaussians ``g`` (:class:`~chorus_ros.core.gaussians.GaussianArrays`) moved rigidly: means
+    ``R x + t`` (``R [3, 3]``, ``t [3]``, computed in ``dtype``, default the means' own, then
+    stored in the means' dtype), orientations ``q * q_g`` (``q [4]`` wxyz, the same rotation as
+    ``R``); sizes, opacities, colours, ids and extras unchanged. SH bands above DC are dropped:
+    they would need rotating."""
+    from chorus_ros.core.gaussians import GaussianArrays
+    dt = dtype or g.means.dtype
+    dev = g.means.device
+    means = (g.means.to(dt) @ R.to(dev, dt).T + t.to(dev, dt)).to(g.means.dtype)
+    quats = quat_multiply(q.to(g.quats.device, g.quats.dtype).expand_as(g.quats), g.quats)
+    return GaussianArrays(means, g.sh[:, :1], g.opacities, g.log_scales, quats, g.ids, dict(g.extras))
 
 
 def pose_to_viewmat(position: np.ndarray, quat_xyzw: np.ndarray, *, strict: bool = True) -> np.ndarray:

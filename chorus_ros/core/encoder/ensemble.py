@@ -33,9 +33,9 @@ from torch import nn
 from chorus_ros.core.encoder.model import ChorusEncoder, EncoderOutput
 from chorus_ros.core.errors import InvalidInputError
 from chorus_ros.core.gaussians import GaussianArrays
-from chorus_ros.core.geometry import quat_multiply, rotate_about_axis
+from chorus_ros.core.geometry import rotate_about_axis, transform_gaussians
 
-__all__ = ["RotationEnsemble", "member_transform", "member_offset", "transform_gaussians", "MAX_ROTATIONS"]
+__all__ = ["RotationEnsemble", "member_transform", "member_offset", "MAX_ROTATIONS"]
 
 MAX_ROTATIONS = 32
 """Most members accepted (each one is a full forward pass)."""
@@ -58,14 +58,6 @@ def member_transform(k: int, rotations: int, voxel_size: float) -> tuple[torch.T
     Gaussian orientation ``q * q_gaussian`` (float64)."""
     R, q = rotate_about_axis(2.0 * math.pi * k / rotations, 2, torch.float64)
     return R, q, member_offset(k, voxel_size)
-
-
-def transform_gaussians(g: GaussianArrays, R: torch.Tensor, q: torch.Tensor, t: torch.Tensor) -> GaussianArrays:
-    """``g`` moved rigidly: means ``R x + t``, orientations ``q * q_g``; sizes, opacities and
-    colours unchanged (only the DC colour is kept: the encoder reads no higher SH band)."""
-    means = (g.means.double() @ R.T + t).to(g.means.dtype)
-    quats = quat_multiply(q.to(g.quats.dtype).expand_as(g.quats), g.quats)
-    return GaussianArrays(means, g.sh[:, :1], g.opacities, g.log_scales, quats, g.ids)
 
 
 class RotationEnsemble(nn.Module):
@@ -92,21 +84,16 @@ class RotationEnsemble(nn.Module):
         self.rotations = int(rotations)
         vs = float(base.config.voxel_size)
         self._members = [member_transform(k, self.rotations, vs) for k in range(self.rotations)]
+        self.xy_gain = max(abs(float(R[0, 0])) + abs(float(R[0, 1])) for R, _, _ in self._members)
+        """Largest ``|cos a| + |sin a|`` over the members: how far an L-infinity box of a member's
+        frame reaches in world x and y per unit of its half-width, and how much larger a member's
+        coordinates can be than the world's (the voxel key range,
+        :func:`~chorus_ros.core.encoder.incremental.max_supported_coordinate`)."""
 
     @property
     def config(self):
         """The base encoder's :class:`~chorus_ros.core.encoder.config.EncoderConfig`."""
         return self.base.config
-
-    @property
-    def head_dims(self) -> dict[str, int]:
-        return self.base.head_dims
-
-    @property
-    def xy_gain(self) -> float:
-        """Largest ``|cos a| + |sin a|`` over the members: how far an L-infinity box of the
-        member's frame reaches in world x and y, per unit of its half-width."""
-        return max(abs(float(R[0, 0])) + abs(float(R[0, 1])) for R, _, _ in self._members)
 
     @property
     def receptive_field_m(self) -> float:
@@ -115,12 +102,6 @@ class RotationEnsemble(nn.Module):
         both Gaussians alike, and the base radius already covers the voxel rounding)."""
         return self.base.receptive_field_m * self.xy_gain
 
-    @property
-    def coordinate_gain(self) -> float:
-        """How much larger a member's coordinates can be than the world's (for the voxel key
-        range, :func:`~chorus_ros.core.encoder.incremental.max_supported_coordinate`)."""
-        return self.xy_gain
-
     def forward(self, g: GaussianArrays) -> EncoderOutput:
         """Mean of the base encoder's outputs over the members, in the order of ``g``."""
         if self.rotations == 1:
@@ -128,7 +109,7 @@ class RotationEnsemble(nn.Module):
         emb = None
         heads: dict[str, torch.Tensor] = {}
         for R, q, t in self._members:
-            out = self.base(transform_gaussians(g, R.to(g.means.device), q.to(g.quats.device), t.to(g.means.device)))
+            out = self.base(transform_gaussians(g, R, q, t, torch.float64))
             if emb is None:
                 emb = out.embedding.float().clone()
                 heads = {k: v.float().clone() for k, v in out.heads.items()}

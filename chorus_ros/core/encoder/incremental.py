@@ -127,8 +127,8 @@ def max_supported_coordinate(model: ChorusEncoder, block_size: float) -> float:
 
     vs = float(model.config.voxel_size)
     margin = 2.0 * model.receptive_field_m + 2.0 * float(block_size) + 8.0 * vs
-    # a rotation ensemble's members see coordinates up to coordinate_gain x larger (and shifted by under a voxel)
-    gain = getattr(model, "coordinate_gain", None)
+    # a rotation ensemble's members see coordinates up to xy_gain x larger (and shifted by under a voxel)
+    gain = getattr(model, "xy_gain", None)
     if gain is None:
         return COORD_LIMIT * vs - margin
     return (COORD_LIMIT * vs - margin - vs) / float(gain)

@@ -191,12 +191,9 @@ def _rotmat_to_quat(r: np.ndarray) -> torch.Tensor:
 def rigid_transform(g: GaussianArrays, T: np.ndarray) -> GaussianArrays:
     """Apply the ``[4, 4]`` rigid transform ``T`` (new world <- old world) to Gaussians:
     positions and orientations (SH bands above DC are dropped: they would need rotating)."""
-    from chorus_ros.core.geometry import quat_multiply
-    R = torch.as_tensor(T[:3, :3], dtype=torch.float32)
-    t = torch.as_tensor(T[:3, 3], dtype=torch.float32)
-    q = _rotmat_to_quat(T[:3, :3])
-    return GaussianArrays(g.means @ R.T + t, g.sh[:, :1], g.opacities, g.log_scales,
-                          quat_multiply(q.expand_as(g.quats), g.quats), g.ids, dict(g.extras))
+    from chorus_ros.core.geometry import transform_gaussians
+    return transform_gaussians(g, torch.as_tensor(T[:3, :3], dtype=torch.float32), _rotmat_to_quat(T[:3, :3]),
+                               torch.as_tensor(T[:3, 3], dtype=torch.float32))
 
 
 def transform_camera(camera, T: np.ndarray):
