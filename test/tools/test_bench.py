@@ -65,3 +65,47 @@ def test_unknown_name_is_a_usage_error(bench_dir, tmp_path):
         bench.main(["nope", "--bench-dir", str(bench_dir), "--output", str(tmp_path / "x.md")])
     assert exc.value.code == 2
     assert not (tmp_path / "x.md").exists()
+
+
+def test_rerunning_one_benchmark_keeps_the_other_sections(bench_dir, tmp_path):
+    out = tmp_path / "b.md"
+    assert bench.main(["alpha", "gamma", "--quick", "--bench-dir", str(bench_dir), "--output", str(out)]) == 0
+    first = bench.parse_sections(out.read_text())
+    assert sorted(first) == ["bench_alpha", "bench_gamma"] and first["bench_alpha"].quick
+    # gamma measured again (full sizes, new text); alpha's section must come back byte for byte
+    (bench_dir / "bench_gamma.py").write_text(
+        "def main(quick: bool = False) -> str:\n    return '## gamma\\n\\nsecond run\\n'\n")
+    assert bench.main(["gamma", "--bench-dir", str(bench_dir), "--output", str(out)]) == 0
+    doc = out.read_text()
+    second = bench.parse_sections(doc)
+    assert second["bench_alpha"] == first["bench_alpha"]
+    assert first["bench_alpha"].to_text() in doc
+    assert "second run" in doc and "\ndone\n" not in doc
+    assert not second["bench_gamma"].quick and first["bench_gamma"].quick
+    rows = [line for line in doc.splitlines() if line.startswith("| bench_")]
+    assert [r.split(" | ")[0] for r in rows] == ["| bench_alpha", "| bench_gamma"]
+    assert rows[0].endswith("| quick |") and rows[1].endswith("| full |")
+    assert doc.index("## alpha") < doc.index("## gamma")
+    # a benchmark whose file is gone loses its section; one that failed now is reported, the rest kept
+    (bench_dir / "bench_alpha.py").unlink()
+    assert bench.main(["beta", "--bench-dir", str(bench_dir), "--output", str(out)]) == 1
+    third = bench.parse_sections(out.read_text())
+    assert sorted(third) == ["bench_beta", "bench_gamma"] and not third["bench_beta"].ok
+    assert third["bench_gamma"] == second["bench_gamma"]
+
+
+def test_damaged_or_unmarked_sections_are_not_kept():
+    doc = ("## old unmarked section\n\n| a | b |\n"
+           '<!-- bench:start bench_x {"ok": true} -->\nmissing fields\n<!-- bench:end bench_x -->\n'
+           '<!-- bench:start bench_y {"ok": true, "seconds": 1, "date": "d", "machine": "m", "quick": false} -->\n'
+           "no end marker\n")
+    assert bench.parse_sections(doc) == {}
+
+
+def test_gpu_section_survives_a_partial_run(bench_dir, tmp_path):
+    from chorus_ros.tools import gpu_report
+    out = tmp_path / "b.md"
+    gpu = gpu_report.START + "\n## GPU\n\nmeasured on a lent H100\n" + gpu_report.END + "\n"
+    out.write_text("# Benchmarks\n\n" + gpu)
+    assert bench.main(["gamma", "--bench-dir", str(bench_dir), "--output", str(out)]) == 0
+    assert "measured on a lent H100" in out.read_text()
