@@ -71,6 +71,11 @@ class IncrementalConfig:
     """Rotation ensemble: average the encoder's outputs over this many copies of the map rotated about the vertical (chorus_ros.core.encoder.ensemble; 1 = off). Costs that many forward passes per encode; more than 1 needs mode 'halo'."""
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`InvalidInputError` naming the first bad field (also run at construction;
+        the encoder runs it again, since fields may have been set after construction)."""
         if self.mode not in MODES:
             raise InvalidInputError(f"IncrementalConfig.mode {self.mode!r} unknown; known: {list(MODES)}")
         if int(self.max_gaussians_per_pass) < 1:
@@ -288,7 +293,7 @@ class IncrementalEncoder:
             raise InvalidInputError(f"IncrementalEncoder needs a ChorusEncoder, got {type(model).__name__}")
         self.map = gmap
         self.config = config if config is not None else IncrementalConfig()
-        self.config.__post_init__()
+        self.config.validate()
         self.base_model = model
         """The checkpoint's encoder (``model`` is it, or its rotation ensemble when ``rotations`` > 1)."""
         if int(self.config.rotations) > 1:
