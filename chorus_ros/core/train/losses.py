@@ -29,10 +29,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from chorus_ros.core.errors import InvalidInputError
 from chorus_ros.core.train.config import CalibrationConfig, LossConfig
 
 __all__ = ["HeadLoss", "head_loss", "calibrate_gradients", "CalibrationStats", "cosine_kmeans", "rarity_balance",
-           "InstanceBoundaryOptions", "InstanceBoundaryLoss", "instance_boundary_loss"]
+           "InstanceBoundaryOptions", "InstanceBoundaryLoss", "instance_boundary_loss", "rotation_consistency_loss"]
 
 
 @dataclass
@@ -276,3 +277,27 @@ def instance_boundary_loss(features: torch.Tensor, means: torch.Tensor, instance
     pos, neg = pos.detach(), neg.detach()
     return InstanceBoundaryLoss(loss, float(pos.mean()) if pos.numel() else nan,
                                 float(neg.mean()) if neg.numel() else nan, int(neg.numel()))
+
+
+def rotation_consistency_loss(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
+                              eps: float = 1e-8) -> torch.Tensor:
+    """Disagreement of two encodes of the same Gaussians, mean over heads (scalar, keeps the graph).
+
+    ``a[k]``, ``b[k]``: ``[N, C_k]`` outputs of head ``k`` for the same ``N`` Gaussians in the same
+    order (e.g. the map and a rotated copy of it). Per head: the mean squared difference over
+    Gaussians divided by the mean squared magnitude of the two (detached), so heads of different
+    scales weigh alike and shrinking the outputs does not lower the loss. 0 when they agree.
+    Used by stage ``align``'s ``rotation_consistency_weight`` (docs/training.md).
+    """
+    if set(a) != set(b) or not a:
+        raise InvalidInputError(f"rotation_consistency_loss needs the same non-empty heads, got {sorted(a)} "
+                                f"and {sorted(b)}")
+    terms = []
+    for k in sorted(a):
+        x, y = a[k].float(), b[k].float()
+        if x.shape != y.shape or x.ndim != 2:
+            raise InvalidInputError(f"head {k!r}: outputs of shapes {tuple(x.shape)} and {tuple(y.shape)}, "
+                                    "expected the same [N, C]")
+        scale = 0.5 * (x.detach().pow(2).sum(1).mean() + y.detach().pow(2).sum(1).mean())
+        terms.append((x - y).pow(2).sum(1).mean() / (scale + eps))
+    return torch.stack(terms).mean()
