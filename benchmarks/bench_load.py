@@ -50,12 +50,14 @@ def main(quick: bool = False, seconds: float | None = None, clients: int = 20,
             next_q = [t0 + i / clients for i in range(clients)]
             stamp = 1_000_000_000
             deltas = resyncs = 0
+            resync_seq = 0      # the last FULL resync sent; no other until the node has applied it
             while time.monotonic() - t0 < seconds:
                 now = time.monotonic()
                 if now >= next_delta:
-                    if node._tracker.waiting_for_full:   # a lost DELTA: resync as a mapper would, with a FULL
-                        rig.send_full(rig.g)
-                        resyncs += 1
+                    tr = node._tracker
+                    if tr.waiting_for_full and (tr.last_sequence or 0) >= resync_seq:
+                        rig.send_full(rig.g)             # a lost DELTA: one FULL resync, as a mapper would
+                        resync_seq, resyncs = rig.seq, resyncs + 1
                     else:
                         rig.send_delta(0.01)
                         deltas += 1
@@ -70,11 +72,11 @@ def main(quick: bool = False, seconds: float | None = None, clients: int = 20,
                         next_q[i] += 1.0
                 time.sleep(max(0.0, min([next_delta, next_view] + next_q) - time.monotonic()))
             sent_q = sum(int((q - t0) // 1.0) for q in next_q)
-            if node._tracker.waiting_for_full:       # the last DELTA sent was lost: end on a FULL
+            if node._tracker.waiting_for_full:
                 time.sleep(1.0)
-                if node._tracker.waiting_for_full:
-                    rig.send_full(rig.g)
-                    resyncs += 1
+            if node._tracker.waiting_for_full and (node._tracker.last_sequence or 0) >= resync_seq:
+                rig.send_full(rig.g)                     # the last DELTAs were lost: end on a FULL
+                resyncs += 1
             rig.wait_encoded(300)
             end = time.monotonic() + 60
             while time.monotonic() < end and (len(rig.query_lat) + rig.query_fail < sent_q or not node.wait_idle(0.0)):
@@ -98,8 +100,7 @@ def main(quick: bool = False, seconds: float | None = None, clients: int = 20,
                      "Drops by reason: " + (", ".join(f"{k} {v}" for k, v in drops.items()) or "none") + ". "
                      f"Unpaired poses/CameraInfos (best-effort transport) are in the *_unpaired counts.", "",
                      f"Map updates: {deltas} DELTAs sent; {resyncs} FULL resync(s) sent after the node reported a "
-                     "lost update (a DELTA dropped from the node's update queue, `update_queue_full`, leaves a "
-                     "sequence gap; the node keeps its map and waits for a FULL).", "",
+                     "lost update (a sequence gap: the node keeps its map and waits for a FULL).", "",
                      "| queries sent | answered | failed | p50 (ms) | p90 (ms) | p99 (ms) | max (ms) |",
                      "|---|---|---|---|---|---|---|",
                      f"| {sent_q} | {len(lat)} | {rig.query_fail} | {1000 * live.percentile(lat, 50):.0f} | "

@@ -109,6 +109,11 @@ SECTION_START = re.compile(r"<!-- bench:start (?P<name>[A-Za-z0-9_]+) (?P<meta>\
 """Opening marker of a section; ``meta`` is JSON: result, seconds, date, machine, quick."""
 
 
+def section_end(name: str) -> str:
+    """Closing marker of benchmark ``name``'s section."""
+    return f"<!-- bench:end {name} -->"
+
+
 @dataclasses.dataclass
 class Section:
     """One benchmark's part of the document, as measured in one run."""
@@ -129,7 +134,7 @@ class Section:
         meta = {"ok": self.ok, "seconds": round(self.seconds, 1), "date": self.date,
                 "machine": self.machine, "quick": self.quick}
         return (f"<!-- bench:start {self.name} {json.dumps(meta)} -->\n{self.markdown.strip()}\n"
-                f"<!-- bench:end {self.name} -->")
+                + section_end(self.name))
 
 
 def short_machine(info: dict[str, str]) -> str:
@@ -144,7 +149,7 @@ def parse_sections(doc: str) -> dict[str, Section]:
     out: dict[str, Section] = {}
     for m in SECTION_START.finditer(doc):
         name = m.group("name")
-        end = doc.find(f"<!-- bench:end {name} -->", m.end())
+        end = doc.find(section_end(name), m.end())
         if end < 0:
             continue
         try:
