@@ -4,7 +4,10 @@
 as dropped by reason in ~/status -- the target: none unaccounted) and the query latency
 percentiles (target: p99 < 200 ms on the CPU).
 
-Run: ``python benchmarks/bench_load.py [--quick] [--seconds S]`` (quick: 20 s).
+Run: ``python benchmarks/bench_load.py [--quick] [--seconds S] [--rclpy-executor]`` (quick: 20 s).
+``--rclpy-executor`` runs the nodes in rclpy's own MultiThreadedExecutor instead of
+chorus_ros.ros.executor.NodeExecutor, to see the busy loop NodeExecutor removes
+(docs/reliability.md, "The load benchmark's stall").
 """
 from __future__ import annotations
 
@@ -20,16 +23,26 @@ for _p in (REPO, REPO / "benchmarks"):  # the package, and the shared live rig (
 
 
 def main(quick: bool = False, seconds: float | None = None, clients: int = 20,
-         switch_interval: float | None = None) -> str:
+         switch_interval: float | None = None, rclpy_executor: bool = False) -> str:
     """``switch_interval``: Python's GIL switch interval for this run (``sys.setswitchinterval``;
-    None keeps the process's, which chorus_ros.ros.bringup sets for the nodes)."""
+    None keeps the process's). ``rclpy_executor``: the nodes spin in rclpy's MultiThreadedExecutor
+    (the executor they used before chorus_ros.ros.executor.NodeExecutor)."""
     if switch_interval is not None:
         old = sys.getswitchinterval()
         sys.setswitchinterval(switch_interval)
         try:
-            return main(quick, seconds, clients)
+            return main(quick, seconds, clients, rclpy_executor=rclpy_executor)
         finally:
             sys.setswitchinterval(old)
+    if rclpy_executor:
+        import chorus_ros.ros.bringup as bringup
+        from rclpy.executors import MultiThreadedExecutor
+        saved, bringup.NodeExecutor = bringup.NodeExecutor, MultiThreadedExecutor
+        try:
+            return main(quick, seconds, clients).replace("4 executor threads", "4 executor threads, "
+                                                           "**rclpy's MultiThreadedExecutor**")
+        finally:
+            bringup.NodeExecutor = saved
     from chorus_ros.core.gaussians import GaussianArrays
     from chorus_ros.core.synthetic import SceneConfig, generate_scene
     import _live as live
@@ -72,14 +85,17 @@ def main(quick: bool = False, seconds: float | None = None, clients: int = 20,
                         next_q[i] += 1.0
                 time.sleep(max(0.0, min([next_delta, next_view] + next_q) - time.monotonic()))
             sent_q = sum(int((q - t0) // 1.0) for q in next_q)
-            if node._tracker.waiting_for_full:
-                time.sleep(1.0)
+            time.sleep(0.5)                             # the last DELTAs in flight reach the node
+            node.wait_idle(120.0)                       # ... and it has applied (or refused) them
             if node._tracker.waiting_for_full and (node._tracker.last_sequence or 0) >= resync_seq:
                 rig.send_full(rig.g)                     # the last DELTAs were lost: end on a FULL
                 resyncs += 1
             rig.wait_encoded(300)
             end = time.monotonic() + 60
-            while time.monotonic() < end and (len(rig.query_lat) + rig.query_fail < sent_q or not node.wait_idle(0.0)):
+            while time.monotonic() < end:
+                _, lat, fail = rig.stats()
+                if len(lat) + fail >= sent_q and node.wait_idle(0.0):
+                    break
                 time.sleep(0.05)
             time.sleep(0.5)
             d1 = node.drops.snapshot()
@@ -87,11 +103,11 @@ def main(quick: bool = False, seconds: float | None = None, clients: int = 20,
             received = node.views_received - r0
             published = node.views_published - p0
             view_drops = sum(v for k, v in drops.items() if k.startswith("view_") and k != "view_stamp_rewind")
-            got = len([s for s in rig.views_sent if s in rig.views_got])
-            lat = rig.query_lat
+            views_got, lat, query_fail = rig.stats()
+            got = len([s for s in rig.views_sent if s in views_got])
             lines = ["## Load: 20 query clients, 10 Hz deltas, 30 Hz views (`benchmarks/bench_load.py`)", "",
                      f"{what}; CPU; {len(g)} Gaussians; {seconds:g} s; chorus_node + query_node in one process "
-                     f"(`chorus-ros up` layout, 4 executor threads); GIL switch interval "
+                     f"(`chorus-ros up` layout, 4 executor threads), the mapper, camera and clients in another; GIL switch interval "
                      f"{sys.getswitchinterval() * 1000:g} ms.", "",
                      "| view requests sent | paired by the node | published | counted as dropped | unaccounted | "
                      "received by the client |", "|---|---|---|---|---|---|",
@@ -103,7 +119,7 @@ def main(quick: bool = False, seconds: float | None = None, clients: int = 20,
                      "lost update (a sequence gap: the node keeps its map and waits for a FULL).", "",
                      "| queries sent | answered | failed | p50 (ms) | p90 (ms) | p99 (ms) | max (ms) |",
                      "|---|---|---|---|---|---|---|",
-                     f"| {sent_q} | {len(lat)} | {rig.query_fail} | {1000 * live.percentile(lat, 50):.0f} | "
+                     f"| {sent_q} | {len(lat)} | {query_fail} | {1000 * live.percentile(lat, 50):.0f} | "
                      f"{1000 * live.percentile(lat, 90):.0f} | {1000 * live.percentile(lat, 99):.0f} | "
                      f"{1000 * max(lat, default=float('nan')):.0f} |", ""]
     return "\n".join(lines)
@@ -113,4 +129,4 @@ if __name__ == "__main__":
     a = sys.argv[1:]
     secs = float(a[a.index("--seconds") + 1]) if "--seconds" in a else None
     sw = float(a[a.index("--switch-interval") + 1]) if "--switch-interval" in a else None
-    print(main(quick="--quick" in a, seconds=secs, switch_interval=sw))
+    print(main(quick="--quick" in a, seconds=secs, switch_interval=sw, rclpy_executor="--rclpy-executor" in a))

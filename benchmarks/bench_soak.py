@@ -85,11 +85,12 @@ def main(quick: bool = False, minutes: float | None = None, big: int | None = No
             time.sleep(1.0)
             samples.append((time.monotonic() - t_start, live.rss_mib()))
             node = rig.node
+            _, query_lat, query_fail = rig.stats()
             drops = node.drops.snapshot()
             view_drops = sum(v for k, v in drops.items() if k.startswith("view_") and k != "view_stamp_rewind")
             # ---- residue after one very large FULL (RSS sampled every 0.2 s for the peak). The
             # map topic is latched with depth 16 on both sides: 16 small DELTAs after the return
-            # to 20K push the big message out of the probe's and the node's DDS histories, which
+            # to 20K push the big message out of the node's DDS history, which
             # would otherwise keep it (that memory is the transport's, not the node's).
             before = live.rss_mib()
             peak_box, stop = [before], threading.Event()
@@ -124,7 +125,7 @@ def main(quick: bool = False, minutes: float | None = None, big: int | None = No
     last = [v for t, v in samples if t >= end[0] - span] or [end[1]]
     growth_mean = 100.0 * (sum(last) / len(last) - sum(first) / len(first)) / (sum(first) / len(first))
     lines.append(f"{what}; CPU; {len(g)} Gaussians; {minutes:g} minutes of 2 Hz DELTAs (1 % of the map moved), "
-                 f"5 Hz 160x120 view requests, 1 query/s. RSS of the whole process (both nodes, probe, DDS).")
+                 f"5 Hz 160x120 view requests, 1 query/s. RSS of the nodes' process (both nodes and their DDS; the probe runs in its own process).")
     lines += ["", "| minute | RSS (MiB) |", "|---|---|"]
     step = max(1, int(round(minutes / 15)))
     for m in range(0, int(minutes) + 1, step):
@@ -138,9 +139,9 @@ def main(quick: bool = False, minutes: float | None = None, big: int | None = No
               f"published, {view_drops} counted as dropped ({', '.join(f'{k} {v}' for k, v in drops.items() if v)}"
               f"); every paired request published or counted: "
               f"**{node.views_received == node.views_published + view_drops}**. "
-              f"Queries: {len(rig.query_lat)} answered, {rig.query_fail} failed, p50 "
-              f"{1000 * live.percentile(rig.query_lat, 50):.0f} ms, "
-              f"p99 {1000 * live.percentile(rig.query_lat, 99):.0f} ms.",
+              f"Queries: {len(query_lat)} answered, {query_fail} failed, p50 "
+              f"{1000 * live.percentile(query_lat, 50):.0f} ms, "
+              f"p99 {1000 * live.percentile(query_lat, 99):.0f} ms.",
               "", f"**Residue of one large FULL**: {len(g)} Gaussians {before:.0f} MiB -> FULL of {big} Gaussians "
               f"{peak:.0f} MiB (peak) -> back to {len(g)} (and 16 DELTAs): **{after:.0f} MiB** "
               f"({after - before:+.0f} MiB).", ""]

@@ -3,7 +3,8 @@
 :data:`NODE_SET` and :data:`LAUNCH_ARGUMENTS` are the one description of what runs:
 ``launch/chorus.launch.py`` builds its ``launch_ros`` Node actions from them (robots), and
 :class:`Bringup` (``chorus-ros up``, the tests and the demo) runs the same nodes with the same
-parameters in one process and one MultiThreadedExecutor, where ``launch`` is not installable.
+parameters in one process and one multi-threaded executor
+(:class:`~chorus_ros.ros.executor.NodeExecutor`), where ``launch`` is not installable.
 
 Parameters come from a ROS 2 params file (``config/chorus.yaml``: a ``/**`` section shared by
 both nodes, then ``/**/chorus_node`` and ``/**/query_node``) plus the launch arguments
@@ -25,9 +26,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException
 from rclpy.logging import LoggingSeverity
 from rclpy.parameter import Parameter
+
+from chorus_ros.ros.executor import NodeExecutor
 
 __all__ = ["NodeSpec", "NODE_SET", "LAUNCH_ARGUMENTS", "CONFIG_RELPATH", "default_config_path",
            "node_cli_args", "Bringup", "run_nodes"]
@@ -105,7 +108,7 @@ def node_cli_args(spec: NodeSpec, *, config: str | os.PathLike | None = None, ch
 
 
 class Bringup:
-    """Runs :data:`NODE_SET` in one process, one context and one MultiThreadedExecutor.
+    """Runs :data:`NODE_SET` in one process, one context and one :class:`NodeExecutor`.
 
     Args:
         config: params file ('' / None = :func:`default_config_path`).
@@ -126,7 +129,7 @@ class Bringup:
         self.context = context or rclpy.Context()
         if self._own_context:
             rclpy.init(context=self.context)
-        self.executor = MultiThreadedExecutor(num_threads=num_threads, context=self.context)
+        self.executor = NodeExecutor(num_threads=num_threads, context=self.context)
         self.nodes: dict[str, Any] = {}
         self._thread: threading.Thread | None = None
         wanted = list(nodes) if nodes is not None else [s.name for s in NODE_SET]
@@ -194,11 +197,11 @@ class Bringup:
 
 
 def run_nodes(classes: Sequence[type], args: list[str] | None = None) -> int:
-    """``ros2 run`` entry: init, run the node classes in a MultiThreadedExecutor, shut down."""
+    """``ros2 run`` entry: init, run the node classes in a :class:`NodeExecutor`, shut down."""
     rclpy.init(args=args)
     nodes = []
     try:
-        executor = MultiThreadedExecutor()
+        executor = NodeExecutor()
         for cls in classes:
             node = cls()
             nodes.append(node)

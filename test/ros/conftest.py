@@ -35,13 +35,15 @@ _require_interfaces()
 
 
 class Harness:
-    """Nodes spun by a MultiThreadedExecutor in a background thread, plus a probe node."""
+    """Nodes spun by the nodes' executor (chorus_ros.ros.executor.NodeExecutor, as in
+    ``chorus-ros up``) in a background thread, plus a probe node."""
 
     def __init__(self, context):
         import rclpy
-        from rclpy.executors import MultiThreadedExecutor
+
+        from chorus_ros.ros.executor import NodeExecutor
         self.context = context
-        self.executor = MultiThreadedExecutor(num_threads=4, context=context)
+        self.executor = NodeExecutor(num_threads=4, context=context)
         self.probe = rclpy.create_node("probe", context=context)
         self.executor.add_node(self.probe)
         self._thread = threading.Thread(target=self._spin, daemon=True)
