@@ -3,7 +3,8 @@ after one very large FULL update.
 
 * **Soak**: a ~20K-Gaussian synthetic room, then for ``--minutes`` (default 30): a DELTA
   moving 1 % of the map at 2 Hz, a 160x120 view request at 5 Hz and one QueryObjects call per
-  second. RSS of the process (both nodes, the probe and DDS) is sampled every 10 s; the section
+  second. RSS of the nodes' process (both nodes and their DDS; the mapper and client probe runs in
+  its own process, benchmarks/_live.py) is sampled every 10 s; the section
   reports RSS per minute and the growth after warm-up (the first 20 %, at least 2 minutes) -- the
   target is < 5 % -- with every view request published or counted.
 * **Residue** (``--big N``, default 2M; 400K with --quick): the same node gets a FULL update of

@@ -13,7 +13,8 @@ piled up in DDS until the oldest were overwritten (a sequence gap; docs/reliabil
 load benchmark's stall").
 
 :class:`NodeExecutor` submits each task once. When the wait yields a task that is still queued,
-the spin thread blocks until a pool thread takes a task (or 50 ms pass) instead of spinning.
+the spin thread blocks until a pool thread takes a task (or 50 ms pass, or the spin's own timeout)
+instead of spinning.
 Everything else (callback groups, futures, coroutine tasks, shutdown) is rclpy's.
 """
 from __future__ import annotations
@@ -60,7 +61,8 @@ class NodeExecutor(MultiThreadedExecutor):
         with self._taken:
             if id(handler) in self._queued:
                 self.requeued += 1
-                self._taken.wait(QUEUED_WAIT_S)
+                limit = getattr(timeout_sec, "timeout", timeout_sec)   # a float, None or a TimeoutObject
+                self._taken.wait(QUEUED_WAIT_S if limit is None or limit < 0 else min(QUEUED_WAIT_S, limit))
                 return
             self._queued.add(id(handler))
         try:
