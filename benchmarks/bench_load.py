@@ -4,7 +4,8 @@
 as dropped by reason in ~/status -- the target: none unaccounted) and the query latency
 percentiles (target: p99 < 200 ms on the CPU).
 
-Run: ``python benchmarks/bench_load.py [--quick] [--seconds S] [--rclpy-executor]`` (quick: 20 s).
+Run: ``python benchmarks/bench_load.py [--quick] [--seconds S] [--gaussians N] [--rclpy-executor]``
+(quick: 20 s; N: the room's size, default 20K).
 ``--rclpy-executor`` runs the nodes in rclpy's own MultiThreadedExecutor instead of
 chorus_ros.ros.executor.NodeExecutor, to see the busy loop NodeExecutor removes
 (docs/reliability.md, "The load benchmark's stall").
@@ -23,15 +24,16 @@ for _p in (REPO, REPO / "benchmarks"):  # the package, and the shared live rig (
 
 
 def main(quick: bool = False, seconds: float | None = None, clients: int = 20,
-         switch_interval: float | None = None, rclpy_executor: bool = False) -> str:
+         switch_interval: float | None = None, rclpy_executor: bool = False, gaussians: int = 20_000) -> str:
     """``switch_interval``: Python's GIL switch interval for this run (``sys.setswitchinterval``;
     None keeps the process's). ``rclpy_executor``: the nodes spin in rclpy's MultiThreadedExecutor
-    (the executor they used before chorus_ros.ros.executor.NodeExecutor)."""
+    (the executor they used before chorus_ros.ros.executor.NodeExecutor). ``gaussians``: size of
+    the synthetic room (each DELTA moves 1 % of it)."""
     if switch_interval is not None:
         old = sys.getswitchinterval()
         sys.setswitchinterval(switch_interval)
         try:
-            return main(quick, seconds, clients, rclpy_executor=rclpy_executor)
+            return main(quick, seconds, clients, rclpy_executor=rclpy_executor, gaussians=gaussians)
         finally:
             sys.setswitchinterval(old)
     if rclpy_executor:
@@ -39,7 +41,7 @@ def main(quick: bool = False, seconds: float | None = None, clients: int = 20,
         from rclpy.executors import MultiThreadedExecutor
         saved, bringup.NodeExecutor = bringup.NodeExecutor, MultiThreadedExecutor
         try:
-            return main(quick, seconds, clients).replace("4 executor threads", "4 executor threads, "
+            return main(quick, seconds, clients, gaussians=gaussians).replace("4 executor threads", "4 executor threads, "
                                                            "**rclpy's MultiThreadedExecutor**")
         finally:
             bringup.NodeExecutor = saved
@@ -47,7 +49,7 @@ def main(quick: bool = False, seconds: float | None = None, clients: int = 20,
     from chorus_ros.core.synthetic import SceneConfig, generate_scene
     import _live as live
     seconds = seconds if seconds is not None else (20.0 if quick else 60.0)
-    scene = generate_scene(SceneConfig(seed=3, target_gaussians=20_000))
+    scene = generate_scene(SceneConfig(seed=3, target_gaussians=int(gaussians)))
     g0 = scene.gaussians
     g = GaussianArrays(g0.means, g0.sh, g0.opacities, g0.log_scales, g0.quats, g0.ids)
     texts = ["chair", "table", "a lamp", "the sofa", "bed", "window", "a plant"]
@@ -129,4 +131,6 @@ if __name__ == "__main__":
     a = sys.argv[1:]
     secs = float(a[a.index("--seconds") + 1]) if "--seconds" in a else None
     sw = float(a[a.index("--switch-interval") + 1]) if "--switch-interval" in a else None
-    print(main(quick="--quick" in a, seconds=secs, switch_interval=sw, rclpy_executor="--rclpy-executor" in a))
+    n = int(float(a[a.index("--gaussians") + 1])) if "--gaussians" in a else 20_000
+    print(main(quick="--quick" in a, seconds=secs, switch_interval=sw, rclpy_executor="--rclpy-executor" in a,
+               gaussians=n))

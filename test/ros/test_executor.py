@@ -87,3 +87,33 @@ def test_rclpy_multithreaded_executor_submits_queued_tasks_again(ros_context):
     from rclpy.executors import MultiThreadedExecutor
     submits, distinct, waits, runs, _ = _run(MultiThreadedExecutor, ros_context)
     assert submits > distinct, (submits, distinct)
+
+
+def test_node_executor_spin_once_keeps_its_timeout_while_a_task_is_queued(ros_context):
+    """spin_once(timeout_sec=0) must not block for the queued-task wait (50 ms)."""
+    import rclpy
+    from rclpy.callback_groups import ReentrantCallbackGroup
+
+    from chorus_ros.ros.executor import QUEUED_WAIT_S, NodeExecutor
+    ex = NodeExecutor(num_threads=2, context=ros_context)
+    node = rclpy.create_node("executor_timeout_probe", context=ros_context)
+    ex.add_node(node)
+    release = threading.Event()
+    group = ReentrantCallbackGroup()
+    for _ in range(3):   # two hold both pool threads, the third's task waits in the pool's queue
+        node.create_timer(0.001, lambda: release.wait(5.0), callback_group=group)
+    try:
+        end = time.monotonic() + 2.0
+        while ex.requeued == 0 and time.monotonic() < end:
+            ex.spin_once(timeout_sec=0.01)
+        assert ex.requeued > 0, "no task was ever re-yielded while queued"
+        longest = 0.0
+        for _ in range(20):
+            t0 = time.monotonic()
+            ex.spin_once(timeout_sec=0)
+            longest = max(longest, time.monotonic() - t0)
+        assert longest < QUEUED_WAIT_S * 0.8, longest
+    finally:
+        release.set()
+        ex.shutdown(timeout_sec=5.0)
+        node.destroy_node()
