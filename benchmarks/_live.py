@@ -212,6 +212,16 @@ class LiveRig:
             time.sleep(0.01)
         raise TimeoutError("the node did not encode the map in time")
 
+    def wait_query_ready(self, timeout: float = 60.0) -> None:
+        """Wait until query_node holds an object map (queries before that fail by design:
+        "no object map received yet")."""
+        q = self.bringup.nodes["query_node"]
+        end = time.monotonic() + timeout
+        while q.table is None:
+            if time.monotonic() > end:
+                raise TimeoutError("query_node received no object map in time")
+            time.sleep(0.01)
+
     def send_delta(self, frac: float = 0.01) -> None:
         """Move the ``frac`` nearest a random Gaussian by 1 cm (back and forth: size constant)."""
         self.seq += 1

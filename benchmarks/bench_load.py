@@ -58,6 +58,7 @@ def main(quick: bool = False, seconds: float | None = None, clients: int = 20,
         with live.LiveRig(ckpt, scene, n_query_clients=clients) as rig:
             rig.send_full(g)
             rig.wait_encoded()
+            rig.wait_query_ready()
             node = rig.node
             r0, p0, d0 = node.views_received, node.views_published, node.drops.snapshot()
             t0 = time.monotonic()

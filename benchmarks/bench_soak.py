@@ -59,6 +59,7 @@ def main(quick: bool = False, minutes: float | None = None, big: int | None = No
         with live.LiveRig(ckpt, scene, n_query_clients=1) as rig:
             rig.send_full(g)
             rig.wait_encoded()
+            rig.wait_query_ready()
             t_start = time.monotonic()
             samples = [(0.0, live.rss_mib())]
             next_delta = next_view = next_query = next_sample = t_start
