@@ -1,16 +1,20 @@
 """The executor the nodes run in: rclpy's MultiThreadedExecutor without its busy loop.
 
 rclpy's ``MultiThreadedExecutor`` (Kilted, rclpy 9.1) keeps every callback it has handed to its
-thread pool in a task list, and the next ``wait_for_ready_callbacks`` yields each task again that
-is "not executing and not done". A task that waits in the pool's queue (all threads busy, or a
-thread not yet scheduled) is exactly that, so the spin thread gets it back at once, submits it
-again and loops without ever waiting in the DDS wait set: it rebuilds the wait set (every
-subscription, service and QoS event handler of every node) in Python as fast as it can. In one
-process with the GIL that starves everything else: under the load benchmark (30 Hz views, 10 Hz
-map deltas, 20 query clients) the spin thread held the GIL about half of the time, an
-incremental encode of a 1 % delta took 20 s instead of a fraction of a second, and map updates
-piled up in DDS until the oldest were overwritten (a sequence gap; docs/reliability.md, "The
-load benchmark's stall").
+thread pool in a task list, and each pass of ``wait_for_ready_callbacks`` first yields again every
+task that is "not executing and not done". A task that waits in the pool's queue (all threads
+busy, or a thread not yet scheduled) is exactly that, so at every wake of the wait set the spin
+thread submits each queued task once more. The pool's queue and the executor's futures list fill
+with copies, which the spin thread scans on every pass, and every pass also rebuilds the wait
+set (every subscription, service and QoS event handler of every node) in Python. Under load the
+wakes never stop and the queue never empties, and in one process with the GIL that starves
+everything else. Under the load benchmark (30 Hz views, 10 Hz map deltas, 20 query clients) the
+spin thread held the GIL about half of the time. An incremental encode of a 1 % delta took 20 s
+instead of a fraction of a second. Map updates piled up in DDS until the oldest were overwritten
+(a sequence gap; docs/reliability.md, "The load benchmark's stall"). Upstream this is
+ros2/rclpy issue 1452, fixed by pull request 1547 (merged 2025-11-25) in releases newer than
+the Kilted wheels installed here; test/ros/test_executor.py notices when the installed rclpy
+has the fix.
 
 :class:`NodeExecutor` submits each task once. When the wait yields a task that is still queued,
 the spin thread blocks until a pool thread takes a task (or 50 ms pass, or the spin's own timeout)
