@@ -4,8 +4,9 @@
 as dropped by reason in ~/status -- the target: none unaccounted) and the query latency
 percentiles (target: p99 < 200 ms on the CPU).
 
-Run: ``python benchmarks/bench_load.py [--quick] [--seconds S] [--gaussians N] [--rclpy-executor]``
-(quick: 20 s; N: the room's size, default 20K).
+Run: ``python benchmarks/bench_load.py [--quick] [--seconds S] [--gaussians N] [--encode-interval S]
+[--rclpy-executor]`` (quick: 20 s; N: the room's size, default 20K; ``--encode-interval``: chorus_node's
+``min_encode_interval_s``, default 0).
 ``--rclpy-executor`` runs the nodes in rclpy's own MultiThreadedExecutor instead of
 chorus_ros.ros.executor.NodeExecutor, to see the busy loop NodeExecutor removes
 (docs/reliability.md, "The load benchmark's stall").
@@ -24,16 +25,19 @@ for _p in (REPO, REPO / "benchmarks"):  # the package, and the shared live rig (
 
 
 def main(quick: bool = False, seconds: float | None = None, clients: int = 20,
-         switch_interval: float | None = None, rclpy_executor: bool = False, gaussians: int = 20_000) -> str:
+         switch_interval: float | None = None, rclpy_executor: bool = False, gaussians: int = 20_000,
+         encode_interval: float = 0.0) -> str:
     """``switch_interval``: Python's GIL switch interval for this run (``sys.setswitchinterval``;
     None keeps the process's). ``rclpy_executor``: the nodes spin in rclpy's MultiThreadedExecutor
     (the executor they used before chorus_ros.ros.executor.NodeExecutor). ``gaussians``: size of
-    the synthetic room (each DELTA moves 1 % of it)."""
+    the synthetic room (each DELTA moves 1 % of it). ``encode_interval``: chorus_node's
+    ``min_encode_interval_s``."""
     if switch_interval is not None:
         old = sys.getswitchinterval()
         sys.setswitchinterval(switch_interval)
         try:
-            return main(quick, seconds, clients, rclpy_executor=rclpy_executor, gaussians=gaussians)
+            return main(quick, seconds, clients, rclpy_executor=rclpy_executor, gaussians=gaussians,
+                        encode_interval=encode_interval)
         finally:
             sys.setswitchinterval(old)
     if rclpy_executor:
@@ -41,7 +45,7 @@ def main(quick: bool = False, seconds: float | None = None, clients: int = 20,
         from rclpy.executors import MultiThreadedExecutor
         saved, bringup.NodeExecutor = bringup.NodeExecutor, MultiThreadedExecutor
         try:
-            return main(quick, seconds, clients, gaussians=gaussians).replace("4 executor threads", "4 executor threads, "
+            return main(quick, seconds, clients, gaussians=gaussians, encode_interval=encode_interval).replace("4 executor threads", "4 executor threads, "
                                                            "**rclpy's MultiThreadedExecutor**")
         finally:
             bringup.NodeExecutor = saved
@@ -55,7 +59,8 @@ def main(quick: bool = False, seconds: float | None = None, clients: int = 20,
     texts = ["chair", "table", "a lamp", "the sofa", "bed", "window", "a plant"]
     with tempfile.TemporaryDirectory() as tmp:
         ckpt, what = live.checkpoint(Path(tmp), scene.labels)
-        with live.LiveRig(ckpt, scene, n_query_clients=clients) as rig:
+        params = {"chorus_node": {"min_encode_interval_s": float(encode_interval)}}
+        with live.LiveRig(ckpt, scene, n_query_clients=clients, parameters=params) as rig:
             rig.send_full(g)
             rig.wait_encoded()
             rig.wait_query_ready()
@@ -67,8 +72,13 @@ def main(quick: bool = False, seconds: float | None = None, clients: int = 20,
             stamp = 1_000_000_000
             deltas = resyncs = 0
             resync_seq = 0      # the last FULL resync sent; no other until the node has applied it
+            lags: list[float] = []
+            lag_version = node.encoded_version
             while time.monotonic() - t0 < seconds:
                 now = time.monotonic()
+                if node.encoded_version != lag_version:       # one sample per encode
+                    lag_version = node.encoded_version
+                    lags.append(node.encode_lag_s)
                 if now >= next_delta:
                     tr = node._tracker
                     if tr.waiting_for_full and (tr.last_sequence or 0) >= resync_seq:
@@ -119,7 +129,10 @@ def main(quick: bool = False, seconds: float | None = None, clients: int = 20,
                      "Drops by reason: " + (", ".join(f"{k} {v}" for k, v in drops.items()) or "none") + ". "
                      f"Unpaired poses/CameraInfos (best-effort transport) are in the *_unpaired counts.", "",
                      f"Map updates: {deltas} DELTAs sent; {resyncs} FULL resync(s) sent after the node reported a "
-                     "lost update (a sequence gap: the node keeps its map and waits for a FULL).", "",
+                     "lost update (a sequence gap: the node keeps its map and waits for a FULL). "
+                     f"`min_encode_interval_s` {float(encode_interval):g}: {len(lags)} encodes, encode lag (an "
+                     f"update received -> encoded) mean {1000 * (sum(lags) / len(lags) if lags else float('nan')):.0f} "
+                     f"ms, max {1000 * max(lags, default=float('nan')):.0f} ms.", "",
                      "| queries sent | answered | failed | p50 (ms) | p90 (ms) | p99 (ms) | max (ms) |",
                      "|---|---|---|---|---|---|---|",
                      f"| {sent_q} | {len(lat)} | {query_fail} | {1000 * live.percentile(lat, 50):.0f} | "
@@ -133,5 +146,6 @@ if __name__ == "__main__":
     secs = float(a[a.index("--seconds") + 1]) if "--seconds" in a else None
     sw = float(a[a.index("--switch-interval") + 1]) if "--switch-interval" in a else None
     n = int(float(a[a.index("--gaussians") + 1])) if "--gaussians" in a else 20_000
+    ei = float(a[a.index("--encode-interval") + 1]) if "--encode-interval" in a else 0.0
     print(main(quick="--quick" in a, seconds=secs, switch_interval=sw, rclpy_executor="--rclpy-executor" in a,
-               gaussians=n))
+               gaussians=n, encode_interval=ei))

@@ -52,6 +52,7 @@ map is left unchanged by any rejected update.
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -149,6 +150,13 @@ class ChorusNodeConfig:
     """Reader-side depth of the map update subscription (unprocessed deltas kept)."""
     max_pending_updates: int = 256
     """Converted map updates waiting for the worker; beyond this an update is dropped (logged)."""
+    min_encode_interval_s: float = 0.0
+    """Least time from the end of one map encode to the next application of map updates, seconds
+    (0 = apply and encode as soon as an update arrives). Updates that arrive sooner wait in the
+    node's queue (``max_pending_updates``: keep it above this interval times the update rate) and
+    are applied and encoded together; views meanwhile come from the last encoding. Trades map
+    freshness (``~/status`` encode lag grows by up to this) for view throughput when the mapper
+    publishes faster than the encoder keeps up (docs/reliability.md, "Load")."""
     status_rate_hz: float = 1.0
     """Rate of the ~/status heartbeat, Hz."""
     error_throttle_s: float = 5.0
@@ -191,7 +199,7 @@ PIPELINE_MUTABLE = ["render.near", "render.far", "render.eps2d", "render.sh_degr
 """PipelineConfig parameters (declared at the top level: ``map.*``, ``render.*``, ``semantic.*``,
 ``device``...) that take effect at run time; every other one is read-only."""
 RANGES = {"pair_tolerance_s": (0.0, 10.0), "queue_size": (1, 100), "max_rate_hz": (0.0, 1000.0),
-          "map_update_depth": (1, 10000), "max_pending_updates": (1, 100000),
+          "map_update_depth": (1, 10000), "max_pending_updates": (1, 100000), "min_encode_interval_s": (0.0, 3600.0),
           "status_rate_hz": (0.01, 100.0), "error_throttle_s": (0.0, 3600.0),
           "max_image_pixels": (1, 1 << 31), "max_label_count": (1, 65534), "service_queue_depth": (1, 100000),
           "max_label_length": (1, 100000), "save_max_depth": (1, 32), "save_min_free_mb": (0.0, 1e9)}
@@ -303,6 +311,7 @@ class ChorusNode(Node):
         self._enqueued = 0                      # updates + views accepted for the worker
         self._done = 0                          # ... and finished (applied, rejected, published)
         self._dirty_since: float | None = None
+        self._encode_end = -math.inf            # monotonic time the last encode ended (min_encode_interval_s)
         self._state = "waiting_for_map"
         self._map_stamp = None
         self._plain_warned: set[tuple[str, str]] = set()   # (map id, checkpoint) warned about a plain cloud
@@ -566,12 +575,23 @@ class ChorusNode(Node):
                                f"{summary.updated_gaussians} Gaussians re-encoded)")
 
     # ---------------------------------------------------------------------------- worker
+    def _updates_wait_s(self) -> float:
+        """Seconds until pending map updates may be applied (0 = now; ``min_encode_interval_s``)."""
+        interval = float(self.config.min_encode_interval_s)
+        if interval <= 0:
+            return 0.0
+        return max(0.0, self._encode_end + interval - time.monotonic())
+
     def _run_worker(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(0.25)
+            if not self._updates:
+                self._wake.wait(0.25)
+            elif (wait := self._updates_wait_s()) > 0:
+                self._wake.wait(min(0.25, wait))   # a view, or the end of the interval
             self._wake.clear()
             try:
-                self._apply_pending_updates()
+                if self._updates_wait_s() <= 0:
+                    self._apply_pending_updates()
                 self._switch_if_pending()
                 self._encode_if_needed()
                 view = self._views.get_nowait()
@@ -580,7 +600,7 @@ class ChorusNode(Node):
                         self._render_and_publish(view)
                     finally:
                         self._finish()
-                    if self._updates:
+                    if self._updates and self._updates_wait_s() <= 0:
                         self._wake.set()
                         break
                     view = self._views.get_nowait()
@@ -646,7 +666,9 @@ class ChorusNode(Node):
             with self._state_lock:  # a status never shows the error with the state of before
                 self.encode_error, self._state = error, "encode_failed"
             self.errors.report("encode", error)
+            self._encode_end = time.monotonic()
             return
+        self._encode_end = time.monotonic()
         self._failed_version = None
         self.encode_error = ""
         now = time.monotonic()
