@@ -45,8 +45,8 @@ def main(quick: bool = False, seconds: float | None = None, clients: int = 20,
         from rclpy.executors import MultiThreadedExecutor
         saved, bringup.NodeExecutor = bringup.NodeExecutor, MultiThreadedExecutor
         try:
-            return main(quick, seconds, clients, gaussians=gaussians, encode_interval=encode_interval).replace("4 executor threads", "4 executor threads, "
-                                                           "**rclpy's MultiThreadedExecutor**")
+            text = main(quick, seconds, clients, gaussians=gaussians, encode_interval=encode_interval)
+            return text.replace("4 executor threads", "4 executor threads, **rclpy's MultiThreadedExecutor**")
         finally:
             bringup.NodeExecutor = saved
     from chorus_ros.core.gaussians import GaussianArrays
@@ -120,7 +120,8 @@ def main(quick: bool = False, seconds: float | None = None, clients: int = 20,
             got = len([s for s in rig.views_sent if s in views_got])
             lines = ["## Load: 20 query clients, 10 Hz deltas, 30 Hz views (`benchmarks/bench_load.py`)", "",
                      f"{what}; CPU; {len(g)} Gaussians; {seconds:g} s; chorus_node + query_node in one process "
-                     f"(`chorus-ros up` layout, 4 executor threads), the mapper, camera and clients in another; GIL switch interval "
+                     f"(`chorus-ros up` layout, 4 executor threads), the mapper, camera and clients in another; "
+                     f"GIL switch interval "
                      f"{sys.getswitchinterval() * 1000:g} ms.", "",
                      "| view requests sent | paired by the node | published | counted as dropped | unaccounted | "
                      "received by the client |", "|---|---|---|---|---|---|",
