@@ -166,3 +166,11 @@ def test_invalid_start_up_parameters_stop_the_node_with_a_clear_error(bringup, p
     from chorus_ros.core.errors import InvalidInputError
     with pytest.raises(InvalidInputError, match="parameter 'checkpoint' is empty"):
         ChorusNode("bad3", context=bringup.context)
+
+
+def test_bringup_spins_the_nodes_in_the_node_executor(bringup):
+    """Not rclpy's MultiThreadedExecutor, whose busy loop starved the worker under load
+    (chorus_ros.ros.executor; docs/reliability.md, "The load benchmark's stall")."""
+    from chorus_ros.ros.executor import NodeExecutor
+    assert type(bringup.executor) is NodeExecutor
+    assert set(bringup.executor.get_nodes()) >= set(bringup.nodes.values())
