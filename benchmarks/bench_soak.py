@@ -61,7 +61,26 @@ def main(quick: bool = False, minutes: float | None = None, big: int | None = No
             rig.wait_encoded()
             rig.wait_query_ready()
             t_start = time.monotonic()
+            node = rig.node
+            fulls = [0, node.last_encode]              # full encodes seen, the last summary seen
+
+            def count_full() -> None:
+                if node.last_encode is not fulls[1]:
+                    fulls[1] = node.last_encode
+                    fulls[0] += int(bool(getattr(node.last_encode, "full", False)))
+
+            def encoder_state() -> tuple[float, int]:
+                """(the encoder's activation caches in MiB, full encodes so far); read while the
+                worker runs, so a table swapped mid-read gives nan for that sample."""
+                count_full()
+                inc = getattr(node.pipeline, "_incremental", None)
+                try:
+                    mib = inc.cache_bytes() / 2**20 if inc is not None else 0.0
+                except RuntimeError:
+                    mib = float("nan")
+                return mib, fulls[0]
             samples = [(0.0, live.rss_mib())]
+            enc_samples = [encoder_state()]
             next_delta = next_view = next_query = next_sample = t_start
             stamp = 1_000_000_000
             texts = ["chair", "table", "a lamp", "the sofa", "bed"]
@@ -79,14 +98,16 @@ def main(quick: bool = False, minutes: float | None = None, big: int | None = No
                 if now >= next_query:
                     rig.query(0, texts[int(now) % len(texts)])
                     next_query += 1.0
+                count_full()                               # also between samples
                 if now >= next_sample:
                     samples.append((now - t_start, live.rss_mib()))
+                    enc_samples.append(encoder_state())
                     next_sample += 10.0
                 time.sleep(max(0.0, min(next_delta, next_view, next_query, next_sample) - time.monotonic()))
             rig.wait_encoded(120)
             time.sleep(1.0)
             samples.append((time.monotonic() - t_start, live.rss_mib()))
-            node = rig.node
+            enc_samples.append(encoder_state())
             _, query_lat, query_fail = rig.stats()
             drops = node.drops.snapshot()
             view_drops = sum(v for k, v in drops.items() if k.startswith("view_") and k != "view_stamp_rewind")
@@ -128,11 +149,11 @@ def main(quick: bool = False, minutes: float | None = None, big: int | None = No
     growth_mean = 100.0 * (sum(last) / len(last) - sum(first) / len(first)) / (sum(first) / len(first))
     lines.append(f"{what}; CPU; {len(g)} Gaussians; {minutes:g} minutes of 2 Hz DELTAs (1 % of the map moved), "
                  f"5 Hz 160x120 view requests, 1 query/s. RSS of the nodes' process (both nodes and their DDS; the probe runs in its own process).")
-    lines += ["", "| minute | RSS (MiB) |", "|---|---|"]
+    lines += ["", "| minute | RSS (MiB) | encoder activation caches (MiB) | full encodes so far |", "|---|---|---|---|"]
     step = max(1, int(round(minutes / 15)))
     for m in range(0, int(minutes) + 1, step):
-        s = min(samples, key=lambda x: abs(x[0] - 60 * m))
-        lines.append(f"| {m} | {s[1]:.0f} |")
+        i = min(range(len(samples)), key=lambda j: abs(samples[j][0] - 60 * m))
+        lines.append(f"| {m} | {samples[i][1]:.0f} | {enc_samples[i][0]:.0f} | {enc_samples[i][1]} |")
     lines += ["", f"**RSS growth after warm-up: {growth_mean:+.1f} %** between the mean of the first and the last "
               f"{span / 60:.1f} minutes after warm-up ({warm / 60:.1f} min); single samples {at_warm[0] / 60:.1f} -> "
               f"{end[0] / 60:.1f} min: {growth:+.1f} % (target < 5 %; start {samples[0][1]:.0f} MiB, peak "
