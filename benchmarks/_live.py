@@ -134,7 +134,7 @@ class LiveRig:
 
     ``rig.node`` is the in-process chorus_node (its counters are read directly); every action
     (``send_full``, ``send_delta``, ``request_view``, ``query``) is a one-way command to the probe
-    process, and ``views_got``, ``query_lat`` and ``query_fail`` ask it for its records.
+    process, and :meth:`stats` asks it for its records.
     """
 
     def __init__(self, ckpt: Path, scene, *, n_query_clients: int = 1, view_size=(160, 120),
@@ -241,18 +241,6 @@ class LiveRig:
         with self._stats_lock:            # one request and its answer at a time on the pipe
             self._conn.send(("stats",))
             return self._conn.recv()
-
-    @property
-    def views_got(self) -> dict[int, float]:
-        return self.stats()[0]
-
-    @property
-    def query_lat(self) -> list[float]:
-        return self.stats()[1]
-
-    @property
-    def query_fail(self) -> int:
-        return self.stats()[2]
 
 
 def rss_mib() -> float:

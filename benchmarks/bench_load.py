@@ -40,13 +40,12 @@ def main(quick: bool = False, seconds: float | None = None, clients: int = 20,
                         encode_interval=encode_interval)
         finally:
             sys.setswitchinterval(old)
-    if rclpy_executor:
+    if rclpy_executor:       # Bringup builds its executor from this module-level name
         import chorus_ros.ros.bringup as bringup
         from rclpy.executors import MultiThreadedExecutor
         saved, bringup.NodeExecutor = bringup.NodeExecutor, MultiThreadedExecutor
         try:
-            text = main(quick, seconds, clients, gaussians=gaussians, encode_interval=encode_interval)
-            return text.replace("4 executor threads", "4 executor threads, **rclpy's MultiThreadedExecutor**")
+            return main(quick, seconds, clients, gaussians=gaussians, encode_interval=encode_interval)
         finally:
             bringup.NodeExecutor = saved
     from chorus_ros.core.gaussians import GaussianArrays
@@ -73,10 +72,10 @@ def main(quick: bool = False, seconds: float | None = None, clients: int = 20,
             deltas = resyncs = 0
             resync_seq = 0      # the last FULL resync sent; no other until the node has applied it
             lags: list[float] = []
-            lag_version = node.encoded_version
+            lag_version, encodes0 = node.encoded_version, node.encodes
             while time.monotonic() - t0 < seconds:
                 now = time.monotonic()
-                if node.encoded_version != lag_version:       # one sample per encode
+                if node.encoded_version != lag_version:       # one lag sample per encode seen
                     lag_version = node.encoded_version
                     lags.append(node.encode_lag_s)
                 if now >= next_delta:
@@ -113,6 +112,8 @@ def main(quick: bool = False, seconds: float | None = None, clients: int = 20,
             time.sleep(0.5)
             d1 = node.drops.snapshot()
             drops = {k: d1.get(k, 0) - d0.get(k, 0) for k in d1 if d1.get(k, 0) != d0.get(k, 0)}
+            encodes = node.encodes - encodes0
+            executor = type(rig.bringup.executor).__name__
             received = node.views_received - r0
             published = node.views_published - p0
             view_drops = sum(v for k, v in drops.items() if k.startswith("view_") and k != "view_stamp_rewind")
@@ -120,7 +121,7 @@ def main(quick: bool = False, seconds: float | None = None, clients: int = 20,
             got = len([s for s in rig.views_sent if s in views_got])
             lines = ["## Load: 20 query clients, 10 Hz deltas, 30 Hz views (`benchmarks/bench_load.py`)", "",
                      f"{what}; CPU; {len(g)} Gaussians; {seconds:g} s; chorus_node + query_node in one process "
-                     f"(`chorus-ros up` layout, 4 executor threads), the mapper, camera and clients in another; "
+                     f"(`chorus-ros up` layout, {executor}, 4 threads), the mapper, camera and clients in another; "
                      f"GIL switch interval "
                      f"{sys.getswitchinterval() * 1000:g} ms.", "",
                      "| view requests sent | paired by the node | published | counted as dropped | unaccounted | "
@@ -131,7 +132,7 @@ def main(quick: bool = False, seconds: float | None = None, clients: int = 20,
                      f"Unpaired poses/CameraInfos (best-effort transport) are in the *_unpaired counts.", "",
                      f"Map updates: {deltas} DELTAs sent; {resyncs} FULL resync(s) sent after the node reported a "
                      "lost update (a sequence gap: the node keeps its map and waits for a FULL). "
-                     f"`min_encode_interval_s` {float(encode_interval):g}: {len(lags)} encodes, encode lag (an "
+                     f"`min_encode_interval_s` {float(encode_interval):g}: {encodes} encodes, encode lag (an "
                      f"update received -> encoded) mean {1000 * (sum(lags) / len(lags) if lags else float('nan')):.0f} "
                      f"ms, max {1000 * max(lags, default=float('nan')):.0f} ms.", "",
                      "| queries sent | answered | failed | p50 (ms) | p90 (ms) | p99 (ms) | max (ms) |",

@@ -62,23 +62,17 @@ def main(quick: bool = False, minutes: float | None = None, big: int | None = No
             rig.wait_query_ready()
             t_start = time.monotonic()
             node = rig.node
-            fulls = [0, node.last_encode]              # full encodes seen, the last summary seen
-
-            def count_full() -> None:
-                if node.last_encode is not fulls[1]:
-                    fulls[1] = node.last_encode
-                    fulls[0] += int(bool(getattr(node.last_encode, "full", False)))
 
             def encoder_state() -> tuple[float, int]:
                 """(the encoder's activation caches in MiB, full encodes so far); read while the
                 worker runs, so a table swapped mid-read gives nan for that sample."""
-                count_full()
                 inc = getattr(node.pipeline, "_incremental", None)
                 try:
                     mib = inc.cache_bytes() / 2**20 if inc is not None else 0.0
                 except RuntimeError:
                     mib = float("nan")
-                return mib, fulls[0]
+                return mib, node.full_encodes - fulls0
+            fulls0 = node.full_encodes
             samples = [(0.0, live.rss_mib())]
             enc_samples = [encoder_state()]
             next_delta = next_view = next_query = next_sample = t_start
@@ -98,7 +92,6 @@ def main(quick: bool = False, minutes: float | None = None, big: int | None = No
                 if now >= next_query:
                     rig.query(0, texts[int(now) % len(texts)])
                     next_query += 1.0
-                count_full()                               # also between samples
                 if now >= next_sample:
                     samples.append((now - t_start, live.rss_mib()))
                     enc_samples.append(encoder_state())

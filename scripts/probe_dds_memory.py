@@ -17,20 +17,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-def _gaussians(n: int, seed: int):
-    import torch
-
-    from chorus_ros.core.gaussians import GaussianArrays
-    g = torch.Generator().manual_seed(seed)
-    return GaussianArrays(torch.rand(n, 3, generator=g) * 10, torch.randn(n, 1, 3, generator=g),
-                          torch.randn(n, generator=g), torch.full((n, 3), -3.5),
-                          torch.tensor([[1.0, 0, 0, 0]]).repeat(n, 1), torch.arange(n))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def _publisher(conn, n: int) -> None:
     import rclpy
+    from probe_memory import scene   # the encoder-stack probe's flat layer (imports torch: publisher only)
 
     from chorus_ros.msg import GaussianMapUpdate
     from chorus_ros.ros import qos
@@ -45,10 +37,10 @@ def _publisher(conn, n: int) -> None:
     while True:
         cmd = conn.recv()
         if cmd == "full":
-            pub.publish(map_update_to_msg(_gaussians(n, 0), map_id="p", sequence=1, full=True))
+            pub.publish(map_update_to_msg(scene(n, 0), map_id="p", sequence=1, full=True))
         elif cmd == "deltas":
             for i in range(16):
-                pub.publish(map_update_to_msg(_gaussians(200, i + 1), map_id="p", sequence=2 + i, full=False))
+                pub.publish(map_update_to_msg(scene(200, i + 1), map_id="p", sequence=2 + i, full=False))
         elif cmd == "stop":
             break
     node.destroy_node()

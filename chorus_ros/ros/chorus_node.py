@@ -277,6 +277,10 @@ class ChorusNode(Node):
             self._on_pipeline_params(self.pipeline_params.config, PIPELINE_MUTABLE)
         self.encoded_version = 0
         self.last_encode = None                 # EncodeSummary of the last encode
+        self.encodes = 0
+        """Successful map encodes so far."""
+        self.full_encodes = 0
+        """... of which full passes (a FULL update, or a change the cached path found cheaper to redo)."""
         self._lock = threading.RLock()          # guards the pipeline (worker vs services)
         self._views = KeepNewestQueue(cfg.queue_size)
         self._updates: deque[MapUpdate] = deque()
@@ -677,6 +681,8 @@ class ChorusNode(Node):
             self._last_trim = now
         self.encoded_version = int(summary.map_version)
         self.last_encode = summary
+        self.encodes += 1
+        self.full_encodes += int(bool(summary.full))
         self.encode_lag_s = time.monotonic() - self._dirty_since
         self._state = "running"
         self._publish_objects(objects)
