@@ -125,6 +125,7 @@ train-demo: install
 	$(VENV)/bin/chorus-train --config config/train/demo_boundary.yaml init_from=.cache/train/demo_stage5 seed=3 \
 		checkpoint.dir=.cache/train/demo_stage6b log.dir=.cache/runs/demo_stage6b $(TRAIN_ARGS)
 	$(VENV)/bin/chorus-average --out checkpoints/demo .cache/train/demo_stage6a .cache/train/demo_stage6b
+	$(VENV)/bin/chorus-height-prior --checkpoint checkpoints/demo --seeds 0-47
 
 # --- colcon: the robot's build (`colcon build` of CMakeLists.txt) against the venv's ROS
 # prefix, in $(BUILD_DIR)/colcon, then imports from its install/ (scripts/colcon_check.py).

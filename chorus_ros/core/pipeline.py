@@ -378,6 +378,8 @@ class PerceptionPipeline:
         self._touched: set[int] = set()
         self._pending_full = False
         self._suspects: list[int] = []     # ids upserted since the last good encode (first 100)
+        self.floor_z: float | None = None
+        """Floor height (map frame, metres) the height prior last used; None without one."""
 
     # ------------------------------------------------------------------ building
     def _default_incremental(self, gmap: GaussianMap):
@@ -425,6 +427,9 @@ class PerceptionPipeline:
                 raise CheckpointError(f"{gd}: GOCL codebook width {protos.shape[1]} != the checkpoint's "
                                       f"object head width {dims.get('object')} (heads: {dims})")
             pipe.instances.set_code_prototypes(protos)
+        from chorus_ros.core.decode.height import HEIGHT_PRIOR_FILE, HeightPrior
+        if (Path(path) / HEIGHT_PRIOR_FILE).is_file():
+            pipe.semantic.set_height_prior(HeightPrior.load(Path(path) / HEIGHT_PRIOR_FILE))
         return pipe
 
     # ------------------------------------------------------------------ helpers
@@ -571,9 +576,12 @@ class PerceptionPipeline:
             t1 = time.perf_counter()
             n = len(self.map)
             slots = torch.arange(n) if full else res.updated_slots.long().cpu()
-            self._rescore(None if full else slots)
+            # the floor moved (height prior): every Gaussian was re-scored, so every one is regrouped
+            rescored_all = self._rescore(None if full else slots)
+            if rescored_all:
+                slots = torch.arange(n)
             t2 = time.perf_counter()
-            r = self._regroup(None if full else slots)
+            r = self._regroup(None if full or rescored_all else slots)
             t3 = time.perf_counter()
             self._pending_full = False
             return EncodeSummary(full, int(slots.numel()), int(getattr(res, "n_encoded", n)),
@@ -582,8 +590,27 @@ class PerceptionPipeline:
                                  len(self.instances.codebook.active_ids()), self.map.version,
                                  t1 - t0, t2 - t1, t3 - t2, slots)
 
-    def _rescore(self, slots: torch.Tensor | None) -> None:
-        """Scores, labels and confidences of ``slots`` (None: all) from the language features."""
+    def _floor_heights(self) -> tuple[torch.Tensor | None, bool]:
+        """Heights above the floor of every map Gaussian for the height prior (None without one),
+        and whether the floor moved by more than ``semantic.floor_tolerance_m`` since it was last
+        used (then every Gaussian must be re-scored). The floor is re-estimated from the whole map
+        each time (:func:`~chorus_ros.core.decode.height.estimate_floor`, O(N))."""
+        if not self.semantic.uses_height or len(self.map) == 0:
+            return None, False
+        from chorus_ros.core.decode.height import estimate_floor
+        g = self.map.arrays()
+        est = estimate_floor(g.means[:, 2], g.opacity)
+        if est is None:
+            return None, False
+        moved = self.floor_z is None or abs(est.z - self.floor_z) > self.config.semantic.floor_tolerance_m
+        if moved:
+            self.floor_z = est.z
+        return (g.means[:, 2].double() - self.floor_z).float(), moved
+
+    def _rescore(self, slots: torch.Tensor | None) -> bool:
+        """Scores, labels and confidences of ``slots`` (None: all) from the language features
+        (and the heights above the floor, with a height prior). Returns True when every Gaussian
+        was re-scored although ``slots`` were given (the floor moved)."""
         n = len(self.map)
         k = len(self.labels)
         lang = self._attr(feature_attr("language"))
@@ -593,20 +620,23 @@ class PerceptionPipeline:
             self.map.set_attribute(ATTR_PROBS, torch.zeros(n, k, device=self.map.device))
             self.map.set_attribute(ATTR_LABEL, torch.full((n,), UNLABELED, dtype=torch.long, device=self.map.device))
             self.map.set_attribute(ATTR_CONF, torch.zeros(n, device=self.map.device))
-            return
-        if need_all:
-            out = self.semantic.decode(lang)
+            return False
+        heights, moved = self._floor_heights()
+        forced = moved and not need_all and slots.numel() < n
+        if need_all or moved:
+            out = self.semantic.decode(lang, heights=heights)
             self.map.set_attribute(ATTR_PROBS, out.probs.to(self.map.device))
             self.map.set_attribute(ATTR_LABEL, out.label.to(self.map.device))
             self.map.set_attribute(ATTR_CONF, out.confidence.to(self.map.device))
-            return
+            return forced
         if slots.numel() == 0:
-            return
+            return False
         s = slots.to(self.map.device)
-        out = self.semantic.decode(lang[s])
+        out = self.semantic.decode(lang[s], heights=None if heights is None else heights.to(s.device)[s])
         self.map.set_attribute(ATTR_PROBS, out.probs, s)
         self.map.set_attribute(ATTR_LABEL, out.label, s)
         self.map.set_attribute(ATTR_CONF, out.confidence, s)
+        return False
 
     def _regroup(self, slots: torch.Tensor | None):
         n = len(self.map)

@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="rotation ensemble: average the encoder over K copies of the map rotated about the "
                          "vertical (pipeline incremental.rotations, with incremental.mode 'halo'; K x the encode "
                          "time; default 1 = off)")
+    ap.add_argument("--height-prior-weight", type=float, default=None, metavar="W",
+                    help="weight of the checkpoint's height prior (pipeline semantic.height_prior_weight; "
+                         "0 = off; default: the pipeline's; no effect without <checkpoint>/height_prior.json)")
     ap.add_argument("--out", default="-", help="markdown report to write ('-' prints only)")
     ap.add_argument("--section", help="replace only this marked section of --out (keeps the rest of the file)")
     ap.add_argument("--json", metavar="FILE", help="write the results as one JSON object (percent)")
@@ -88,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--bag cannot be combined with --dataset, --ablation or --suite")
     if a.bag and a.rotations != 1:
         ap.error("--rotations does not apply to --bag: set the node's incremental.rotations (and incremental.mode halo)")
+    if a.bag and a.height_prior_weight is not None:
+        ap.error("--height-prior-weight does not apply to --bag: set the node's semantic.height_prior_weight")
     if a.ablation and (a.checkpoint or a.dataset):
         ap.error("--ablation cannot be combined with --checkpoint or --dataset")
     if not a.ablation and not a.checkpoint:
@@ -110,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _factory(ckpt: str, device: str, min_opacity: float | None = None, instance_image: str | None = None,
-             rotations: int = 1):
+             rotations: int = 1, height_prior_weight: float | None = None):
     from chorus_ros.core.pipeline import PerceptionPipeline, PipelineConfig
 
     def make():
@@ -122,6 +127,9 @@ def _factory(ckpt: str, device: str, min_opacity: float | None = None, instance_
             cfg.incremental.mode = "halo"
         if instance_image is not None:
             cfg.per_view.instance_image = instance_image
+        if height_prior_weight is not None:
+            cfg.semantic.height_prior_weight = float(height_prior_weight)
+            cfg.semantic.validate()
         cfg.validate()
         return PerceptionPipeline.from_checkpoint(ckpt, cfg)
     return make
@@ -168,7 +176,8 @@ def _dataset(a, cmd: str) -> int:
         print(f"{s.name}: {len(s)} views, {len(s.gaussians)} Gaussians ({s.layout} layout); not given to the "
               f"model: {', '.join(s.ignored_properties) or 'nothing'}", file=sys.stderr)
     _note_plain_maps(scenes, a.checkpoint)
-    res = evaluate_scenes(_factory(a.checkpoint, a.device, a.min_opacity, a.instance_image, a.rotations), scenes,
+    res = evaluate_scenes(_factory(a.checkpoint, a.device, a.min_opacity, a.instance_image, a.rotations,
+                 a.height_prior_weight), scenes,
                           SceneEvalConfig(min_alpha=a.min_alpha, chunks=a.chunks, contact_views=a.contact_views),
                           progress=not a.no_progress)
     setup = (f"Checkpoint `{a.checkpoint}`; scene folders {', '.join(f'`{p}`' for p in a.dataset)}"
@@ -200,7 +209,8 @@ def _suite(a, cmd: str) -> int:
     runs = [("checkpoint", a.checkpoint)] if a.checkpoint else [
         tuple(s.split("=", 1)) if "=" in s else (Path(s).name, s) for s in a.ablation]
     cache: dict = {}
-    results = {name: evaluate_shift_suite(_factory(ckpt, a.device, a.min_opacity, a.instance_image, a.rotations), cfg, cache=cache,
+    results = {name: evaluate_shift_suite(_factory(ckpt, a.device, a.min_opacity, a.instance_image, a.rotations,
+                 a.height_prior_weight), cfg, cache=cache,
                                           progress=not a.no_progress)
                for name, ckpt in runs}
     if a.json:
@@ -231,7 +241,8 @@ def _seeds(a, ap, cmd: str) -> int:
                                                          for s in a.ablation]
     cache: dict = {}
     progress = None if a.no_progress else (lambda s: print(s, file=sys.stderr))
-    results = [evaluate_checkpoint(name, _factory(ckpt, cfg.device, a.min_opacity, a.instance_image, a.rotations), cfg, cache, progress=progress,
+    results = [evaluate_checkpoint(name, _factory(ckpt, cfg.device, a.min_opacity, a.instance_image, a.rotations,
+                 a.height_prior_weight), cfg, cache, progress=progress,
                                    contact_views=a.contact_views) for name, ckpt in runs]
     if a.checkpoint:
         _outputs(a, results[0].dataset,

@@ -35,6 +35,13 @@ class SemanticConfig:
     """Pixels / Gaussians whose winning probability is below this are unlabeled."""
     max_channels_per_pass: int = 32
     """Class-score channels splatted per render pass (gsplat's cost steps every 32 channels)."""
+    height_prior_weight: float = 0.0
+    """Weight of the checkpoint's height prior (``height_prior.json``: per class, the log-likelihood
+    ratio of the height above the floor; chorus_ros.core.decode.height) added to the logits. 0: off;
+    no effect on a checkpoint without a prior."""
+    floor_tolerance_m: float = 0.05
+    """The floor is re-estimated at every encode; when it moves by more than this, every Gaussian
+    is re-scored and regrouped (otherwise only the re-encoded ones are)."""
 
     def validate(self) -> None:
         if not self.temperature > 0:
@@ -45,6 +52,10 @@ class SemanticConfig:
             raise InvalidInputError(f"semantic min_confidence must be in [0, 1], got {self.min_confidence}")
         if self.max_channels_per_pass < 1:
             raise InvalidInputError(f"max_channels_per_pass must be >= 1, got {self.max_channels_per_pass}")
+        if not self.height_prior_weight >= 0:
+            raise InvalidInputError(f"semantic height_prior_weight must be >= 0, got {self.height_prior_weight}")
+        if not self.floor_tolerance_m > 0:
+            raise InvalidInputError(f"semantic floor_tolerance_m must be > 0, got {self.floor_tolerance_m}")
 
 
 @dataclass
@@ -92,6 +103,9 @@ class SemanticDecoder:
         self.labels: LabelSet
         self.text_embeddings: torch.Tensor
         """[K, d] float32 unit text embeddings of the active classes."""
+        self.height_prior = None
+        """Optional :class:`~chorus_ros.core.decode.height.HeightPrior` (:meth:`set_height_prior`)."""
+        self._height_table: torch.Tensor | None = None
         self.set_labels(labels)
 
     # ------------------------------------------------------------- labels
@@ -111,24 +125,46 @@ class SemanticDecoder:
             raise InvalidInputError(f"text encoder returned {tuple(emb.shape)} for {len(labels)} names")
         self.labels = labels
         self.text_embeddings = torch.nn.functional.normalize(emb, dim=-1)
+        self._height_table = None if self.height_prior is None else self.height_prior.table(labels.names)
         return labels
+
+    def set_height_prior(self, prior) -> None:
+        """Use ``prior`` (a :class:`~chorus_ros.core.decode.height.HeightPrior`, or None to drop it)
+        for the classes of the active label set (names it lacks get no height term)."""
+        self.height_prior = prior
+        self._height_table = None if prior is None else prior.table(self.labels.names)
+
+    @property
+    def uses_height(self) -> bool:
+        """True when decoding adds the height term (a prior is set and its weight is > 0)."""
+        return self.height_prior is not None and self.config.height_prior_weight > 0
 
     @property
     def num_classes(self) -> int:
         return len(self.labels)
 
     # ---------------------------------------------------------- Gaussians
-    def logits(self, lang_feats: torch.Tensor) -> torch.Tensor:
-        """``[N, K]`` cosine(feature, text) / temperature. ``lang_feats``: [N, d]."""
+    def logits(self, lang_feats: torch.Tensor, heights: torch.Tensor | None = None) -> torch.Tensor:
+        """``[N, K]`` cosine(feature, text) / temperature, plus ``height_prior_weight`` times the
+        height prior's log-likelihood ratios when ``heights [N]`` (metres above the floor) are given
+        and :attr:`uses_height`. ``lang_feats``: [N, d]."""
         if lang_feats.ndim != 2 or lang_feats.shape[1] != self.text_embeddings.shape[1]:
             raise InvalidInputError(f"language features must be [N, {self.text_embeddings.shape[1]}], "
                                     f"got {tuple(lang_feats.shape)}")
         f = torch.nn.functional.normalize(lang_feats.float(), dim=-1)
-        return (f @ self.text_embeddings.to(f.device).T) / self.config.temperature
+        out = (f @ self.text_embeddings.to(f.device).T) / self.config.temperature
+        if heights is not None and self.uses_height:
+            if heights.shape != (lang_feats.shape[0],):
+                raise InvalidInputError(f"heights must be [{lang_feats.shape[0]}], got {tuple(heights.shape)}")
+            bins = self.height_prior.bin_index(heights.to(out.device))
+            out = out + self.config.height_prior_weight * self.height_prior.log_ratio_from_table(
+                self._height_table, bins).to(out.device)
+        return out
 
-    def scores(self, lang_feats: torch.Tensor, chunk: int = 262144) -> torch.Tensor:
+    def scores(self, lang_feats: torch.Tensor, chunk: int = 262144, heights: torch.Tensor | None = None) -> torch.Tensor:
         """``[N, K]`` float32 class probabilities (softmax of :meth:`logits`), chunked over N."""
-        out = [torch.softmax(self.logits(lang_feats[i:i + chunk]), dim=-1)
+        out = [torch.softmax(self.logits(lang_feats[i:i + chunk], None if heights is None else heights[i:i + chunk]),
+                             dim=-1)
                for i in range(0, lang_feats.shape[0], chunk)]
         if not out:
             return lang_feats.new_zeros(0, self.num_classes, dtype=torch.float32)
@@ -140,9 +176,10 @@ class SemanticDecoder:
         lab = torch.where(conf < self.config.min_confidence, torch.full_like(lab, UNLABELED), lab)
         return GaussianLabels(probs, lab, conf.float())
 
-    def decode(self, lang_feats: torch.Tensor) -> GaussianLabels:
-        """Per-Gaussian probabilities, labels and confidences from ``[N, d]`` language features."""
-        return self.labels_from_probs(self.scores(lang_feats))
+    def decode(self, lang_feats: torch.Tensor, heights: torch.Tensor | None = None) -> GaussianLabels:
+        """Per-Gaussian probabilities, labels and confidences from ``[N, d]`` language features
+        (and, with a height prior, ``heights [N]`` above the floor, metres)."""
+        return self.labels_from_probs(self.scores(lang_feats, heights=heights))
 
     # --------------------------------------------------------------- views
     def decode_view(self, score_image: torch.Tensor, alpha: torch.Tensor) -> ViewLabels:
