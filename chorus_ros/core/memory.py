@@ -18,7 +18,13 @@ import ctypes
 import ctypes.util
 import os
 
-__all__ = ["rss_bytes", "trim_heap"]
+from chorus_ros.core.errors import InvalidInputError
+
+__all__ = ["rss_bytes", "trim_heap", "pin_mmap_threshold", "MMAP_THRESHOLD_MAX"]
+
+MMAP_THRESHOLD_MAX = 32 << 20
+"""Largest mmap threshold glibc accepts on 64-bit systems (``HEAP_MAX_SIZE / 2``), bytes."""
+_M_MMAP_THRESHOLD = -3
 
 _libc = None
 
@@ -30,6 +36,8 @@ def _lib():
             _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
             _libc.malloc_trim.argtypes = [ctypes.c_size_t]
             _libc.malloc_trim.restype = ctypes.c_int
+            _libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+            _libc.mallopt.restype = ctypes.c_int
         except (OSError, AttributeError):
             _libc = False
     return _libc
@@ -41,6 +49,21 @@ def trim_heap() -> bool:
     a walk over the free lists, milliseconds for a heap of gigabytes."""
     lib = _lib()
     return bool(lib.malloc_trim(0)) if lib else False
+
+
+def pin_mmap_threshold(nbytes: int) -> bool:
+    """Fix glibc's mmap threshold at ``nbytes`` (``mallopt(M_MMAP_THRESHOLD)``), process-wide.
+
+    Every allocation of at least ``nbytes`` is then mapped on its own and unmapped when freed, and
+    glibc's dynamic threshold (which rises to the size of the largest block freed, up to 32 MiB, so
+    that later encode temporaries come from the heap and stay resident until trimmed) is off. Same
+    effect as starting the process with ``MALLOC_MMAP_THRESHOLD_=nbytes``. Returns True when set,
+    False where glibc is absent (a no-op). Measured on the nodes in docs/reliability.md ("A fixed
+    mmap threshold")."""
+    if not 0 < int(nbytes) <= MMAP_THRESHOLD_MAX:
+        raise InvalidInputError(f"mmap threshold must be in (0, {MMAP_THRESHOLD_MAX}] bytes, got {nbytes}")
+    lib = _lib()
+    return bool(lib.mallopt(_M_MMAP_THRESHOLD, int(nbytes))) if lib else False
 
 
 def rss_bytes() -> int:

@@ -174,3 +174,19 @@ def test_bringup_spins_the_nodes_in_the_node_executor(bringup):
     from chorus_ros.ros.executor import NodeExecutor
     assert type(bringup.executor) is NodeExecutor
     assert set(bringup.executor.get_nodes()) >= set(bringup.nodes.values())
+
+
+def test_the_node_pins_glibcs_mmap_threshold_at_start_up(bringup, pipeline_factory, monkeypatch):
+    """malloc_mmap_threshold_kib (default 256) is applied once at start-up; 0 leaves glibc's
+    dynamic threshold (chorus_ros.core.memory.pin_mmap_threshold; docs/reliability.md)."""
+    from chorus_ros.ros import chorus_node as cn
+    calls = []
+    monkeypatch.setattr(cn, "pin_mmap_threshold", lambda n: calls.append(n) or True)
+    for name, args, want in (("pin_default", [], [256 * 1024]),
+                             ("pin_off", ["--ros-args", "-p", "malloc_mmap_threshold_kib:=0"], [])):
+        calls.clear()
+        node = cn.ChorusNode(name, namespace=name, pipeline=pipeline_factory(), context=bringup.context, cli_args=args)
+        try:
+            assert calls == want
+        finally:
+            node.destroy_node()
