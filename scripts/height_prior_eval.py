@@ -30,31 +30,17 @@ if str(REPO) not in sys.path:
 
 def _maps(a, names):
     """Yield (set name, map name, GaussianArrays, per-Gaussian class ids in ``names`` (-1 none))."""
-    from chorus_ros.core.labels import UNLABELED, LabelSet
-    if a.dataset:
-        from chorus_ros.core.datasets import load_labels_map, open_scene
-        lm = load_labels_map(a.labels_map) if a.labels_map else None
-        ls = LabelSet(list(names), np.zeros((len(names), 3), np.uint8))
-        for d in a.dataset:
-            sc = open_scene(d, labels_map=lm)
-            lut = sc.class_map_to(ls)
-            lab = lut[np.clip(np.asarray(sc.gt_gaussian_labels), 0, UNLABELED).astype(np.int64)].astype(np.int64)
-            lab[lab >= len(names)] = -1
-            yield "dataset", Path(d).name, sc.gaussians, lab
-    for s in a.seeds:
-        from chorus_ros.core.synthetic.room import SceneConfig, generate_scene
-        sc = generate_scene(SceneConfig(seed=s))
-        yield "heldout", f"seed {s}", sc.gaussians, _lab(sc.gaussians, sc.labels.names, names)
+    from chorus_ros.tools.height_prior import folder_maps, labels_by_name, synthetic_maps
+    for name, g, lab in folder_maps(a.dataset, a.labels_map, names):
+        yield "dataset", name, g, lab
+    for name, g, lab in synthetic_maps(a.seeds, names):
+        yield "heldout", name, g, lab
     for shift in a.shifts:
         from chorus_ros.core.synthetic.shifts import generate_shifted_scene
         for s in a.suite_seeds:
             sh = generate_shifted_scene(shift, s)
-            yield shift, f"{shift}:{s}", sh.gaussians, _lab(sh.gaussians, sh.labels.names, names)
-
-
-def _lab(g, src_names, names) -> np.ndarray:
-    lut = np.array([names.index(n) if n in names else -1 for n in src_names] + [-1])
-    return lut[np.clip(g.extras["label"].numpy().astype(np.int64), 0, len(lut) - 1)]
+            yield shift, f"{shift}:{s}", sh.gaussians, labels_by_name(sh.gaussians.extras["label"].numpy(),
+                                                                     sh.labels.names, names)
 
 
 def main(argv=None) -> int:

@@ -56,8 +56,8 @@ def pin_mmap_threshold(nbytes: int) -> bool:
 
     Every allocation of at least ``nbytes`` is then mapped on its own and unmapped when freed, and
     glibc's dynamic threshold (which rises to the size of the largest block freed, up to 32 MiB, so
-    that later encode temporaries come from the heap and stay resident until trimmed) is off. Same
-    effect as starting the process with ``MALLOC_MMAP_THRESHOLD_=nbytes``. Returns True when set,
+    that later encode temporaries come from the heap and stay resident until trimmed) is off (the
+    run-time form of glibc's ``MALLOC_MMAP_THRESHOLD_`` tunable). Returns True when set,
     False where glibc is absent (a no-op). Measured on the nodes in docs/reliability.md ("A fixed
     mmap threshold")."""
     if not 0 < int(nbytes) <= MMAP_THRESHOLD_MAX:

@@ -676,9 +676,9 @@ class ChorusNode(Node):
             with self._state_lock:  # a status never shows the error with the state of before
                 self.encode_error, self._state = error, "encode_failed"
             self.errors.report("encode", error)
-            self._encode_end = time.monotonic()
             return
-        self._encode_end = time.monotonic()
+        finally:
+            self._encode_end = time.monotonic()   # min_encode_interval_s counts from here
         self._failed_version = None
         self.encode_error = ""
         now = time.monotonic()

@@ -13,6 +13,7 @@ pipeline uses it with ``semantic.height_prior_weight`` > 0. Measured in docs/gen
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from pathlib import Path
 
@@ -28,13 +29,46 @@ def _seeds(spec: list[str]) -> list[int]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def labels_by_name(class_ids, source_names, names):
+    """``[N]`` int64 class ids into ``names`` of per-Gaussian ``class_ids`` into ``source_names``
+    (matched by name; -1 for names ``names`` lacks and for out-of-range ids)."""
+    import numpy as np
+    lut = np.array([names.index(n) if n in names else -1 for n in source_names] + [-1])
+    return lut[np.clip(np.asarray(class_ids).astype(np.int64), 0, len(lut) - 1)]
+
+
+def synthetic_maps(seeds, names):
+    """Yield ``(name, GaussianArrays, class ids into names)`` of the generator's rooms ``seeds``."""
+    from chorus_ros.core.synthetic.room import SceneConfig, generate_scene
+    for s in seeds:
+        sc = generate_scene(SceneConfig(seed=s))
+        yield f"seed {s}", sc.gaussians, labels_by_name(sc.gaussians.extras["label"].numpy(), sc.labels.names, names)
+
+
+def folder_maps(dirs, labels_map, names):
+    """Yield ``(name, GaussianArrays, class ids into names)`` of scene folders whose map carries
+    per-Gaussian labels (``labels_map``: YAML path or None)."""
     import numpy as np
 
+    from chorus_ros.core.datasets import load_labels_map, open_scene
+    from chorus_ros.core.errors import ChorusError
+    from chorus_ros.core.labels import UNLABELED, LabelSet
+    lm = load_labels_map(labels_map) if labels_map else None
+    ls = LabelSet(list(names), np.zeros((len(names), 3), np.uint8))
+    for d in dirs:
+        sc = open_scene(d, labels_map=lm)
+        if sc.gt_gaussian_labels is None:
+            raise ChorusError(f"{d}: its map has no per-Gaussian labels")
+        lab = sc.class_map_to(ls)[np.clip(np.asarray(sc.gt_gaussian_labels), 0, UNLABELED).astype(np.int64)]
+        lab = lab.astype(np.int64)
+        lab[lab >= len(names)] = -1
+        yield Path(d).name, sc.gaussians, lab
+
+
+def main(argv: list[str] | None = None) -> int:
     from chorus_ros.core.decode.height import HEIGHT_PRIOR_FILE, fit_height_prior
     from chorus_ros.core.encoder.checkpoint import load_checkpoint
     from chorus_ros.core.errors import ChorusError
-    from chorus_ros.core.labels import UNLABELED
     from chorus_ros.core.pipeline import labels_from_meta
 
     ap = argparse.ArgumentParser(prog="chorus-height-prior", description=__doc__.splitlines()[0])
@@ -51,31 +85,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ChorusError("nothing to count: give --seeds and/or --dataset")
         ck = load_checkpoint(a.checkpoint)
         names = labels_from_meta(ck.meta).names
-
-        def samples():
-            if seeds:
-                from chorus_ros.core.synthetic.room import SceneConfig, generate_scene
-                for s in seeds:
-                    sc = generate_scene(SceneConfig(seed=s))
-                    g = sc.gaussians
-                    lut = np.array([names.index(n) if n in names else -1 for n in sc.labels.names] + [-1])
-                    lab = g.extras["label"].numpy().astype(np.int64)
-                    yield g.means[:, 2].numpy(), lut[np.clip(lab, 0, len(lut) - 1)], g.opacity.numpy()
-            if a.dataset:
-                from chorus_ros.core.datasets import load_labels_map, open_scene
-                from chorus_ros.core.labels import LabelSet
-                lm = load_labels_map(a.labels_map) if a.labels_map else None
-                for d in a.dataset:
-                    sc = open_scene(d, labels_map=lm)
-                    if sc.gt_gaussian_labels is None:
-                        raise ChorusError(f"{d}: its map has no per-Gaussian labels")
-                    lut = sc.class_map_to(LabelSet(list(names), np.zeros((len(names), 3), np.uint8)))
-                    lab = lut[np.clip(np.asarray(sc.gt_gaussian_labels), 0, UNLABELED).astype(np.int64)].astype(np.int64)
-                    lab[lab >= len(names)] = -1
-                    g = sc.gaussians
-                    yield g.means[:, 2].numpy(), lab, g.opacity.numpy()
-
-        prior = fit_height_prior(samples(), names, provenance={
+        maps = itertools.chain(synthetic_maps(seeds, names), folder_maps(a.dataset, a.labels_map, names))
+        samples = ((g.means[:, 2].numpy(), lab, g.opacity.numpy()) for _, g, lab in maps)
+        prior = fit_height_prior(samples, names, provenance={
             "checkpoint": str(a.checkpoint), "synthetic_seeds": seeds, "datasets": [str(d) for d in a.dataset]})
         out = prior.save(Path(a.out) if a.out else Path(a.checkpoint) / HEIGHT_PRIOR_FILE)
     except ChorusError as e:

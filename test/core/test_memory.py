@@ -7,7 +7,7 @@ import torch
 
 from chorus_ros.core.encoder.incremental import IncrementalEncoder
 from chorus_ros.core.map import GaussianMap, MapConfig
-from chorus_ros.core.memory import rss_bytes, trim_heap
+from chorus_ros.core.memory import MMAP_THRESHOLD_MAX, pin_mmap_threshold, rss_bytes, trim_heap
 from test.core.test_update_cost import _floor, _model
 
 
@@ -33,14 +33,11 @@ def test_trim_heap_returns_freed_memory_on_glibc():
     """Blocks below glibc's mmap threshold come from the heap; freed, they stay resident until
     trimmed. The threshold is pinned at 32 MiB, the value glibc's dynamic threshold reaches after
     the first large free (as in any process that has freed a big tensor)."""
-    import ctypes
-    import ctypes.util
     assert rss_bytes() > 0
     if not sys.platform.startswith("linux"):
         assert trim_heap() in (True, False)
         return
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    libc.mallopt(-3, 32 << 20)                          # M_MMAP_THRESHOLD
+    pin_mmap_threshold(MMAP_THRESHOLD_MAX)             # 32 MiB (M_MMAP_THRESHOLD)
     blocks = [bytearray(1 << 20) for _ in range(200)]   # 200 MiB of heap blocks
     for b in blocks:
         b[::4096] = b"\x01" * len(b[::4096])            # touch every page
