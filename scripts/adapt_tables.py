@@ -155,7 +155,8 @@ def run(a) -> None:
                               lr=a.lr, epochs=a.epochs, lr_schedule=a.lr_schedule, val_every=a.val_every,
                               widen=a.widen, widen_only=a.widen_only, replay_site_classes=not a.replay_base_only,
                               replay_seeds=list(a.replay_seeds), replay_batch=a.replay_batch,
-                              fusion_steps=a.fusion_steps, **kw)
+                              fusion_steps=a.fusion_steps, fusion_prior_input=a.fusion_prior_input,
+                              fusion_flip=a.fusion_flip, **kw)
             out = Path(a.ckpt_dir) / f"{Path(a.scene).name.replace(':', '_')}_{mode}{a.tag}_{n}"
             res = adapt_checkpoint(a.checkpoint, scene, fit, cfg, out_dir=out, val_positions=val)
             s = evaluate_views(scene.gaussians, scene, held, res.scores, lut, ls, min_alpha=a.eval_min_alpha)
@@ -163,7 +164,7 @@ def run(a) -> None:
                        steps=res.steps, wall_s=res.seconds_prepare + res.seconds_train,
                        cpu_s=res.cpu_seconds_prepare + res.cpu_seconds_train, peak_rss_mib=res.peak_rss_mib,
                        loss_first=res.history[0]["loss"], loss_last=res.history[-1]["loss"], ckpt=str(out),
-                       absent_classes=len(res.absent_classes), config=cfg.to_dict())
+                       absent_classes=len(res.absent_classes), per_class=_per_class(s), config=cfg.to_dict())
             if val:
                 rec.update(val_views=val, train_views_used=len(fit), best_step=res.best_step,
                            val_miou=100 * res.val_miou,
@@ -177,6 +178,7 @@ def run(a) -> None:
                 fr = res.fusion
                 _emit(dict(base, method=mode + a.tag + "+fusion", n=n, miou=100 * (fs.miou if fs else s.miou),
                            miou_present=100 * (fs.miou_present if fs else s.miou_present), steps=fr.steps,
+                           per_class=_per_class(fs if fs else s),
                            wall_s=fr.seconds, loss_first=fr.history[0]["loss"], loss_last=fr.history[-1]["loss"],
                            ckpt=str(out), peak_rss_mib=res.peak_rss_mib, fusion_used=fr.used,
                            fusion_best_step=fr.best_step,
@@ -184,13 +186,37 @@ def run(a) -> None:
                            fusion_prior_val_miou=None if fr.prior_val_miou is None else 100 * fr.prior_val_miou,
                            fusion_val_curve=[[h["step"], round(100 * h["miou"], 2)] for h in fr.val_history],
                            config={"fusion_steps": a.fusion_steps, "fusion_lr": cfg.fusion_lr,
-                                   "fusion_views_per_step": cfg.fusion_views_per_step}))
+                                   "fusion_views_per_step": cfg.fusion_views_per_step,
+                                   "fusion_prior_input": cfg.fusion_prior_input, "fusion_flip": cfg.fusion_flip}))
+            if a.fusion_first_steps and res.scores is not None:
+                # the first site decoder (3D probabilities only added to its logits, no flips), trained
+                # on the same adapted labels and views: an A/B of the decoder alone
+                from chorus_ros.core.adapt.fusion import evaluate_fused, render_site_views, train_site_fusion
+                tv = render_site_views(scene.gaussians, scene, fit, res.language, res.scores, lut)
+                with torch.no_grad():
+                    temb_site = text.encode(list(res.label_set.names)).float()
+                f0 = train_site_fusion(tv, temb_site, steps=a.fusion_first_steps, lr=cfg.fusion_lr,
+                                       views_per_step=cfg.fusion_views_per_step, seed=cfg.seed,
+                                       prior_input=False, flip=False)
+                hv = render_site_views(scene.gaussians, scene, held, res.language, res.scores, lut)
+                s0 = evaluate_fused(f0.decoder, hv, f0.text, res.label_set, 0.05, a.eval_min_alpha)
+                _emit(dict(base, method=mode + a.tag + "+fusion0", n=n, miou=100 * s0.miou,
+                           miou_present=100 * s0.miou_present, steps=f0.steps, wall_s=f0.seconds,
+                           per_class=_per_class(s0),
+                           loss_first=f0.history[0]["loss"], loss_last=f0.history[-1]["loss"], ckpt=str(out),
+                           config={"fusion_steps": a.fusion_first_steps, "fusion_prior_input": False,
+                                   "fusion_flip": False}))
             if a.indist and mode != "all" and n == max(a.counts):
                 rec["indist_miou"] = _indist(str(out))
                 rec["indist_base_same_labels"] = _indist(a.checkpoint, str(out / "labels.yaml"))
             _emit(rec)
     if a.indist:
         _emit(dict(base, method="base_indist", miou=_indist(a.checkpoint)))
+
+
+def _per_class(s) -> dict:
+    """IoU (%) of each class with a non-empty union."""
+    return {n: round(100 * float(v), 1) for n, v in zip(s.class_names, s.iou) if np.isfinite(v)}
 
 
 def _emit(rec: dict) -> None:
@@ -301,6 +327,13 @@ def main() -> None:
                     help="also score the map's own per-Gaussian labels rendered like a prediction (synthetic scenes)")
     ap.add_argument("--fusion-steps", type=int, default=0,
                     help="then train the per-site fusion decoder this many steps and score it too (method '<mode>+fusion')")
+    ap.add_argument("--fusion-prior-input", action=argparse.BooleanOptionalAction, default=True,
+                    help="the fusion decoder reads the 3D class probabilities as input (--no-...: the first decoder)")
+    ap.add_argument("--fusion-flip", action=argparse.BooleanOptionalAction, default=True,
+                    help="mirror the fusion decoder's training views at random")
+    ap.add_argument("--fusion-first-steps", type=int, default=0,
+                    help="also train the first site decoder (no 3D input, no flips) this many steps on the same "
+                         "adapted labels and score it (method '<mode>+fusion0')")
     ap.add_argument("--tag", default="", help="suffix of the method names in the tables")
     ap.add_argument("--indist", action="store_true")
     ap.add_argument("--ckpt-dir", default=".cache/h5/ckpts")

@@ -729,6 +729,13 @@ class PerceptionPipeline:
                 if self.fusion is None:
                     raise InvalidInputError(f"per_view.fusion is {pv.fusion!r} but no fusion decoder is loaded "
                                             "(the checkpoint has no fusion/ folder)")
+                want = self.fusion.config.prior_names
+                if want and tuple(want) != tuple(self.labels.names):
+                    raise InvalidInputError(f"the fusion decoder reads the 3D class probabilities of the label set it "
+                                            f"was trained on ({len(want)} classes: {list(want)[:6]}...), but the "
+                                            f"active label set differs ({len(self.labels)} classes: "
+                                            f"{list(self.labels.names)[:6]}...): restore that label set or set "
+                                            "per_view.fusion to 'off'")
                 lang = self._attr(feature_attr("language"))
                 with torch.no_grad():
                     chans = torch.cat([chans, self.fusion.project_gaussians(lang.float())], 1)
@@ -798,10 +805,10 @@ class PerceptionPipeline:
         dev = next(self.fusion.parameters()).device
         alpha = out.alpha.detach().float()
         with torch.no_grad():
-            emb = self.fusion(rgb.permute(2, 0, 1)[None].to(dev), feat_img.permute(2, 0, 1)[None].float().to(dev),
-                              alpha[None, None].to(dev), out.depth.detach().float()[None, None].to(dev))
             prior = ((score_img.float() / alpha.clamp_min(1e-6)[..., None]).permute(2, 0, 1)[None].to(dev)
                      if self.fusion.config.prior else None)
+            emb = self.fusion(rgb.permute(2, 0, 1)[None].to(dev), feat_img.permute(2, 0, 1)[None].float().to(dev),
+                              alpha[None, None].to(dev), out.depth.detach().float()[None, None].to(dev), prior)
             p = torch.softmax(fused_class_logits(self.fusion, emb, self.semantic.text_embeddings.to(dev),
                                                  self.config.per_view.temperature, prior), dim=1)[0].cpu()
         conf, lab = p.max(0)

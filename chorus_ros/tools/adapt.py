@@ -79,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="then train a per-site fusion decoder N steps on the training views' camera images, "
                          "correcting the adapted labels (used with per_view.fusion: camera; 0: none)")
     ap.add_argument("--fusion-lr", type=float, default=d.fusion_lr)
+    ap.add_argument("--fusion-prior-input", action=argparse.BooleanOptionalAction, default=d.fusion_prior_input,
+                    help="the fusion decoder also reads the adapted 3D class probabilities as input channels")
+    ap.add_argument("--fusion-flip", action=argparse.BooleanOptionalAction, default=d.fusion_flip,
+                    help="mirror the fusion decoder's training views left to right at random")
     ap.add_argument("--splat", choices=("auto", "cached", "render"), default=d.splat)
     ap.add_argument("--device", default=d.device)
     ap.add_argument("--seed", type=int, default=d.seed)
@@ -108,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                           pixels_per_view=a.pixels_per_view, min_alpha=a.min_alpha, splat=a.splat,
                           device=a.device, seed=a.seed, progress=not a.no_progress, replay_seeds=list(a.replay_seeds),
                           replay_batch=a.replay_batch, fusion_steps=a.fusion_steps, fusion_lr=a.fusion_lr,
+                          fusion_prior_input=a.fusion_prior_input, fusion_flip=a.fusion_flip,
                           loss=LossWeights(rgb=a.rgb, depth_gate=a.depth_gate, boundary=a.boundary,
                                            replay=a.replay, absent=a.absent))
         summary: dict = {}

@@ -474,6 +474,14 @@ def test_site_fusion_decoder_trains_saves_and_labels_views_as_the_pipeline_does(
     agree = (view.labels == ref[0]).mean()
     print(f"pipeline vs evaluate_fused: {100 * agree:.2f} % of pixels agree")
     assert agree > 0.995
+    # the decoder reads the 3D probabilities of its own label set: another active set is a clear
+    # error, not labels read through the wrong channels; restoring the set restores the fused view
+    assert fd.config.prior_names == tuple(res.label_set.names)
+    pipe.set_labels(list(res.label_set.names)[::-1])
+    with pytest.raises(InvalidInputError, match="active label set differs"):
+        pipe.render_view(fr.camera, image=fr.rgb)
+    pipe.set_labels(list(res.label_set.names))
+    assert np.array_equal(pipe.render_view(fr.camera, image=fr.rgb).labels, view.labels)
 
     # an adaptation without fusion into the same folder removes the stale decoder
     res2 = adapt_checkpoint(base / "ckpt", scene, train, AdaptConfig(train="heads", steps=2, progress=False,
@@ -544,6 +552,32 @@ def _striped_site_views(v: int, seed: int, prior_noise: float):
     return SiteViews(list(range(v)), rgb, depth, alpha, splat, probs, labels)
 
 
+def test_site_fusion_flip_mirrors_the_inputs_and_mirrors_the_logits_back():
+    """The flip augmentation scores the same pixels: the logits of a mirrored step, mirrored back,
+    equal the plain logits of the views mirrored by hand (and the default decoder reads the 3D
+    class probabilities as input)."""
+    import dataclasses
+
+    from chorus_ros.core.adapt.fusion import _logits, train_site_fusion
+    text = F.normalize(torch.randn(3, 16, generator=torch.Generator().manual_seed(0)), dim=-1)
+    views = _striped_site_views(4, 0, 0.25)
+    run = train_site_fusion(views, text, steps=3, names=["a", "b", "c"], lr=1e-2, views_per_step=2)
+    fd = run.decoder
+    assert fd.config.prior_names == ("a", "b", "c")
+    assert train_site_fusion(views, text, steps=1, prior_input=False).decoder.config.prior_classes == 0
+    with pytest.raises(InvalidInputError, match="needs the 3 class names"):
+        train_site_fusion(views, text, steps=1)
+    mirrored = dataclasses.replace(views, **{k: getattr(views, k).flip(-1) for k in ("rgb", "depth", "alpha", "splat",
+                                                                                     "probs", "labels")})
+    idx = torch.tensor([0, 2])
+    with torch.no_grad():
+        got = _logits(fd, views, idx, run.text, 0.05, torch.device("cpu"), flip=True)
+        ref = _logits(fd, mirrored, idx, run.text, 0.05, torch.device("cpu")).flip(-1)
+        plain = _logits(fd, views, idx, run.text, 0.05, torch.device("cpu"))
+    assert torch.allclose(got, ref, atol=1e-5)
+    assert not torch.allclose(got, plain, atol=1e-3)          # the decoder is not mirror-symmetric: flipping does act
+
+
 def test_site_fusion_validation_keeps_the_best_check_and_rejects_a_decoder_that_loses_to_the_3d_labels():
     """With validation views the fusion decoder keeps the weights of its best check (its fused
     labels there score exactly the recorded mIoU), scores the 3D labels alone as the bar, and is
@@ -551,7 +585,8 @@ def test_site_fusion_validation_keeps_the_best_check_and_rejects_a_decoder_that_
     from chorus_ros.core.adapt.fusion import _miou, fused_labels, prior_labels, train_site_fusion
     text = F.normalize(torch.randn(3, 16, generator=torch.Generator().manual_seed(0)), dim=-1)
     train, val = _striped_site_views(6, 0, 0.25), _striped_site_views(2, 1, 0.25)
-    run = train_site_fusion(train, text, steps=40, lr=1e-2, views_per_step=2, val_views=val, val_every=10)
+    run = train_site_fusion(train, text, steps=40, names=["a", "b", "c"], lr=1e-2, views_per_step=2, val_views=val,
+                            val_every=10)
     steps = [h["step"] for h in run.val_history]
     assert steps == [10, 20, 30, 40]
     best = max(run.val_history, key=lambda h: h["miou"])
@@ -565,7 +600,8 @@ def test_site_fusion_validation_keeps_the_best_check_and_rejects_a_decoder_that_
 
     perfect = _striped_site_views(2, 1, 0.0)
     assert _miou(prior_labels(perfect), perfect.labels, 3) == pytest.approx(1.0)
-    run2 = train_site_fusion(train, text, steps=10, lr=1e-2, views_per_step=2, val_views=perfect, val_every=5)
+    run2 = train_site_fusion(train, text, steps=10, names=["a", "b", "c"], lr=1e-2, views_per_step=2,
+                             val_views=perfect, val_every=5)
     assert run2.rejected and not run2.used and run2.steps == 10
     with pytest.raises(InvalidInputError, match="val_every"):
-        train_site_fusion(train, text, steps=10, val_views=val, val_every=-1)
+        train_site_fusion(train, text, steps=10, names=["a", "b", "c"], val_views=val, val_every=-1)

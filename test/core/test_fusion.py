@@ -153,6 +153,31 @@ def test_prior_decoder_adds_the_log_of_the_3d_probabilities():
         fused_class_logits(with_prior, emb, text, 0.1, prior[:, :3])
 
 
+def test_prior_names_feed_the_3d_probabilities_into_the_decoder():
+    """A decoder with prior_names reads the 3D class probabilities as input channels: its
+    embeddings change with them (a plain prior decoder's do not), a missing or mis-shaped prior is
+    a clear error, and prior_names without prior (or with duplicates) is refused."""
+    rgb, f, a, dep = torch.rand(1, 3, 20, 24), torch.randn(1, 4, 20, 24), torch.rand(1, 1, 20, 24), torch.rand(1, 1, 20, 24)
+    p1 = torch.softmax(torch.randn(1, 5, 20, 24), dim=1)
+    p2 = torch.softmax(torch.randn(1, 5, 20, 24), dim=1)
+    fed, plain = _decoder(prior=True, prior_names=list("abcde")), _decoder(prior=True)
+    assert fed.config.prior_classes == 5 and plain.config.prior_classes == 0
+    with torch.no_grad():
+        assert not torch.allclose(fed(rgb, f, a, dep, p1), fed(rgb, f, a, dep, p2))
+        assert torch.equal(plain(rgb, f, a, dep, p1), plain(rgb, f, a, dep, p2))
+        assert torch.equal(plain(rgb, f, a, dep, p1), plain(rgb, f, a, dep))
+    with pytest.raises(InvalidInputError, match="reads the 3D class probabilities"):
+        fed(rgb, f, a, dep)
+    with pytest.raises(InvalidInputError, match="reads the 3D class probabilities"):
+        fed(rgb, f, a, dep, p1[:, :4])
+    with pytest.raises(InvalidInputError, match="prior_names needs prior"):
+        FusionConfig(prior_names=("a", "b"))
+    with pytest.raises(InvalidInputError, match="duplicates"):
+        FusionConfig(prior=True, prior_names=("a", "a"))
+    back = FusionConfig.from_dict(FusionConfig(prior=True, prior_names=("a", "b")).to_dict())
+    assert back.prior_names == ("a", "b") and back.prior_classes == 2
+
+
 def test_pipeline_gives_a_prior_decoder_the_views_3d_probabilities(fused_pipe):
     """With a prior decoder whose cosine logits are flattened (huge temperature), the fused labels
     are the 3D labels: the pipeline passes the splatted class probabilities of the right view,

@@ -156,6 +156,12 @@ class AdaptConfig:
     """Peak AdamW learning rate of the fusion decoder (5 % warm-up, then cosine decay to zero)."""
     fusion_views_per_step: int = 4
     """Whole training views per fusion step."""
+    fusion_prior_input: bool = True
+    """The fusion decoder also reads the view's adapted 3D class probabilities as input channels
+    (:attr:`~chorus_ros.core.decode.fusion.FusionConfig.prior_names`), not only adds their log
+    to its logits (False: the decoder of the first measurements)."""
+    fusion_flip: bool = True
+    """Mirror the fusion decoder's training views left to right with probability 1/2."""
     loss: LossWeights = field(default_factory=LossWeights)
     """Loss weights."""
     progress: bool = True

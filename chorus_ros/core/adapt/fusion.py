@@ -128,10 +128,16 @@ class FusionRun:
 
 
 def _logits(fd: FusionDecoder, v: SiteViews, idx: torch.Tensor, text_emb: torch.Tensor, temperature: float,
-            dev: torch.device) -> torch.Tensor:
-    emb = fd(v.rgb[idx].to(dev), fd.project_pixels(v.splat[idx].float().to(dev)), v.alpha[idx].to(dev),
-             v.depth[idx].to(dev) if fd.config.use_depth else None)
-    return fused_class_logits(fd, emb, text_emb, temperature, v.probs[idx].to(dev))
+            dev: torch.device, flip: bool = False) -> torch.Tensor:
+    """``[B, K, H, W]`` fused logits of views ``idx``; with ``flip`` the inputs are mirrored left to
+    right and the logits mirrored back (training augmentation: the same pixels, another layout)."""
+    ins = [v.rgb[idx], v.splat[idx].float(), v.alpha[idx], v.depth[idx], v.probs[idx]]
+    if flip:
+        ins = [t.flip(-1) for t in ins]
+    rgb, splat, alpha, depth, probs = (t.to(dev) for t in ins)
+    emb = fd(rgb, fd.project_pixels(splat), alpha, depth if fd.config.use_depth else None, probs)
+    out = fused_class_logits(fd, emb, text_emb, temperature, probs)
+    return out.flip(-1) if flip else out
 
 
 def prior_labels(views: SiteViews, min_alpha: float = 0.5) -> np.ndarray:
@@ -149,19 +155,22 @@ def _miou(pred: np.ndarray, labels: torch.Tensor, k: int) -> float:
     return float(cm.compute([str(i) for i in range(k)]).miou)
 
 
-def train_site_fusion(views: SiteViews, text_emb: torch.Tensor, *, steps: int, lr: float = 2e-3,
+def train_site_fusion(views: SiteViews, text_emb: torch.Tensor, *, steps: int, names: Sequence[str] | None = None, lr: float = 2e-3,
                       views_per_step: int = 4, temperature: float = 0.05, min_alpha: float = 0.5, seed: int = 0,
                       deadline: float | None = None, device: str = "cpu", config: FusionConfig | None = None,
                       progress: bool = False, val_views: SiteViews | None = None, val_every: int = 50,
-                      keep_best: bool = True) -> FusionRun:
+                      keep_best: bool = True, prior_input: bool = True, flip: bool = True) -> FusionRun:
     """Train a ``prior`` fusion decoder on the labelled ``views`` (module docstring).
 
     Args:
         text_emb: ``[K, E]`` text embeddings of the adaptation label set (normalised here).
         steps: optimiser steps (AdamW, 5 % linear warm-up, then cosine decay to zero).
         deadline: ``time.perf_counter()`` value at which training stops (None: no budget).
-        config: the decoder's architecture; default :class:`FusionConfig` with ``prior=True`` and
-            the dimensions of ``views`` / ``text_emb``.
+        config: the decoder's architecture; default :class:`FusionConfig` with ``prior=True``, the
+            dimensions of ``views`` / ``text_emb`` and, with ``prior_input``, ``prior_names`` = ``names``.
+        names: the K class names of ``text_emb`` (required with ``prior_input``: the decoder then
+            serves only that label set).
+        flip: mirror each step's views left to right with probability 1/2 (augmentation).
         val_views: labelled views that never train the decoder (the adaptation's validation
             views). Their fused mIoU is checked every ``val_every`` steps (0: only at the end) and
             at the last step; with ``keep_best`` the best check's weights are kept. If no check
@@ -181,7 +190,11 @@ def train_site_fusion(views: SiteViews, text_emb: torch.Tensor, *, steps: int, l
     if views.probs.shape[1] != text.shape[0]:
         raise InvalidInputError(f"views carry {views.probs.shape[1]} class probabilities, the label set has "
                                 f"{text.shape[0]} classes")
-    cfg = config or FusionConfig(language_dim=views.splat.shape[1], embed_dim=text.shape[1], prior=True)
+    if config is None and prior_input and (names is None or len(names) != text.shape[0]):
+        raise InvalidInputError(f"a fusion decoder that reads the 3D class probabilities needs the {text.shape[0]} "
+                                f"class names of text_emb, got {None if names is None else len(names)}")
+    cfg = config or FusionConfig(language_dim=views.splat.shape[1], embed_dim=text.shape[1], prior=True,
+                                 prior_names=tuple(names) if prior_input else ())
     torch.manual_seed(seed)
     fd = FusionDecoder(cfg).to(dev).train()
     opt = torch.optim.AdamW(fd.parameters(), lr=lr, weight_decay=1e-4)
@@ -227,7 +240,8 @@ def train_site_fusion(views: SiteViews, text_emb: torch.Tensor, *, steps: int, l
         ok = ok_all[idx].to(dev)
         if not bool(ok.any()):
             continue
-        logits = _logits(fd, views, idx, text, temperature, dev)
+        mirror = flip and bool(torch.rand(1, generator=gen) < 0.5)
+        logits = _logits(fd, views, idx, text, temperature, dev, mirror)
         lab = views.labels[idx].to(dev)
         flat = logits.permute(0, 2, 3, 1)[ok]
         loss = F.cross_entropy(flat, lab[ok])

@@ -864,10 +864,11 @@ def adapt_checkpoint(checkpoint: str | os.PathLike, scene, train_positions: Sequ
         with torch.no_grad():
             text_emb = text.encode(list(label_set.names)).float()
         res.fusion = train_site_fusion(
-            views, text_emb, steps=cfg.fusion_steps, lr=cfg.fusion_lr, views_per_step=cfg.fusion_views_per_step,
+            views, text_emb, steps=cfg.fusion_steps, names=list(label_set.names), lr=cfg.fusion_lr, views_per_step=cfg.fusion_views_per_step,
             temperature=temperature, min_alpha=cfg.min_alpha, seed=cfg.seed, device=cfg.device,
             deadline=t_start + cfg.budget_s if cfg.budget_s else None, progress=cfg.progress,
-            val_views=val_views, val_every=cfg.val_every, keep_best=cfg.keep_best)
+            val_views=val_views, val_every=cfg.val_every, keep_best=cfg.keep_best,
+            prior_input=cfg.fusion_prior_input, flip=cfg.fusion_flip)
     if out_dir is not None:
         frames = [int(scene.frame_indices[int(p)]) for p in train_positions]
         prov = {"scene": str(scene.root) if scene.root is not None else scene.name, "scene_name": scene.name,

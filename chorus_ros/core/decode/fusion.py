@@ -69,6 +69,12 @@ class FusionConfig:
     floored at ``PRIOR_FLOOR``), so the decoder learns a correction of the 3D labels from the
     image (the per-site decoder of ``chorus-adapt --fusion-steps``). False: the cosine logits
     alone (``chorus-train`` stage ``fusion``)."""
+    prior_names: tuple[str, ...] = ()
+    """With ``prior``: also feed the view's 3D class probabilities of these classes (in this
+    order: the label set the decoder was trained on) to the view-independent branch as input
+    channels, so the decoder sees *what* the 3D labels say at every scale, not only their log
+    added to its logits (the per-site decoder of ``chorus-adapt``, docs/adaptation.md). Empty: not
+    fed. A decoder with names serves only that label set."""
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
@@ -77,10 +83,22 @@ class FusionConfig:
         for name in ("language_dim", "embed_dim", "feat_channels", "decoder_channels"):
             if int(getattr(self, name)) <= 0:
                 raise InvalidInputError(f"FusionConfig.{name} must be > 0, got {getattr(self, name)}")
+        self.prior_names = tuple(str(n) for n in self.prior_names)
+        if self.prior_names and not self.prior:
+            raise InvalidInputError("FusionConfig.prior_names needs prior: true (the 3D probabilities it reads are "
+                                    "the prior's)")
+        if len(set(self.prior_names)) != len(self.prior_names):
+            raise InvalidInputError(f"FusionConfig.prior_names has duplicates: {list(self.prior_names)}")
+
+    @property
+    def prior_classes(self) -> int:
+        """Number of 3D class probability channels the decoder reads (``len(prior_names)``)."""
+        return len(self.prior_names)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["channels"] = list(d["channels"])
+        d["prior_names"] = list(d["prior_names"])
         return d
 
     @classmethod
@@ -130,7 +148,7 @@ class FusionDecoder(nn.Module):
         self.config = cfg = config or FusionConfig()
         self.proj = nn.Linear(cfg.language_dim, cfg.feat_channels, bias=False)
         self.image_encoder = _Encoder(3 + int(cfg.use_depth), cfg.channels)
-        self.feature_encoder = _Encoder(cfg.feat_channels + 1, cfg.channels)
+        self.feature_encoder = _Encoder(cfg.feat_channels + 1 + cfg.prior_classes, cfg.channels)
         self.fuse = nn.ModuleList([nn.Conv2d(2 * c, cfg.decoder_channels, 1) for c in cfg.channels])
         self.smooth = nn.ModuleList([nn.Sequential(nn.Conv2d(cfg.decoder_channels, cfg.decoder_channels, 3, 1, 1),
                                                    nn.GELU()) for _ in cfg.channels])
@@ -153,7 +171,7 @@ class FusionDecoder(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, rgb: torch.Tensor, feats: torch.Tensor, alpha: torch.Tensor,
-                depth: torch.Tensor | None = None) -> torch.Tensor:
+                depth: torch.Tensor | None = None, prior: torch.Tensor | None = None) -> torch.Tensor:
         """Per-pixel unit embeddings ``[B, embed_dim, H, W]``.
 
         Args:
@@ -161,6 +179,8 @@ class FusionDecoder(nn.Module):
             feats: ``[B, feat_channels, H, W]`` splatted projected language features.
             alpha: ``[B, 1, H, W]`` rendered accumulated opacity.
             depth: ``[B, 1, H, W]`` rendered depth in metres (required when ``use_depth``).
+            prior: ``[B, prior_classes, H, W]`` the view's 3D class probabilities (required when
+                ``prior_classes`` > 0, ignored otherwise).
         """
         cfg = self.config
         if rgb.ndim != 4 or rgb.shape[1] != 3:
@@ -177,8 +197,15 @@ class FusionDecoder(nn.Module):
                                         f"{None if depth is None else tuple(depth.shape)}")
             img = torch.cat([rgb, depth / 4.0], 1)
         f3 = torch.cat([feats, alpha], 1)
+        fin = f3
+        if cfg.prior_classes:
+            if prior is None or tuple(prior.shape) != (b, cfg.prior_classes, h, w):
+                raise InvalidInputError(f"this fusion decoder reads the 3D class probabilities of its "
+                                        f"{cfg.prior_classes} classes: prior must be [{b}, {cfg.prior_classes}, {h}, {w}], "
+                                        f"got {None if prior is None else tuple(prior.shape)}")
+            fin = torch.cat([f3, prior.to(f3)], 1)
         pi = self.image_encoder(img)
-        pf = self.feature_encoder(f3)
+        pf = self.feature_encoder(fin)
         y = None
         for lvl in reversed(range(len(cfg.channels))):
             z = self.fuse[lvl](torch.cat([pi[lvl], pf[lvl]], 1))
