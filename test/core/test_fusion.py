@@ -157,7 +157,8 @@ def test_prior_names_feed_the_3d_probabilities_into_the_decoder():
     """A decoder with prior_names reads the 3D class probabilities as input channels: its
     embeddings change with them (a plain prior decoder's do not), a missing or mis-shaped prior is
     a clear error, and prior_names without prior (or with duplicates) is refused."""
-    rgb, f, a, dep = torch.rand(1, 3, 20, 24), torch.randn(1, 4, 20, 24), torch.rand(1, 1, 20, 24), torch.rand(1, 1, 20, 24)
+    rgb, f = torch.rand(1, 3, 20, 24), torch.randn(1, 4, 20, 24)
+    a, dep = torch.rand(1, 1, 20, 24), torch.rand(1, 1, 20, 24)
     p1 = torch.softmax(torch.randn(1, 5, 20, 24), dim=1)
     p2 = torch.softmax(torch.randn(1, 5, 20, 24), dim=1)
     fed, plain = _decoder(prior=True, prior_names=list("abcde")), _decoder(prior=True)

@@ -13,7 +13,10 @@ says otherwise.
 Per training view (rendered once, the map and the adapted encoder being fixed): the camera image
 ``[3, H, W]``, the rendered depth and alpha, the splatted language features ``[D, H, W]`` (the
 decoder projects them with its own linear ``proj``) and the splatted class probabilities
-``[K, H, W]``; the target is the view's label image (mapped into the adaptation label set).
+``[K, H, W]``, which the decoder also reads as input channels of its 3D branch
+(``prior_input``, :attr:`~chorus_ros.core.decode.fusion.FusionConfig.prior_names`); the target
+is the view's label image (mapped into the adaptation label set). Views are mirrored left to
+right at random (``flip``).
 Loss: cross-entropy over pixels with a label and rendered alpha >= ``min_alpha``. Held-out
 views never enter training; :func:`evaluate_fused` scores them the way the pipeline labels a view
 with ``per_view.fusion: camera`` (the same decoder, inputs and rule; tested against it).
@@ -155,8 +158,9 @@ def _miou(pred: np.ndarray, labels: torch.Tensor, k: int) -> float:
     return float(cm.compute([str(i) for i in range(k)]).miou)
 
 
-def train_site_fusion(views: SiteViews, text_emb: torch.Tensor, *, steps: int, names: Sequence[str] | None = None, lr: float = 2e-3,
-                      views_per_step: int = 4, temperature: float = 0.05, min_alpha: float = 0.5, seed: int = 0,
+def train_site_fusion(views: SiteViews, text_emb: torch.Tensor, *, steps: int, names: Sequence[str] | None = None,
+                      lr: float = 2e-3, views_per_step: int = 4, temperature: float = 0.05, min_alpha: float = 0.5,
+                      seed: int = 0,
                       deadline: float | None = None, device: str = "cpu", config: FusionConfig | None = None,
                       progress: bool = False, val_views: SiteViews | None = None, val_every: int = 50,
                       keep_best: bool = True, prior_input: bool = True, flip: bool = True) -> FusionRun:

@@ -201,7 +201,8 @@ class FusionDecoder(nn.Module):
         if cfg.prior_classes:
             if prior is None or tuple(prior.shape) != (b, cfg.prior_classes, h, w):
                 raise InvalidInputError(f"this fusion decoder reads the 3D class probabilities of its "
-                                        f"{cfg.prior_classes} classes: prior must be [{b}, {cfg.prior_classes}, {h}, {w}], "
+                                        f"{cfg.prior_classes} classes: prior must be "
+                                        f"[{b}, {cfg.prior_classes}, {h}, {w}], "
                                         f"got {None if prior is None else tuple(prior.shape)}")
             fin = torch.cat([f3, prior.to(f3)], 1)
         pi = self.image_encoder(img)
