@@ -67,8 +67,8 @@ def _run(executor_cls, ros_context, hold_s: float = 0.6):
     finally:
         release.set()
         ex.shutdown(timeout_sec=5.0)
+        th.join(timeout=5.0)        # the spin thread ends before the node's timers are destroyed
         node.destroy_node()
-        th.join(timeout=5.0)
     return (*result, active[1])
 
 
