@@ -192,3 +192,33 @@ def test_rotation_ensemble_flag(setup, tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "rotations" in err and "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("chorus-eval: error:")
+
+
+def test_fusion_flag(setup, tmp_path, capsys, monkeypatch):
+    """--fusion rendered labels every view through the checkpoint's fusion decoder (and without it,
+    never); a checkpoint without fusion/ exits 2 with one line saying so."""
+    import shutil
+
+    import torch
+
+    from chorus_ros.core.decode.fusion import FUSION_DIR, FusionConfig, FusionDecoder, save_fusion
+    from chorus_ros.core.pipeline import PerceptionPipeline
+    from chorus_ros.tools.evaluate import main
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(setup / "ckpt", ckpt)
+    torch.manual_seed(0)
+    save_fusion(ckpt / FUSION_DIR, FusionDecoder(FusionConfig(language_dim=64, embed_dim=64, feat_channels=4,
+                                                             channels=(8, 12), decoder_channels=8)).eval())
+    used = []
+    orig = PerceptionPipeline._fuse_view
+    monkeypatch.setattr(PerceptionPipeline, "_fuse_view", lambda self, *a: used.append(1) or orig(self, *a))
+    base = ["--dataset", str(setup / "export"), "--no-progress"]
+    assert main(base + ["--checkpoint", str(ckpt)]) == 0 and used == []
+    js = tmp_path / "fused.json"
+    assert main(base + ["--checkpoint", str(ckpt), "--json", str(js), "--fusion", "rendered"]) == 0
+    assert len(used) >= 3 and json.loads(js.read_text())["n_views"] == 3
+    capsys.readouterr()
+    assert main(base + ["--checkpoint", str(setup / "ckpt"), "--fusion", "rendered"]) == 2
+    err = capsys.readouterr().err
+    assert "has no fusion/ decoder" in err and "Traceback" not in err

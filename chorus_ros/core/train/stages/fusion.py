@@ -51,6 +51,15 @@ class FusionOptions:
     """Pixels with less rendered alpha carry no loss."""
     image_jitter: float = 0.1
     """Brightness/contrast/colour-gain jitter of the input image (robustness to real camera images)."""
+    prior: bool = False
+    """Train a decoder that corrects the encoder's 3D labels: the view's 3D class probabilities
+    (the frozen encoder's, as the pipeline decodes them: softmax of cos(language, text) /
+    ``temperature`` over the checkpoint's label set, splatted and divided by alpha) enter its 3D
+    branch as input channels and their log is added to its logits
+    (:class:`~chorus_ros.core.decode.fusion.FusionConfig` ``prior`` and ``prior_names``). The
+    decoder then serves only that label set."""
+    flip: bool = False
+    """Mirror each step's views left to right with probability 1/2."""
 
 
 @dataclass
@@ -68,12 +77,17 @@ class FusionScene:
     """[V, D, H, W] float16 splatted language features."""
     label: torch.Tensor
     """[V, H, W] int64 ground-truth class (UNLABELED where none)."""
+    probs: torch.Tensor | None = None
+    """[V, K, H, W] float32 splatted 3D class probabilities divided by alpha (``prior`` only)."""
 
 
 @torch.no_grad()
-def render_fusion_views(model, gaussians, cameras, render_settings=None) -> tuple[torch.Tensor, ...]:
+def render_fusion_views(model, gaussians, cameras, render_settings=None, text_emb: torch.Tensor | None = None,
+                        temperature: float = 0.05) -> tuple[torch.Tensor, ...]:
     """Encode ``gaussians`` with ``model`` and render every camera with the language features
-    splatted; returns ``(rgb, depth, alpha, splat, label)`` as in :class:`FusionScene`."""
+    splatted; returns ``(rgb, depth, alpha, splat, label)`` as in :class:`FusionScene`, and with
+    ``text_emb [K, E]`` (unit rows) also the splatted 3D class probabilities ``[V, K, H, W]``
+    (softmax of cos(language, text) / ``temperature`` per Gaussian, divided by alpha)."""
     from chorus_ros.core.gaussians import GaussianArrays
     from chorus_ros.core.render import RenderSettings, render
     model.eval()
@@ -81,18 +95,26 @@ def render_fusion_views(model, gaussians, cameras, render_settings=None) -> tupl
     g = GaussianArrays(gaussians.means, gaussians.sh, gaussians.opacities, gaussians.log_scales, gaussians.quats)
     lab = gaussians.extras["label"].long() if "label" in gaussians.extras else None
     rs = render_settings or RenderSettings(backend="reference")
-    rgb, depth, alpha, splat, label = [], [], [], [], []
+    d = lang.shape[1]
+    feats = lang
+    if text_emb is not None:
+        from chorus_ros.core.adapt.loop import class_probabilities
+        feats = torch.cat([lang, class_probabilities(lang, text_emb.float().cpu(), temperature)], 1).contiguous()
+    rgb, depth, alpha, splat, label, probs = [], [], [], [], [], []
     for cam in cameras:
-        out = render(g, cam, rs, features=lang, return_top_index=True).cpu()
+        out = render(g, cam, rs, features=feats, return_top_index=True).cpu()
         rgb.append(out.rgb.permute(2, 0, 1).float().clamp(0, 1))
         depth.append(out.depth[None].float())
         alpha.append(out.alpha[None].float())
-        splat.append(out.features.permute(2, 0, 1).half())
+        splat.append(out.features[..., :d].permute(2, 0, 1).half())
+        if text_emb is not None:
+            probs.append((out.features[..., d:].float() / out.alpha.float().clamp_min(1e-6)[..., None]).permute(2, 0, 1))
         top = out.top_index.long()
         if lab is not None:
             label.append(torch.where(top >= 0, lab[top.clamp_min(0)], torch.full_like(top, UNLABELED)))
     st = torch.stack
-    return st(rgb), st(depth), st(alpha), st(splat), (st(label) if label else None)
+    res = (st(rgb), st(depth), st(alpha), st(splat), (st(label) if label else None))
+    return res + (st(probs),) if text_emb is not None else res
 
 
 def jitter_image(rgb: torch.Tensor, amount: float, gen: torch.Generator | None) -> torch.Tensor:
@@ -129,11 +151,29 @@ class FusionStage(Stage):
         ck = self._checkpoint()
         maps = load_map_scenes(list(d.train_seeds), scene=d.scene, views=d.views,
                                density_range=d.density_range or None)
+        text_emb = self._prior_text(trainer) if self.options.prior else None
         out = []
         for m in maps:
-            rgb, depth, alpha, splat, label = render_fusion_views(ck.model, m.gaussians, m.cameras)
-            out.append(FusionScene(m.scene_id, rgb, depth, alpha, splat, label))
+            r = render_fusion_views(ck.model, m.gaussians, m.cameras, text_emb=text_emb,
+                                    temperature=self.options.temperature)
+            out.append(FusionScene(m.scene_id, *r))
         return out
+
+    def _prior_text(self, trainer) -> torch.Tensor:
+        """Unit text embeddings ``[K, E]`` of the checkpoint's label set (what the pipeline decodes
+        the 3D labels with); it must be the training label set, whose ids the ground truth uses."""
+        from chorus_ros.core.pipeline import labels_from_meta, text_spec_from_meta
+        from chorus_ros.core.text import build_text_encoder
+        ck = self._checkpoint()
+        names = list(labels_from_meta(dict(ck.meta or {})).names)
+        if names != list(trainer.label_set.names):
+            raise InvalidInputError(f"stage 'fusion' with prior: the encoder checkpoint's label set {names[:5]}... "
+                                    f"is not the training label set {list(trainer.label_set.names)[:5]}...: the "
+                                    "3D probabilities and the ground truth must index the same classes")
+        self._prior_names = tuple(names)
+        text = build_text_encoder(text_spec_from_meta(dict(ck.meta or {}), self.options.encoder))
+        with torch.no_grad():
+            return F.normalize(text.encode(names).float(), dim=-1)
 
     def resolve_heads(self, trainer) -> list[str]:
         return list(self._checkpoint().model.config.head_dims())
@@ -155,25 +195,34 @@ class FusionStage(Stage):
         from chorus_ros.core.decode.fusion import FusionConfig, FusionDecoder
         o = self.options
         lang = self._checkpoint().model.config.head_dims()["language"]
+        names = tuple(trainer.label_set.names) if o.prior else ()
         cfg = FusionConfig(language_dim=lang, embed_dim=trainer.text_encoder.dim, feat_channels=o.feat_channels,
-                           use_depth=o.use_depth, channels=tuple(o.channels), decoder_channels=o.decoder_channels)
+                           use_depth=o.use_depth, channels=tuple(o.channels), decoder_channels=o.decoder_channels,
+                           prior=o.prior, prior_names=names)
         self.modules["fusion"] = FusionDecoder(cfg)
         with torch.no_grad():
             self._text = trainer.text_encoder.encode(list(trainer.label_set.names)).float().to(trainer.device)
 
     def scene_loss(self, trainer, scene: FusionScene) -> StageLoss:
-        from chorus_ros.core.decode.fusion import fusion_logits
+        from chorus_ros.core.decode.fusion import fused_class_logits
         o = self.options
         fd = self.modules["fusion"]
         v = scene.rgb.shape[0]
         idx = torch.randperm(v, generator=trainer.gen)[: max(1, o.views_per_step)]
         dev = trainer.device
-        rgb = jitter_image(scene.rgb[idx], o.image_jitter, trainer.gen).to(dev)
-        feats = fd.project_pixels(scene.splat[idx].float().to(dev))
-        alpha, depth = scene.alpha[idx].to(dev), scene.depth[idx].to(dev)
-        emb = fd(rgb, feats, alpha, depth if fd.config.use_depth else None)
-        logits = fusion_logits(emb, self._text, o.temperature)
-        lab = scene.label[idx].to(dev)
+        rgb = jitter_image(scene.rgb[idx], o.image_jitter, trainer.gen)
+        ins = [rgb, scene.splat[idx].float(), scene.alpha[idx], scene.depth[idx], scene.label[idx]]
+        if o.prior:
+            if scene.probs is None:
+                raise InvalidInputError(f"stage 'fusion' with prior: scene {scene.scene_id} has no 3D class probabilities")
+            ins.append(scene.probs[idx])
+        mirror = o.flip and bool(torch.rand(1, generator=trainer.gen) < 0.5)
+        if mirror:                               # the same pixels, mirrored: labels move with them
+            ins = [t.flip(-1) for t in ins]
+        rgb, splat, alpha, depth, lab, *pr = (t.to(dev) for t in ins)
+        prior = pr[0] if pr else None
+        emb = fd(rgb, fd.project_pixels(splat), alpha, depth if fd.config.use_depth else None, prior)
+        logits = fused_class_logits(fd, emb, self._text, o.temperature, prior)
         ok = (lab != UNLABELED) & (alpha[:, 0] >= o.min_alpha)
         if not bool(ok.any()):
             return StageLoss(extra=logits.sum() * 0.0, metrics={"pixels": 0})
