@@ -170,7 +170,6 @@ class FusionStage(Stage):
             raise InvalidInputError(f"stage 'fusion' with prior: the encoder checkpoint's label set {names[:5]}... "
                                     f"is not the training label set {list(trainer.label_set.names)[:5]}...: the "
                                     "3D probabilities and the ground truth must index the same classes")
-        self._prior_names = tuple(names)
         text = build_text_encoder(text_spec_from_meta(dict(ck.meta or {}), self.options.encoder))
         with torch.no_grad():
             return F.normalize(text.encode(names).float(), dim=-1)
