@@ -170,11 +170,17 @@ def run(a) -> None:
                            val_miou=100 * res.val_miou,
                            val_curve=[[h["step"], round(100 * h["val_miou"], 2)] for h in res.history
                                       if "val_miou" in h])
+            held_views = None                    # the held-out views rendered once for every decoder scored
+            if res.scores is not None and ((res.fusion is not None and res.fusion.used) or a.fusion_first_steps):
+                from chorus_ros.core.adapt.fusion import render_site_views
+                held_views = render_site_views(scene.gaussians, scene, held, res.language, res.scores, lut)
             if res.fusion is not None and res.fusion.steps:
                 # the per-site fusion decoder on the held-out views' images, correcting these labels
-                from chorus_ros.core.adapt.fusion import score_adapted_fusion
-                # (a decoder the validation views rejected is not used: the site keeps the adapted labels)
-                fs = score_adapted_fusion(res, scene, held, lut, 0.05, a.eval_min_alpha) if res.fusion.used else None
+                # (what score_adapted_fusion reports; a decoder the validation views rejected is not
+                # used: the site keeps the adapted labels)
+                from chorus_ros.core.adapt.fusion import evaluate_fused
+                fs = (evaluate_fused(res.fusion.decoder, held_views, res.fusion.text, res.label_set, 0.05,
+                                     a.eval_min_alpha) if res.fusion.used else None)
                 fr = res.fusion
                 _emit(dict(base, method=mode + a.tag + "+fusion", n=n, miou=100 * (fs.miou if fs else s.miou),
                            miou_present=100 * (fs.miou_present if fs else s.miou_present), steps=fr.steps,
@@ -198,8 +204,7 @@ def run(a) -> None:
                 f0 = train_site_fusion(tv, temb_site, steps=a.fusion_first_steps, lr=cfg.fusion_lr,
                                        views_per_step=cfg.fusion_views_per_step, seed=cfg.seed,
                                        prior_input=False, flip=False)
-                hv = render_site_views(scene.gaussians, scene, held, res.language, res.scores, lut)
-                s0 = evaluate_fused(f0.decoder, hv, f0.text, res.label_set, 0.05, a.eval_min_alpha)
+                s0 = evaluate_fused(f0.decoder, held_views, f0.text, res.label_set, 0.05, a.eval_min_alpha)
                 _emit(dict(base, method=mode + a.tag + "+fusion0", n=n, miou=100 * s0.miou,
                            miou_present=100 * s0.miou_present, steps=f0.steps, wall_s=f0.seconds,
                            per_class=_per_class(s0),

@@ -793,7 +793,7 @@ class PerceptionPipeline:
         its splatted projected language features ``feat_img [H, W, c]``; ``image`` (camera, or None
         for the rendered RGB) as ``[H, W, 3]`` uint8 / float; ``score_img [H, W, K]`` the splatted
         class probabilities (the 3D labels a ``prior`` decoder corrects)."""
-        from chorus_ros.core.decode.fusion import fused_class_logits
+        from chorus_ros.core.decode.fusion import fused_class_logits, view_class_probabilities
         h, w = out.alpha.shape
         if image is None:
             rgb = out.rgb.detach().float().clamp(0, 1)
@@ -805,7 +805,7 @@ class PerceptionPipeline:
         dev = next(self.fusion.parameters()).device
         alpha = out.alpha.detach().float()
         with torch.no_grad():
-            prior = ((score_img.float() / alpha.clamp_min(1e-6)[..., None]).permute(2, 0, 1)[None].to(dev)
+            prior = (view_class_probabilities(score_img, alpha)[None].to(dev)
                      if self.fusion.config.prior else None)
             emb = self.fusion(rgb.permute(2, 0, 1)[None].to(dev), feat_img.permute(2, 0, 1)[None].float().to(dev),
                               alpha[None, None].to(dev), out.depth.detach().float()[None, None].to(dev), prior)

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from chorus_ros.core.decode.fusion import FusionConfig, FusionDecoder, fused_class_logits
+from chorus_ros.core.decode.fusion import FusionConfig, FusionDecoder, fused_class_logits, view_class_probabilities
 from chorus_ros.core.errors import InvalidInputError
 from chorus_ros.core.gaussians import GaussianArrays
 from chorus_ros.core.labels import UNLABELED, LabelSet
@@ -90,7 +90,7 @@ def render_site_views(gaussians: GaussianArrays, scene, positions: Sequence[int]
         depth.append(out.depth.detach().float().cpu()[None])
         alpha.append(a[None])
         splat.append(f[..., :d].permute(2, 0, 1).half())
-        pr.append((f[..., d:] / a.clamp_min(1e-6)[..., None]).permute(2, 0, 1))
+        pr.append(view_class_probabilities(f[..., d:], a))
         if lut is not None:
             if fr.semantic is None:
                 raise InvalidInputError(f"frame {fr.index} of {scene.name} has no label image")

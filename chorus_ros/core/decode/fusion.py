@@ -35,7 +35,7 @@ from torch import nn
 from chorus_ros.core.decode.instance_image import INSTANCE_IMAGE_MODES
 from chorus_ros.core.errors import CheckpointError, InvalidInputError
 
-__all__ = ["FusionConfig", "FusionDecoder", "fusion_logits", "fused_class_logits", "save_fusion", "load_fusion", "snap_instances",
+__all__ = ["FusionConfig", "FusionDecoder", "fusion_logits", "fused_class_logits", "view_class_probabilities", "save_fusion", "load_fusion", "snap_instances",
            "PerViewConfig",
            "FUSION_DIR", "FUSION_MODES"]
 
@@ -224,6 +224,13 @@ def fusion_logits(emb: torch.Tensor, text: torch.Tensor, temperature: float) -> 
     if text.ndim != 2 or text.shape[1] != emb.shape[1]:
         raise InvalidInputError(f"text embeddings must be [K, {emb.shape[1]}], got {tuple(text.shape)}")
     return torch.einsum("bdhw,kd->bkhw", emb, F.normalize(text.to(emb), dim=1)) / temperature
+
+
+def view_class_probabilities(scores: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """``[K, H, W]`` the view's 3D class probabilities that a ``prior`` decoder reads and adds:
+    per-Gaussian class probabilities splatted into ``scores [H, W, K]``, divided by the rendered
+    ``alpha [H, W]`` (floored at 1e-6)."""
+    return (scores.float() / alpha.float().clamp_min(1e-6)[..., None]).permute(2, 0, 1)
 
 
 def fused_class_logits(model: FusionDecoder, emb: torch.Tensor, text: torch.Tensor, temperature: float,

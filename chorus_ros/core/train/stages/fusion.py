@@ -85,9 +85,11 @@ class FusionScene:
 def render_fusion_views(model, gaussians, cameras, render_settings=None, text_emb: torch.Tensor | None = None,
                         temperature: float = 0.05) -> tuple[torch.Tensor, ...]:
     """Encode ``gaussians`` with ``model`` and render every camera with the language features
-    splatted; returns ``(rgb, depth, alpha, splat, label)`` as in :class:`FusionScene`, and with
-    ``text_emb [K, E]`` (unit rows) also the splatted 3D class probabilities ``[V, K, H, W]``
-    (softmax of cos(language, text) / ``temperature`` per Gaussian, divided by alpha)."""
+    splatted; returns ``(rgb, depth, alpha, splat, label, probs)`` as in :class:`FusionScene`:
+    ``probs`` is None without ``text_emb``; with ``text_emb [K, E]`` (unit rows) it holds the splatted
+    3D class probabilities ``[V, K, H, W]`` (softmax of cos(language, text) / ``temperature`` per
+    Gaussian, divided by alpha)."""
+    from chorus_ros.core.decode.fusion import view_class_probabilities
     from chorus_ros.core.gaussians import GaussianArrays
     from chorus_ros.core.render import RenderSettings, render
     model.eval()
@@ -108,13 +110,13 @@ def render_fusion_views(model, gaussians, cameras, render_settings=None, text_em
         alpha.append(out.alpha[None].float())
         splat.append(out.features[..., :d].permute(2, 0, 1).half())
         if text_emb is not None:
-            probs.append((out.features[..., d:].float() / out.alpha.float().clamp_min(1e-6)[..., None]).permute(2, 0, 1))
+            probs.append(view_class_probabilities(out.features[..., d:], out.alpha))
         top = out.top_index.long()
         if lab is not None:
             label.append(torch.where(top >= 0, lab[top.clamp_min(0)], torch.full_like(top, UNLABELED)))
     st = torch.stack
-    res = (st(rgb), st(depth), st(alpha), st(splat), (st(label) if label else None))
-    return res + (st(probs),) if text_emb is not None else res
+    return (st(rgb), st(depth), st(alpha), st(splat), (st(label) if label else None),
+            (st(probs) if probs else None))
 
 
 def jitter_image(rgb: torch.Tensor, amount: float, gen: torch.Generator | None) -> torch.Tensor:
@@ -162,27 +164,30 @@ class FusionStage(Stage):
     def _prior_text(self, trainer) -> torch.Tensor:
         """Unit text embeddings ``[K, E]`` of the checkpoint's label set (what the pipeline decodes
         the 3D labels with); it must be the training label set, whose ids the ground truth uses."""
-        from chorus_ros.core.pipeline import labels_from_meta, text_spec_from_meta
-        from chorus_ros.core.text import build_text_encoder
+        from chorus_ros.core.pipeline import labels_from_meta
         ck = self._checkpoint()
         names = list(labels_from_meta(dict(ck.meta or {})).names)
         if names != list(trainer.label_set.names):
             raise InvalidInputError(f"stage 'fusion' with prior: the encoder checkpoint's label set {names[:5]}... "
                                     f"is not the training label set {list(trainer.label_set.names)[:5]}...: the "
                                     "3D probabilities and the ground truth must index the same classes")
-        text = build_text_encoder(text_spec_from_meta(dict(ck.meta or {}), self.options.encoder))
         with torch.no_grad():
-            return F.normalize(text.encode(names).float(), dim=-1)
+            return F.normalize(self._text_encoder().encode(names).float(), dim=-1)
+
+    def _text_encoder(self):
+        """The checkpoint's own text encoder (its language head was trained against it), built once."""
+        if getattr(self, "_te", None) is None:
+            from chorus_ros.core.pipeline import text_spec_from_meta
+            from chorus_ros.core.text import build_text_encoder
+            self._te = build_text_encoder(text_spec_from_meta(dict(self._checkpoint().meta or {}),
+                                                              self.options.encoder))
+        return self._te
 
     def resolve_heads(self, trainer) -> list[str]:
         return list(self._checkpoint().model.config.head_dims())
 
     def prepare(self, trainer) -> None:
-        from chorus_ros.core.pipeline import text_spec_from_meta
-        from chorus_ros.core.text import build_text_encoder
-        ck = self._checkpoint()
-        # the checkpoint's own text encoder (the language head was trained against it)
-        trainer._text_encoder = build_text_encoder(text_spec_from_meta(dict(ck.meta or {}), self.options.encoder))
+        trainer._text_encoder = self._text_encoder()
 
     def build_model(self, trainer):
         model = self._checkpoint().model
