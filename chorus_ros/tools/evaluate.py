@@ -73,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fusion", choices=list(FUSION_MODES), default=None,
                     help="per-view labels (pipeline per_view.fusion): 'rendered' runs the checkpoint's fusion decoder "
                          "on the rendered view (the checkpoint needs fusion/); default: the pipeline's, 'off'")
+    ap.add_argument("--snap-radius", type=int, default=None, metavar="PX",
+                    help="with --fusion: pixels an instance border may move to follow the fused labels (pipeline "
+                         "per_view.snap_radius; 0 keeps the 3D instance image; default: the pipeline's, 2)")
     ap.add_argument("--out", default="-", help="markdown report to write ('-' prints only)")
     ap.add_argument("--section", help="replace only this marked section of --out (keeps the rest of the file)")
     ap.add_argument("--json", metavar="FILE", help="write the results as one JSON object (percent)")
@@ -119,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _factory(ckpt: str, device: str, min_opacity: float | None = None, instance_image: str | None = None,
-             rotations: int = 1, height_prior_weight: float | None = None, fusion: str | None = None):
+             rotations: int = 1, height_prior_weight: float | None = None, fusion: str | None = None,
+             snap_radius: int | None = None):
     from chorus_ros.core.pipeline import PerceptionPipeline, PipelineConfig
 
     def make():
@@ -136,6 +140,8 @@ def _factory(ckpt: str, device: str, min_opacity: float | None = None, instance_
             cfg.semantic.validate()
         if fusion is not None:
             cfg.per_view.fusion = fusion
+        if snap_radius is not None:
+            cfg.per_view.snap_radius = int(snap_radius)
         cfg.validate()
         return PerceptionPipeline.from_checkpoint(ckpt, cfg)
     return make
@@ -183,7 +189,7 @@ def _dataset(a, cmd: str) -> int:
               f"model: {', '.join(s.ignored_properties) or 'nothing'}", file=sys.stderr)
     _note_plain_maps(scenes, a.checkpoint)
     res = evaluate_scenes(_factory(a.checkpoint, a.device, a.min_opacity, a.instance_image, a.rotations,
-                 a.height_prior_weight, a.fusion), scenes,
+                 a.height_prior_weight, a.fusion, a.snap_radius), scenes,
                           SceneEvalConfig(min_alpha=a.min_alpha, chunks=a.chunks, contact_views=a.contact_views),
                           progress=not a.no_progress)
     setup = (f"Checkpoint `{a.checkpoint}`; scene folders {', '.join(f'`{p}`' for p in a.dataset)}"
@@ -216,7 +222,7 @@ def _suite(a, cmd: str) -> int:
         tuple(s.split("=", 1)) if "=" in s else (Path(s).name, s) for s in a.ablation]
     cache: dict = {}
     results = {name: evaluate_shift_suite(_factory(ckpt, a.device, a.min_opacity, a.instance_image, a.rotations,
-                 a.height_prior_weight, a.fusion), cfg, cache=cache,
+                 a.height_prior_weight, a.fusion, a.snap_radius), cfg, cache=cache,
                                           progress=not a.no_progress)
                for name, ckpt in runs}
     if a.json:
@@ -248,7 +254,7 @@ def _seeds(a, ap, cmd: str) -> int:
     cache: dict = {}
     progress = None if a.no_progress else (lambda s: print(s, file=sys.stderr))
     results = [evaluate_checkpoint(name, _factory(ckpt, cfg.device, a.min_opacity, a.instance_image, a.rotations,
-                 a.height_prior_weight, a.fusion), cfg, cache, progress=progress,
+                 a.height_prior_weight, a.fusion, a.snap_radius), cfg, cache, progress=progress,
                                    contact_views=a.contact_views) for name, ckpt in runs]
     if a.checkpoint:
         _outputs(a, results[0].dataset,

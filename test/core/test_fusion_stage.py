@@ -38,7 +38,8 @@ def _overrides(tmp_path, ckpt, steps=40):
             "stage_options.fusion.views_per_step=2"]
 
 
-@pytest.mark.parametrize("config", ["config/train/fusion.yaml", "config/train/fusion_prior.yaml"])
+@pytest.mark.parametrize("config", ["config/train/fusion.yaml", "config/train/fusion_prior.yaml",
+                                    "config/train/fusion_prior_robust.yaml"])
 def test_fusion_stage_trains_and_the_pipeline_uses_the_decoder(tmp_path, config):
     from chorus_ros.core.decode.fusion import FUSION_DIR, PerViewConfig, load_fusion
     from chorus_ros.core.pipeline import PerceptionPipeline, PipelineConfig
@@ -50,6 +51,7 @@ def test_fusion_stage_trains_and_the_pipeline_uses_the_decoder(tmp_path, config)
     tr = Trainer(cfg)
     prior = cfg.stage_options["fusion"]["prior"] if "prior" in cfg.stage_options["fusion"] else False
     assert all((s.probs is not None) == prior for s in tr.scenes)
+    assert len(tr.scenes) == int(cfg.stage_options["fusion"].get("variants", 1))   # one room, its variants
     res = tr.fit()
     rows = [r.split(",") for r in (tmp_path / "run" / "train_log.csv").read_text().splitlines()[1:]]
     losses = [float(r[1]) for r in rows]
@@ -101,3 +103,41 @@ def test_fusion_stage_prior_probabilities_are_the_pipelines_and_the_label_sets_m
     other = _tiny_checkpoint(tmp_path / "enc2", LabelSet(["floor", "wall", "chair"], np.zeros((3, 3), np.uint8)))
     with pytest.raises(InvalidInputError, match="is not the training label set"):
         Trainer(load_train_config("config/train/fusion_prior.yaml", _overrides(tmp_path / "b", other, steps=1)))
+
+
+def test_fusion_variants_are_the_room_then_shifted_draws_whose_labels_and_cameras_follow():
+    """Variant 0 is the room itself (less its faint Gaussians); a further variant is a random
+    shift of it: other colours, the ground truth carried by each Gaussian's source, and cameras
+    that see an original Gaussian where the original camera saw it (the tilt is followed)."""
+    from chorus_ros.core.synthetic import SceneConfig, generate_scene
+    from chorus_ros.core.synthetic.trajectory import TrajectoryConfig, make_trajectory
+    from chorus_ros.core.train.stages.fusion import fusion_variants
+
+    room = generate_scene(SceneConfig(seed=3, target_gaussians=1500))
+    g = room.gaussians
+    g.opacities[:10] = -8.0                                  # ten faint Gaussians
+    cams = make_trajectory(room, TrajectoryConfig(loop_views=2, random_views=0, width=40, height=30)).cameras
+    shift = {"tilt_deg": 6.0, "white_balance": 0.3, "palette_deg": 30.0, "floater_fraction": 0.1}
+    out = fusion_variants(g, cams, 3, shift, seed=5, min_opacity=0.1)
+    again = fusion_variants(g, cams, 3, shift, seed=5, min_opacity=0.1)
+    assert len(out) == 3
+    g0, c0 = out[0]
+    assert len(g0) == len(g) - 10 and torch.equal(g0.means, g.means[10:])
+    assert all(a is b for a, b in zip(c0, cams))
+    for (ga, ca), (gb, _) in zip(out[1:], again[1:]):
+        assert torch.equal(ga.means, gb.means) and torch.equal(ga.sh, gb.sh)        # deterministic in seed
+        assert not torch.allclose(ga.sh[: len(g0)], g0.sh, atol=1e-3)               # colours moved
+        assert bool((ga.opacity >= 0.1).all())
+        assert set(ga.extras["label"].unique().tolist()) <= set(g.extras["label"].unique().tolist())
+    # cameras follow the rigid transform: the shifted world seen by the new camera is the old world
+    # seen by the old one (position noise is off, so the originals project to the same pixels)
+    from chorus_ros.core.train.augment import random_shift
+    gs, src, T = random_shift(g, shift, torch.Generator().manual_seed(5 + 1))
+    assert not np.allclose(T, np.eye(4))
+    def in_camera(cam, pts):                                 # [N, 3] points in the camera frame
+        return (cam.viewmat.double() @ torch.cat([pts.double(), torch.ones(len(pts), 1, dtype=torch.float64)], 1).T).T[:, :3]
+    assert torch.allclose(in_camera(cams[0], g.means), in_camera(out[1][1][0], gs.means[: len(g)]), atol=1e-4)
+    with pytest.raises(InvalidInputError, match="variants"):
+        from chorus_ros.core.train.stages.fusion import FusionOptions, FusionStage  # noqa: F401
+        tr_cfg = load_train_config("config/train/fusion_prior.yaml", ["stage_options.fusion.variants=2"])
+        FusionStage(FusionOptions(**tr_cfg.stage_options["fusion"])).load_scenes(type("T", (), {"cfg": tr_cfg})())

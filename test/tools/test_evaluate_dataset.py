@@ -218,7 +218,19 @@ def test_fusion_flag(setup, tmp_path, capsys, monkeypatch):
     js = tmp_path / "fused.json"
     assert main(base + ["--checkpoint", str(ckpt), "--json", str(js), "--fusion", "rendered"]) == 0
     assert len(used) >= 3 and json.loads(js.read_text())["n_views"] == 3
+    # --snap-radius 0 keeps the 3D instance image: the border snapping never runs
+    import chorus_ros.core.decode.fusion as fusion_mod
+    snapped = []
+    orig_snap = fusion_mod.snap_instances
+    monkeypatch.setattr(fusion_mod, "snap_instances", lambda *a: snapped.append(a[3]) or orig_snap(*a))
+    assert main(base + ["--checkpoint", str(ckpt), "--fusion", "rendered", "--snap-radius", "0"]) == 0
+    assert snapped == []
+    assert main(base + ["--checkpoint", str(ckpt), "--fusion", "rendered", "--snap-radius", "3"]) == 0
+    assert snapped and set(snapped) == {3}
     capsys.readouterr()
+    assert main(base + ["--checkpoint", str(ckpt), "--fusion", "rendered", "--snap-radius", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "snap_radius" in err and "Traceback" not in err
     assert main(base + ["--checkpoint", str(setup / "ckpt"), "--fusion", "rendered"]) == 2
     err = capsys.readouterr().err
     assert "has no fusion/ decoder" in err and "Traceback" not in err

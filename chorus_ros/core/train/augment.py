@@ -24,7 +24,7 @@ from chorus_ros.core.geometry import quat_multiply, rotate_about_axis  # re-expo
 from chorus_ros.core.lift import LiftedTargets
 from chorus_ros.core.train.config import AugmentConfig
 
-__all__ = ["augment_scene", "quat_multiply", "rotate_about_axis", "split_gaussians", "SPLIT_SHRINK"]
+__all__ = ["augment_scene", "quat_multiply", "random_shift", "rotate_about_axis", "split_gaussians", "SPLIT_SHRINK"]
 
 
 SPLIT_SHRINK = 1.6
@@ -71,6 +71,21 @@ def _u(gen: torch.Generator, lo: float, hi: float) -> float:
     return lo + (hi - lo) * float(torch.rand((), generator=gen))
 
 
+def random_shift(g: GaussianArrays, shift: dict, gen: torch.Generator):
+    """Domain randomisation: the shift ``shift`` (:class:`~chorus_ros.core.synthetic.shifts.ShiftConfig`
+    fields) with each scalable option that is on drawn at a strength uniform in [0, its value].
+
+    Returns :func:`~chorus_ros.core.synthetic.shifts.shift_gaussians`'s ``(shifted, source, T)``:
+    ``source [M]`` indexes the original each shifted Gaussian came from, ``T [4, 4]`` is the rigid
+    transform applied (new world <- old world), which cameras must follow."""
+    from chorus_ros.core.synthetic.shifts import ShiftConfig, shift_gaussians
+    sc = ShiftConfig.from_dict(shift)
+    for f in _SCALED_SHIFT_OPTIONS:
+        if getattr(sc, f) > 0:
+            setattr(sc, f, getattr(sc, f) * _u(gen, 0.0, 1.0))
+    return shift_gaussians(g, sc, gen)
+
+
 def augment_scene(g: GaussianArrays, targets: LiftedTargets, cfg: AugmentConfig,
                   gen: torch.Generator) -> tuple[GaussianArrays, LiftedTargets]:
     """Return an augmented copy of ``(g, targets)`` (same Gaussian order, possibly fewer).
@@ -108,12 +123,7 @@ def augment_scene(g: GaussianArrays, targets: LiftedTargets, cfg: AugmentConfig,
             targets = targets.index(src)
 
     if cfg.shift:  # domain randomisation (chorus_ros.core.synthetic.shifts), targets follow their source
-        from chorus_ros.core.synthetic.shifts import ShiftConfig, shift_gaussians
-        sc = ShiftConfig.from_dict(cfg.shift)
-        for f in _SCALED_SHIFT_OPTIONS:  # each option that is on: its strength drawn in [0, value] every step
-            if getattr(sc, f) > 0:
-                setattr(sc, f, getattr(sc, f) * _u(gen, 0.0, 1.0))
-        g, src, _ = shift_gaussians(g, sc, gen)
+        g, src, _ = random_shift(g, cfg.shift, gen)
         if len(src) != len(targets) or not bool((src == torch.arange(len(src))).all()):
             targets = targets.index(src)
     if cfg.min_opacity > 0:   # what the pipeline would set aside never reaches the encoder

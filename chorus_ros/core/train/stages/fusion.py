@@ -26,7 +26,7 @@ from chorus_ros.core.errors import InvalidInputError
 from chorus_ros.core.labels import UNLABELED
 from chorus_ros.core.train.stages import Stage, StageLoss, register_stage
 
-__all__ = ["FusionOptions", "FusionStage", "FusionScene", "render_fusion_views"]
+__all__ = ["FusionOptions", "FusionStage", "FusionScene", "fusion_variants", "render_fusion_views"]
 
 
 @dataclass
@@ -60,6 +60,17 @@ class FusionOptions:
     decoder then serves only that label set."""
     flip: bool = False
     """Mirror each step's views left to right with probability 1/2."""
+    variants: int = 1
+    """Renderings of each training room: the first is the room as generated, each further one the
+    room under a random draw of ``shift`` (its own Gaussians, 3D labels and images), so that the
+    decoder sees the colour, lighting, size and noise changes of real maps in both its inputs."""
+    shift: dict = field(default_factory=dict)
+    """Domain randomisation of the variants after the first: :class:`~chorus_ros.core.synthetic.shifts.ShiftConfig`
+    fields, each scalable option drawn at a strength in [0, its value] per variant (as ``augment.shift``);
+    the cameras follow a tilt. Empty with ``variants`` > 1 is an error."""
+    min_opacity: float = 0.1
+    """Gaussians below this opacity are dropped before encoding and rendering, as the perception
+    pipeline sets them aside (``PipelineConfig.min_opacity``)."""
 
 
 @dataclass
@@ -119,6 +130,27 @@ def render_fusion_views(model, gaussians, cameras, render_settings=None, text_em
             (st(probs) if probs else None))
 
 
+def fusion_variants(gaussians, cameras, variants: int, shift: dict, *, seed: int, min_opacity: float = 0.0):
+    """The renderings stage ``fusion`` trains on for one room: ``[(gaussians, cameras)]``, first the
+    room as given, then ``variants - 1`` random draws of ``shift``
+    (:func:`~chorus_ros.core.train.augment.random_shift`; extras such as the ground-truth labels follow
+    their source Gaussian, cameras follow the rigid transform). Gaussians below ``min_opacity`` are
+    dropped from each, as the pipeline sets them aside. Deterministic in ``seed``."""
+    from chorus_ros.core.synthetic.shifts import transform_camera
+    from chorus_ros.core.train.augment import random_shift
+
+    def opaque(g):
+        keep = ~g.faint_mask(min_opacity)
+        return g if bool(keep.all()) else g.index(keep.nonzero().squeeze(1))
+
+    out = [(opaque(gaussians), list(cameras))]
+    for k in range(1, variants):
+        gen = torch.Generator().manual_seed(int(seed) + k)
+        g, _, T = random_shift(gaussians, shift, gen)
+        out.append((opaque(g), [transform_camera(c, T) for c in cameras]))
+    return out
+
+
 def jitter_image(rgb: torch.Tensor, amount: float, gen: torch.Generator | None) -> torch.Tensor:
     """Random brightness, contrast and per-channel gain (per image of ``[B, 3, H, W]``)."""
     if amount <= 0:
@@ -150,15 +182,23 @@ class FusionStage(Stage):
     def load_scenes(self, trainer) -> list:
         from chorus_ros.core.train.stages.contrastive import load_map_scenes
         d = trainer.cfg.data
+        o = self.options
+        if int(o.variants) < 1:
+            raise InvalidInputError(f"stage 'fusion': variants must be >= 1, got {o.variants}")
+        if int(o.variants) > 1 and not o.shift:
+            raise InvalidInputError("stage 'fusion': variants > 1 needs stage_options.fusion.shift (the "
+                                    "randomisation that makes the variants differ)")
         ck = self._checkpoint()
         maps = load_map_scenes(list(d.train_seeds), scene=d.scene, views=d.views,
                                density_range=d.density_range or None)
-        text_emb = self._prior_text(trainer) if self.options.prior else None
+        text_emb = self._prior_text(trainer) if o.prior else None
         out = []
-        for m in maps:
-            r = render_fusion_views(ck.model, m.gaussians, m.cameras, text_emb=text_emb,
-                                    temperature=self.options.temperature)
-            out.append(FusionScene(m.scene_id, *r))
+        for i, m in enumerate(maps):
+            for k, (g, cams) in enumerate(fusion_variants(m.gaussians, m.cameras, int(o.variants), o.shift,
+                                                          seed=int(trainer.cfg.seed) * 1_000_003 + i * 101,
+                                                          min_opacity=o.min_opacity)):
+                r = render_fusion_views(ck.model, g, cams, text_emb=text_emb, temperature=o.temperature)
+                out.append(FusionScene(m.scene_id + (f"#variant{k}" if k else ""), *r))
         return out
 
     def _prior_text(self, trainer) -> torch.Tensor:
