@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                          "on the rendered view (the checkpoint needs fusion/); default: the pipeline's, 'off'")
     ap.add_argument("--snap-radius", type=int, default=None, metavar="PX",
                     help="with --fusion: pixels an instance border may move to follow the fused labels (pipeline "
-                         "per_view.snap_radius; 0 keeps the 3D instance image; default: the pipeline's, 2)")
+                         "per_view.snap_radius; 0 keeps the 3D instance image; default: the pipeline's, 0)")
     ap.add_argument("--out", default="-", help="markdown report to write ('-' prints only)")
     ap.add_argument("--section", help="replace only this marked section of --out (keeps the rest of the file)")
     ap.add_argument("--json", metavar="FILE", help="write the results as one JSON object (percent)")
