@@ -156,7 +156,7 @@ def run(a) -> None:
                               widen=a.widen, widen_only=a.widen_only, replay_site_classes=not a.replay_base_only,
                               replay_seeds=list(a.replay_seeds), replay_batch=a.replay_batch,
                               fusion_steps=a.fusion_steps, fusion_prior_input=a.fusion_prior_input,
-                              fusion_flip=a.fusion_flip, **kw)
+                              fusion_flip=a.fusion_flip, fusion_init=a.fusion_init, **kw)
             out = Path(a.ckpt_dir) / f"{Path(a.scene).name.replace(':', '_')}_{mode}{a.tag}_{n}"
             res = adapt_checkpoint(a.checkpoint, scene, fit, cfg, out_dir=out, val_positions=val)
             s = evaluate_views(scene.gaussians, scene, held, res.scores, lut, ls, min_alpha=a.eval_min_alpha)
@@ -171,7 +171,8 @@ def run(a) -> None:
                            val_curve=[[h["step"], round(100 * h["val_miou"], 2)] for h in res.history
                                       if "val_miou" in h])
             held_views = None                    # the held-out views rendered once for every decoder scored
-            if res.scores is not None and ((res.fusion is not None and res.fusion.used) or a.fusion_first_steps):
+            if res.scores is not None and ((res.fusion is not None and res.fusion.used) or a.fusion_first_steps
+                                           or a.fusion_warm_steps):
                 from chorus_ros.core.adapt.fusion import render_site_views
                 held_views = render_site_views(scene.gaussians, scene, held, res.language, res.scores, lut)
             if res.fusion is not None and res.fusion.steps:
@@ -211,6 +212,32 @@ def run(a) -> None:
                            loss_first=f0.history[0]["loss"], loss_last=f0.history[-1]["loss"], ckpt=str(out),
                            config={"fusion_steps": a.fusion_first_steps, "fusion_prior_input": False,
                                    "fusion_flip": False}))
+            if a.fusion_warm_steps and res.scores is not None:
+                # site decoders started from a trained decoder (--fusion-warm-init), on the same
+                # adapted labels and views, with the main decoder's validation: an A/B of the start
+                from chorus_ros.core.adapt.fusion import evaluate_fused, render_site_views, train_site_fusion
+                from chorus_ros.core.adapt.loop import _fusion_init
+                tv = render_site_views(scene.gaussians, scene, fit, res.language, res.scores, lut)
+                vv = render_site_views(scene.gaussians, scene, val, res.language, res.scores, lut) if val else None
+                with torch.no_grad():
+                    temb_site = text.encode(list(res.label_set.names)).float()
+                init = _fusion_init(a.fusion_warm_init, a.checkpoint)
+                for steps in a.fusion_warm_steps:
+                    fw = train_site_fusion(tv, temb_site, steps=steps, names=list(res.label_set.names),
+                                           lr=a.fusion_warm_lr or cfg.fusion_lr,
+                                           views_per_step=cfg.fusion_views_per_step, seed=cfg.seed,
+                                           val_views=vv, val_every=cfg.val_every, init=init)
+                    sw = (evaluate_fused(fw.decoder, held_views, fw.text, res.label_set, 0.05, a.eval_min_alpha)
+                          if fw.used else s)
+                    _emit(dict(base, method=mode + a.tag + f"+fusionw{steps}", n=n, miou=100 * sw.miou,
+                               miou_present=100 * sw.miou_present, steps=fw.steps, wall_s=fw.seconds,
+                               per_class=_per_class(sw), fusion_used=fw.used, fusion_best_step=fw.best_step,
+                               fusion_val_miou=None if fw.val_miou is None else 100 * fw.val_miou,
+                               fusion_prior_val_miou=None if fw.prior_val_miou is None else 100 * fw.prior_val_miou,
+                               loss_first=fw.history[0]["loss"], loss_last=fw.history[-1]["loss"], ckpt=str(out),
+                               warm_start=fw.warm_start,
+                               config={"fusion_steps": steps, "fusion_init": a.fusion_warm_init,
+                                       "fusion_lr": a.fusion_warm_lr or cfg.fusion_lr}))
             if a.indist and mode != "all" and n == max(a.counts):
                 rec["indist_miou"] = _indist(str(out))
                 rec["indist_base_same_labels"] = _indist(a.checkpoint, str(out / "labels.yaml"))
@@ -336,6 +363,13 @@ def main() -> None:
                     help="the fusion decoder reads the 3D class probabilities as input (--no-...: the first decoder)")
     ap.add_argument("--fusion-flip", action=argparse.BooleanOptionalAction, default=True,
                     help="mirror the fusion decoder's training views at random")
+    ap.add_argument("--fusion-init", default="",
+                    help="where the main site decoder starts: '' scratch, 'base' the checkpoint's fusion/, or a dir")
+    ap.add_argument("--fusion-warm-steps", type=int, nargs="*", default=[],
+                    help="also train site decoders started from --fusion-warm-init for each of these step counts "
+                         "on the same adapted labels and score them (methods '<mode>+fusionw<N>')")
+    ap.add_argument("--fusion-warm-init", default="base", help="their start ('base' or a decoder dir)")
+    ap.add_argument("--fusion-warm-lr", type=float, default=0.0, help="their peak learning rate (0: AdaptConfig.fusion_lr)")
     ap.add_argument("--fusion-first-steps", type=int, default=0,
                     help="also train the first site decoder (no 3D input, no flips) this many steps on the same "
                          "adapted labels and score it (method '<mode>+fusion0')")

@@ -83,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="the fusion decoder also reads the adapted 3D class probabilities as input channels")
     ap.add_argument("--fusion-flip", action=argparse.BooleanOptionalAction, default=d.fusion_flip,
                     help="mirror the fusion decoder's training views left to right at random")
+    ap.add_argument("--fusion-init", default=d.fusion_init, metavar="SPEC",
+                    help="where the fusion decoder starts: '' from scratch, 'base' the base checkpoint's own "
+                         "feed-forward decoder (its fusion/), or a decoder directory (class channels matched by name)")
     ap.add_argument("--splat", choices=("auto", "cached", "render"), default=d.splat)
     ap.add_argument("--device", default=d.device)
     ap.add_argument("--seed", type=int, default=d.seed)
@@ -112,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                           pixels_per_view=a.pixels_per_view, min_alpha=a.min_alpha, splat=a.splat,
                           device=a.device, seed=a.seed, progress=not a.no_progress, replay_seeds=list(a.replay_seeds),
                           replay_batch=a.replay_batch, fusion_steps=a.fusion_steps, fusion_lr=a.fusion_lr,
-                          fusion_prior_input=a.fusion_prior_input, fusion_flip=a.fusion_flip,
+                          fusion_prior_input=a.fusion_prior_input, fusion_flip=a.fusion_flip, fusion_init=a.fusion_init,
                           loss=LossWeights(rgb=a.rgb, depth_gate=a.depth_gate, boundary=a.boundary,
                                            replay=a.replay, absent=a.absent))
         summary: dict = {}

@@ -605,3 +605,42 @@ def test_site_fusion_validation_keeps_the_best_check_and_rejects_a_decoder_that_
     assert run2.rejected and not run2.used and run2.steps == 10
     with pytest.raises(InvalidInputError, match="val_every"):
         train_site_fusion(train, text, steps=10, names=["a", "b", "c"], val_views=val, val_every=-1)
+
+
+def test_site_fusion_decoder_warm_starts_from_a_trained_decoder(tiny_setup):
+    """AdaptConfig.fusion_init: the site decoder starts from the named decoder (its first step's
+    loss is that decoder's, not a fresh one's), the provenance says what was copied, and 'base'
+    on a checkpoint without fusion/ is a clear error before any decoder trains."""
+    from chorus_ros.core.adapt import AdaptConfig, adapt_checkpoint
+    from chorus_ros.core.decode.fusion import FusionConfig, FusionDecoder, save_fusion
+    from chorus_ros.core.encoder.checkpoint import load_checkpoint
+    from chorus_ros.core.errors import CheckpointError
+
+    base, scene = tiny_setup
+    train = list(range(0, 8, 2))
+    lang = load_checkpoint(base / "ckpt").model.config.head_dims()["language"]
+    # a trained decoder stands in: one fitted on this site's views by a first adaptation
+    kw = dict(train="heads", steps=4, views_per_step=2, pixels_per_view=200, progress=False, replay_seeds=[],
+              fusion_views_per_step=2, fusion_lr=5e-3)
+    first = adapt_checkpoint(base / "ckpt", scene, train, AdaptConfig(fusion_steps=40, **kw),
+                             out_dir=base / "warm_first")
+    init_dir = base / "warm_init"
+    save_fusion(init_dir, first.fusion.decoder)
+    scratch = adapt_checkpoint(base / "ckpt", scene, train, AdaptConfig(fusion_steps=3, **kw))
+    warm = adapt_checkpoint(base / "ckpt", scene, train, AdaptConfig(fusion_steps=3, fusion_init=str(init_dir), **kw),
+                            out_dir=base / "warm_out")
+    w0, s0 = warm.fusion.history[0]["loss"], scratch.fusion.history[0]["loss"]
+    print(f"first fusion step: warm {w0:.3f}, scratch {s0:.3f}, trained decoder's last {first.fusion.history[-1]['loss']:.3f}")
+    assert w0 < 0.7 * s0
+    info = warm.fusion.warm_start
+    assert info["copied"] == info["total"] and info["prior_classes_matched"] == len(first.label_set.names)
+    prov = load_checkpoint(base / "warm_out").meta["adaptation"]["fusion"]
+    assert prov["init"] == str(init_dir) and prov["warm_start"] == info
+    with pytest.raises(CheckpointError, match="base checkpoint has none"):
+        adapt_checkpoint(base / "ckpt", scene, train, AdaptConfig(fusion_steps=3, fusion_init="base", **kw))
+    # the site decoder takes the init's architecture; one that reads other language features is refused
+    other = base / "warm_other"
+    save_fusion(other, FusionDecoder(FusionConfig(language_dim=lang + 1, embed_dim=warm.fusion.text.shape[1],
+                                                  channels=(8, 16), prior=True)))
+    with pytest.raises(InvalidInputError, match="language features"):
+        adapt_checkpoint(base / "ckpt", scene, train, AdaptConfig(fusion_steps=3, fusion_init=str(other), **kw))

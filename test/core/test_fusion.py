@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from chorus_ros.core.decode.fusion import (PRIOR_FLOOR, FusionConfig, FusionDecoder, PerViewConfig, fused_class_logits,
-                                           fusion_logits, load_fusion, save_fusion, snap_instances)
+                                           fusion_logits, load_fusion, save_fusion, snap_instances,
+                                           warm_start_fusion)
 from chorus_ros.core.errors import CheckpointError, InvalidInputError
 from chorus_ros.core.render import RenderSettings, render
 
@@ -177,6 +178,39 @@ def test_prior_names_feed_the_3d_probabilities_into_the_decoder():
         FusionConfig(prior=True, prior_names=("a", "a"))
     back = FusionConfig.from_dict(FusionConfig(prior=True, prior_names=("a", "b")).to_dict())
     assert back.prior_names == ("a", "b") and back.prior_classes == 2
+
+
+def test_warm_start_copies_weights_and_matches_class_channels_by_name():
+    """A warm start copies every weight of an equal decoder (same outputs); with another label set
+    the class channels of the first 3D convolution follow the class names (a permuted set gives
+    the same embeddings for the permuted probabilities; a new class keeps its fresh weights);
+    another architecture is refused."""
+    rgb, f = torch.rand(1, 3, 20, 24), torch.randn(1, 4, 20, 24)
+    a, dep = torch.rand(1, 1, 20, 24), torch.rand(1, 1, 20, 24)
+    p = torch.softmax(torch.randn(1, 5, 20, 24), dim=1)
+    init = _decoder(seed=1, prior=True, prior_names=list("abcde"))
+    same = _decoder(seed=2, prior=True, prior_names=list("abcde"))
+    info = warm_start_fusion(same, init)
+    assert info["copied"] == info["total"] and info["prior_classes_matched"] == 5
+    with torch.no_grad():
+        assert torch.equal(same(rgb, f, a, dep, p), init(rgb, f, a, dep, p))
+    perm = [4, 2, 0, 3, 1]
+    other = _decoder(seed=3, prior=True, prior_names=[list("abcde")[i] for i in perm])
+    info = warm_start_fusion(other, init)
+    assert info["prior_classes_matched"] == 5 and info["copied"] == info["total"] - 1
+    with torch.no_grad():
+        assert torch.allclose(other(rgb, f, a, dep, p[:, perm]), init(rgb, f, a, dep, p), atol=1e-5)
+    new = _decoder(seed=4, prior=True, prior_names=["c", "zebra"])
+    fresh = new.feature_encoder.stages[0][0].weight.detach().clone()
+    info = warm_start_fusion(new, init)
+    w, w0 = new.feature_encoder.stages[0][0].weight, init.feature_encoder.stages[0][0].weight
+    assert info["prior_classes_matched"] == 1 and info["prior_classes"] == 2
+    assert torch.equal(w[:, :5], w0[:, :5]) and torch.equal(w[:, 5], w0[:, 5 + 2])   # features + alpha; 'c'
+    assert torch.equal(w[:, 6], fresh[:, 6])                                          # 'zebra': its own
+    assert torch.equal(new.head[0].weight, init.head[0].weight)
+    with pytest.raises(InvalidInputError, match="channels"):
+        warm_start_fusion(FusionDecoder(FusionConfig(language_dim=16, embed_dim=16, feat_channels=4, channels=(8, 16),
+                                                     decoder_channels=8, prior=True)), init)
 
 
 def test_pipeline_gives_a_prior_decoder_the_views_3d_probabilities(fused_pipe):

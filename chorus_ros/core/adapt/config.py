@@ -162,6 +162,11 @@ class AdaptConfig:
     to its logits (False: the decoder of the first measurements)."""
     fusion_flip: bool = True
     """Mirror the fusion decoder's training views left to right with probability 1/2."""
+    fusion_init: str = ""
+    """Where the fusion decoder starts: '' from scratch; 'base' the base checkpoint's own
+    feed-forward decoder (its ``fusion/``; an error when it has none); or a decoder directory.
+    Its weights are copied, class channels matched by name
+    (:func:`~chorus_ros.core.decode.fusion.warm_start_fusion`)."""
     loss: LossWeights = field(default_factory=LossWeights)
     """Loss weights."""
     progress: bool = True

@@ -123,6 +123,8 @@ class FusionRun:
     rejected: bool = False
     """True when no check beat ``prior_val_miou``: the decoder would make the site's labels worse,
     so it is not used (not saved with the adapted checkpoint)."""
+    warm_start: dict | None = None
+    """With ``init``: what :func:`~chorus_ros.core.decode.fusion.warm_start_fusion` copied; None: from scratch."""
 
     @property
     def used(self) -> bool:
@@ -163,7 +165,8 @@ def train_site_fusion(views: SiteViews, text_emb: torch.Tensor, *, steps: int, n
                       seed: int = 0,
                       deadline: float | None = None, device: str = "cpu", config: FusionConfig | None = None,
                       progress: bool = False, val_views: SiteViews | None = None, val_every: int = 50,
-                      keep_best: bool = True, prior_input: bool = True, flip: bool = True) -> FusionRun:
+                      keep_best: bool = True, prior_input: bool = True, flip: bool = True,
+                      init: FusionDecoder | None = None) -> FusionRun:
     """Train a ``prior`` fusion decoder on the labelled ``views`` (module docstring).
 
     Args:
@@ -175,6 +178,8 @@ def train_site_fusion(views: SiteViews, text_emb: torch.Tensor, *, steps: int, n
         names: the K class names of ``text_emb`` (required with ``prior_input``: the decoder then
             serves only that label set).
         flip: mirror each step's views left to right with probability 1/2 (augmentation).
+        init: a trained decoder to start from (:func:`~chorus_ros.core.decode.fusion.warm_start_fusion`:
+            its architecture, its weights, its class channels matched by name); None: from scratch.
         val_views: labelled views that never train the decoder (the adaptation's validation
             views). Their fused mIoU is checked every ``val_every`` steps (0: only at the end) and
             at the last step; with ``keep_best`` the best check's weights are kept. If no check
@@ -197,10 +202,22 @@ def train_site_fusion(views: SiteViews, text_emb: torch.Tensor, *, steps: int, n
     if config is None and prior_input and (names is None or len(names) != text.shape[0]):
         raise InvalidInputError(f"a fusion decoder that reads the 3D class probabilities needs the {text.shape[0]} "
                                 f"class names of text_emb, got {None if names is None else len(names)}")
+    if config is None and init is not None:
+        config = FusionConfig.from_dict(dict(init.config.to_dict(), prior=True,
+                                             prior_names=list(names) if prior_input else []))
     cfg = config or FusionConfig(language_dim=views.splat.shape[1], embed_dim=text.shape[1], prior=True,
                                  prior_names=tuple(names) if prior_input else ())
+    if cfg.language_dim != views.splat.shape[1] or cfg.embed_dim != text.shape[1]:
+        raise InvalidInputError(f"the fusion decoder reads {cfg.language_dim}-d language features and writes "
+                                f"{cfg.embed_dim}-d embeddings; the views carry {views.splat.shape[1]}-d features "
+                                f"and the text embeddings are {text.shape[1]}-d")
     torch.manual_seed(seed)
-    fd = FusionDecoder(cfg).to(dev).train()
+    fd = FusionDecoder(cfg)
+    warm_info = None
+    if init is not None:
+        from chorus_ros.core.decode.fusion import warm_start_fusion
+        warm_info = warm_start_fusion(fd, init)
+    fd = fd.to(dev).train()
     opt = torch.optim.AdamW(fd.parameters(), lr=lr, weight_decay=1e-4)
     warm = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: lr_factor(i, steps, warm, 0.0))
@@ -208,6 +225,7 @@ def train_site_fusion(views: SiteViews, text_emb: torch.Tensor, *, steps: int, n
     n = views.rgb.shape[0]
     ok_all = (views.labels != UNLABELED) & (views.alpha[:, 0] >= min_alpha)
     run = FusionRun(fd, text.cpu())
+    run.warm_start = warm_info
     t0 = time.perf_counter()
     bar = None
     if progress:

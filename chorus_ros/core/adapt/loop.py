@@ -775,6 +775,7 @@ def save_adapted(out_dir: str | os.PathLike, result: AdaptResult, base_dir: str 
     if run is not None and run.steps > 0:
         hist = run.history
         info = {"steps": int(run.steps), "stopped_by_budget": bool(run.stopped_by_budget),
+                "init": provenance.get("config", {}).get("fusion_init", ""), "warm_start": run.warm_start,
                 "seconds": round(float(run.seconds), 2), "views": prov.get("views"),
                 "loss_first": round(hist[0]["loss"], 6) if hist else None,
                 "loss_last": round(hist[-1]["loss"], 6) if hist else None,
@@ -791,6 +792,18 @@ def save_adapted(out_dir: str | os.PathLike, result: AdaptResult, base_dir: str 
     save_checkpoint(out, result.model, meta)
     result.label_set.to_yaml(out / "labels.yaml")
     return out
+
+
+def _fusion_init(spec: str, base_dir):
+    """The decoder ``AdaptConfig.fusion_init`` names (None: from scratch)."""
+    from chorus_ros.core.decode.fusion import FUSION_DIR, load_fusion
+    if not spec:
+        return None
+    path = Path(base_dir) / FUSION_DIR if spec == "base" else Path(spec)
+    if not (path / "fusion.json").is_file():
+        raise CheckpointError(f"fusion_init {spec!r}: no fusion decoder in {path} (needs fusion.json and "
+                              "fusion.safetensors)" + (" -- the base checkpoint has none" if spec == "base" else ""))
+    return load_fusion(path)
 
 
 def load_with_adapter(base_dir: str | os.PathLike, adapted_dir: str | os.PathLike, device: str = "cpu"):
@@ -863,12 +876,13 @@ def adapt_checkpoint(checkpoint: str | os.PathLike, scene, train_positions: Sequ
                                       cfg.render_backend) if val_positions else None
         with torch.no_grad():
             text_emb = text.encode(list(label_set.names)).float()
+        init = _fusion_init(cfg.fusion_init, checkpoint)
         res.fusion = train_site_fusion(
             views, text_emb, steps=cfg.fusion_steps, names=list(label_set.names), lr=cfg.fusion_lr, views_per_step=cfg.fusion_views_per_step,
             temperature=temperature, min_alpha=cfg.min_alpha, seed=cfg.seed, device=cfg.device,
             deadline=t_start + cfg.budget_s if cfg.budget_s else None, progress=cfg.progress,
             val_views=val_views, val_every=cfg.val_every, keep_best=cfg.keep_best,
-            prior_input=cfg.fusion_prior_input, flip=cfg.fusion_flip)
+            prior_input=cfg.fusion_prior_input, flip=cfg.fusion_flip, init=init)
     if out_dir is not None:
         frames = [int(scene.frame_indices[int(p)]) for p in train_positions]
         prov = {"scene": str(scene.root) if scene.root is not None else scene.name, "scene_name": scene.name,

@@ -36,7 +36,7 @@ from chorus_ros.core.decode.instance_image import INSTANCE_IMAGE_MODES
 from chorus_ros.core.errors import CheckpointError, InvalidInputError
 
 __all__ = ["FusionConfig", "FusionDecoder", "fusion_logits", "fused_class_logits", "view_class_probabilities", "save_fusion", "load_fusion", "snap_instances",
-           "PerViewConfig",
+           "warm_start_fusion", "PerViewConfig",
            "FUSION_DIR", "FUSION_MODES"]
 
 FUSION_DIR = "fusion"
@@ -286,6 +286,55 @@ def snap_instances(inst: torch.Tensor, labels3d: torch.Tensor, fused: torch.Tens
         if bool(done.all()):
             break
     return out
+
+
+_PRIOR_INPUT = "feature_encoder.stages.0.0.weight"
+"""The first convolution of the 3D branch: input channels (projected features, alpha, prior classes)."""
+
+
+@torch.no_grad()
+def warm_start_fusion(model: FusionDecoder, init: FusionDecoder) -> dict:
+    """Copy a trained decoder's weights into ``model`` (e.g. the feed-forward decoder of a
+    checkpoint into a per-site decoder, which then trains from there instead of from scratch).
+
+    Every parameter or buffer of equal name and shape is copied. The 3D branch's first
+    convolution reads the 3D class probabilities of ``prior_names``; there the projected-feature
+    and alpha channels are copied, and each class channel of ``model`` takes the weights of the
+    class of the same name in ``init`` (classes ``init`` never saw keep their fresh weights), so a
+    site with another label set still starts from what the shared classes learned.
+
+    Returns:
+        ``{"copied": tensors copied whole, "total": tensors of model, "prior_classes_matched": n,
+        "prior_classes": m}``.
+
+    Raises:
+        InvalidInputError: the two architectures differ elsewhere (dimensions, channels, depth).
+    """
+    a, b = model.config, init.config
+    for f in ("language_dim", "embed_dim", "feat_channels", "use_depth", "channels", "decoder_channels"):
+        if getattr(a, f) != getattr(b, f):
+            raise InvalidInputError(f"cannot warm-start the fusion decoder: {f} is {getattr(a, f)!r}, the initial "
+                                    f"decoder's is {getattr(b, f)!r}")
+    src = init.state_dict()
+    dst = model.state_dict()
+    copied, matched = 0, 0
+    for name, t in dst.items():
+        if name in src and src[name].shape == t.shape and (name != _PRIOR_INPUT or a.prior_names == b.prior_names):
+            t.copy_(src[name])
+            copied += 1
+    if a.prior_names != b.prior_names and _PRIOR_INPUT in src:
+        w, w0 = dst[_PRIOR_INPUT], src[_PRIOR_INPUT]
+        base = a.feat_channels + 1
+        w[:, :base].copy_(w0[:, :base])
+        where = {n: i for i, n in enumerate(b.prior_names)}
+        for j, n in enumerate(a.prior_names):
+            if n in where:
+                w[:, base + j].copy_(w0[:, base + where[n]])
+                matched += 1
+    elif a.prior_names:
+        matched = len(a.prior_names)
+    return {"copied": copied, "total": len(dst), "prior_classes_matched": matched,
+            "prior_classes": len(a.prior_names)}
 
 
 def save_fusion(path: str | Path, model: FusionDecoder, meta: dict | None = None) -> None:
