@@ -50,7 +50,7 @@ help:
 	@echo "make test          set up and run the test suite (PYTEST_ARGS=... to pass options)"
 	@echo "make bench         set up and run benchmarks/bench_*.py into docs/benchmarks.md"
 	@echo "                   (BENCH_ARGS='--quick name ...')"
-	@echo "make train-demo    retrain checkpoints/demo (seven chorus-train runs and an average, ~3.5 h on 2 cores + ~1 h of photometric fits once)"
+	@echo "make train-demo    retrain checkpoints/demo (seven chorus-train runs, an average, the height prior and the fusion decoder, ~4 h on 2 cores + ~1 h of photometric fits once)"
 	@echo "make colcon-check  colcon build of this package against the venv's ROS prefix"
 	@echo "make gpu-pack      .gpu/: the packages a lent GPU machine lacks (docs/benchmarks.md, GPU)"
 	@echo "make gpu-check     the prepared GPU check (GPU_OUT=dir, GPU_ARGS='--device cpu --tiny' here)"
@@ -126,6 +126,8 @@ train-demo: install
 		checkpoint.dir=.cache/train/demo_stage6b log.dir=.cache/runs/demo_stage6b $(TRAIN_ARGS)
 	$(VENV)/bin/chorus-average --out checkpoints/demo .cache/train/demo_stage6a .cache/train/demo_stage6b
 	$(VENV)/bin/chorus-height-prior --checkpoint checkpoints/demo --seeds 0-47
+	$(VENV)/bin/chorus-train --config config/train/demo_fusion.yaml $(TRAIN_ARGS)
+	rm -rf checkpoints/demo/fusion && cp -r .cache/train/demo_fusion/fusion checkpoints/demo/fusion
 
 # --- colcon: the robot's build (`colcon build` of CMakeLists.txt) against the venv's ROS
 # prefix, in $(BUILD_DIR)/colcon, then imports from its install/ (scripts/colcon_check.py).

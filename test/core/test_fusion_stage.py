@@ -141,3 +141,41 @@ def test_fusion_variants_are_the_room_then_shifted_draws_whose_labels_and_camera
         from chorus_ros.core.train.stages.fusion import FusionOptions, FusionStage  # noqa: F401
         tr_cfg = load_train_config("config/train/fusion_prior.yaml", ["stage_options.fusion.variants=2"])
         FusionStage(FusionOptions(**tr_cfg.stage_options["fusion"])).load_scenes(type("T", (), {"cfg": tr_cfg})())
+
+
+def test_shipped_demo_fusion_decoder_was_trained_by_its_committed_config():
+    """checkpoints/demo/fusion is one run of config/train/demo_fusion.yaml (up to output folders and
+    logging) on the shipped encoder; it reads the demo label set's 3D probabilities and the
+    pipeline serves it with per_view.fusion 'rendered' (off by default)."""
+    import json
+    from pathlib import Path
+
+    from chorus_ros.core.decode.fusion import FUSION_DIR, PerViewConfig
+    from chorus_ros.core.pipeline import PerceptionPipeline, PipelineConfig
+    from chorus_ros.core.synthetic import SceneConfig, generate_scene
+    from chorus_ros.core.synthetic.trajectory import TrajectoryConfig, make_trajectory
+    from chorus_ros.core.train.config import TrainConfig, config_from_dict
+
+    ckpt = Path(__file__).resolve().parents[2] / "checkpoints" / "demo"
+    if not (ckpt / FUSION_DIR / "fusion.json").exists():
+        pytest.skip("checkpoints/demo has no fusion decoder")
+    meta = json.loads((ckpt / FUSION_DIR / "fusion.json").read_text())["meta"]
+    want = load_train_config("config/train/demo_fusion.yaml").to_dict()
+    got = config_from_dict(TrainConfig, meta["training"]).to_dict()      # later fields: their defaults
+    assert [k for k in sorted(set(want) | set(got)) if k not in {"log", "checkpoint"} and want.get(k) != got.get(k)] == []
+    assert meta["step"] == want["optim"]["steps"] and meta["encoder"] == "checkpoints/demo"
+    assert want["stage_options"]["fusion"]["prior"] and want["stage_options"]["fusion"]["variants"] > 1
+    assert max(want["data"]["train_seeds"]) < 1000                    # never the held-out or suite seeds
+    pipe = PerceptionPipeline.from_checkpoint(ckpt, PipelineConfig())
+    assert pipe.config.per_view.fusion == "off" and pipe.fusion is not None
+    assert pipe.fusion.config.prior_names == tuple(pipe.labels.names)
+    room = generate_scene(SceneConfig(seed=1001, target_gaussians=4000))
+    cam = make_trajectory(room, TrajectoryConfig(loop_views=1, random_views=0, width=64, height=48)).cameras[0]
+    pipe.apply_update(room.gaussians, full=True)
+    pipe.encode()
+    off = pipe.render_view(cam)
+    pipe.config.per_view = PerViewConfig(fusion="rendered")
+    on = pipe.render_view(cam)
+    assert off.fused == "off" and on.fused == "rendered" and on.labels.shape == (48, 64)
+    assert np.array_equal(on.instances, off.instances)                  # snap_radius 0: the 3D instance image
+    assert (on.labels == off.labels).mean() > 0.5                       # a correction of the 3D labels

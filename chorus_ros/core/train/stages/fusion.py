@@ -282,4 +282,5 @@ class FusionStage(Stage):
 
         from chorus_ros.core.decode.fusion import FUSION_DIR, save_fusion
         save_fusion(Path(ckpt_dir) / FUSION_DIR, self.modules["fusion"],
-                    {"step": trainer.step, "encoder": self.options.encoder, "temperature": self.options.temperature})
+                    {"step": trainer.step, "encoder": self.options.encoder, "temperature": self.options.temperature,
+                     "training": trainer.cfg.to_dict()})
