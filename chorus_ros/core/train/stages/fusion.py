@@ -10,7 +10,9 @@ cached as float16) and labelled from the ground truth of its top-weight Gaussian
 embeddings of the label set's class names: cross-entropy of ``cos / temperature`` over pixels
 with a ground-truth label and alpha >= ``min_alpha``. The image is photometrically jittered
 (``image_jitter``) so a live camera image, which never matches the render exactly, stays in
-distribution.
+distribution. With ``variants`` > 1 each room is also rendered under random draws of ``shift``
+(domain randomisation of the Gaussians: colours, lighting, sizes, noise, floaters), re-encoded by
+the frozen encoder, so both the image and the 3D branch see shifted maps (:func:`fusion_variants`).
 
 Output: the checkpoint directory holds the (unchanged) encoder, its text encoder and label set,
 and ``fusion/`` (the decoder), so :meth:`PerceptionPipeline.from_checkpoint` loads both.
