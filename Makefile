@@ -112,7 +112,7 @@ demo: install
 bench: install
 	$(VPY) -m chorus_ros.tools.bench $(BENCH_ARGS)
 
-# The shipped checkpoints/demo: six stages, seven runs and an average (docs/training.md); ~3.5 h on
+# The shipped checkpoints/demo: six stages, seven runs, an average, the height prior and the fusion decoder (docs/training.md); ~4 h on
 # 2 CPU cores, plus ~1 h of photometric fits the first time.
 train-demo: install
 	$(VENV)/bin/chorus-train --config config/train/robust.yaml $(TRAIN_ARGS)

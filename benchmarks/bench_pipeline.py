@@ -7,6 +7,8 @@
 * ``PerceptionPipeline.encode`` after a 1% change with the real encoder (when the incremental
   encoder is available), split into encoder / scores / instances.
 * One output view (labels + instances + colours) vs a plain RGB render of the same view.
+* One output view with the shipped fusion decoder (``per_view.fusion: rendered``) vs off, with
+  the real demo encoder (when ``checkpoints/demo/fusion`` exists).
 
 Features are oracle-like (text embedding of the true class and one prototype per true instance,
 plus noise) so grouping works on realistic object layouts. Run:
@@ -198,6 +200,34 @@ def _render_section(n: int, reps: int, size: tuple[int, int]) -> str:
             f"| {t_view / t_rgb:.2f}x |\n")
 
 
+def _fusion_section(n: int, reps: int, sizes: list[tuple[int, int]]) -> str:
+    """One output view with the shipped fusion decoder on (``per_view.fusion: rendered``) against
+    off, with the real demo encoder (skipped without checkpoints/demo/fusion)."""
+    from chorus_ros.core.decode.fusion import FUSION_DIR, PerViewConfig
+    from chorus_ros.core.pipeline import PerceptionPipeline, PipelineConfig
+    from chorus_ros.core.synthetic.trajectory import TrajectoryConfig, make_trajectory
+    ckpt = REPO / "checkpoints" / "demo"
+    if not (ckpt / FUSION_DIR / "fusion.json").is_file():
+        return "### One output view with the fusion decoder\n\nskipped: checkpoints/demo has no fusion/ decoder\n"
+    scene = _scene(n)
+    pipe = PerceptionPipeline.from_checkpoint(ckpt, PipelineConfig())
+    pipe.apply_update(scene.gaussians, None, full=True)
+    pipe.encode()
+    rows = []
+    for w, h in sizes:
+        cam = make_trajectory(scene, TrajectoryConfig(loop_views=1, random_views=0, width=w, height=h)).cameras[0]
+        t = {}
+        for mode in ("off", "rendered"):
+            pipe.config.per_view = PerViewConfig(fusion=mode)
+            pipe.render_view(cam)                               # warm-up
+            t[mode] = _median(lambda: pipe.render_view(cam), reps)
+        rows.append(f"| {len(scene.gaussians):,} | {w}x{h} | {t['off']:.2f} | {t['rendered']:.2f} "
+                    f"| {t['rendered'] / t['off']:.2f}x |")
+    return ("### One output view with the fusion decoder (checkpoints/demo, reference renderer, CPU)\n\n"
+            "| Gaussians | size | render_view, fusion off (s) | fusion 'rendered' (s) | ratio |\n"
+            "|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+
+
 def main(quick: bool = False) -> str:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -206,7 +236,8 @@ def main(quick: bool = False) -> str:
         reps = 2 if quick else 3
         out = "## Perception pipeline (decoding)\n\n" + _decode_section(sizes, reps) + "\n"
         out += _encode_section(20_000 if quick else 200_000, reps) + "\n"
-        out += _render_section(20_000 if quick else 100_000, reps, (80, 60) if quick else (320, 240))
+        out += _render_section(20_000 if quick else 100_000, reps, (80, 60) if quick else (320, 240)) + "\n"
+        out += _fusion_section(20_000 if quick else 100_000, reps, [(80, 60)] if quick else [(320, 240), (640, 480)])
         return out
     finally:
         torch.set_num_threads(threads)

@@ -195,13 +195,16 @@ def run(a) -> None:
                            config={"fusion_steps": a.fusion_steps, "fusion_lr": cfg.fusion_lr,
                                    "fusion_views_per_step": cfg.fusion_views_per_step,
                                    "fusion_prior_input": cfg.fusion_prior_input, "fusion_flip": cfg.fusion_flip}))
-            if a.fusion_first_steps and res.scores is not None:
-                # the first site decoder (3D probabilities only added to its logits, no flips), trained
-                # on the same adapted labels and views: an A/B of the decoder alone
-                from chorus_ros.core.adapt.fusion import evaluate_fused, render_site_views, train_site_fusion
+            tv = temb_site = None                # training views and text of the extra decoders, made once
+            if (a.fusion_first_steps or a.fusion_warm_steps) and res.scores is not None:
+                from chorus_ros.core.adapt.fusion import render_site_views
                 tv = render_site_views(scene.gaussians, scene, fit, res.language, res.scores, lut)
                 with torch.no_grad():
                     temb_site = text.encode(list(res.label_set.names)).float()
+            if a.fusion_first_steps and res.scores is not None:
+                # the first site decoder (3D probabilities only added to its logits, no flips), trained
+                # on the same adapted labels and views: an A/B of the decoder alone
+                from chorus_ros.core.adapt.fusion import evaluate_fused, train_site_fusion
                 f0 = train_site_fusion(tv, temb_site, steps=a.fusion_first_steps, lr=cfg.fusion_lr,
                                        views_per_step=cfg.fusion_views_per_step, seed=cfg.seed,
                                        prior_input=False, flip=False)
@@ -216,12 +219,9 @@ def run(a) -> None:
                 # site decoders started from a trained decoder (--fusion-warm-init), on the same
                 # adapted labels and views, with the main decoder's validation: an A/B of the start
                 from chorus_ros.core.adapt.fusion import evaluate_fused, render_site_views, train_site_fusion
-                from chorus_ros.core.adapt.loop import _fusion_init
-                tv = render_site_views(scene.gaussians, scene, fit, res.language, res.scores, lut)
+                from chorus_ros.core.adapt.loop import load_fusion_init
                 vv = render_site_views(scene.gaussians, scene, val, res.language, res.scores, lut) if val else None
-                with torch.no_grad():
-                    temb_site = text.encode(list(res.label_set.names)).float()
-                init = _fusion_init(a.fusion_warm_init, a.checkpoint)
+                init = load_fusion_init(a.fusion_warm_init, a.checkpoint)
                 for steps in a.fusion_warm_steps:
                     fw = train_site_fusion(tv, temb_site, steps=steps, names=list(res.label_set.names),
                                            lr=a.fusion_warm_lr or cfg.fusion_lr,

@@ -793,7 +793,7 @@ class PerceptionPipeline:
         its splatted projected language features ``feat_img [H, W, c]``; ``image`` (camera, or None
         for the rendered RGB) as ``[H, W, 3]`` uint8 / float; ``score_img [H, W, K]`` the splatted
         class probabilities (the 3D labels a ``prior`` decoder corrects)."""
-        from chorus_ros.core.decode.fusion import fused_class_logits, view_class_probabilities
+        from chorus_ros.core.decode.fusion import decoder_class_logits, view_class_probabilities
         h, w = out.alpha.shape
         if image is None:
             rgb = out.rgb.detach().float().clamp(0, 1)
@@ -807,10 +807,12 @@ class PerceptionPipeline:
         with torch.no_grad():
             prior = (view_class_probabilities(score_img, alpha)[None].to(dev)
                      if self.fusion.config.prior else None)
-            emb = self.fusion(rgb.permute(2, 0, 1)[None].to(dev), feat_img.permute(2, 0, 1)[None].float().to(dev),
-                              alpha[None, None].to(dev), out.depth.detach().float()[None, None].to(dev), prior)
-            p = torch.softmax(fused_class_logits(self.fusion, emb, self.semantic.text_embeddings.to(dev),
-                                                 self.config.per_view.temperature, prior), dim=1)[0].cpu()
+            logits = decoder_class_logits(self.fusion, rgb.permute(2, 0, 1)[None].to(dev),
+                                          feat_img.permute(2, 0, 1)[None].float().to(dev), alpha[None, None].to(dev),
+                                          out.depth.detach().float()[None, None].to(dev),
+                                          self.semantic.text_embeddings.to(dev), self.config.per_view.temperature,
+                                          prior)
+            p = torch.softmax(logits, dim=1)[0].cpu()
         conf, lab = p.max(0)
         bad = (alpha.cpu() < self.config.semantic.min_alpha) | (conf < self.config.semantic.min_confidence)
         lab = torch.where(bad, torch.full_like(lab, UNLABELED), lab)

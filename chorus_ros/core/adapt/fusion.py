@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from chorus_ros.core.decode.fusion import FusionConfig, FusionDecoder, fused_class_logits, view_class_probabilities
+from chorus_ros.core.decode.fusion import FusionConfig, FusionDecoder, decoder_class_logits, view_class_probabilities
 from chorus_ros.core.errors import InvalidInputError
 from chorus_ros.core.gaussians import GaussianArrays
 from chorus_ros.core.labels import UNLABELED, LabelSet
@@ -140,8 +140,7 @@ def _logits(fd: FusionDecoder, v: SiteViews, idx: torch.Tensor, text_emb: torch.
     if flip:
         ins = [t.flip(-1) for t in ins]
     rgb, splat, alpha, depth, probs = (t.to(dev) for t in ins)
-    emb = fd(rgb, fd.project_pixels(splat), alpha, depth if fd.config.use_depth else None, probs)
-    out = fused_class_logits(fd, emb, text_emb, temperature, probs)
+    out = decoder_class_logits(fd, rgb, fd.project_pixels(splat), alpha, depth, text_emb, temperature, probs)
     return out.flip(-1) if flip else out
 
 

@@ -64,7 +64,7 @@ from chorus_ros.core.render import RenderSettings, render
 if TYPE_CHECKING:
     from chorus_ros.core.adapt.fusion import FusionRun
 
-__all__ = ["replay_class_names", "carve_validation", "epoch_batches", "planned_steps", "TrainView", "EncoderRunner",
+__all__ = ["load_fusion_init", "replay_class_names", "carve_validation", "epoch_batches", "planned_steps", "TrainView", "EncoderRunner",
            "AdaptResult", "adaptation_label_set", "prepare_views", "adapt", "evaluate_views", "lift_baseline", "save_adapted", "class_probabilities", "load_with_adapter", "adapt_checkpoint", "ADAPTER_FILE"]
 
 ADAPTER_FILE = "adapter.safetensors"
@@ -794,8 +794,13 @@ def save_adapted(out_dir: str | os.PathLike, result: AdaptResult, base_dir: str 
     return out
 
 
-def _fusion_init(spec: str, base_dir):
-    """The decoder ``AdaptConfig.fusion_init`` names (None: from scratch)."""
+def load_fusion_init(spec: str, base_dir):
+    """The decoder ``AdaptConfig.fusion_init`` names: None for '' (from scratch), the fusion/ of
+    checkpoint ``base_dir`` for 'base', else the decoder directory ``spec``.
+
+    Raises:
+        CheckpointError: no decoder there (named).
+    """
     from chorus_ros.core.decode.fusion import FUSION_DIR, load_fusion
     if not spec:
         return None
@@ -863,6 +868,12 @@ def adapt_checkpoint(checkpoint: str | os.PathLike, scene, train_positions: Sequ
         teachers = [build_teacher(_with_own_codebook(s, checkpoint), text_encoder=text) for s in specs]
     temperature = cfg.score_temperature
     t_start = time.perf_counter()
+    # a decoder to start the site fusion decoder from: loaded (or refused) before the adaptation runs
+    init = load_fusion_init(cfg.fusion_init, checkpoint) if cfg.fusion_steps > 0 else None
+    lang_dim = ck.model.config.head_dims().get("language")
+    if init is not None and init.config.language_dim != lang_dim:
+        raise InvalidInputError(f"fusion_init {cfg.fusion_init!r}: that decoder reads {init.config.language_dim}-d "
+                                f"language features, the checkpoint's language head gives {lang_dim}-d")
     res = adapt(ck.model, scene.gaussians, scene, list(train_positions), cfg, label_set=label_set, lut=lut,
                 text_encoder=text, teachers=teachers, temperature=temperature, replay_labels=base_labels,
                 val_positions=list(val_positions))
@@ -876,7 +887,6 @@ def adapt_checkpoint(checkpoint: str | os.PathLike, scene, train_positions: Sequ
                                       cfg.render_backend) if val_positions else None
         with torch.no_grad():
             text_emb = text.encode(list(label_set.names)).float()
-        init = _fusion_init(cfg.fusion_init, checkpoint)
         res.fusion = train_site_fusion(
             views, text_emb, steps=cfg.fusion_steps, names=list(label_set.names), lr=cfg.fusion_lr, views_per_step=cfg.fusion_views_per_step,
             temperature=temperature, min_alpha=cfg.min_alpha, seed=cfg.seed, device=cfg.device,

@@ -36,7 +36,7 @@ from chorus_ros.core.decode.instance_image import INSTANCE_IMAGE_MODES
 from chorus_ros.core.errors import CheckpointError, InvalidInputError
 
 __all__ = ["FusionConfig", "FusionDecoder", "fusion_logits", "fused_class_logits", "view_class_probabilities", "save_fusion", "load_fusion", "snap_instances",
-           "warm_start_fusion", "PerViewConfig",
+           "warm_start_fusion", "decoder_class_logits", "PerViewConfig",
            "FUSION_DIR", "FUSION_MODES"]
 
 FUSION_DIR = "fusion"
@@ -224,6 +224,17 @@ def fusion_logits(emb: torch.Tensor, text: torch.Tensor, temperature: float) -> 
     if text.ndim != 2 or text.shape[1] != emb.shape[1]:
         raise InvalidInputError(f"text embeddings must be [K, {emb.shape[1]}], got {tuple(text.shape)}")
     return torch.einsum("bdhw,kd->bkhw", emb, F.normalize(text.to(emb), dim=1)) / temperature
+
+
+def decoder_class_logits(model: "FusionDecoder", rgb: torch.Tensor, feats: torch.Tensor, alpha: torch.Tensor,
+                         depth: torch.Tensor | None, text: torch.Tensor, temperature: float,
+                         prior: torch.Tensor | None = None) -> torch.Tensor:
+    """``[B, K, H, W]`` class logits of ``model`` on one batch of views: its embeddings
+    (``rgb [B, 3, H, W]``, projected splat ``feats [B, feat_channels, H, W]``, ``alpha``, ``depth``
+    when the decoder uses it, ``prior [B, K, H, W]``) scored by :func:`fused_class_logits` against
+    ``text [K, E]``. What the pipeline, stage ``fusion`` and the site decoder all run."""
+    emb = model(rgb, feats, alpha, depth if model.config.use_depth else None, prior)
+    return fused_class_logits(model, emb, text, temperature, prior)
 
 
 def view_class_probabilities(scores: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from chorus_ros.core.errors import InvalidInputError
 from chorus_ros.core.labels import UNLABELED
+from chorus_ros.core.pipeline import DEFAULT_MIN_OPACITY
 from chorus_ros.core.train.stages import Stage, StageLoss, register_stage
 
 __all__ = ["FusionOptions", "FusionStage", "FusionScene", "fusion_variants", "render_fusion_views"]
@@ -70,7 +71,7 @@ class FusionOptions:
     """Domain randomisation of the variants after the first: :class:`~chorus_ros.core.synthetic.shifts.ShiftConfig`
     fields, each scalable option drawn at a strength in [0, its value] per variant (as ``augment.shift``);
     the cameras follow a tilt. Empty with ``variants`` > 1 is an error."""
-    min_opacity: float = 0.1
+    min_opacity: float = DEFAULT_MIN_OPACITY
     """Gaussians below this opacity are dropped before encoding and rendering, as the perception
     pipeline sets them aside (``PipelineConfig.min_opacity``)."""
 
@@ -250,7 +251,7 @@ class FusionStage(Stage):
             self._text = trainer.text_encoder.encode(list(trainer.label_set.names)).float().to(trainer.device)
 
     def scene_loss(self, trainer, scene: FusionScene) -> StageLoss:
-        from chorus_ros.core.decode.fusion import fused_class_logits
+        from chorus_ros.core.decode.fusion import decoder_class_logits
         o = self.options
         fd = self.modules["fusion"]
         v = scene.rgb.shape[0]
@@ -267,8 +268,7 @@ class FusionStage(Stage):
             ins = [t.flip(-1) for t in ins]
         rgb, splat, alpha, depth, lab, *pr = (t.to(dev) for t in ins)
         prior = pr[0] if pr else None
-        emb = fd(rgb, fd.project_pixels(splat), alpha, depth if fd.config.use_depth else None, prior)
-        logits = fused_class_logits(fd, emb, self._text, o.temperature, prior)
+        logits = decoder_class_logits(fd, rgb, fd.project_pixels(splat), alpha, depth, self._text, o.temperature, prior)
         ok = (lab != UNLABELED) & (alpha[:, 0] >= o.min_alpha)
         if not bool(ok.any()):
             return StageLoss(extra=logits.sum() * 0.0, metrics={"pixels": 0})
